@@ -1,0 +1,270 @@
+"""Task specification. Owns: reading `rsilab.toml`, CLI overrides (`--set key=value`), validation.
+
+A task is a folder with an `rsilab.toml`. Loading is strict: an unknown key, a wrong type
+or a missing file is a one-line `ConfigError` that names the file and the key. Every key
+can be overridden from the command line with a dotted path (`--set judge.alpha=0.1`,
+`--set budget=30`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import glob
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from rsilab.errors import ConfigError
+from rsilab.types import Metric
+
+CONFIG_NAME = "rsilab.toml"
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    name: str = "val_bpb"
+    direction: Literal["min", "max"] = "min"
+
+
+@dataclass(frozen=True)
+class JudgeSpec:
+    alpha: float = 0.05  # one-sided significance level for keeping a candidate
+    noise_runs: int = 3  # runs of the baseline under different seeds (the noise floor)
+    max_runs: int = 4  # runs a candidate may get before the judge must decide
+    recheck_every: int = 10  # re-measure the incumbent every N experiments (0: never)
+    min_effect: float = 0.0  # smallest gain worth keeping, in metric units
+
+
+@dataclass(frozen=True)
+class EvalSpec:
+    bytes: int = 131072  # validation bytes the sealed evaluator scores
+    probes: int = 4  # causality probes
+
+
+@dataclass(frozen=True)
+class TunerSpec:
+    seed: int = 0
+    max_knobs: int = 3  # knobs changed per proposal (1..max_knobs)
+    exclude: list[str] = field(default_factory=list)  # knobs the tuner must not touch
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """A validated `rsilab.toml` plus the folder it was read from."""
+
+    name: str
+    editable: list[str]
+    root: Path = Path(".")
+    description: str = ""
+    frozen: list[str] = field(default_factory=list)
+    train: list[str] = field(default_factory=lambda: ["python", "train.py"])
+    # "sealed": rsilab's torch.export evaluator; "in-process": the metric is read from
+    # train.py's own summary (autoresearch's mode, marked in the ledger); "script:PATH":
+    # a frozen script of the task that reads the artifact and writes the metrics file.
+    evaluator: str = "sealed"
+    data: str = "shakespeare"  # "shakespeare", a local path, "hf:NAME[:split]", or "none"
+    program: str = "program.md"
+    budget: float = 60.0  # training seconds
+    overhead: float = 30.0  # seconds on top of the budget for start-up and saving
+    eval_timeout: float = 300.0
+    threads: int = 1
+    memory_gb: float = 0.0  # 0: no cap
+    seed: int = 0  # base of the seed sequence for runs
+    metric: MetricSpec = field(default_factory=MetricSpec)
+    judge: JudgeSpec = field(default_factory=JudgeSpec)
+    eval: EvalSpec = field(default_factory=EvalSpec)
+    tuner: TunerSpec = field(default_factory=TunerSpec)
+    constraints: dict[str, float] = field(default_factory=dict)  # summary key -> max value
+    env: dict[str, str] = field(default_factory=dict)  # extra environment for runs
+
+    @property
+    def metric_obj(self) -> Metric:
+        return Metric(self.metric.name, self.metric.direction)
+
+    @property
+    def sealed(self) -> bool:
+        return self.evaluator != "in-process"
+
+    def editable_files(self, root: Path | None = None) -> list[str]:
+        """Existing files under `root` matching the editable globs (sorted, relative)."""
+        return _expand(root or self.root, self.editable)
+
+    def frozen_files(self, root: Path | None = None) -> list[str]:
+        return _expand(root or self.root, self.frozen)
+
+    def is_editable(self, rel: str) -> bool:
+        return any(_glob_match(rel, g) for g in self.editable)
+
+
+def _glob_match(rel: str, pattern: str) -> bool:
+    from fnmatch import fnmatchcase
+
+    return fnmatchcase(rel, pattern)
+
+
+def _expand(root: Path, patterns: list[str]) -> list[str]:
+    out: set[str] = set()
+    for pat in patterns:
+        for p in glob.glob(pat, root_dir=root, recursive=True):
+            if (root / p).is_file():
+                out.add(Path(p).as_posix())
+    return sorted(out)
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """`key=value` -> (key, value); the value is read as TOML, else taken as a string."""
+    if "=" not in text:
+        raise ConfigError(f"--set {text!r}: expected KEY=VALUE, e.g. --set budget=30")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw
+    return key, value
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[tuple[str, Any]]) -> dict[str, Any]:
+    """Return a copy of `data` with dotted keys set (`judge.alpha` -> data['judge']['alpha'])."""
+    out: dict[str, Any] = {k: (dict(v) if isinstance(v, dict) else v) for k, v in data.items()}
+    for key, value in overrides:
+        parts = key.split(".")
+        node = out
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {key}: {part!r} is not a table")
+        node[parts[-1]] = value
+    return out
+
+
+def load_task(root: Path, overrides: list[tuple[str, Any]] | None = None) -> TaskSpec:
+    """Load and validate `<root>/rsilab.toml`. Raises ConfigError with a one-line message."""
+    path = root / CONFIG_NAME
+    if not path.is_file():
+        raise ConfigError(f"{path}: not found (a task folder needs an {CONFIG_NAME})")
+    try:
+        data = tomllib.loads(path.read_text())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: invalid TOML: {e}") from None
+    data = apply_overrides(data, overrides or [])
+    spec = _build(TaskSpec, data, str(path), "", extra={"root": root.resolve()})
+    _validate(spec, path)
+    return spec
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (list, dict):
+        return {list: "a list", dict: "a table"}[origin]
+    return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(
+        tp, getattr(tp, "__name__", str(tp))
+    )
+
+
+def _coerce(tp: Any, value: Any, where: str, key: str) -> Any:
+    def bad() -> ConfigError:
+        return ConfigError(f"{where}: key {key!r} must be {_type_name(tp)}, got {value!r}")
+
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp) and isinstance(tp, type):
+        if not isinstance(value, dict):
+            raise bad()
+        return _build(tp, value, where, key + ".")
+    if origin is Literal:
+        if value not in typing.get_args(tp):
+            raise bad()
+        return value
+    if origin is list:
+        (item,) = typing.get_args(tp)
+        if isinstance(value, str) and item is str and key == "train":
+            import shlex
+
+            return shlex.split(value)
+        if not isinstance(value, list):
+            raise bad()
+        return [_coerce(item, v, where, key) for v in value]
+    if origin is dict:
+        _, vt = typing.get_args(tp)
+        if not isinstance(value, dict):
+            raise bad()
+        return {str(k): _coerce(vt, v, where, f"{key}.{k}") for k, v in value.items()}
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise bad()
+        return float(value)
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise bad()
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise bad()
+        return value
+    if tp is str:
+        if not isinstance(value, str):
+            raise bad()
+        return value
+    if tp is Path:
+        return Path(value)
+    if isinstance(tp, types.UnionType):
+        return value
+    raise bad()
+
+
+def _build(cls: Any, data: dict[str, Any], where: str, prefix: str, extra: dict[str, Any] | None = None) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)} - set(extra or {})
+    for key in data:
+        if key not in names:
+            known = ", ".join(sorted(names))
+            raise ConfigError(f"{where}: unknown key {prefix + key!r} (known: {known})")
+    kwargs: dict[str, Any] = dict(extra or {})
+    for f in dataclasses.fields(cls):
+        if f.name in data:
+            kwargs[f.name] = _coerce(hints[f.name], data[f.name], where, prefix + f.name)
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING and f.name not in kwargs:
+            raise ConfigError(f"{where}: missing required key {prefix + f.name!r}")
+    return cls(**kwargs)
+
+
+def _validate(spec: TaskSpec, path: Path) -> None:
+    where = str(path)
+    if not spec.editable:
+        raise ConfigError(f"{where}: key 'editable' must list at least one file or glob")
+    for pat in spec.editable:
+        if not _expand(spec.root, [pat]):
+            raise ConfigError(f"{where}: key 'editable': no file matches {pat!r} in {spec.root}")
+    for pat in spec.frozen:
+        if not _expand(spec.root, [pat]):
+            raise ConfigError(f"{where}: key 'frozen': no file matches {pat!r} in {spec.root}")
+    overlap = set(spec.editable_files()) & set(spec.frozen_files())
+    if overlap:
+        raise ConfigError(f"{where}: files both editable and frozen: {', '.join(sorted(overlap))}")
+    if spec.budget <= 0:
+        raise ConfigError(f"{where}: key 'budget' must be > 0 seconds, got {spec.budget}")
+    if spec.threads < 1:
+        raise ConfigError(f"{where}: key 'threads' must be >= 1, got {spec.threads}")
+    if not spec.train:
+        raise ConfigError(f"{where}: key 'train' must be a command")
+    ev = spec.evaluator
+    if ev not in ("sealed", "in-process") and not ev.startswith("script:"):
+        raise ConfigError(f"{where}: key 'evaluator' must be 'sealed', 'in-process' or 'script:PATH', got {ev!r}")
+    if ev.startswith("script:"):
+        script = ev.removeprefix("script:")
+        if not (spec.root / script).is_file():
+            raise ConfigError(f"{where}: key 'evaluator': script {script!r} not found in {spec.root}")
+        if script not in spec.frozen_files():
+            raise ConfigError(f"{where}: key 'evaluator': script {script!r} must be listed in 'frozen'")
+    j = spec.judge
+    if not 0 < j.alpha < 1:
+        raise ConfigError(f"{where}: key 'judge.alpha' must be in (0, 1), got {j.alpha}")
+    if j.noise_runs < 1 or j.max_runs < 1:
+        raise ConfigError(f"{where}: keys 'judge.noise_runs' and 'judge.max_runs' must be >= 1")
+    if spec.tuner.max_knobs < 1:
+        raise ConfigError(f"{where}: key 'tuner.max_knobs' must be >= 1")

@@ -1,0 +1,27 @@
+"""Where state lives. Owns: RSILAB_HOME (default ~/.cache/rsilab) and the layout below it.
+
+Workspace state (ledger, worktrees, run folders) lives in the workspace's own `.rsilab/`;
+only shared, re-creatable things (prepared data, downloaded sources) live in the home.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def home() -> Path:
+    """The rsilab home folder, created on first use."""
+    root = Path(os.environ.get("RSILAB_HOME") or Path.home() / ".cache" / "rsilab")
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+def data_dir() -> Path:
+    d = home() / "data"
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def bundled_tasks_dir() -> Path:
+    return Path(__file__).parent / "tasks"
