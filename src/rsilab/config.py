@@ -268,3 +268,22 @@ def _validate(spec: TaskSpec, path: Path) -> None:
         raise ConfigError(f"{where}: keys 'judge.noise_runs' and 'judge.max_runs' must be >= 1")
     if spec.tuner.max_knobs < 1:
         raise ConfigError(f"{where}: key 'tuner.max_knobs' must be >= 1")
+
+
+def resolve_task_dir(name_or_path: str | None) -> Path:
+    """A bundled task name (`gpt`, `toy`) or a folder with an rsilab.toml.
+
+    With None: the current folder when it holds an rsilab.toml, else the bundled `gpt`.
+    """
+    from rsilab.paths import bundled_tasks_dir
+
+    if name_or_path is None:
+        return Path.cwd() if (Path.cwd() / CONFIG_NAME).is_file() else bundled_tasks_dir() / "gpt"
+    bundled = bundled_tasks_dir() / name_or_path
+    if "/" not in name_or_path and (bundled / CONFIG_NAME).is_file():
+        return bundled
+    path = Path(name_or_path)
+    if (path / CONFIG_NAME).is_file():
+        return path.resolve()
+    names = sorted(p.name for p in bundled_tasks_dir().iterdir() if (p / CONFIG_NAME).is_file())
+    raise ConfigError(f"task {name_or_path!r}: not a bundled task ({', '.join(names)}) nor a folder with an {CONFIG_NAME}")

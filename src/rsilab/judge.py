@@ -1,0 +1,238 @@
+"""The judge. Owns: deciding keep / discard / more for one experiment, and the run seeds.
+
+Pure functions of run results: no I/O, no clock, no randomness. The runner calls `judge`
+after every candidate run and starts another run (with `seed_schedule`) while it says MORE.
+
+Rules, in order: (1) a failed run decides (crash/oom -> CRASH, timeout, invalid,
+interrupted); (2) a memory cap or `constraints` breach -> DISCARD; (3) a metric that does
+not move under different harness seeds while the incumbent's does -> INVALID,
+flag "ignores-seed"; (4) statistics.
+
+Statistical rule: a one-sided pooled two-sample t-test of H1 "gain > min_effect". The sd is
+pooled from the incumbent's values (the noise floor plus re-measurements) and the
+candidate's (when it has >= 2), df = the sum of (n - 1) over those groups; pooling assumes
+an edit changes the mean, not the harness noise, which is the only workable assumption
+with 2-4 candidate runs. KEEP needs a confirmation run (>= 2 candidate runs) unless
+max_runs == 1. Because the test is repeated after each run (looks at n = 2..max_runs), the
+level is split evenly over the looks (Bonferroni: alpha / (max_runs - 1)), so pure noise is
+kept with probability <= alpha overall; stopping early on "no gain" only lowers it. The
+reported 95% CI is per-look, unadjusted. Ties (not significantly worse) go to the
+candidate with fewer non-blank lines in the editable files.
+
+Not covered: choosing the incumbent, re-measuring it, or writing the ledger.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import statistics
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+from scipy import stats
+
+from rsilab.config import JudgeSpec
+from rsilab.types import Metric, RunResult, Status, Verdict
+
+REL_TOL = 1e-12  # values this close (relative) count as identical
+_MASK31 = (1 << 31) - 1
+
+_FAILED = {
+    Status.CRASH: Verdict.CRASH,
+    Status.OOM: Verdict.CRASH,
+    Status.TIMEOUT: Verdict.TIMEOUT,
+    Status.INVALID: Verdict.INVALID,
+    Status.INTERRUPTED: Verdict.INTERRUPTED,
+}
+
+
+@dataclass(frozen=True)
+class Judgement:
+    """The decision about one experiment, with the figures behind it."""
+
+    verdict: Verdict
+    reason: str  # one line, with the figures
+    effect: float | None  # mean gain of candidate over incumbent, positive = better
+    ci_low: float | None  # 95% confidence interval of the effect
+    ci_high: float | None
+    p_value: float | None  # one-sided, H1: candidate better by more than min_effect
+    n_candidate: int  # ok candidate runs used
+    n_incumbent: int
+    flags: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class _Stats:
+    gain: float
+    n_c: int
+    n_i: int
+    se: float | None = None  # standard error of the gain; None: no noise estimate
+    df: int = 0
+    p: float | None = None  # H1: gain > min_effect
+    p_worse: float | None = None  # H1: gain < 0
+    ci: tuple[float, float] | None = None
+
+
+def noise_sigma(values: Sequence[float]) -> float | None:
+    """Sample standard deviation of `values`; None when there are fewer than 2."""
+    return statistics.stdev(values) if len(values) >= 2 else None
+
+
+def seed_schedule(base: int, experiment_id: int, run_index: int) -> int:
+    """A fresh, deterministic harness seed in [0, 2**31) for run `run_index` of an experiment.
+
+    A hash of (base, experiment_id) plus run_index, passed through a bijection of 31-bit
+    integers: runs of one experiment always get distinct seeds, yet look unrelated.
+    """
+    if run_index < 0:
+        raise ValueError(f"run_index must be >= 0, got {run_index}")
+    digest = hashlib.blake2b(f"{base}:{experiment_id}".encode(), digest_size=4).digest()
+    x = (int.from_bytes(digest, "little") + run_index) & _MASK31
+    for mult, shift in ((0x2C1B3C6D, 15), (0x297A2D39, 12), (0x5BD1E995, 16)):
+        x ^= x >> shift
+        x = (x * mult) & _MASK31  # odd multiplier: a bijection mod 2**31
+    return x ^ (x >> 15)
+
+
+def _same(a: float, b: float) -> bool:
+    return a == b or abs(a - b) <= REL_TOL * max(abs(a), abs(b))
+
+
+def _constant(values: Sequence[float]) -> bool:
+    return all(_same(v, values[0]) for v in values)
+
+
+def _stats(
+    cand: Sequence[float], inc: Sequence[float], metric: Metric, min_effect: float
+) -> _Stats:
+    cm, im = statistics.fmean(cand), statistics.fmean(inc)
+    gain = metric.gain(cm, im)
+    if abs(gain) <= REL_TOL * max(abs(cm), abs(im)):
+        gain = 0.0  # rounding in the means, not a difference
+    groups = [g for g in (cand, inc) if len(g) >= 2]
+    if not groups:
+        return _Stats(gain, len(cand), len(inc))
+    df = sum(len(g) - 1 for g in groups)
+    if all(_constant(g) for g in groups):
+        return _Stats(gain, len(cand), len(inc), se=0.0, df=df, ci=(gain, gain))
+    ss = sum((len(g) - 1) * statistics.variance(g) for g in groups)
+    se = math.sqrt(ss / df) * math.sqrt(1 / len(cand) + 1 / len(inc))
+    half = float(stats.t.ppf(0.975, df)) * se
+    return _Stats(
+        gain, len(cand), len(inc), se=se, df=df,
+        p=float(stats.t.sf((gain - min_effect) / se, df)),
+        p_worse=float(stats.t.cdf(gain / se, df)),
+        ci=(gain - half, gain + half),
+    )  # fmt: skip
+
+
+def _breach(runs: Sequence[RunResult], cap: float, constraints: Mapping[str, float]) -> str | None:
+    for i, r in enumerate(runs, 1):
+        if cap > 0 and r.peak_memory_gb > cap:
+            return f"peak memory {r.peak_memory_gb:.3g} GB over the {cap:g} GB cap (run {i})"
+        for key, limit in constraints.items():
+            value = r.summary.get(key)
+            if value is None:
+                return f"constraint {key} <= {limit:g}: not reported (run {i})"
+            if value > limit:
+                return f"{key} {value:g} over the limit {limit:g} (run {i})"
+    return None
+
+
+_Out = Callable[..., "Judgement"]  # builds a Judgement from (verdict, reason[, flags])
+
+
+def _g(x: float) -> str:
+    return f"{x:+.4g}"
+
+
+def judge(
+    candidate: Sequence[RunResult],
+    incumbent: Sequence[float],
+    metric: Metric,
+    spec: JudgeSpec,
+    *,
+    candidate_size: int | None = None,
+    incumbent_size: int | None = None,
+    memory_cap_gb: float = 0.0,
+    constraints: Mapping[str, float] | None = None,
+) -> Judgement:
+    """Judge the candidate's runs so far against the incumbent's ok metric values."""
+    if not candidate or not incumbent:
+        raise ValueError("judge needs at least one candidate run and one incumbent value")
+    inc = [float(v) for v in incumbent]
+    ok = [r for r in candidate if r.ok]
+    vals = [float(r.metric) for r in ok if r.metric is not None]
+    st = _stats(vals, inc, metric, spec.min_effect) if vals else None
+
+    def out(verdict: Verdict, reason: str, flags: tuple[str, ...] = ()) -> Judgement:
+        ci = st.ci if st and st.ci else (None, None)
+        return Judgement(verdict, reason, st.gain if st else None, ci[0], ci[1],
+                         st.p if st else None, len(vals), len(inc), flags)  # fmt: skip
+
+    for i, r in enumerate(candidate, 1):
+        if not r.ok:
+            where = f" (run {i})" if len(candidate) > 1 else ""
+            if r.status is Status.OK:
+                return out(Verdict.INVALID, f"invalid: no finite metric ({r.metric}){where}")
+            return out(
+                _FAILED[r.status], f"{r.status.value}: {r.reason or 'no reason given'}{where}"
+            )
+    assert st is not None
+    breach = _breach(candidate, memory_cap_gb, constraints or {})
+    if breach:
+        return out(Verdict.DISCARD, breach)
+    seeds = {r.seed for r in ok}
+    if len(seeds) >= 2 and _constant(vals) and not _constant(inc):
+        return out(Verdict.INVALID, f"metric {vals[0]:.6g} did not move under {len(seeds)} "
+                   "different harness seeds while the incumbent's did", ("ignores-seed",))  # fmt: skip
+    return _decide(st, spec, candidate_size, incumbent_size, out)
+
+
+def _decide(
+    st: _Stats, spec: JudgeSpec, cand_size: int | None, inc_size: int | None, out: _Out
+) -> Judgement:
+    n, at_cap = st.n_c, st.n_c >= spec.max_runs
+    need_confirm = n < 2 and spec.max_runs > 1
+    looks = max(1, spec.max_runs - 1)
+    level = spec.alpha / looks
+    simpler = cand_size is not None and inc_size is not None and cand_size < inc_size
+    lines = f"{inc_size} -> {cand_size} lines"
+    counts = f"n={n} vs {st.n_i}"
+    if st.gain <= 0 and not simpler:
+        return out(Verdict.DISCARD, f"no gain: {_g(st.gain)}, {counts}")
+    if st.se is None:  # one value each: no noise estimate
+        if not at_cap:
+            return out(Verdict.MORE, f"no noise estimate yet ({counts}): confirmation run")
+        keep = st.gain > spec.min_effect or (simpler and st.gain == 0)
+        return out(Verdict.KEEP if keep else Verdict.DISCARD,
+                   f"no noise estimate ({counts}), plain comparison: gain {_g(st.gain)}")  # fmt: skip
+    if st.se == 0:  # deterministic task: decide by direct comparison
+        if need_confirm:
+            return out(Verdict.MORE, f"no noise, gain {_g(st.gain)}: confirmation run")
+        if st.gain > spec.min_effect:
+            return out(Verdict.KEEP, f"deterministic gain {_g(st.gain)}, {counts}")
+        if simpler and st.gain == 0:
+            return out(Verdict.KEEP, f"simpler ({lines}) and equal (deterministic)")
+        return out(
+            Verdict.DISCARD, f"deterministic gain {_g(st.gain)} <= min_effect {spec.min_effect:g}"
+        )
+    assert st.p is not None and st.p_worse is not None and st.ci is not None
+    figures = f"gain {_g(st.gain)} (95% CI {_g(st.ci[0])}..{_g(st.ci[1])}), p={st.p:.2g}, {counts}"
+    if st.p < level and st.gain > spec.min_effect:
+        if need_confirm:
+            return out(Verdict.MORE, f"promising, {figures}: confirmation run")
+        return out(Verdict.KEEP, f"better: {figures}, level {level:.2g}")
+    if simpler:
+        if st.p_worse < spec.alpha:
+            return out(
+                Verdict.DISCARD, f"simpler ({lines}) but worse, {figures}, p_worse={st.p_worse:.2g}"
+            )
+        if not at_cap:
+            return out(Verdict.MORE, f"simpler ({lines}), tie so far, {figures}")
+        return out(Verdict.KEEP, f"simpler ({lines}) and equal within noise, {figures}")
+    if not at_cap:
+        return out(Verdict.MORE, f"promising, {figures}")
+    floor = f" > min_effect {spec.min_effect:g}" if spec.min_effect else ""
+    return out(Verdict.DISCARD, f"gain {_g(st.gain)}{floor} not significant, p={st.p:.2g}, n={n}")

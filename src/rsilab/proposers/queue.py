@@ -1,0 +1,185 @@
+"""The "queue" proposer: human steering. Owns: taking files a person lines up.
+
+A person drops files into `<workspace>/.rsilab/queue/`; they are taken in name order:
+
+- `*.toml`: knob edits, `description = "..."` and a `[knobs]` table (`LR = 0.002`),
+  applied with knobs.py to the incumbent's `.py` files;
+- `*.patch` / `*.diff`: a unified diff against the editable files, applied with
+  `git apply` to a temporary copy of them (`-p1` as `git diff` writes it, else `-p0`).
+  The description is the `Subject:` line of a `git format-patch` file, else a first line
+  starting with `#`, else the file name.
+
+A taken file moves to `queue/done/`. One that cannot be used (bad TOML, unknown knob, a
+patch that does not apply or deletes a file) moves to `queue/rejected/` next to a
+`NAME.reason` file, and the next one is tried. `propose` returns None when nothing is left.
+
+Not covered: whether the change is allowed (the workspace checks that only editable files
+changed) or good (the judge decides).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import tempfile
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+
+from rsilab.proposers.base import Context, register
+from rsilab.proposers.knobs import set_knobs_in_files
+from rsilab.types import Proposal
+
+SUFFIXES = (".toml", ".patch", ".diff")
+
+
+class Rejected(Exception):
+    """A queued file that cannot become a proposal (internal: becomes a .reason file)."""
+
+
+@register("queue")
+class QueueProposer:
+    """Proposals from files a person lines up in `queue_dir` (see the module docstring)."""
+
+    name = "queue"
+
+    def __init__(self, queue_dir: Path | str) -> None:
+        self.queue_dir = Path(queue_dir)
+
+    def pending(self) -> list[Path]:
+        """The files waiting, in the order they will be taken."""
+        if not self.queue_dir.is_dir():
+            return []
+        return sorted(
+            p
+            for p in self.queue_dir.iterdir()
+            if p.is_file() and p.suffix in SUFFIXES and not p.name.startswith(".")
+        )
+
+    def propose(self, ctx: Context) -> Proposal | None:
+        for path in self.pending():
+            try:
+                if path.suffix == ".toml":
+                    proposal = self._from_toml(path, ctx)
+                else:
+                    proposal = self._from_patch(path, ctx)
+            except Rejected as e:
+                self._reject(path, str(e))
+                continue
+            _move(path, self.queue_dir / "done")
+            return proposal
+        return None
+
+    def observe(self, proposal: Proposal, verdict: str, metric: float | None) -> None:
+        """Nothing to learn: the person decides what comes next."""
+
+    # ---- the two kinds of file ------------------------------------------------------
+    def _from_toml(self, path: Path, ctx: Context) -> Proposal:
+        try:
+            data = tomllib.loads(path.read_text())
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+            raise Rejected(f"invalid TOML: {e}") from None
+        knobs = data.get("knobs")
+        if not isinstance(knobs, dict) or not knobs:
+            raise Rejected("no [knobs] table (expected e.g. [knobs] LR = 0.002)")
+        try:
+            files = set_knobs_in_files(ctx.files, knobs, ctx.preset)
+        except KeyError as e:
+            raise Rejected(str(e.args[0]) if e.args else str(e)) from None
+        except (ValueError, SyntaxError) as e:
+            raise Rejected(str(e)) from None
+        if not files:
+            raise Rejected("every knob already has that value: nothing changes")
+        description = str(data.get("description") or _name_description(path))
+        return Proposal(description, files, self.name, knobs=dict(knobs), meta={"source": path.name})
+
+    def _from_patch(self, path: Path, ctx: Context) -> Proposal:
+        try:
+            text = path.read_text()
+        except UnicodeDecodeError:
+            raise Rejected("not a text file") from None
+        files = apply_patch(ctx.files, path)
+        description = _patch_description(text) or _name_description(path)
+        return Proposal(description, files, self.name, meta={"source": path.name})
+
+    def _reject(self, path: Path, reason: str) -> None:
+        dest = _move(path, self.queue_dir / "rejected")
+        dest.with_name(dest.name + ".reason").write_text(reason.rstrip() + "\n")
+
+
+def apply_patch(files: Mapping[str, str], patch: Path) -> dict[str, str]:
+    """The files a unified diff changes or adds (path -> new content); raises Rejected."""
+    with tempfile.TemporaryDirectory(prefix="rsilab-patch-") as tmp:
+        root = Path(tmp) / "files"
+        root.mkdir()
+        for rel, content in files.items():
+            (root / rel).parent.mkdir(parents=True, exist_ok=True)
+            (root / rel).write_bytes(content.encode())
+        errors = []
+        for strip in ("-p1", "-p0"):
+            res = _git(["apply", strip, "--whitespace=nowarn", str(patch.resolve())], root)
+            if res.returncode == 0:
+                break
+            errors.append(res.stderr.strip() or f"git apply {strip} failed")
+        else:
+            raise Rejected("patch does not apply: " + errors[0])
+        out: dict[str, str] = {}
+        for p in sorted(root.rglob("*")):
+            rel = p.relative_to(root).as_posix()
+            if not p.is_file():
+                continue
+            try:
+                content = p.read_bytes().decode()
+            except UnicodeDecodeError:
+                raise Rejected(f"patch makes {rel} a binary file") from None
+            if files.get(rel) != content:
+                out[rel] = content
+        gone = sorted(rel for rel in files if not (root / rel).is_file())
+        if gone:
+            raise Rejected(f"patch deletes {', '.join(gone)} (a proposal cannot delete files)")
+        if not out:
+            raise Rejected("patch changes nothing")
+        return out
+
+
+def _git(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    # A ceiling keeps git from finding a repository above the temporary folder.
+    env = {**os.environ, "GIT_CEILING_DIRECTORIES": str(cwd.parent)}
+    try:
+        return subprocess.run(
+            ["git", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=60
+        )
+    except FileNotFoundError:
+        raise Rejected("git is not installed; it is needed to apply patches") from None
+
+
+def _patch_description(text: str) -> str:
+    lines = text.splitlines()
+    for line in lines:
+        if line.startswith(("diff ", "--- ", "Index: ")):
+            break
+        if line.startswith("Subject:"):
+            subject = re.sub(r"^\[[^]]*\]\s*", "", line.removeprefix("Subject:").strip())
+            return subject.strip()
+    if lines and lines[0].startswith("#"):
+        return lines[0].lstrip("#").strip()
+    return ""
+
+
+def _name_description(path: Path) -> str:
+    """`007-try_rope.patch` -> 'try rope'."""
+    text = re.sub(r"^\d+[-_. ]*", "", path.stem).replace("_", " ").replace("-", " ").strip()
+    return text or path.stem
+
+
+def _move(path: Path, folder: Path) -> Path:
+    """Move `path` into `folder`, never over an existing file; returns the new path."""
+    folder.mkdir(parents=True, exist_ok=True)
+    dest = folder / path.name
+    n = 1
+    while dest.exists() or dest.with_name(dest.name + ".reason").exists():
+        dest = folder / f"{path.stem}.{n}{path.suffix}"
+        n += 1
+    path.replace(dest)
+    return dest

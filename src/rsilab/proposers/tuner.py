@@ -1,0 +1,245 @@
+"""The offline proposers. Owns: "tuner" (Optuna TPE over knobs) and "random" (its baseline).
+
+Both read the knobs of the incumbent's `.py` files (see knobs.py) and propose a change of
+1..`max_knobs` knobs around the incumbent. The search space is built once, from the first
+incumbent this process sees: floats log-uniform over value/10..value*10 (a fraction in
+(0, 1) stays at most 1; zero or negative: a linear range), ints over max(1, value//4)..
+value*4 (log), bools and `# one of:` sets categorical; free strings are not tuned. A range
+widens when a later incumbent or result lies outside it.
+
+How a proposal is drawn: a seeded RNG picks which knobs change; the others are fixed at the
+incumbent with `study.enqueue_trial`, and `study.ask` samples the rest (floats rounded to
+3 significant digits, so diffs stay readable). The asked trial is closed as FAIL at once:
+a draw is not a result. Results enter the study only through `observe`, as
+`study.add_trial` in the order they are observed, and every draw is seeded from (seed,
+number of observations, attempt). So a live run and a replay of its history through
+`observe` build the same study and make the same next proposal. A crash, timeout or
+invalid result is told as the metric's worst value (TPE ranks values, so that is simply
+"worse than anything seen"); an interrupted one teaches nothing.
+
+Not covered: code changes (that is the llm and agent proposers' job).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import optuna
+from optuna.distributions import (
+    BaseDistribution,
+    CategoricalDistribution,
+    FloatDistribution,
+    IntDistribution,
+)
+from optuna.trial import TrialState
+
+from rsilab.errors import ConfigError
+from rsilab.proposers.base import Context, register
+from rsilab.proposers.knobs import Knob, collect_knobs, format_value, in_choices, set_knobs_in_files
+from rsilab.types import Metric, Proposal, Verdict
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+ATTEMPTS = 25  # draws per proposal before giving up (all identical or already tried)
+N_STARTUP = 8  # random draws before TPE starts modelling
+_FAILED = {Verdict.CRASH, Verdict.TIMEOUT, Verdict.INVALID}
+_JUDGED = {Verdict.KEEP, Verdict.DISCARD}
+
+Key = tuple[tuple[str, Any], ...]
+
+
+def space_for(knob: Knob) -> BaseDistribution | None:
+    """The distribution a knob is searched over, or None when it is not tuned."""
+    v = knob.value
+    if isinstance(v, bool):
+        return CategoricalDistribution((False, True))
+    if knob.choices is not None:
+        choices = knob.choices if in_choices(v, knob.choices) else (*knob.choices, v)
+        return CategoricalDistribution(choices)
+    if isinstance(v, str):
+        return None
+    if isinstance(v, int):
+        if v > 0:
+            return IntDistribution(max(1, v // 4), v * 4, log=True)
+        if v == 0:
+            return IntDistribution(0, 8)
+        return IntDistribution(v * 4, -max(1, -v // 4))
+    if v > 0:
+        return FloatDistribution(v / 10, min(v * 10, 1.0) if v < 1 else v * 10, log=True)
+    if v == 0:
+        return FloatDistribution(0.0, 1.0)
+    return FloatDistribution(v * 10, v / 10)
+
+
+def _round(x: float) -> float:
+    return float(f"{x:.3g}") if x != 0 else 0.0
+
+
+def _seed(*parts: int) -> int:
+    return random.Random(":".join(map(str, parts))).getrandbits(32)
+
+
+@register("tuner")
+class Tuner:
+    """Optuna TPE over the knobs, around the incumbent (see the module docstring)."""
+
+    name = "tuner"
+    learns = True
+
+    def __init__(self, seed: int = 0, max_knobs: int = 3, exclude: Sequence[str] = ()) -> None:
+        if max_knobs < 1:
+            raise ConfigError(f"proposer {self.name!r}: max_knobs must be >= 1, got {max_knobs}")
+        self.seed = seed
+        self.max_knobs = max_knobs
+        self.exclude = frozenset(exclude)
+        self._study: optuna.Study | None = None
+        self._space: dict[str, BaseDistribution] = {}
+        self._metric = Metric()
+        self._observed: list[tuple[dict[str, Any], str, float | None]] = []
+        self._learned = 0  # observations already told to the study
+        self._tried: set[Key] = set()
+
+    def sampler(self, seed: int) -> optuna.samplers.BaseSampler:
+        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=N_STARTUP)
+
+    # ---- learning -------------------------------------------------------------------
+    def observe(self, proposal: Proposal, verdict: str, metric: float | None) -> None:
+        self._observed.append((dict(proposal.knobs), str(verdict), metric))
+        self._catch_up()
+
+    def _catch_up(self) -> None:
+        """Tell the study what was observed (waits until the first propose built it)."""
+        if self._study is None:
+            return
+        for knobs, verdict, metric in self._observed[self._learned :]:
+            params = {}
+            for n, v in knobs.items():
+                if n in self._space and (fit := self._fit(n, v)) is not _OUT:
+                    params[n] = fit
+            if len(params) == len(self._space):
+                self._tried.add(self._key(params))
+            if verdict in _FAILED:
+                value = self._metric.worst
+            elif verdict in _JUDGED and metric is not None and math.isfinite(metric):
+                value = metric
+            else:
+                continue  # interrupted, or no number: nothing to learn
+            if params and self.learns:
+                dists = {n: self._space[n] for n in params}
+                trial = optuna.trial.create_trial(params=params, distributions=dists, value=value)
+                self._study.add_trial(trial)
+        self._learned = len(self._observed)
+
+    def _fit(self, name: str, value: Any) -> Any:
+        """`value` as the space of `name` holds it (widening a range), or _OUT."""
+        d = self._space[name]
+        if isinstance(d, CategoricalDistribution):
+            return value if in_choices(value, tuple(d.choices)) else _OUT
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            return _OUT
+        if isinstance(d, IntDistribution):
+            if value != int(value) or (d.log and value < 1):
+                return _OUT
+            value = int(value)
+            if not d.low <= value <= d.high:
+                self._space[name] = IntDistribution(min(d.low, value), max(d.high, value), log=d.log)
+            return value
+        assert isinstance(d, FloatDistribution)
+        if d.log and value <= 0:
+            return _OUT
+        value = float(value)
+        if not d.low <= value <= d.high:
+            self._space[name] = FloatDistribution(min(d.low, value), max(d.high, value), log=d.log)
+        return value
+
+    def _key(self, knobs: Mapping[str, Any]) -> Key:
+        return tuple(sorted((n, v) for n, v in knobs.items() if n in self._space))
+
+    # ---- proposing ------------------------------------------------------------------
+    def _start(self, knobs: Mapping[str, tuple[str, Knob]], metric: Metric) -> None:
+        for name, (_, knob) in knobs.items():
+            dist = None if name in self.exclude else space_for(knob)
+            if dist is not None:
+                self._space[name] = dist
+        self._metric = metric
+        direction = "minimize" if metric.direction == "min" else "maximize"
+        self._study = optuna.create_study(direction=direction, sampler=self.sampler(self.seed))
+
+    def propose(self, ctx: Context) -> Proposal | None:
+        knobs = collect_knobs(ctx.files, ctx.preset)
+        if self._study is None:
+            self._start(knobs, ctx.metric)
+        self._catch_up()
+        base: dict[str, Any] = {}
+        for name in sorted(self._space):
+            if name in knobs and (v := self._fit(name, knobs[name][1].value)) is not _OUT:
+                base[name] = v
+        if not base:
+            return None
+        blocked = self._tried | {self._key(p.knobs) for p in ctx.in_flight} | {self._key(base)}
+        for attempt in range(ATTEMPTS):
+            rng = random.Random(_seed(self.seed, len(self._observed), attempt))
+            free = rng.sample(sorted(base), rng.randint(1, min(self.max_knobs, len(base))))
+            drawn = self._draw({n: v for n, v in base.items() if n not in free}, free, rng)
+            changed = {n: drawn[n] for n in free if not _same(drawn[n], base[n])}
+            full = {**base, **changed}
+            if changed and self._key(full) not in blocked:
+                return self._proposal(ctx, knobs, base, changed, full)
+        return None
+
+    def _draw(self, fixed: dict[str, Any], free: list[str], rng: random.Random) -> dict[str, Any]:
+        assert self._study is not None
+        self._study.sampler = self.sampler(rng.getrandbits(32))
+        self._study.enqueue_trial(fixed)
+        dists = {n: self._space[n] for n in [*fixed, *free]}
+        trial = self._study.ask(dists)
+        self._study.tell(trial, state=TrialState.FAIL)  # a draw, not a result
+        out = dict(trial.params)
+        for n in free:
+            d = self._space[n]
+            if isinstance(d, FloatDistribution):
+                out[n] = min(max(_round(out[n]), d.low), d.high)
+        return out
+
+    def _proposal(
+        self,
+        ctx: Context,
+        knobs: Mapping[str, tuple[str, Knob]],
+        base: Mapping[str, Any],
+        changed: dict[str, Any],
+        full: dict[str, Any],
+    ) -> Proposal:
+        order = sorted(changed, key=lambda n: (knobs[n][0], knobs[n][1].lineno))
+        description = ", ".join(
+            f"{n} {format_value(base[n])} -> {format_value(changed[n])}" for n in order
+        )
+        files = set_knobs_in_files(ctx.files, changed, ctx.preset)
+        meta = {"changed": order, "from": {n: base[n] for n in order}}
+        return Proposal(description, files, self.name, knobs=full, meta=meta)
+
+
+def _same(a: Any, b: Any) -> bool:
+    return a == b and isinstance(a, bool) == isinstance(b, bool)
+
+
+class _Out:
+    def __repr__(self) -> str:
+        return "<outside the space>"
+
+
+_OUT: Any = _Out()
+
+
+@register("random")
+class RandomSearch(Tuner):
+    """The baseline arm: the same knobs and space, uniform draws, no learning."""
+
+    name = "random"
+    learns = False
+
+    def sampler(self, seed: int) -> optuna.samplers.BaseSampler:
+        return optuna.samplers.RandomSampler(seed=seed)
+

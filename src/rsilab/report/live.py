@@ -1,0 +1,69 @@
+"""The live terminal view of `rsilab run`. Owns: turning supervisor progress into a screen.
+
+On a terminal it is a rich panel (current experiment and how long it has run, best so far
+against the baseline, kept / discarded / failed counts, experiments per hour, the last
+decision). Elsewhere (a log file, CI, `nohup`) it prints one timestamped line per message,
+so an overnight log stays readable.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from types import TracebackType
+
+from rsilab.orchestrator import Progress
+
+
+def _fmt(v: float | None) -> str:
+    return "-" if v is None else f"{v:.4f}"
+
+
+class LiveView:
+    """A `Notify` callable for the supervisor; use as a context manager."""
+
+    def __init__(self, metric: str, workspace: str, *, rich_ui: bool | None = None) -> None:
+        self.metric = metric
+        self.workspace = workspace
+        self.rich_ui = sys.stdout.isatty() if rich_ui is None else rich_ui
+        self.lines: list[str] = []
+        self._live = None
+
+    def __enter__(self) -> LiveView:
+        if self.rich_ui:
+            from rich.live import Live
+
+            self._live = Live(self._render(Progress()), refresh_per_second=2, transient=False)
+            self._live.__enter__()
+        return self
+
+    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None) -> None:
+        if self._live is not None:
+            self._live.__exit__(et, ev, tb)
+            self._live = None
+
+    def __call__(self, message: str, progress: Progress) -> None:
+        stamp = time.strftime("%H:%M:%S")
+        self.lines = (self.lines + [f"{stamp} {message}"])[-8:]
+        if self._live is not None:
+            self._live.update(self._render(progress))
+        else:
+            print(f"{stamp} {message}", flush=True)
+
+    def _render(self, p: Progress) -> object:
+        from rich.panel import Panel
+        from rich.table import Table
+
+        hours = max(time.time() - p.started, 1.0) / 3600
+        grid = Table.grid(padding=(0, 2))
+        grid.add_column(style="bold")
+        grid.add_column()
+        running = f"{p.current} ({time.time() - p.current_since:.0f} s)" if p.current else "-"
+        grid.add_row("now", running)
+        gain = f" (baseline {_fmt(p.baseline)})" if p.baseline is not None else ""
+        grid.add_row(f"best {self.metric}", _fmt(p.best) + gain)
+        grid.add_row("experiments", f"{p.experiments}: {p.kept} kept, {p.discarded} discarded, "
+                     f"{p.failed} failed; {p.experiments / hours:.1f}/hour")
+        grid.add_row("last", p.last or "-")
+        grid.add_row("log", "\n".join(self.lines[-6:]))
+        return Panel(grid, title=f"rsilab run · {self.workspace}", subtitle="Ctrl-C stops cleanly")

@@ -1,0 +1,241 @@
+"""The research workspace. Owns: git (the repo, the research branch, worktrees, commits).
+
+A workspace is a git repository holding a task. Research happens on the branch
+`rsilab/<tag>`, whose tip is the incumbent. Each experiment gets its own detached
+worktree under `.rsilab/worktrees/`, so the user's own checkout (HEAD, index, files) is
+never touched. Keeping a change is a compare-and-swap fast-forward of the branch ref;
+discarding drops the worktree. Every experiment's commit also gets a ref
+`refs/rsilab/<tag>/exp-<id>`, so discarded attempts stay reproducible.
+
+State that is not git (ledger, run folders, the queue) lives in `.rsilab/`, which is
+excluded through `.git/info/exclude` rather than the user's `.gitignore`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from rsilab.config import CONFIG_NAME, TaskSpec, load_task
+from rsilab.errors import WorkspaceError
+
+STATE_DIR = ".rsilab"
+META_FILE = "workspace.json"
+_GIT_ENV = {
+    "GIT_AUTHOR_NAME": "rsilab", "GIT_AUTHOR_EMAIL": "rsilab@localhost",
+    "GIT_COMMITTER_NAME": "rsilab", "GIT_COMMITTER_EMAIL": "rsilab@localhost",
+    "GIT_TERMINAL_PROMPT": "0",
+}
+
+
+def git(cwd: Path, *args: str, check: bool = True, stdin: str | None = None) -> str:
+    """Run git in `cwd`; its stdout. A failure raises WorkspaceError with git's message."""
+    env = {**os.environ, **_GIT_ENV}
+    proc = subprocess.run(["git", *args], cwd=cwd, env=env, input=stdin, capture_output=True, text=True)
+    if check and proc.returncode != 0:
+        msg = (proc.stderr or proc.stdout).strip().splitlines()
+        raise WorkspaceError(f"git {' '.join(args[:3])} in {cwd}: {msg[-1] if msg else proc.returncode}")
+    return proc.stdout
+
+
+def sha256_file(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Workspace:
+    """An initialised workspace: the repo root and the research tag."""
+
+    root: Path
+    tag: str
+
+    @property
+    def branch(self) -> str:
+        return f"rsilab/{self.tag}"
+
+    @property
+    def state(self) -> Path:
+        return self.root / STATE_DIR
+
+    @property
+    def ledger_path(self) -> Path:
+        return self.state / "ledger.db"
+
+    @property
+    def queue_dir(self) -> Path:
+        return self.state / "queue"
+
+    @property
+    def stop_file(self) -> Path:
+        return self.state / "STOP"
+
+    def run_dir(self, experiment_id: int, run_index: int) -> Path:
+        return self.state / "runs" / f"exp-{experiment_id:04d}" / f"run-{run_index}"
+
+    def meta(self) -> dict[str, object]:
+        loaded: dict[str, object] = json.loads((self.state / META_FILE).read_text())
+        return loaded
+
+    def frozen_hashes(self) -> dict[str, str]:
+        hashes = self.meta().get("frozen", {})
+        assert isinstance(hashes, dict)
+        return {str(k): str(v) for k, v in hashes.items()}
+
+    def load_task(self, overrides: list[tuple[str, object]] | None = None) -> TaskSpec:
+        return load_task(self.root, overrides)
+
+    # ---- refs -------------------------------------------------------------------------
+    def incumbent_commit(self) -> str:
+        return git(self.root, "rev-parse", f"refs/heads/{self.branch}").strip()
+
+    def advance(self, new: str, expected_old: str) -> None:
+        """Fast-forward the research branch from `expected_old` to `new` (compare-and-swap)."""
+        git(self.root, "update-ref", "-m", "rsilab: keep", f"refs/heads/{self.branch}", new, expected_old)
+
+    def reset_branch(self, commit: str) -> None:
+        git(self.root, "update-ref", "-m", "rsilab: reconcile with ledger", f"refs/heads/{self.branch}", commit)
+
+    def is_ancestor(self, a: str, b: str) -> bool:
+        return subprocess.run(["git", "merge-base", "--is-ancestor", a, b], cwd=self.root,
+                              capture_output=True).returncode == 0
+
+    def tag_experiment(self, experiment_id: int, commit: str) -> None:
+        git(self.root, "update-ref", f"refs/rsilab/{self.tag}/exp-{experiment_id:04d}", commit)
+
+    def read_file(self, commit: str, rel: str) -> str:
+        return git(self.root, "show", f"{commit}:{rel}")
+
+    def editable_files(self, task: TaskSpec, commit: str) -> dict[str, str]:
+        """The editable files as they are at `commit`: relative path -> content."""
+        listed = git(self.root, "ls-tree", "-r", "--name-only", commit).splitlines()
+        return {rel: self.read_file(commit, rel) for rel in listed if task.is_editable(rel)}
+
+    def diff(self, base: str, commit: str) -> str:
+        return git(self.root, "diff", base, commit)
+
+    # ---- worktrees --------------------------------------------------------------------
+    def worktrees_dir(self) -> Path:
+        return self.state / "worktrees"
+
+    def create_worktree(self, name: str, commit: str) -> Path:
+        path = self.worktrees_dir() / name
+        if path.exists():
+            self.remove_worktree(path)
+        git(self.root, "worktree", "add", "--detach", "--force", str(path), commit)
+        return path
+
+    def remove_worktree(self, path: Path) -> None:
+        git(self.root, "worktree", "remove", "--force", str(path), check=False)
+        if path.exists():
+            shutil.rmtree(path, ignore_errors=True)
+        git(self.root, "worktree", "prune")
+
+    def remove_all_worktrees(self) -> list[str]:
+        """Drop every experiment worktree (after a crash of the supervisor); their names."""
+        names = []
+        if self.worktrees_dir().is_dir():
+            for path in sorted(self.worktrees_dir().iterdir()):
+                self.remove_worktree(path)
+                names.append(path.name)
+        git(self.root, "worktree", "prune")
+        return names
+
+    def apply(self, worktree: Path, files: dict[str, str]) -> str | None:
+        """Write a proposal's files into the worktree; a reason string when a path is unsafe."""
+        for rel, content in files.items():
+            p = Path(rel)
+            if p.is_absolute() or ".." in p.parts or (p.parts and p.parts[0] in (".git", STATE_DIR)):
+                return f"path {rel!r} is outside the task"
+            target = worktree / p
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(content)
+        return None
+
+    def check(self, worktree: Path, task: TaskSpec) -> str | None:
+        """None when only editable files changed and frozen files match; else the reason."""
+        status = git(worktree, "status", "--porcelain", "--untracked-files=all", "-z")
+        for entry in filter(None, status.split("\0")):
+            rel = entry[3:]
+            if not task.is_editable(rel):
+                return f"changes {rel}, which is not editable (editable: {', '.join(task.editable)})"
+        for rel, digest in self.frozen_hashes().items():
+            path = worktree / rel
+            if not path.is_file() or sha256_file(path) != digest:
+                return f"frozen file {rel} does not match its recorded sha256"
+        return None
+
+    def commit(self, worktree: Path, message: str) -> str | None:
+        """Commit everything in the worktree; the new sha, or None when nothing changed."""
+        git(worktree, "add", "-A")
+        if not git(worktree, "status", "--porcelain"):
+            return None
+        git(worktree, "commit", "-q", "--no-verify", "-m", message)
+        return git(worktree, "rev-parse", "HEAD").strip()
+
+
+def init_workspace(directory: Path, task_dir: Path | None, tag: str, *, resume: bool = False) -> Workspace:
+    """Create (or adopt) a workspace in `directory` with research branch `rsilab/<tag>`.
+
+    - `directory` is a git repo with an rsilab.toml: adopted as is (task_dir ignored).
+    - otherwise the task folder is copied into `directory` (which must be empty or absent)
+      and committed as the first commit.
+    The branch must not exist unless `resume` is set.
+    """
+    if not tag or any(c in tag for c in " ~^:?*[\\") or tag.startswith("-"):
+        raise WorkspaceError(f"tag {tag!r}: use letters, digits, '-', '_' or '.'")
+    directory = directory.resolve()
+    if (directory / ".git").exists():
+        if not (directory / CONFIG_NAME).is_file():
+            raise WorkspaceError(f"{directory}: a git repo without {CONFIG_NAME}; pass an empty folder to copy a task into")
+        if not git(directory, "rev-parse", "--verify", "-q", "HEAD", check=False).strip():
+            raise WorkspaceError(f"{directory}: the repo has no commit yet; commit the task first")
+    else:
+        if task_dir is None:
+            raise WorkspaceError(f"{directory}: not a workspace; give --task to create one")
+        if directory.exists() and any(directory.iterdir()):
+            raise WorkspaceError(f"{directory}: not empty and not a git repo; choose a new folder")
+        shutil.copytree(task_dir, directory, dirs_exist_ok=True,
+                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc", STATE_DIR, ".git"))
+        git(directory, "init", "-q", "-b", "main")
+        git(directory, "add", "-A")
+        git(directory, "commit", "-q", "-m", f"rsilab: task {task_dir.name}")
+    task = load_task(directory)  # validates before anything else is written
+    exclude = directory / ".git" / "info" / "exclude"
+    exclude.parent.mkdir(parents=True, exist_ok=True)
+    if f"/{STATE_DIR}/" not in (exclude.read_text() if exclude.exists() else ""):
+        with open(exclude, "a") as f:
+            f.write(f"\n/{STATE_DIR}/\n")
+    ws = Workspace(directory, tag)
+    exists = bool(git(directory, "rev-parse", "--verify", "-q", f"refs/heads/{ws.branch}", check=False).strip())
+    if exists and not resume:
+        raise WorkspaceError(f"branch {ws.branch} already exists in {directory}: use another --tag, or `rsilab run` to resume it")
+    if not exists:
+        git(directory, "branch", ws.branch, "HEAD")
+    ws.state.mkdir(exist_ok=True)
+    meta_path = ws.state / META_FILE
+    if not meta_path.exists() or not resume:
+        head = ws.incumbent_commit()
+        frozen = {rel: sha256_file(directory / rel) for rel in task.frozen_files(directory)}
+        meta = {"tag": tag, "branch": ws.branch, "task": task.name, "base_commit": head, "frozen": frozen}
+        tmp = meta_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(meta, indent=1))
+        os.replace(tmp, meta_path)
+    return ws
+
+
+def open_workspace(directory: Path) -> Workspace:
+    """The workspace in `directory` (made by `rsilab init`); a clear error otherwise."""
+    directory = directory.resolve()
+    meta_path = directory / STATE_DIR / META_FILE
+    if not meta_path.is_file():
+        raise WorkspaceError(f"{directory}: not an rsilab workspace (no {STATE_DIR}/{META_FILE}); run `rsilab init` first")
+    try:
+        meta = json.loads(meta_path.read_text())
+        return Workspace(directory, str(meta["tag"]))
+    except (ValueError, KeyError):
+        raise WorkspaceError(f"{meta_path}: unreadable; re-run `rsilab init --resume`") from None

@@ -1,0 +1,253 @@
+"""Tests for rsilab.judge: verdict rules, the statistics, and the false-keep rate on pure noise."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from rsilab.config import JudgeSpec
+from rsilab.judge import Judgement, judge, noise_sigma, seed_schedule
+from rsilab.types import Metric, RunResult, Status, Verdict
+
+MIN = Metric("val_bpb", "min")
+MAX = Metric("accuracy", "max")
+SPEC = JudgeSpec()  # alpha 0.05, max_runs 4
+INCUMBENT = [1.000, 1.004, 0.996]  # noise floor, sd 0.004
+
+
+def ok(value: float, seed: int = 0, **summary: float) -> RunResult:
+    return RunResult(Status.OK, seed=seed, metric=value, summary=dict(summary))
+
+
+def runs(values: Sequence[float], **summary: float) -> list[RunResult]:
+    return [ok(v, seed=seed_schedule(0, 1, i), **summary) for i, v in enumerate(values)]
+
+
+def sequential(
+    values: Sequence[float],
+    incumbent: Sequence[float],
+    metric: Metric = MIN,
+    spec: JudgeSpec = SPEC,
+) -> Judgement:
+    """Run the candidate the way the runner does: another run while the judge says MORE."""
+    done: list[RunResult] = []
+    for value in values:
+        done.append(ok(float(value), seed=seed_schedule(7, 1, len(done))))
+        j = judge(done, incumbent, metric, spec)
+        if j.verdict is not Verdict.MORE:
+            return j
+    raise AssertionError(f"still MORE after {len(done)} runs (max_runs {spec.max_runs})")
+
+
+def test_real_improvement_is_kept_after_a_confirmation_run() -> None:
+    first = judge(runs([0.980]), INCUMBENT, MIN, SPEC)
+    assert first.verdict is Verdict.MORE  # one run never keeps
+    clear = judge(runs([0.950]), INCUMBENT, MIN, SPEC)
+    assert clear.verdict is Verdict.MORE and clear.reason.endswith("confirmation run")
+    j = judge(runs([0.980, 0.982]), INCUMBENT, MIN, SPEC)
+    assert j.verdict is Verdict.KEEP, j.reason
+    assert j.effect == pytest.approx(0.019)
+    assert j.effect is not None and j.ci_low is not None and j.ci_high is not None
+    assert 0 < j.ci_low < j.effect < j.ci_high
+    assert j.p_value is not None and j.p_value < 0.05 / 3
+    assert (j.n_candidate, j.n_incumbent) == (2, 3)
+    assert "+0.019" in j.reason
+
+
+def test_single_run_is_enough_when_max_runs_is_one() -> None:
+    j = judge(runs([0.980]), INCUMBENT, MIN, replace(SPEC, max_runs=1))
+    assert j.verdict is Verdict.KEEP, j.reason
+
+
+@pytest.mark.parametrize("metric", [MIN, MAX])
+def test_pure_noise_is_kept_near_alpha_not_half_the_time(metric: Metric) -> None:
+    rng = np.random.default_rng(1234)
+    trials, sd = 2000, 0.01
+    kept = single_rule = 0
+    for _ in range(trials):
+        incumbent = list(rng.normal(1.0, sd, SPEC.noise_runs))
+        j = sequential(list(rng.normal(1.0, sd, SPEC.max_runs)), incumbent, metric)
+        kept += j.verdict is Verdict.KEEP
+        # autoresearch's rule: keep any better number from one run
+        first = rng.normal(1.0, sd)
+        single_rule += metric.better(first, incumbent[0])
+    rate, single = kept / trials, single_rule / trials
+    print(f"false-keep rate {rate:.4f} ({metric.direction}), single-run rule {single:.3f}")
+    assert 0 < rate < SPEC.alpha + 0.015  # Bonferroni over the looks bounds it by alpha
+    assert 0.45 < single < 0.55
+    assert rate < single / 5
+
+
+def test_real_improvement_power() -> None:
+    rng = np.random.default_rng(99)
+    sd, kept = 0.01, 0
+    for _ in range(200):
+        incumbent = list(rng.normal(1.0, sd, 3))
+        j = sequential(list(rng.normal(1.0 - 5 * sd, sd, SPEC.max_runs)), incumbent)
+        kept += j.verdict is Verdict.KEEP
+    assert kept / 200 > 0.9
+
+
+@pytest.mark.parametrize(
+    ("status", "verdict"),
+    [
+        (Status.CRASH, Verdict.CRASH),
+        (Status.OOM, Verdict.CRASH),
+        (Status.TIMEOUT, Verdict.TIMEOUT),
+        (Status.INVALID, Verdict.INVALID),
+        (Status.INTERRUPTED, Verdict.INTERRUPTED),
+    ],
+)
+def test_failed_run_decides(status: Status, verdict: Verdict) -> None:
+    bad = RunResult(status, seed=3, reason="out of memory at step 12")
+    j = judge([bad], INCUMBENT, MIN, SPEC)
+    assert j.verdict is verdict
+    assert j.reason == f"{status.value}: out of memory at step 12"
+    assert j.effect is None and j.n_candidate == 0
+
+
+def test_failed_confirmation_run_beats_a_great_first_run() -> None:
+    j = judge(
+        [ok(0.5, seed=1), RunResult(Status.TIMEOUT, seed=2, reason="killed at 90s")],
+        INCUMBENT,
+        MIN,
+        SPEC,
+    )
+    assert j.verdict is Verdict.TIMEOUT
+    assert j.reason == "timeout: killed at 90s (run 2)"
+    assert j.effect == pytest.approx(0.5)  # still logged
+
+
+def test_ok_status_without_finite_metric_is_invalid() -> None:
+    j = judge([RunResult(Status.OK, seed=1, metric=float("nan"))], INCUMBENT, MIN, SPEC)
+    assert j.verdict is Verdict.INVALID
+
+
+def test_seed_ignoring_candidate_is_flagged() -> None:
+    j = judge(runs([0.95, 0.95, 0.95]), INCUMBENT, MIN, SPEC)
+    assert j.verdict is Verdict.INVALID
+    assert j.flags == ("ignores-seed",)
+    assert "did not move under 3 different harness seeds" in j.reason
+    # within 1e-12 relative counts as identical
+    assert judge(runs([0.95, 0.95 * (1 + 1e-14)]), INCUMBENT, MIN, SPEC).flags == ("ignores-seed",)
+
+
+def test_same_seed_or_deterministic_task_is_not_flagged() -> None:
+    same_seed = [ok(0.95, seed=5), ok(0.95, seed=5)]
+    assert judge(same_seed, INCUMBENT, MIN, SPEC).flags == ()
+    j = judge(runs([0.95, 0.95]), [1.0, 1.0, 1.0], MIN, SPEC)  # deterministic: direct comparison
+    assert j.verdict is Verdict.KEEP and j.flags == ()
+    assert j.effect == pytest.approx(0.05) and j.p_value is None
+
+
+def test_deterministic_task_needs_confirmation_and_direct_comparison() -> None:
+    assert judge(runs([0.9]), [1.0, 1.0], MIN, SPEC).verdict is Verdict.MORE
+    assert judge(runs([1.1, 1.1]), [1.0, 1.0], MIN, SPEC).verdict is Verdict.DISCARD
+    tie = judge(runs([1.0, 1.0]), [1.0, 1.0], MIN, SPEC, candidate_size=9, incumbent_size=10)
+    assert tie.verdict is Verdict.KEEP
+
+
+def test_memory_cap_discards_with_figures() -> None:
+    j = judge(runs([0.9, 0.9], peak_memory_gb=12.5), INCUMBENT, MIN, SPEC, memory_cap_gb=10)
+    assert j.verdict is Verdict.DISCARD
+    assert "12.5" in j.reason and "10 GB cap" in j.reason
+    assert j.effect == pytest.approx(0.1)
+    uncapped = judge(runs([0.98, 0.982], peak_memory_gb=12.5), INCUMBENT, MIN, SPEC)
+    assert uncapped.verdict is Verdict.KEEP
+
+
+def test_constraints() -> None:
+    limit = {"num_params": 1e6}
+    over = judge(runs([0.98, 0.982], num_params=2e6), INCUMBENT, MIN, SPEC, constraints=limit)
+    assert (
+        over.verdict is Verdict.DISCARD and "num_params 2e+06 over the limit 1e+06" in over.reason
+    )
+    missing = judge(runs([0.98, 0.982]), INCUMBENT, MIN, SPEC, constraints=limit)
+    assert missing.verdict is Verdict.DISCARD and "not reported" in missing.reason
+    within = judge(runs([0.98, 0.982], num_params=5e5), INCUMBENT, MIN, SPEC, constraints=limit)
+    assert within.verdict is Verdict.KEEP
+
+
+def test_simpler_tie_is_kept_after_max_runs() -> None:
+    values = [1.001, 0.999, 1.003, 1.000]
+    for n in range(1, 4):
+        j = judge(runs(values[:n]), INCUMBENT, MIN, SPEC, candidate_size=90, incumbent_size=100)
+        assert j.verdict is Verdict.MORE, j.reason
+    j = judge(runs(values), INCUMBENT, MIN, SPEC, candidate_size=90, incumbent_size=100)
+    assert j.verdict is Verdict.KEEP
+    assert j.reason.startswith("simpler (100 -> 90 lines) and equal within noise")
+    assert j.effect is not None and j.effect < 0 and j.p_value is not None
+
+
+def test_bigger_tie_is_discarded_at_once() -> None:
+    j = judge(runs([1.001]), INCUMBENT, MIN, SPEC, candidate_size=110, incumbent_size=100)
+    assert j.verdict is Verdict.DISCARD
+    assert j.reason.startswith("no gain: -0.001")
+    assert j.effect == pytest.approx(-0.001) and j.ci_low is not None and j.p_value is not None
+
+
+def test_simpler_but_worse_is_discarded() -> None:
+    j = judge(runs([1.05]), INCUMBENT, MIN, SPEC, candidate_size=90, incumbent_size=100)
+    assert j.verdict is Verdict.DISCARD and "but worse" in j.reason
+
+
+def test_undecided_at_max_runs_is_discarded() -> None:
+    values = [0.998, 0.997, 1.001, 0.999]  # gain +0.00125, sd ~0.004
+    for n in range(1, 4):
+        assert judge(runs(values[:n]), INCUMBENT, MIN, SPEC).verdict is Verdict.MORE
+    j = judge(runs(values), INCUMBENT, MIN, SPEC)
+    assert j.verdict is Verdict.DISCARD
+    assert j.reason.startswith("gain +0.00125 not significant, p=") and j.reason.endswith("n=4")
+
+
+def test_min_effect_raises_the_bar() -> None:
+    spec = replace(SPEC, min_effect=0.02)
+    j = judge(runs([0.980, 0.982, 0.981, 0.981]), INCUMBENT, MIN, spec)
+    assert j.verdict is Verdict.DISCARD and "min_effect 0.02" in j.reason
+    assert j.p_value is not None and j.p_value > 0.5
+
+
+def test_no_noise_estimate_asks_for_more_then_compares_plainly() -> None:
+    assert judge(runs([0.99]), [1.0], MIN, SPEC).verdict is Verdict.MORE
+    j = judge(runs([0.99, 0.991]), [1.0], MIN, SPEC)  # sd from the candidate alone
+    assert j.p_value is not None
+    plain = judge(runs([0.99]), [1.0], MIN, replace(SPEC, max_runs=1))
+    assert plain.verdict is Verdict.KEEP and "plain comparison" in plain.reason
+    assert plain.p_value is None and plain.effect == pytest.approx(0.01)
+
+
+def test_direction_max() -> None:
+    incumbent = [0.80, 0.81, 0.79]
+    j = judge(runs([0.85, 0.851]), incumbent, MAX, SPEC)
+    assert j.verdict is Verdict.KEEP and j.effect == pytest.approx(0.0505)
+    worse = judge(runs([0.75]), incumbent, MAX, SPEC)
+    assert worse.verdict is Verdict.DISCARD and worse.effect == pytest.approx(-0.05)
+
+
+def test_bad_input_raises() -> None:
+    with pytest.raises(ValueError):
+        judge([], INCUMBENT, MIN, SPEC)
+    with pytest.raises(ValueError):
+        judge(runs([1.0]), [], MIN, SPEC)
+
+
+def test_noise_sigma() -> None:
+    assert noise_sigma([1.0]) is None
+    assert noise_sigma([]) is None
+    assert noise_sigma([1.0, 3.0]) == pytest.approx(2**0.5)
+
+
+def test_seed_schedule_is_deterministic_distinct_and_in_range() -> None:
+    assert seed_schedule(0, 5, 2) == seed_schedule(0, 5, 2)
+    assert seed_schedule(0, 5, 2) != seed_schedule(1, 5, 2)
+    for exp in range(50):
+        seeds = [seed_schedule(42, exp, i) for i in range(200)]
+        assert len(set(seeds)) == len(seeds)
+        assert all(0 <= s < 2**31 for s in seeds)
+    firsts = {seed_schedule(42, exp, 0) for exp in range(1000)}
+    assert len(firsts) == 1000
+    with pytest.raises(ValueError):
+        seed_schedule(0, 0, -1)
