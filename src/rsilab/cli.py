@@ -194,8 +194,10 @@ def run(directory: Path, task_name: str, tag: str | None, proposer: str, max_exp
     task = ws.load_task(_overrides(sets))
     preset = preset or harness.preset()
     train_data, val_data = _task_data(task)
-    proposers = [create("queue", queue_dir=ws.queue_dir),
-                 create(proposer, seed=task.tuner.seed, max_knobs=task.tuner.max_knobs, exclude=task.tuner.exclude)]
+    # Queued human ideas always go first; then the chosen proposer.
+    proposers = [create("queue", queue_dir=ws.queue_dir)]
+    if proposer != "queue":
+        proposers.append(create(proposer, **_proposer_options(proposer, task)))
     with Ledger(ws.ledger_path) as ledger:
         _check_comparable(ledger, task, preset)
         if sets:
@@ -207,6 +209,12 @@ def run(directory: Path, task_name: str, tag: str | None, proposer: str, max_exp
         ledger.export_tsv(ws.root / "results.tsv", task.metric.name)
         click.echo(f"stopped: {reason}")
         _print_status(ledger, task.metric.name, ws.root)
+
+
+def _proposer_options(name: str, task: TaskSpec) -> dict[str, Any]:
+    if name in ("tuner", "random"):
+        return {"seed": task.tuner.seed, "max_knobs": task.tuner.max_knobs, "exclude": task.tuner.exclude}
+    return {}
 
 
 def _print_status(ledger: Any, metric: str, root: Path, recent: int = 10) -> None:

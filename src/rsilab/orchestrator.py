@@ -143,8 +143,8 @@ class Supervisor:
         with self.ledger.transaction():
             self.ledger.add_run(exp_id, result, kind=kind)
             self.ledger.add_cost(exp_id, "compute", result.train_seconds + result.eval_seconds, "s")
-        shown = f"{result.metric:.4f}" if result.metric is not None else result.reason
-        self._say(f"  run seed={result.seed}: {result.status} {shown}")
+        shown = f"{result.status} {result.metric:.4f}" if result.metric is not None else result.reason
+        self._say(f"  run seed={result.seed}: {shown}")
 
     def ensure_baseline(self) -> Experiment:
         """The incumbent; measures the baseline under several seeds first if there is none."""
@@ -290,7 +290,7 @@ class Supervisor:
                 since_recheck = 0
             proposal = self.propose(inc)
             if proposal is None:
-                reason = "no proposer has anything left to propose"
+                reason = "no proposer has anything left: nothing left to propose"
                 break
             try:
                 exp = self.experiment(inc, proposal)

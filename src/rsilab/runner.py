@@ -13,6 +13,7 @@ own metrics file.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -83,10 +84,41 @@ def _group_rss_bytes(sid: int) -> int:
 
 
 def _kill_group(pgid: int, sig: int) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
+
+
+def _live_members(sid: int) -> list[int]:
+    """Pids in session `sid` that have not exited (a zombie has; its parent reaps it)."""
+    try:
+        entries = list(os.scandir("/proc"))
+    except OSError:
+        return []  # no /proc (macOS): the group kill is all we can do
+    pids = []
+    for entry in entries:
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat") as f:
+                stat = f.read()
+            fields = stat[stat.rindex(")") + 2 :].split()
+            if int(fields[3]) == sid and fields[0] not in ("Z", "X"):  # field 3: state
+                pids.append(int(entry.name))
+        except (OSError, ValueError, IndexError):
+            continue
+    return pids
+
+
+def _kill_session(sid: int, deadline: float) -> None:
+    """SIGKILL what is left of the run's session and wait, until `deadline`, for it to be
+    gone: a killed process keeps its memory (and its GPU) until its exit completes, and a
+    run must not overlap the next one on its slot."""
+    _kill_group(sid, signal.SIGKILL)
+    while (alive := _live_members(sid)) and time.monotonic() < deadline:
+        for pid in alive:  # also any that moved to another process group of the session
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+        time.sleep(POLL_SECONDS / 5)
 
 
 def _wait_until(pid: int, deadline: float) -> int | None:
@@ -99,6 +131,17 @@ def _wait_until(pid: int, deadline: float) -> int | None:
     return None
 
 
+def _die_with_parent() -> None:
+    """In the child, before exec: get SIGKILL when the supervisor dies (even by kill -9),
+    so no training process outlives the supervisor that owns its budget (Linux only)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass  # not Linux: the process group is still killed when the run ends
+
+
 def run_process(cmd: list[str], *, cwd: Path, env: dict[str, str], log: Path, timeout: float,
                 memory_cap_gb: float = 0.0) -> ProcessOutcome:
     """Run `cmd` in its own session with output to `log`; enforce wall time and memory."""
@@ -108,39 +151,47 @@ def run_process(cmd: list[str], *, cwd: Path, env: dict[str, str], log: Path, ti
     start = time.monotonic()
     with open(log, "ab") as out:
         proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True)
+                                stdin=subprocess.DEVNULL, start_new_session=True,
+                                preexec_fn=_die_with_parent)
     pgid = proc.pid
     timed_out = oom = False
     peak = 0
     next_mem_check = 0.0
     status: int | None = None
-    while True:
-        pid, wait_status, usage = os.wait4(proc.pid, os.WNOHANG)
-        if pid == proc.pid:
-            status = wait_status
-            peak = max(peak, usage.ru_maxrss * 1024)
-            break
-        now = time.monotonic()
-        if now - start > timeout:
-            timed_out = True
-            _kill_group(pgid, signal.SIGTERM)
-            status = _wait_until(proc.pid, now + GRACE_SECONDS)
-            if status is None:
-                _kill_group(pgid, signal.SIGKILL)
-                _, status, _ = os.wait4(proc.pid, 0)
-            break
-        if memory_cap_gb > 0 and now >= next_mem_check:
-            next_mem_check = now + 0.5
-            rss = _group_rss_bytes(pgid)
-            peak = max(peak, rss)
-            if rss > memory_cap_gb * 2**30:
-                oom = True
-                _kill_group(pgid, signal.SIGKILL)
-                _, status, usage = os.wait4(proc.pid, 0)
+    try:
+        while True:
+            pid, wait_status, usage = os.wait4(proc.pid, os.WNOHANG)
+            if pid == proc.pid:
+                status = wait_status
+                peak = max(peak, usage.ru_maxrss * 1024)
                 break
-        time.sleep(POLL_SECONDS)
-    # Reap leftovers of the group (a grandchild that outlived its parent).
-    _kill_group(pgid, signal.SIGKILL)
+            now = time.monotonic()
+            if now - start > timeout:
+                timed_out = True
+                _kill_group(pgid, signal.SIGTERM)
+                status = _wait_until(proc.pid, now + GRACE_SECONDS)
+                if status is None:
+                    _kill_group(pgid, signal.SIGKILL)
+                    _, status, _ = os.wait4(proc.pid, 0)
+                break
+            if memory_cap_gb > 0 and now >= next_mem_check:
+                next_mem_check = now + 0.5
+                rss = _group_rss_bytes(pgid)
+                peak = max(peak, rss)
+                if rss > memory_cap_gb * 2**30:
+                    oom = True
+                    _kill_group(pgid, signal.SIGKILL)
+                    _, status, usage = os.wait4(proc.pid, 0)
+                    break
+            time.sleep(POLL_SECONDS)
+    except BaseException:
+        # Ctrl-C (or any error) in the supervisor: the run must not outlive it.
+        _kill_group(pgid, signal.SIGKILL)
+        with contextlib.suppress(ChildProcessError):
+            os.wait4(proc.pid, 0)
+        raise
+    # Kill leftovers of the group (a grandchild that outlived its parent) and wait for them.
+    _kill_session(pgid, time.monotonic() + GRACE_SECONDS)
     proc.returncode = os.waitstatus_to_exitcode(status) if status is not None else -9
     rc = None if (timed_out or oom) else proc.returncode
     return ProcessOutcome(rc, time.monotonic() - start, timed_out, oom, peak / 2**30)
@@ -237,7 +288,7 @@ def run(task: TaskSpec, workdir: Path, run_dir: Path, *, seed: int, train_data: 
             return result(Status.CRASH, f"crash: train.py printed no finite {task.metric.name}",
                           log=paths.train_log)
         return result(Status.OK, metric=value, evaluation={"sealed": False})
-    if val_data is None:
+    if val_data is None and task.evaluator == "sealed":
         return result(Status.CRASH, "crash: no validation data for the evaluator")
 
     ev, figures = _evaluate(task, workdir, paths, env, seed, val_data)
@@ -257,9 +308,9 @@ def run(task: TaskSpec, workdir: Path, run_dir: Path, *, seed: int, train_data: 
 
 
 def _evaluate(task: TaskSpec, workdir: Path, paths: RunPaths, env: dict[str, str], seed: int,
-              val_data: Path) -> tuple[ProcessOutcome, dict[str, Any]]:
+              val_data: Path | None) -> tuple[ProcessOutcome, dict[str, Any]]:
     """Run the task's evaluator on the artifact; its outcome and the figures it wrote."""
-    args = ["--artifact", str(paths.artifact.resolve()), "--val", str(val_data),
+    args = ["--artifact", str(paths.artifact.resolve()), "--val", str(val_data or ""),
             "--out", str(paths.metrics.resolve()), "--seed", str(seed), "--threads", str(task.threads)]
     if task.evaluator == "sealed":
         cmd = [sys.executable, "-m", "rsilab.harness.evaluate", *args,

@@ -59,6 +59,7 @@ def _literal(node: ast.expr) -> tuple[bool, Any]:
         and type(node.operand.value) in (int, float)
     ):
         v = node.operand.value
+        assert isinstance(v, int | float)
         return True, -v if isinstance(node.op, ast.USub) else v
     return False, None
 
@@ -182,7 +183,9 @@ def check_value(knob: Knob, value: Any) -> None:
     if isinstance(value, float) and not math.isfinite(value):
         raise ValueError(f"{knob.name}: {value!r} is not a finite number")
     if _kind(value) != _kind(knob.value):
-        raise ValueError(f"{knob.name}: {value!r} is a {_kind(value)}, the knob a {_kind(knob.value)}")
+        raise ValueError(
+            f"{knob.name}: {value!r} is a {_kind(value)}, the knob a {_kind(knob.value)}"
+        )
     if knob.choices is not None and not in_choices(value, knob.choices):
         allowed = ", ".join(format_value(c) for c in knob.choices)
         raise ValueError(f"{knob.name}: {value!r} is not one of: {allowed}")
@@ -190,9 +193,9 @@ def check_value(knob: Knob, value: Any) -> None:
 
 def _text(value: Any, old: str) -> str:
     text = repr(value)
-    if isinstance(value, str) and old.startswith('"') and text.startswith("'"):
-        if '"' not in value and "'" not in value:
-            text = '"' + text[1:-1] + '"'
+    quotes = isinstance(value, str) and ('"' in value or "'" in value)
+    if isinstance(value, str) and old.startswith('"') and not quotes:
+        text = '"' + text[1:-1] + '"'
     return text
 
 
@@ -235,7 +238,9 @@ def set_knobs(source: str, values: Mapping[str, Any], preset: str | None = None)
     return out
 
 
-def collect_knobs(files: Mapping[str, str], preset: str | None = None) -> dict[str, tuple[str, Knob]]:
+def collect_knobs(
+    files: Mapping[str, str], preset: str | None = None
+) -> dict[str, tuple[str, Knob]]:
     """Knobs of every `.py` file: name -> (path, knob).
 
     Paths are read in sorted order and the first file that defines a name owns it; files

@@ -34,8 +34,12 @@ from rsilab.types import Proposal
 SUFFIXES = (".toml", ".patch", ".diff")
 
 
-class Rejected(Exception):
+class _Rejected(Exception):
     """A queued file that cannot become a proposal (internal: becomes a .reason file)."""
+
+
+class PatchError(ValueError):
+    """A unified diff that cannot be applied to the files (the message says why)."""
 
 
 @register("queue")
@@ -64,7 +68,7 @@ class QueueProposer:
                     proposal = self._from_toml(path, ctx)
                 else:
                     proposal = self._from_patch(path, ctx)
-            except Rejected as e:
+            except _Rejected as e:
                 self._reject(path, str(e))
                 continue
             _move(path, self.queue_dir / "done")
@@ -77,29 +81,33 @@ class QueueProposer:
     # ---- the two kinds of file ------------------------------------------------------
     def _from_toml(self, path: Path, ctx: Context) -> Proposal:
         try:
-            data = tomllib.loads(path.read_text())
+            data = tomllib.loads(path.read_bytes().decode())
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-            raise Rejected(f"invalid TOML: {e}") from None
+            raise _Rejected(f"invalid TOML: {e}") from None
         knobs = data.get("knobs")
         if not isinstance(knobs, dict) or not knobs:
-            raise Rejected("no [knobs] table (expected e.g. [knobs] LR = 0.002)")
+            raise _Rejected("no [knobs] table (expected e.g. [knobs] LR = 0.002)")
         try:
             files = set_knobs_in_files(ctx.files, knobs, ctx.preset)
         except KeyError as e:
-            raise Rejected(str(e.args[0]) if e.args else str(e)) from None
+            raise _Rejected(str(e.args[0]) if e.args else str(e)) from None
         except (ValueError, SyntaxError) as e:
-            raise Rejected(str(e)) from None
+            raise _Rejected(str(e)) from None
         if not files:
-            raise Rejected("every knob already has that value: nothing changes")
+            raise _Rejected("every knob already has that value: nothing changes")
         description = str(data.get("description") or _name_description(path))
-        return Proposal(description, files, self.name, knobs=dict(knobs), meta={"source": path.name})
+        return Proposal(
+            description, files, self.name, knobs=dict(knobs), meta={"source": path.name}
+        )
 
     def _from_patch(self, path: Path, ctx: Context) -> Proposal:
         try:
-            text = path.read_text()
+            text = path.read_bytes().decode()
+            files = apply_patch(ctx.files, text)
         except UnicodeDecodeError:
-            raise Rejected("not a text file") from None
-        files = apply_patch(ctx.files, path)
+            raise _Rejected("not a UTF-8 text file") from None
+        except PatchError as e:
+            raise _Rejected(str(e)) from None
         description = _patch_description(text) or _name_description(path)
         return Proposal(description, files, self.name, meta={"source": path.name})
 
@@ -108,22 +116,28 @@ class QueueProposer:
         dest.with_name(dest.name + ".reason").write_text(reason.rstrip() + "\n")
 
 
-def apply_patch(files: Mapping[str, str], patch: Path) -> dict[str, str]:
-    """The files a unified diff changes or adds (path -> new content); raises Rejected."""
+def apply_patch(files: Mapping[str, str], patch: str) -> dict[str, str]:
+    """The files a unified diff changes or adds: path -> new content.
+
+    `files` is left alone; the diff is applied with `git apply` to a temporary copy.
+    Raises PatchError when it does not apply, deletes a file or changes nothing.
+    """
     with tempfile.TemporaryDirectory(prefix="rsilab-patch-") as tmp:
         root = Path(tmp) / "files"
         root.mkdir()
+        patch_file = Path(tmp) / "change.patch"
+        patch_file.write_bytes(patch.encode())
         for rel, content in files.items():
             (root / rel).parent.mkdir(parents=True, exist_ok=True)
             (root / rel).write_bytes(content.encode())
         errors = []
         for strip in ("-p1", "-p0"):
-            res = _git(["apply", strip, "--whitespace=nowarn", str(patch.resolve())], root)
+            res = _git(["apply", strip, "--whitespace=nowarn", str(patch_file)], root)
             if res.returncode == 0:
                 break
             errors.append(res.stderr.strip() or f"git apply {strip} failed")
         else:
-            raise Rejected("patch does not apply: " + errors[0])
+            raise PatchError("patch does not apply: " + errors[0])
         out: dict[str, str] = {}
         for p in sorted(root.rglob("*")):
             rel = p.relative_to(root).as_posix()
@@ -132,14 +146,14 @@ def apply_patch(files: Mapping[str, str], patch: Path) -> dict[str, str]:
             try:
                 content = p.read_bytes().decode()
             except UnicodeDecodeError:
-                raise Rejected(f"patch makes {rel} a binary file") from None
+                raise PatchError(f"patch makes {rel} a binary file") from None
             if files.get(rel) != content:
                 out[rel] = content
         gone = sorted(rel for rel in files if not (root / rel).is_file())
         if gone:
-            raise Rejected(f"patch deletes {', '.join(gone)} (a proposal cannot delete files)")
+            raise PatchError(f"patch deletes {', '.join(gone)} (a proposal cannot delete files)")
         if not out:
-            raise Rejected("patch changes nothing")
+            raise PatchError("patch changes nothing")
         return out
 
 
@@ -151,17 +165,23 @@ def _git(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
             ["git", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=60
         )
     except FileNotFoundError:
-        raise Rejected("git is not installed; it is needed to apply patches") from None
+        raise PatchError("git is not installed; it is needed to apply patches") from None
+    except subprocess.TimeoutExpired:
+        raise PatchError("git apply took longer than 60 s") from None
 
 
 def _patch_description(text: str) -> str:
     lines = text.splitlines()
-    for line in lines:
+    for i, line in enumerate(lines):
         if line.startswith(("diff ", "--- ", "Index: ")):
             break
         if line.startswith("Subject:"):
-            subject = re.sub(r"^\[[^]]*\]\s*", "", line.removeprefix("Subject:").strip())
-            return subject.strip()
+            subject = line.removeprefix("Subject:")
+            for more in lines[i + 1 :]:  # a long subject is folded onto indented lines
+                if not more[:1].isspace():
+                    break
+                subject += " " + more.strip()
+            return re.sub(r"^\[[^]]*\]\s*", "", subject.strip()).strip()
     if lines and lines[0].startswith("#"):
         return lines[0].lstrip("#").strip()
     return ""

@@ -9,13 +9,16 @@ widens when a later incumbent or result lies outside it.
 
 How a proposal is drawn: a seeded RNG picks which knobs change; the others are fixed at the
 incumbent with `study.enqueue_trial`, and `study.ask` samples the rest (floats rounded to
-3 significant digits, so diffs stay readable). The asked trial is closed as FAIL at once:
-a draw is not a result. Results enter the study only through `observe`, as
+3 significant digits, so diffs stay readable). A draw that changes nothing, or repeats a
+setting tried or in flight, is drawn again; when TPE keeps repeating itself the later draws
+are uniform, and after ATTEMPTS draws `propose` returns None. The asked trial is closed as
+FAIL at once: a draw is not a result. Results enter the study only through `observe`, as
 `study.add_trial` in the order they are observed, and every draw is seeded from (seed,
 number of observations, attempt). So a live run and a replay of its history through
-`observe` build the same study and make the same next proposal. A crash, timeout or
-invalid result is told as the metric's worst value (TPE ranks values, so that is simply
-"worse than anything seen"); an interrupted one teaches nothing.
+`observe` build the same study and make the same next proposal, as long as the incumbent
+the replay starts from is the one the live run started from (the space is centred on it).
+A crash, timeout or invalid result is told as the metric's worst value (TPE ranks values,
+so that is simply "worse than anything seen"); an interrupted one teaches nothing.
 
 Not covered: code changes (that is the llm and agent proposers' job).
 """
@@ -34,6 +37,7 @@ from optuna.distributions import (
     FloatDistribution,
     IntDistribution,
 )
+from optuna.study import StudyDirection
 from optuna.trial import TrialState
 
 from rsilab.errors import ConfigError
@@ -43,7 +47,8 @@ from rsilab.types import Metric, Proposal, Verdict
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
-ATTEMPTS = 25  # draws per proposal before giving up (all identical or already tried)
+ATTEMPTS = 64  # draws per proposal before giving up (all identical or already tried)
+UNIFORM_AFTER = 16  # when the model keeps repeating itself, later draws are uniform
 N_STARTUP = 8  # random draws before TPE starts modelling
 _FAILED = {Verdict.CRASH, Verdict.TIMEOUT, Verdict.INVALID}
 _JUDGED = {Verdict.KEEP, Verdict.DISCARD}
@@ -105,6 +110,16 @@ class Tuner:
     def sampler(self, seed: int) -> optuna.samplers.BaseSampler:
         return optuna.samplers.TPESampler(seed=seed, n_startup_trials=N_STARTUP)
 
+    @property
+    def space(self) -> dict[str, BaseDistribution]:
+        """The search space (empty until the first `propose`)."""
+        return dict(self._space)
+
+    @property
+    def study(self) -> optuna.Study | None:
+        """The Optuna study, for inspection (None until the first `propose`)."""
+        return self._study
+
     # ---- learning -------------------------------------------------------------------
     def observe(self, proposal: Proposal, verdict: str, metric: float | None) -> None:
         self._observed.append((dict(proposal.knobs), str(verdict), metric))
@@ -138,14 +153,20 @@ class Tuner:
         d = self._space[name]
         if isinstance(d, CategoricalDistribution):
             return value if in_choices(value, tuple(d.choices)) else _OUT
-        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not math.isfinite(value)
+        ):
             return _OUT
         if isinstance(d, IntDistribution):
             if value != int(value) or (d.log and value < 1):
                 return _OUT
             value = int(value)
             if not d.low <= value <= d.high:
-                self._space[name] = IntDistribution(min(d.low, value), max(d.high, value), log=d.log)
+                self._space[name] = IntDistribution(
+                    min(d.low, value), max(d.high, value), log=d.log
+                )
             return value
         assert isinstance(d, FloatDistribution)
         if d.log and value <= 0:
@@ -165,7 +186,9 @@ class Tuner:
             if dist is not None:
                 self._space[name] = dist
         self._metric = metric
-        direction = "minimize" if metric.direction == "min" else "maximize"
+        direction = (
+            StudyDirection.MINIMIZE if metric.direction == "min" else StudyDirection.MAXIMIZE
+        )
         self._study = optuna.create_study(direction=direction, sampler=self.sampler(self.seed))
 
     def propose(self, ctx: Context) -> Proposal | None:
@@ -183,16 +206,20 @@ class Tuner:
         for attempt in range(ATTEMPTS):
             rng = random.Random(_seed(self.seed, len(self._observed), attempt))
             free = rng.sample(sorted(base), rng.randint(1, min(self.max_knobs, len(base))))
-            drawn = self._draw({n: v for n, v in base.items() if n not in free}, free, rng)
+            fixed = {n: v for n, v in base.items() if n not in free}
+            drawn = self._draw(fixed, free, rng.getrandbits(32), uniform=attempt >= UNIFORM_AFTER)
             changed = {n: drawn[n] for n in free if not _same(drawn[n], base[n])}
             full = {**base, **changed}
             if changed and self._key(full) not in blocked:
                 return self._proposal(ctx, knobs, base, changed, full)
         return None
 
-    def _draw(self, fixed: dict[str, Any], free: list[str], rng: random.Random) -> dict[str, Any]:
+    def _draw(
+        self, fixed: dict[str, Any], free: list[str], seed: int, uniform: bool
+    ) -> dict[str, Any]:
         assert self._study is not None
-        self._study.sampler = self.sampler(rng.getrandbits(32))
+        sampler = optuna.samplers.RandomSampler(seed) if uniform else self.sampler(seed)
+        self._study.sampler = sampler
         self._study.enqueue_trial(fixed)
         dists = {n: self._space[n] for n in [*fixed, *free]}
         trial = self._study.ask(dists)
@@ -242,4 +269,3 @@ class RandomSearch(Tuner):
 
     def sampler(self, seed: int) -> optuna.samplers.BaseSampler:
         return optuna.samplers.RandomSampler(seed=seed)
-

@@ -11,8 +11,13 @@ from __future__ import annotations
 import sys
 import time
 from types import TracebackType
+from typing import TYPE_CHECKING
 
 from rsilab.orchestrator import Progress
+
+if TYPE_CHECKING:
+    from rich.live import Live
+    from rich.panel import Panel
 
 
 def _fmt(v: float | None) -> str:
@@ -27,7 +32,7 @@ class LiveView:
         self.workspace = workspace
         self.rich_ui = sys.stdout.isatty() if rich_ui is None else rich_ui
         self.lines: list[str] = []
-        self._live = None
+        self._live: Live | None = None
 
     def __enter__(self) -> LiveView:
         if self.rich_ui:
@@ -50,7 +55,7 @@ class LiveView:
         else:
             print(f"{stamp} {message}", flush=True)
 
-    def _render(self, p: Progress) -> object:
+    def _render(self, p: Progress) -> Panel:
         from rich.panel import Panel
         from rich.table import Table
 

@@ -5,8 +5,8 @@ import numpy as np
 import toydata
 from rsilab import harness
 
-LR = 0.002           # learning rate
-STEPS = 200          # SGD steps
+LR = 0.01            # learning rate
+STEPS = 300          # SGD steps
 BATCH_SIZE = 8       # examples per step
 L2 = 0.1             # weight decay
 INIT_SCALE = 1.0     # std of the initial weights

@@ -1,0 +1,95 @@
+"""The command line: one-line errors for user mistakes, status, report, results.tsv round trip."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from rsilab.config import resolve_task_dir
+
+
+def rsilab(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "rsilab.cli", *args], cwd=cwd, capture_output=True, text=True)
+
+
+def broken_task(tmp_path: Path, edit: str) -> Path:
+    import shutil
+
+    task = tmp_path / "task"
+    shutil.copytree(resolve_task_dir("toy"), task)
+    toml = task / "rsilab.toml"
+    text = toml.read_text()
+    old, _, new = edit.partition("=>")
+    toml.write_text(text.replace(old, new) if old else text + new)
+    return task
+
+
+@pytest.mark.parametrize(("edit", "expected"), [
+    ("=>\nbogus = 1\n", "unknown key 'judge.bogus'"),
+    ('name = "toy"=>nme = "toy"', "unknown key 'nme'"),
+    ("budget = 10=>budget = \"ten\"", "key 'budget' must be a number"),
+    ('editable = ["train.py"]=>editable = ["nope.py"]', "no file matches 'nope.py'"),
+    ('name = "toy"=>name = ', "invalid TOML"),
+    ('direction = "min"=>direction = "down"', "key 'metric.direction' must be one of"),
+])
+def test_malformed_toml_is_a_one_line_error(tmp_path: Path, edit: str, expected: str) -> None:
+    task = broken_task(tmp_path, edit)
+    out = rsilab("train", "--task", str(task), cwd=tmp_path)
+    assert out.returncode == 2
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1, out.stderr
+    assert "rsilab.toml" in lines[0] and expected in lines[0]
+    assert "Traceback" not in out.stderr
+
+
+def test_bad_override_is_a_one_line_error(tmp_path: Path) -> None:
+    out = rsilab("train", "--task", "toy", "--set", "judge.alpha=2", cwd=tmp_path)
+    assert out.returncode == 2 and "judge.alpha" in out.stderr and len(out.stderr.strip().splitlines()) == 1
+    out = rsilab("train", "--task", "nosuchtask", cwd=tmp_path)
+    assert out.returncode == 2 and "nosuchtask" in out.stderr
+
+
+def test_train_prints_an_honest_summary(tmp_path: Path) -> None:
+    out = rsilab("train", "--task", "toy", "--seed", "3", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "status:            ok" in out.stdout
+    assert "val_loss:" in out.stdout and "sealed evaluator" in out.stdout
+
+
+def test_run_status_report_and_tsv_round_trip(tmp_path: Path) -> None:
+    out = rsilab("run", "lab", "--task", "toy", "--max-experiments", "3", cwd=tmp_path)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "stopped: reached --max-experiments 3" in out.stdout
+    status = rsilab("status", "lab", cwd=tmp_path)
+    assert status.returncode == 0 and "4 experiments" in status.stdout
+    rep = rsilab("report", "lab", cwd=tmp_path)
+    assert rep.returncode == 0, rep.stderr
+    png = tmp_path / "lab" / "progress.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    tsv = (tmp_path / "lab" / "results.tsv").read_text().splitlines()
+    assert tsv[0] == "commit\tval_loss\tmemory_gb\tstatus\tdescription"
+    assert len(tsv) == 5 and tsv[1].endswith("\tkeep\tbaseline")
+    # The TSV alone (autoresearch's format) is enough to redraw the chart.
+    (tmp_path / "elsewhere").mkdir()
+    copy = tmp_path / "elsewhere" / "results.tsv"
+    copy.write_text("\n".join(tsv) + "\n")
+    rep2 = rsilab("report", "--from-tsv", str(copy), cwd=tmp_path)
+    assert rep2.returncode == 0, rep2.stderr
+    assert (tmp_path / "elsewhere" / "progress.png").stat().st_size > 1000
+    from rsilab.report.progress import read_results_tsv
+
+    metric, points = read_results_tsv(copy)
+    assert metric == "val_loss" and len(points) == 4
+    assert [p.status for p in points][0] == "keep"
+    rows = [line.split("\t") for line in tsv[1:]]
+    assert [round(p.metric or 0.0, 6) for p in points] == [float(r[1]) for r in rows]
+
+
+def test_commands_outside_a_workspace_explain_themselves(tmp_path: Path) -> None:
+    out = rsilab("status", str(tmp_path), cwd=tmp_path)
+    assert out.returncode == 2 and "rsilab init" in out.stderr and "Traceback" not in out.stderr
+    out = rsilab("report", "--from-tsv", str(tmp_path / "missing.tsv"), cwd=tmp_path)
+    assert out.returncode == 2 and "missing.tsv" in out.stderr

@@ -1,0 +1,230 @@
+"""The research loop end to end on the bundled `toy` task: real git, SQLite and processes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from rsilab.config import resolve_task_dir
+from rsilab.ledger import Ledger
+from rsilab.orchestrator import Limits, Supervisor
+from rsilab.proposers import create
+from rsilab.proposers.base import Context
+from rsilab.types import Proposal
+from rsilab.workspace import git, init_workspace, open_workspace
+
+TOY_TRAIN = "train.py"
+
+
+def make_ws(tmp_path: Path, tag: str = "t") -> Path:
+    init_workspace(tmp_path / "ws", resolve_task_dir("toy"), tag)
+    return tmp_path / "ws"
+
+
+def queue_knobs(ws_dir: Path, name: str, description: str, **knobs: object) -> None:
+    q = ws_dir / ".rsilab" / "queue"
+    q.mkdir(parents=True, exist_ok=True)
+    body = "\n".join(f"{k} = {v!r}" for k, v in knobs.items())
+    (q / f"{name}.toml").write_text(f'description = "{description}"\n[knobs]\n{body}\n')
+
+
+def queue_patch(ws_dir: Path, name: str, rel: str, old: str, new: str) -> None:
+    """Queue a unified diff that replaces `old` by `new` in `rel` (made with real git)."""
+    src = (ws_dir / rel).read_text()
+    assert old in src
+    scratch = ws_dir.parent / f"scratch-{name}"
+    subprocess.run(["git", "clone", "-q", str(ws_dir), str(scratch)], check=True)
+    (scratch / rel).write_text(src.replace(old, new, 1))
+    diff = subprocess.run(["git", "diff"], cwd=scratch, capture_output=True, text=True, check=True).stdout
+    q = ws_dir / ".rsilab" / "queue"
+    q.mkdir(parents=True, exist_ok=True)
+    (q / f"{name}.patch").write_text(diff)
+
+
+def supervise(ws_dir: Path, *overrides: tuple[str, object], max_experiments: int | None = None) -> tuple[str, Ledger]:
+    ws = open_workspace(ws_dir)
+    task = ws.load_task(list(overrides))
+    ledger = Ledger(ws.ledger_path)
+    sup = Supervisor(ws, task, ledger, [create("queue", queue_dir=ws.queue_dir)], train_data=None,
+                     val_data=None, limits=Limits(max_experiments=max_experiments))
+    return sup.run(), ledger
+
+
+def test_loop_keeps_a_real_gain_and_discards_noise(tmp_path: Path) -> None:
+    ws_dir = make_ws(tmp_path)
+    # Six changes that do nothing to the model (a comment), then one real gain (less weight decay).
+    for i in range(6):
+        queue_patch(ws_dir, f"a{i}", TOY_TRAIN, "# heavy-ball momentum", f"# heavy-ball momentum (note {i})")
+    queue_knobs(ws_dir, "b", "less weight decay", L2=0.01)
+    before_head = git(ws_dir, "rev-parse", "HEAD")
+    reason, ledger = supervise(ws_dir)
+    assert "nothing left to propose" in reason
+    exps = ledger.experiments()
+    assert [e.status for e in exps] == ["keep"] + ["discard"] * 6 + ["keep"]
+    base = ledger.runs(exps[0].id)
+    base_mean = sum(r.metric for r in base if r.metric is not None) / len(base)
+    # autoresearch's rule (keep any lower first run) would have kept some of the no-op changes.
+    single_run_keeps = sum(ledger.runs(e.id)[0].metric < base_mean for e in exps[1:7])  # type: ignore[operator]
+    assert single_run_keeps >= 1
+    gain = exps[-1]
+    assert gain.description == "less weight decay" and gain.effect is not None and gain.effect > 0.1
+    assert gain.ci_low is not None and gain.ci_low > 0
+    ws = open_workspace(ws_dir)
+    assert ws.incumbent_commit() == gain.commit
+    assert "L2 = 0.01" in git(ws_dir, "show", f"{gain.commit}:{TOY_TRAIN}")
+    # The user's own checkout is untouched.
+    assert git(ws_dir, "rev-parse", "HEAD") == before_head
+    assert "L2 = 0.1 " in (ws_dir / TOY_TRAIN).read_text()
+    assert git(ws_dir, "status", "--porcelain") == ""
+    # No worktree is left behind.
+    assert git(ws_dir, "worktree", "list").count("\n") == 1
+
+
+class ScriptedProposer:
+    """Proposes given file contents once each: stands in for a misbehaving agent."""
+
+    name = "scripted"
+
+    def __init__(self, proposals: list[Proposal]) -> None:
+        self.proposals = list(proposals)
+
+    def propose(self, ctx: Context) -> Proposal | None:
+        return self.proposals.pop(0) if self.proposals else None
+
+    def observe(self, proposal: Proposal, verdict: str, metric: float | None) -> None:
+        pass
+
+
+def test_editing_a_frozen_file_is_invalid_and_changes_nothing(tmp_path: Path) -> None:
+    ws_dir = make_ws(tmp_path)
+    ws = open_workspace(ws_dir)
+    evaluator = (ws_dir / "evaluate.py").read_text().replace("mse = float(", "mse = 0.0 * float(")
+    outside = ScriptedProposer([
+        Proposal("fake the evaluator", {"evaluate.py": evaluator}, "scripted"),
+        Proposal("write a new file", {"helper.py": "x = 1\n"}, "scripted"),
+        Proposal("escape the task", {"../../evil.py": "x = 1\n"}, "scripted"),
+    ])
+    tip = ws.incumbent_commit()
+    ledger = Ledger(ws.ledger_path)
+    Supervisor(ws, ws.load_task(), ledger, [outside], train_data=None, val_data=None).run()
+    exps = ledger.experiments()[1:]
+    assert [e.status for e in exps] == ["invalid"] * 3
+    assert "evaluate.py" in exps[0].reason and "helper.py" in exps[1].reason and "outside" in exps[2].reason
+    assert all(ledger.runs(e.id) == [] for e in exps)  # rejected before spending compute
+    assert ws.incumbent_commit() == tip
+    assert not (tmp_path / "evil.py").exists()
+
+
+def test_queued_patch_to_a_frozen_file_is_rejected_with_a_reason(tmp_path: Path) -> None:
+    ws_dir = make_ws(tmp_path)
+    queue_patch(ws_dir, "cheat", "evaluate.py", "mse = float(", "mse = 0.0 * float(")
+    _, ledger = supervise(ws_dir)
+    assert [e.status for e in ledger.experiments()] == ["keep"]
+    assert (ws_dir / ".rsilab" / "queue" / "rejected" / "cheat.patch.reason").read_text().strip()
+
+
+def test_a_crash_is_a_result_not_a_stop(tmp_path: Path) -> None:
+    ws_dir = make_ws(tmp_path)
+    queue_patch(ws_dir, "a", TOY_TRAIN, "rng = np.random", "raise RuntimeError('boom')\nrng = np.random")
+    queue_knobs(ws_dir, "b", "less weight decay", L2=0.01)
+    reason, ledger = supervise(ws_dir)
+    statuses = [e.status for e in ledger.experiments()]
+    assert statuses == ["keep", "crash", "keep"]
+    crash = ledger.experiments()[1]
+    assert "boom" in crash.reason
+    assert "RuntimeError" in ledger.runs(crash.id)[0].log_tail
+
+
+def _rsilab(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-m", "rsilab.cli", *args], cwd=cwd, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env or dict(os.environ))
+
+
+def _wait_for(predicate: object, timeout: float = 60.0) -> None:
+    """Poll a condition (not a fixed sleep): the test proceeds the moment it holds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():  # type: ignore[operator]
+            return
+        time.sleep(0.02)
+    raise AssertionError("condition not reached in time")
+
+
+def _assert_consistent(ws_dir: Path) -> Ledger:
+    ws = open_workspace(ws_dir)
+    ledger = Ledger(ws.ledger_path)
+    exps = ledger.experiments()
+    ids = [e.id for e in exps]
+    assert ids == list(range(1, len(ids) + 1))  # nothing lost, nothing duplicated
+    assert all(e.decided for e in exps)
+    inc = ledger.incumbent()
+    assert inc is not None and ws.incumbent_commit() == inc.commit
+    assert git(ws_dir, "worktree", "list").count("\n") == 1
+    for e in exps:  # every experiment's commit is kept reachable for reproduction
+        assert git(ws_dir, "rev-parse", f"refs/rsilab/{ws.tag}/exp-{e.id:04d}").strip() == e.commit
+    return ledger
+
+
+def test_kill_9_during_a_run_then_resume(tmp_path: Path) -> None:
+    ws_dir = make_ws(tmp_path)
+    marker = tmp_path / "started"
+    queue_patch(ws_dir, "a-slow", TOY_TRAIN, "rng = np.random",
+                f"import pathlib, time\npathlib.Path({str(marker)!r}).write_text('x')\ntime.sleep(60)\nrng = np.random")
+    queue_knobs(ws_dir, "b", "less weight decay", L2=0.01)
+    proc = _rsilab("run", str(ws_dir), "--proposer", "queue", cwd=tmp_path)
+    _wait_for(marker.exists)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    # The supervisor died mid-run: its training process must die with it.
+    pids = subprocess.run(["pgrep", "-f", "time.sleep\\(60\\)"], capture_output=True, text=True).stdout.split()
+    _wait_for(lambda: not any(Path(f"/proc/{p}").exists() for p in pids), timeout=10)
+
+    out = subprocess.run([sys.executable, "-m", "rsilab.cli", "run", str(ws_dir), "--proposer", "queue"],
+                         capture_output=True, text=True, cwd=tmp_path)
+    assert out.returncode == 0, out.stdout + out.stderr
+    ledger = _assert_consistent(ws_dir)
+    statuses = [e.status for e in ledger.experiments()]
+    assert statuses == ["keep", "interrupted", "keep"]
+    assert ledger.experiments()[1].description.startswith("a-slow") or "slow" in ledger.experiments()[1].description
+
+
+@pytest.mark.parametrize("decisions_before_kill", [1, 2, 3])
+def test_kill_9_at_other_moments_leaves_ledger_and_git_consistent(tmp_path: Path, decisions_before_kill: int) -> None:
+    ws_dir = make_ws(tmp_path)
+    for i, l2 in enumerate([0.05, 0.02, 0.01, 0.005]):
+        queue_knobs(ws_dir, f"k{i}", f"L2 {l2}", L2=l2)
+    proc = _rsilab("run", str(ws_dir), "--proposer", "queue", cwd=tmp_path)
+    ledger_path = ws_dir / ".rsilab" / "ledger.db"
+
+    def decided() -> bool:
+        if not ledger_path.exists():
+            return False
+        with Ledger(ledger_path) as ledger:
+            return sum(e.decided for e in ledger.experiments()) >= decisions_before_kill
+
+    _wait_for(decided)
+    proc.send_signal(signal.SIGKILL)  # lands wherever the supervisor happens to be
+    proc.wait()
+    out = subprocess.run([sys.executable, "-m", "rsilab.cli", "run", str(ws_dir), "--proposer", "queue"],
+                         capture_output=True, text=True, cwd=tmp_path)
+    assert out.returncode == 0, out.stdout + out.stderr
+    ledger = _assert_consistent(ws_dir)
+    done = [e.description for e in ledger.experiments()[1:] if e.status in ("keep", "discard")]
+    # Every queued idea reached a decision exactly once; one cut short by the kill is
+    # recorded as interrupted and then run again.
+    assert sorted(done) == sorted(f"L2 {v}" for v in [0.05, 0.02, 0.01, 0.005])
+
+
+def test_resume_does_not_remeasure_the_baseline(tmp_path: Path) -> None:
+    ws_dir = make_ws(tmp_path)
+    queue_knobs(ws_dir, "a", "less weight decay", L2=0.01)
+    supervise(ws_dir)
+    queue_knobs(ws_dir, "b", "even less weight decay", L2=0.001)
+    _, ledger = supervise(ws_dir)
+    assert [e.kind for e in ledger.experiments()] == ["baseline", "candidate", "candidate"]
