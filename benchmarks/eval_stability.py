@@ -132,7 +132,8 @@ def main() -> None:
               f"{task.eval.bytes} bytes", flush=True)
         runs = [run_dir]
 
-    sizes = sorted({b if b > 0 else val_size for b in args.bytes})
+    # The whole split is always scored: it is the reference every deviation is measured from.
+    sizes = sorted({min(b, val_size) if b > 0 else val_size for b in args.bytes} | {val_size})
     results: dict[Path, dict[int, Scored]] = {}
     for run_dir in runs:
         artifact = RunPaths(run_dir).artifact.resolve()
@@ -150,7 +151,7 @@ def main() -> None:
         bits = window_bits(artifact, data.val_path, task.threads)
         full_pass = time.perf_counter() - t
         full = per_size[sizes[-1]].val_bpb
-        sd_note = f"; deviation / noise sd {args.noise_sd:g}" if args.noise_sd else ""
+        sd_note = f"; |dev|/sd uses the given noise sd {args.noise_sd:g}" if args.noise_sd else ""
         print(f"\nartifact {artifact} (whole split {val_size} bytes, {len(bits)} windows; "
               f"in-process mean {statistics.fmean(bits):.4f}, per-window sd {statistics.stdev(bits):.3f} bits; in-process full pass {full_pass:.1f} s{sd_note})")
         rows = []

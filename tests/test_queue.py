@@ -88,6 +88,14 @@ def test_takes_files_in_name_order(tmp_path: Path, queue: Path) -> None:
     assert third.files == {"model/extra.py": "X = 2\n", "model/new.py": "Y = 1\n"}
 
     assert proposer.propose(ctx()) is None
+    assert sorted(p.name.split("~")[1] for p in (queue / "taken").iterdir()) == [
+        "001-lr.toml",
+        "002-relu.patch",
+        "003.diff",
+    ]
+    for judged in (first, second, third):
+        proposer.observe(judged, "discard", 1.0)
+    assert not any((queue / "taken").iterdir())
     assert sorted(p.name for p in (queue / "done").iterdir()) == [
         "001-lr.toml",
         "002-relu.patch",
@@ -149,7 +157,9 @@ def test_name_collisions_in_done(queue: Path) -> None:
     proposer = QueueProposer(queue)
     for _ in range(2):
         (queue / "lr.toml").write_text("[knobs]\nLR = 0.003\n")
-        assert proposer.propose(ctx()) is not None
+        p = proposer.propose(ctx())
+        assert p is not None
+        proposer.observe(p, "keep", 1.0)
     assert sorted(p.name for p in (queue / "done").iterdir()) == ["lr.1.toml", "lr.toml"]
 
 
@@ -162,3 +172,26 @@ def test_folded_subject_and_apply_patch(tmp_path: Path, queue: Path) -> None:
     assert apply_patch(FILES, patch) == {"train.py": TRAIN.replace("0.001", "0.01")}
     with pytest.raises(PatchError, match="does not apply"):
         apply_patch({"train.py": "other\n", "model/extra.py": "X = 1\n"}, patch)
+
+
+def test_an_idea_is_not_lost_when_the_supervisor_dies(queue: Path) -> None:
+    (queue / "a.toml").write_text("[knobs]\nLR = 0.003\n")
+    (queue / "b.toml").write_text("[knobs]\nLR = 0.004\n")
+    first = QueueProposer(queue).propose(ctx())
+    assert first is not None and first.knobs == {"LR": 0.003}
+    second = QueueProposer(queue)
+    second.observe(first, "discard", 2.0)  # judged just before the crash: replayed, retired
+    assert (queue / "done" / "a.toml").is_file()
+    (queue / "a.toml").write_text("[knobs]\nLR = 0.003\n")  # the person queues it again
+    first = QueueProposer(queue).propose(ctx())
+    assert first is not None and first.knobs == {"LR": 0.003}
+    # The supervisor dies before judging it: a new proposer puts it back in line, first.
+    again = QueueProposer(queue)
+    p = again.propose(ctx())
+    assert p is not None and p.knobs == {"LR": 0.003}
+    again.observe(p, "interrupted", None)  # interrupted: queued again, not retired
+    assert (queue / "a.toml").is_file()
+    p = again.propose(ctx())
+    assert p is not None and p.knobs == {"LR": 0.003}
+    again.observe(p, "keep", 1.0)
+    assert (queue / "done" / "a.1.toml").is_file() and not (queue / "a.toml").exists()

@@ -233,13 +233,13 @@ def test_evaluator_refusal_is_invalid(tmp_path: Path) -> None:
 # --- the bundled gpt task, for real --------------------------------------------------
 
 
-def _gpt_run(tmp_path: Path, budget: float) -> RunResult:
+def _gpt_run(tmp_path: Path, overrides: list[tuple[str, object]]) -> RunResult:
     from rsilab.data import prepare
 
     task_dir = tmp_path / "gpt"
     shutil.copytree(bundled_tasks_dir() / "gpt", task_dir)
-    task = load_task(task_dir, overrides=[("budget", budget)])
-    assert task.evaluator == "sealed" and task.budget == budget
+    task = load_task(task_dir, overrides=overrides)
+    assert task.evaluator == "sealed" and task.budget == dict(overrides)["budget"]
     corpus = tmp_path / "corpus.txt"
     verses = ["Shall I compare thee to a summer's day?", "Thou art more lovely and more temperate:",
               "Rough winds do shake the darling buds of May,", "And summer's lease hath all too short a date;",
@@ -261,9 +261,14 @@ def _check_gpt(result: RunResult) -> None:
 
 
 def test_gpt_task_short_real_run(tmp_path: Path) -> None:
-    _check_gpt(_gpt_run(tmp_path, budget=2))
+    # 2 s of training and a smaller validation slice, to keep the default suite fast.
+    result = _gpt_run(tmp_path, [("budget", 2), ("eval.bytes", 8192)])
+    _check_gpt(result)
+    assert result.evaluation["eval_tokens"] == 8192
 
 
 @pytest.mark.slow
 def test_gpt_task_real_run(tmp_path: Path) -> None:
-    _check_gpt(_gpt_run(tmp_path, budget=3))
+    result = _gpt_run(tmp_path, [("budget", 3)])
+    _check_gpt(result)
+    assert result.evaluation["eval_tokens"] == 65536  # the task's own validation slice

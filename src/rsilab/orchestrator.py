@@ -121,14 +121,15 @@ class Supervisor:
                 for e in self.ledger.experiments() if e.decided]
 
     def warm_start(self) -> None:
-        """Replay every decided experiment to the proposers, so a resumed run learns on."""
-        for item in self.history():
-            if item.experiment_id == 1 and item.proposer == "baseline":
+        """Replay every decided experiment to its proposer, so a resumed run learns on (and
+        a queue retires the ideas that were judged just before a crash)."""
+        for e in self.ledger.experiments():
+            if not e.decided or e.kind == "baseline":
                 continue
+            proposal = Proposal(e.description, {}, e.proposer, dict(e.knobs), dict(e.meta))
             for p in self.proposers:
-                if p.name == item.proposer:
-                    p.observe(Proposal(item.description, {}, item.proposer, dict(item.knobs)),
-                              item.verdict, item.metric)
+                if p.name == e.proposer:
+                    p.observe(proposal, e.status, e.metric)
 
     # ---- runs -------------------------------------------------------------------------
     def _run(self, workdir: Path, run_dir: Path, seed: int, label: str) -> RunResult:

@@ -9,7 +9,10 @@ A person drops files into `<workspace>/.rsilab/queue/`; they are taken in name o
   The description is the `Subject:` line of a `git format-patch` file, else a first line
   starting with `#`, else the file name.
 
-A taken file moves to `queue/done/`. One that cannot be used (bad TOML, unknown knob, a
+A taken file waits in `queue/taken/` until its experiment is judged, then moves to
+`queue/done/`; if the supervisor dies first (or the experiment is interrupted) it goes
+back into the queue (at the first `propose`, after the supervisor replayed the judged
+results), so a person's idea is never lost nor run twice. One that cannot be used (bad TOML, unknown knob, a
 patch that does not apply or deletes a file) moves to `queue/rejected/` next to a
 `NAME.reason` file, and the next one is tried. `propose` returns None when nothing is left.
 
@@ -23,8 +26,10 @@ import os
 import re
 import subprocess
 import tempfile
+import time
 import tomllib
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 
 from rsilab.proposers.base import Context, register
@@ -32,6 +37,8 @@ from rsilab.proposers.knobs import set_knobs_in_files
 from rsilab.types import Proposal
 
 SUFFIXES = (".toml", ".patch", ".diff")
+_SEP = "~"  # taken/<unique>~<original name>
+TAKEN = "taken"  # files proposed but not yet judged; moved to done/ once judged
 
 
 class _Rejected(Exception):
@@ -50,6 +57,7 @@ class QueueProposer:
 
     def __init__(self, queue_dir: Path | str) -> None:
         self.queue_dir = Path(queue_dir)
+        self._requeued = False
 
     def pending(self) -> list[Path]:
         """The files waiting, in the order they will be taken."""
@@ -62,6 +70,9 @@ class QueueProposer:
         )
 
     def propose(self, ctx: Context) -> Proposal | None:
+        if not self._requeued:  # after the supervisor's warm start retired the judged ones
+            self._requeue_taken()
+            self._requeued = True
         for path in self.pending():
             try:
                 if path.suffix == ".toml":
@@ -71,12 +82,30 @@ class QueueProposer:
             except _Rejected as e:
                 self._reject(path, str(e))
                 continue
-            _move(path, self.queue_dir / "done")
-            return proposal
+            # A unique name in taken/, so a replayed old result can never retire a new file.
+            taken = _move(path, self.queue_dir / TAKEN, f"{time.time_ns():x}{_SEP}{path.name}")
+            return replace(proposal, meta={**proposal.meta, "source": taken.name})
         return None
 
     def observe(self, proposal: Proposal, verdict: str, metric: float | None) -> None:
-        """Nothing to learn: the person decides what comes next."""
+        """Retire the file of a judged proposal to `done/`; an interrupted one is queued again.
+
+        Nothing to learn otherwise: the person decides what comes next.
+        """
+        source = proposal.meta.get("source")
+        taken = self.queue_dir / TAKEN / str(source) if source else None
+        if taken is None or not taken.is_file():
+            return  # a warm-start replay, or a proposal of another queue
+        original = taken.name.split(_SEP, 1)[-1]
+        _move(taken, self.queue_dir if verdict == "interrupted" else self.queue_dir / "done", original)
+
+    def _requeue_taken(self) -> None:
+        """Files taken by a supervisor that died before the result: they go back in line."""
+        folder = self.queue_dir / TAKEN
+        if folder.is_dir():
+            for path in sorted(folder.iterdir()):
+                if path.is_file():
+                    _move(path, self.queue_dir, path.name.split(_SEP, 1)[-1])
 
     # ---- the two kinds of file ------------------------------------------------------
     def _from_toml(self, path: Path, ctx: Context) -> Proposal:
@@ -193,13 +222,14 @@ def _name_description(path: Path) -> str:
     return text or path.stem
 
 
-def _move(path: Path, folder: Path) -> Path:
-    """Move `path` into `folder`, never over an existing file; returns the new path."""
+def _move(path: Path, folder: Path, name: str | None = None) -> Path:
+    """Move `path` into `folder` as `name`, never over an existing file; the new path."""
     folder.mkdir(parents=True, exist_ok=True)
-    dest = folder / path.name
+    base = Path(name or path.name)
+    dest = folder / base.name
     n = 1
     while dest.exists() or dest.with_name(dest.name + ".reason").exists():
-        dest = folder / f"{path.stem}.{n}{path.suffix}"
+        dest = folder / f"{base.stem}.{n}{base.suffix}"
         n += 1
     path.replace(dest)
     return dest
