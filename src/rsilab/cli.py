@@ -191,22 +191,31 @@ def run(directory: Path, task_name: str, tag: str | None, proposer: str, max_exp
         ws = init_workspace(directory, resolve_task_dir(task_name), tag or _default_tag())
         click.echo(f"created workspace {ws.root} on branch {ws.branch}")
     ws = open_workspace(directory)
-    task = ws.load_task(_overrides(sets))
-    preset = preset or harness.preset()
+    with Ledger(ws.ledger_path) as ledger:
+        # --set overrides stick to the workspace, so a plain `rsilab run DIR` resumes alike.
+        recorded = ledger.get_meta("overrides", [])
+        if not sets and recorded:
+            sets = tuple(recorded)
+            click.echo(f"using this workspace's overrides: {' '.join(sets)}")
+        task = ws.load_task(_overrides(sets))
+        preset = preset or harness.preset()
+        _check_comparable(ledger, task, preset)
+        if list(sets) != recorded:
+            ledger.set_meta("overrides", list(sets))
+            ledger.add_event("config", f"overrides: {' '.join(sets) or '(none)'}", source="cli")
     train_data, val_data = _task_data(task)
     # Queued human ideas always go first; then the chosen proposer.
     proposers = [create("queue", queue_dir=ws.queue_dir)]
     if proposer != "queue":
         proposers.append(create(proposer, **_proposer_options(proposer, task)))
     with Ledger(ws.ledger_path) as ledger:
-        _check_comparable(ledger, task, preset)
-        if sets:
-            ledger.add_event("config", f"overrides: {' '.join(sets)}", source="cli")
-        with LiveView(task.metric.name, str(ws.root)) as view:
-            sup = Supervisor(ws, task, ledger, proposers, train_data=train_data, val_data=val_data, preset=preset,
-                             limits=Limits(max_experiments, hours), notify=view)
-            reason = sup.run()
-        ledger.export_tsv(ws.root / "results.tsv", task.metric.name)
+        try:
+            with LiveView(task.metric.name, str(ws.root)) as view:
+                sup = Supervisor(ws, task, ledger, proposers, train_data=train_data, val_data=val_data,
+                                 preset=preset, limits=Limits(max_experiments, hours), notify=view)
+                reason = sup.run()
+        finally:  # also on Ctrl-C: results.tsv always matches the ledger
+            ledger.export_tsv(ws.root / "results.tsv", task.metric.name)
         click.echo(f"stopped: {reason}")
         _print_status(ledger, task.metric.name, ws.root)
 
