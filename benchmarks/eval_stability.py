@@ -169,6 +169,9 @@ def main() -> None:
             headers.insert(4, "|dev|/sd")
         print(table(headers, rows))
 
+    print("se(random): standard error of a slice of that many windows drawn at random; eval_s: the "
+          "evaluator's own seconds (load, purity and causality probes, scoring); wall_s: its process, "
+          "with Python and torch start-up")
     if len(runs) > 1:
         print("\nDifference between two artifacts: slice value minus whole-split value, per pair")
         rows = []

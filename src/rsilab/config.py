@@ -49,6 +49,35 @@ class TunerSpec:
     seed: int = 0
     max_knobs: int = 3  # knobs changed per proposal (1..max_knobs)
     exclude: list[str] = field(default_factory=list)  # knobs the tuner must not touch
+    follow: int = 3  # with --proposer X+tuner: tuner experiments after each kept change of X
+
+
+@dataclass(frozen=True)
+class LLMSpec:
+    """A chat model as the researcher. Keys come from the environment, never from files."""
+
+    api: Literal["openai", "anthropic"] = "openai"  # wire format
+    base_url: str = ""  # "" -> $OPENAI_BASE_URL / $ANTHROPIC_BASE_URL, else the vendor's URL
+    model: str = ""  # "" -> $RSILAB_LLM_MODEL, else a default per api
+    key_env: str = ""  # name of the variable holding the key ("" -> OPENAI_API_KEY / ANTHROPIC_API_KEY)
+    temperature: float = 0.7
+    max_tokens: int = 4096  # of one answer
+    timeout: float = 180.0  # seconds per HTTP request
+    context_tokens: int = 24000  # prompt budget: history is trimmed to fit
+    price_in: float = 0.0  # USD per million input tokens (for cost; 0: unknown)
+    price_out: float = 0.0  # USD per million output tokens
+    repair_rounds: int = 2  # re-asks after a malformed or non-applying answer
+    fix_attempts: int = 1  # follow-up experiments that try to fix a crash
+
+
+@dataclass(frozen=True)
+class AgentSpec:
+    """A coding-agent CLI as the researcher, run once per experiment in its worktree."""
+
+    cli: Literal["claude", "codex", "command"] = "claude"
+    command: list[str] = field(default_factory=list)  # for cli = "command": argv; {prompt_file} is substituted
+    model: str = ""  # passed to the CLI when set
+    timeout: float = 900.0  # seconds per proposal
 
 
 @dataclass(frozen=True)
@@ -77,6 +106,9 @@ class TaskSpec:
     judge: JudgeSpec = field(default_factory=JudgeSpec)
     eval: EvalSpec = field(default_factory=EvalSpec)
     tuner: TunerSpec = field(default_factory=TunerSpec)
+    llm: LLMSpec = field(default_factory=LLMSpec)
+    agent: AgentSpec = field(default_factory=AgentSpec)
+    proposer: str = ""  # default proposer for `rsilab run` ("" -> llm when configured, else tuner)
     constraints: dict[str, float] = field(default_factory=dict)  # summary key -> max value
     env: dict[str, str] = field(default_factory=dict)  # extra environment for runs
 

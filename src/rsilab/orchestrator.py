@@ -28,7 +28,7 @@ from rsilab.errors import RsilabError
 from rsilab.judge import Judgement, judge, seed_schedule
 from rsilab.ledger import Experiment, Ledger
 from rsilab.proposers.base import Context, HistoryItem, Proposer
-from rsilab.types import Proposal, RunResult, Status, Verdict
+from rsilab.types import Proposal, RunResult, Verdict
 from rsilab.workspace import Workspace
 
 
@@ -38,6 +38,8 @@ class Limits:
 
     max_experiments: int | None = None  # new experiments in this invocation
     hours: float | None = None
+    max_cost: float | None = None  # USD spent on proposals, whole workspace
+    max_tokens: int | None = None  # tokens in + out spent on proposals, whole workspace
 
 
 @dataclass
@@ -77,9 +79,14 @@ class Supervisor:
 
     def __init__(self, ws: Workspace, task: TaskSpec, ledger: Ledger, proposers: Sequence[Proposer], *,
                  train_data: Path | None, val_data: Path | None, preset: str | None = None,
-                 limits: Limits | None = None, notify: Notify | None = None) -> None:
+                 limits: Limits | None = None, notify: Notify | None = None,
+                 follower: Proposer | None = None) -> None:
         self.ws, self.task, self.ledger = ws, task, ledger
-        self.proposers = list(proposers)
+        # The follower (the tuner) re-tunes the knobs of new code: after a structural change
+        # by another proposer is kept, it gets the next `tuner.follow` experiments.
+        self.follower = follower
+        self._follow_left = 0
+        self.proposers = list(proposers) + ([follower] if follower is not None else [])
         self.train_data, self.val_data, self.preset = train_data, val_data, preset
         self.limits = limits or Limits()
         self.notify = notify or _no_view
@@ -117,8 +124,18 @@ class Supervisor:
             self._event("recover", f"{self.ws.branch} was at {tip[:7]}, not in the ledger; reset to {inc.commit[:7]}")
 
     def history(self) -> list[HistoryItem]:
-        return [HistoryItem(e.id, e.description, e.knobs, e.status, e.metric, e.proposer)
-                for e in self.ledger.experiments() if e.decided]
+        """Every decided experiment, for proposers; crashes carry their log tail."""
+        items = []
+        for e in self.ledger.experiments():
+            if not e.decided:
+                continue
+            tail = ""
+            if e.status in (Verdict.CRASH, Verdict.TIMEOUT, Verdict.INVALID):
+                failed = [r for r in self.ledger.runs(e.id) if not r.ok]
+                tail = failed[0].log_tail if failed else ""
+            items.append(HistoryItem(e.id, e.description, e.knobs, e.status, e.metric, e.proposer,
+                                     reason=e.reason, log_tail=tail, meta=e.meta))
+        return items
 
     def warm_start(self) -> None:
         """Replay every decided experiment to its proposer, so a resumed run learns on (and
@@ -191,43 +208,65 @@ class Supervisor:
             self.ws.remove_worktree(worktree)
 
     # ---- one experiment ---------------------------------------------------------------
-    def propose(self, inc: Experiment) -> Proposal | None:
+    def propose(self, inc: Experiment, workdir: Path) -> Proposal | None:
+        """Ask the proposers in order (the queue first); `workdir` is the new worktree."""
         files = self.ws.editable_files(self.task, inc.commit)
+        program_path = self.ws.root / self.task.program
+        program = program_path.read_text() if program_path.is_file() else ""
         ctx = Context(files=files, metric=self.metric, incumbent_metric=_mean(self.ledger.incumbent_values()),
-                      history=self.history(), in_flight=[], preset=self.preset or "cpu")
-        for p in self.proposers:
+                      history=self.history(), in_flight=[], preset=self.preset or "cpu", program=program,
+                      editable=tuple(self.task.editable), workdir=workdir, notify=self._say,
+                      should_stop=self.ws.stop_file.exists)
+        order = list(self.proposers)
+        if self.follower is not None:
+            order.remove(self.follower)
+            # The queue (a person) always goes first; the follower next while it has turns.
+            order.insert(1 if self._follow_left > 0 else len(order), self.follower)
+            self._follow_left = max(0, self._follow_left - 1)
+        for p in order:
             proposal = p.propose(ctx)
             if proposal is not None:
                 return proposal
         return None
 
-    def experiment(self, inc: Experiment, proposal: Proposal) -> Experiment:
-        """Apply, run, judge and record one proposal against the incumbent."""
+    def experiment(self, inc: Experiment, proposal: Proposal, worktree: Path) -> Experiment:
+        """Apply, run, judge and record one proposal against the incumbent, in `worktree`
+        (a fresh checkout of the incumbent, possibly already edited in place by the proposer)."""
         parent = inc.commit
-        name = f"next-{int(time.time() * 1000)}"
-        worktree = self.ws.create_worktree(name, parent)
-        try:
-            problem = self.ws.apply(worktree, proposal.files)
-            problem = problem or self.ws.check(worktree, self.task)
-            commit = self.ws.commit(worktree, proposal.description) or parent
-            if commit == parent and problem is None:
-                problem = "the proposal changes nothing"
-            diff = self.ws.diff(parent, commit) if commit != parent else ""
-            exp_id = self.ledger.add_experiment(parent=parent, commit=commit, proposer=proposal.proposer,
-                                                description=proposal.description, diff=diff,
-                                                knobs=proposal.knobs, meta=proposal.meta, worktree=str(worktree))
-            self.ws.tag_experiment(exp_id, commit)
-            self._say(f"experiment {exp_id} [{proposal.proposer}]: {proposal.description}")
-            if problem is not None:
-                self.ledger.add_decision(exp_id, verdict=Verdict.INVALID, reason=f"invalid: {problem}")
-                return self.ledger.experiment(exp_id)
-            verdict = self._judge_runs(exp_id, inc, worktree, files_size=_size(
-                self.ws.editable_files(self.task, commit)), inc_size=_size(self.ws.editable_files(self.task, parent)))
-            if verdict.verdict is Verdict.KEEP:
-                self.ws.advance(commit, parent)
+        problem = self.ws.apply(worktree, proposal.files)
+        problem = problem or self.ws.check(worktree, self.task)
+        commit = self.ws.commit(worktree, proposal.description) or parent
+        if commit == parent and problem is None:
+            problem = "the proposal changes nothing" + (f" ({proposal.meta['error']})" if "error" in proposal.meta else "")
+        diff = self.ws.diff(parent, commit) if commit != parent else ""
+        meta = {k: v for k, v in proposal.meta.items() if k not in ("log", "usage")}
+        exp_id = self.ledger.add_experiment(parent=parent, commit=commit, proposer=proposal.proposer,
+                                            description=proposal.description, diff=diff,
+                                            knobs=proposal.knobs, meta=meta, worktree=str(worktree))
+        self.ws.tag_experiment(exp_id, commit)
+        self._record_proposal_costs(exp_id, proposal)
+        self._say(f"experiment {exp_id} [{proposal.proposer}]: {proposal.description}")
+        if problem is not None:
+            self.ledger.add_decision(exp_id, verdict=Verdict.INVALID, reason=f"invalid: {problem}")
             return self.ledger.experiment(exp_id)
-        finally:
-            self.ws.remove_worktree(worktree)
+        verdict = self._judge_runs(exp_id, inc, worktree, files_size=_size(
+            self.ws.editable_files(self.task, commit)), inc_size=_size(self.ws.editable_files(self.task, parent)))
+        if verdict.verdict is Verdict.KEEP:
+            self.ws.advance(commit, parent)
+        return self.ledger.experiment(exp_id)
+
+    def _record_proposal_costs(self, exp_id: int, proposal: Proposal) -> None:
+        """Tokens and money a proposal cost, and its transcript (a file next to its runs)."""
+        usage = proposal.meta.get("usage") or {}
+        with self.ledger.transaction():
+            for kind, unit in (("tokens_in", "tokens"), ("tokens_out", "tokens"), ("cost_usd", "usd")):
+                if usage.get(kind):
+                    self.ledger.add_cost(exp_id, kind, float(usage[kind]), unit)
+        log = proposal.meta.get("log")
+        if log:
+            path = self.ws.run_dir(exp_id, 0).parent / "proposal.log"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(str(log))
 
     def _judge_runs(self, exp_id: int, inc: Experiment, worktree: Path, *, files_size: int, inc_size: int) -> Judgement:
         runs: list[RunResult] = []
@@ -256,6 +295,12 @@ class Supervisor:
             return f"reached --max-experiments {lim.max_experiments}"
         if lim.hours is not None and time.time() - self.progress.started >= lim.hours * 3600:
             return f"reached --hours {lim.hours}"
+        costs = self.ledger.costs()
+        if lim.max_cost is not None and costs.get("cost_usd", 0.0) >= lim.max_cost:
+            return f"reached --max-cost {lim.max_cost} (spent ${costs['cost_usd']:.4f})"
+        tokens = costs.get("tokens_in", 0.0) + costs.get("tokens_out", 0.0)
+        if lim.max_tokens is not None and tokens >= lim.max_tokens:
+            return f"reached --max-tokens {lim.max_tokens} (spent {tokens:.0f})"
         if self.ws.stop_file.exists():
             self.ws.stop_file.unlink(missing_ok=True)
             return f"stop file {self.ws.stop_file} found"
@@ -289,27 +334,26 @@ class Supervisor:
             if every and since_recheck >= every:
                 self.recheck(inc)
                 since_recheck = 0
-            proposal = self.propose(inc)
-            if proposal is None:
-                reason = "no proposer has anything left: nothing left to propose"
-                break
+            worktree = self.ws.create_worktree(f"next-{time.time_ns()}", inc.commit)
             try:
-                exp = self.experiment(inc, proposal)
+                proposal = self.propose(inc, worktree)
+                if proposal is None:
+                    reason = "no proposer has anything left: nothing left to propose"
+                    break
+                exp = self.experiment(inc, proposal, worktree)
             except KeyboardInterrupt:
                 self.recover()  # marks the experiment interrupted, drops its worktree
                 raise
+            finally:
+                self.ws.remove_worktree(worktree)
             for p in self.proposers:
                 if p.name == proposal.proposer:
                     p.observe(proposal, exp.status, exp.metric)
             self._tally(exp)
+            if (self.follower is not None and exp.status == Verdict.KEEP
+                    and proposal.proposer not in (self.follower.name, "queue")):
+                self._follow_left = self.task.tuner.follow
             since_recheck += 1
             inc = self.ledger.incumbent() or inc
         self._event("stop", f"stopped: {reason}")
         return reason
-
-
-def run_status(result: RunResult) -> str:
-    """One line about a run, for `rsilab train`."""
-    if result.status is Status.OK:
-        return f"{result.status}"
-    return f"{result.status}: {result.reason}"

@@ -17,7 +17,8 @@ import importlib.util
 import inspect
 import logging
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from rsilab.errors import ConfigError
@@ -41,6 +42,9 @@ class HistoryItem:
     verdict: str
     metric: float | None
     proposer: str
+    reason: str = ""  # the judge's one-line reason
+    log_tail: str = ""  # last lines of the first failed run's log (crashes), else ""
+    meta: Mapping[str, Any] = field(default_factory=dict)  # the proposal's meta
 
     def to_proposal(self) -> Proposal:
         """The proposal rebuilt for a warm-start `observe` (its files are not kept)."""
@@ -57,6 +61,16 @@ class Context:
     history: Sequence[HistoryItem]  # every decided experiment so far, oldest first
     in_flight: Sequence[Proposal]  # proposals being run now (do not propose them again)
     preset: str = "cpu"  # which knob preset is active (see knobs.py)
+    program: str = ""  # the task's research instructions (program.md)
+    editable: Sequence[str] = ()  # globs of the files a proposal may change
+    # A fresh checkout of the incumbent that becomes this experiment's worktree. A proposer
+    # may edit it in place (coding-agent CLIs do) instead of returning files; the
+    # supervisor checks and commits whatever differs, exactly as for returned files.
+    workdir: Path | None = None
+    # Tells the person watching what the proposer waits for (an API outage, say).
+    notify: Callable[[str], None] = field(default=lambda message: None)
+    # True once the supervisor wants to stop: a proposer waiting on something gives up.
+    should_stop: Callable[[], bool] = field(default=lambda: False)
 
 
 @runtime_checkable

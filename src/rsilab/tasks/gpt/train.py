@@ -245,11 +245,10 @@ def main():
             if not math.isfinite(loss_value):
                 raise FloatingPointError(f"training diverged at step {step}: loss {loss_value}")
             print(f"step {step:5d} | loss {loss_value:.4f} | lr x{scale:.2f} | {train_time:.1f}s", flush=True)
-        dt = time.time() - t0
         if step > 0:  # the first step pays one-off start-up costs; autoresearch excludes it too
-            train_time += dt
+            train_time += time.time() - t0
+            tokens += BATCH_SIZE * SEQ_LEN
         step += 1
-        tokens += BATCH_SIZE * SEQ_LEN
 
     harness.save_model(model, torch.zeros(BATCH_SIZE, SEQ_LEN, dtype=torch.long, device=device))
     tokens_per_second = tokens / max(train_time, 1e-9)

@@ -1,0 +1,351 @@
+"""The answer format of the LLM proposers. Owns: parsing an answer and applying its edits.
+
+A model answers with a one-line `DESCRIPTION:` and SEARCH/REPLACE blocks (or whole files),
+as `FORMAT_INSTRUCTIONS` tells it. `parse_answer` turns that text into an `Answer`;
+`apply_answer` applies it to the incumbent's editable files and returns the changed ones.
+Pure text functions: no I/O, no network.
+
+Every problem with the model's output is an `EditError` whose message is written for the
+model (what was wrong, how to fix it), so a proposer can send it back as a repair turn.
+
+Not covered: talking to the model (llm.py), the prompt (prompt.py), checking that only
+editable files changed in git (workspace.py).
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+import warnings
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+FORMAT_INSTRUCTIONS = """\
+## Answer format
+
+You may think first. Then write one line:
+
+DESCRIPTION: <one line saying what the change does, e.g. raise LR 0.001 -> 0.003>
+
+followed by one or more SEARCH/REPLACE blocks, each preceded by the file's path on its own line:
+
+train.py
+<<<<<<< SEARCH
+LR = 0.001               # peak learning rate
+=======
+LR = 0.003               # peak learning rate
+>>>>>>> REPLACE
+
+- SEARCH copies whole lines of the current file verbatim (spaces and comments included) and
+  must match exactly one place: add neighbouring lines when a line occurs more than once.
+- Keep blocks small: the lines that change plus a little context. To delete lines, leave
+  REPLACE empty. Blocks apply in order; a later block sees the result of earlier ones.
+- For a large rewrite you may instead give a file's entire new content:
+
+FILE: train.py
+```python
+<the entire new content of train.py>
+```
+
+Do not write `<<<<<<< SEARCH`, `=======`, `>>>>>>> REPLACE` or `FILE:` lines anywhere else.
+"""
+
+_SEARCH = re.compile(r"^\s*<{5,9}\s*SEARCH\s*$")
+_DIVIDER = re.compile(r"^\s*={5,9}\s*$")
+_REPLACE = re.compile(r"^\s*>{5,9}\s*REPLACE\s*$")
+_FENCE = re.compile(r"^\s*(`{3,}|~{3,})\s*[\w+.#-]*\s*$")
+_FILE = re.compile(r"^[\s*#>`]*FILE\s*:\s*(.+?)\s*$", re.IGNORECASE)
+_DESCRIPTION = re.compile(r"^[\s*#>_`-]*DESCRIPTION[*_`]*\s*:(.*)$", re.IGNORECASE | re.MULTILINE)
+_PATH = re.compile(r"^[\w.\-/]+$")
+_PATH_PREFIX = re.compile(r"^(file|path)\s*:\s*", re.IGNORECASE)
+
+
+class EditError(ValueError):
+    """A model answer that cannot be used; the message says, for the model, what to fix."""
+
+
+@dataclass(frozen=True)
+class Edit:
+    """One SEARCH/REPLACE block. Both texts are whole lines ending in a newline, or ""."""
+
+    path: str
+    search: str
+    replace: str
+
+
+@dataclass(frozen=True)
+class Answer:
+    """A parsed model answer: its description, its blocks in order, and whole files."""
+
+    description: str
+    edits: tuple[Edit, ...] = ()
+    whole_files: Mapping[str, str] = field(default_factory=dict)
+
+
+def parse_answer(text: str) -> Answer:
+    """The description and edits of `text`; prose around the blocks and ``` fences are ignored.
+
+    A block's path is the nearest line above its `<<<<<<< SEARCH` (past blank and fence
+    lines); a block right after another one without a path line takes the previous path.
+    """
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    lines = text.split("\n")
+    edits: list[Edit] = []
+    whole: dict[str, str] = {}
+    last_path: str | None = None
+    i = 0
+    while i < len(lines):
+        line = lines[i]
+        if _SEARCH.match(line):
+            n = len(edits) + 1
+            path = _path_above(lines, i) or last_path
+            if path is None:
+                raise EditError(f"SEARCH block {n} has no file path; put the path (e.g. train.py) "
+                                "on its own line right before <<<<<<< SEARCH")
+            edit, i = _read_block(lines, i, path, n)
+            edits.append(edit)
+            last_path = path
+            continue
+        m = _FILE.match(line)
+        if m:
+            path = _clean_path(m.group(1))
+            j = _next_nonblank(lines, i + 1)
+            if j < len(lines) and _SEARCH.match(lines[j]):
+                i = j  # `FILE: x` used as the path line of a SEARCH block
+                continue
+            if j >= len(lines) or not _FENCE.match(lines[j]):
+                raise EditError(f"FILE: {path} must be followed by the file's entire new "
+                                "content inside a ``` fence")
+            k = _next_nonblank(lines, j + 1)
+            if k < len(lines) and _SEARCH.match(lines[k]):
+                i = k  # a fenced SEARCH block under a `FILE: x` heading
+                continue
+            if path in whole:
+                raise EditError(f"FILE: {path} is given twice; give each whole file once")
+            whole[path], i = _read_fenced(lines, j, path)
+            continue
+        i += 1
+    description = _description(text)
+    if not edits and not whole:
+        raise EditError("the answer has no edits: after the DESCRIPTION line, give SEARCH/REPLACE "
+                        "blocks (path line, <<<<<<< SEARCH, =======, >>>>>>> REPLACE) or a "
+                        "FILE: block with a file's whole content")
+    return Answer(description, tuple(edits), whole)
+
+
+def _description(text: str) -> str:
+    m = _DESCRIPTION.search(text)
+    if m is None:
+        raise EditError("the answer has no DESCRIPTION line; start it with "
+                        "`DESCRIPTION: <one line saying what the change does>`")
+    desc = " ".join(m.group(1).strip(" *_`").split())
+    if not desc:
+        raise EditError("the DESCRIPTION line is empty; write the one-line description after "
+                        "`DESCRIPTION:` on the same line")
+    return desc
+
+
+def _next_nonblank(lines: list[str], i: int) -> int:
+    while i < len(lines) and not lines[i].strip():
+        i += 1
+    return i
+
+
+def _clean_path(raw: str) -> str:
+    s = raw.strip().strip("*`#").strip()
+    s = _PATH_PREFIX.sub("", s).strip().strip("`*").rstrip(":").strip()
+    while s.startswith("./"):
+        s = s[2:]
+    return s
+
+
+def _path_above(lines: list[str], i: int) -> str | None:
+    """The path on the nearest meaningful line above line `i`, or None if there is none."""
+    j = i - 1
+    while j >= 0 and (not lines[j].strip() or _FENCE.match(lines[j])):
+        j -= 1
+    if j < 0 or _REPLACE.match(lines[j]):
+        return None
+    m = _FILE.match(lines[j])
+    path = _clean_path(m.group(1) if m else lines[j])
+    return path if _PATH.match(path) and not _PATH.fullmatch(path.strip(".")) is None else None
+
+
+def _read_block(lines: list[str], i: int, path: str, n: int) -> tuple[Edit, int]:
+    """The block whose SEARCH marker is line `i`, and the index of the line after it."""
+    search: list[str] = []
+    replace: list[str] = []
+    part = search
+    j = i + 1
+    while j < len(lines):
+        line = lines[j]
+        if _SEARCH.match(line):
+            break
+        if part is search and _DIVIDER.match(line):
+            part = replace
+        elif _REPLACE.match(line):
+            if part is search:
+                raise EditError(f"SEARCH block {n} for {path} has no ======= line; separate the "
+                                "SEARCH lines from the REPLACE lines with =======")
+            return Edit(path, _join(search), _join(replace)), j + 1
+        else:
+            part.append(line)
+        j += 1
+    raise EditError(f"SEARCH block {n} for {path} is not closed; end it with >>>>>>> REPLACE")
+
+
+def _read_fenced(lines: list[str], j: int, path: str) -> tuple[str, int]:
+    """The content of the fence opened on line `j`, and the index of the line after it."""
+    opener = lines[j].strip()
+    char, width = opener[0], len(opener) - len(opener.lstrip(opener[0]))
+    close = re.compile(rf"^\s*{re.escape(char)}{{{width},}}\s*$")
+    for k in range(j + 1, len(lines)):
+        if close.match(lines[k]):
+            return _join(lines[j + 1:k]), k + 1
+    raise EditError(f"the ``` fence after FILE: {path} is not closed; end the file's content "
+                    "with a line of ```")
+
+
+def _join(lines: list[str]) -> str:
+    return "".join(line + "\n" for line in lines)
+
+
+def apply_answer(files: Mapping[str, str], answer: Answer,
+                 is_editable: Callable[[str], bool]) -> dict[str, str]:
+    """The files `answer` changes (path -> new content), applied to `files`.
+
+    Whole files are applied first, then the blocks in order. A SEARCH must match whole
+    lines exactly once. When it matches nowhere, a whitespace-tolerant match is tried
+    (each line compared with its runs of spaces collapsed, surrounding blank lines
+    ignored) and used only if it matches exactly one place; REPLACE is then re-indented
+    by the same offset as the matched lines. An empty SEARCH creates a new editable
+    file. Every changed `.py` file must compile. Raises only `EditError`.
+    """
+    paths = [*answer.whole_files, *(e.path for e in answer.edits)]
+    for path in dict.fromkeys(paths):
+        if path.startswith("/") or ".." in path.split("/") or not is_editable(path):
+            allowed = ", ".join(sorted(p for p in files if is_editable(p))) or "none"
+            raise EditError(f"{path} is not an editable file; edit only: {allowed}")
+    work = dict(files)
+    for path, content in answer.whole_files.items():
+        work[path] = content
+    for n, edit in enumerate(answer.edits, 1):
+        work[edit.path] = _apply_edit(work.get(edit.path), edit, n, list(work))
+    changed = {p: c for p, c in work.items() if files.get(p) != c}
+    if not changed:
+        raise EditError("the edits change nothing: the result equals the current files; "
+                        "make a real change (REPLACE must differ from SEARCH)")
+    for path, content in changed.items():
+        if path.endswith(".py"):
+            _check_compiles(path, content)
+    return changed
+
+
+def _apply_edit(content: str | None, edit: Edit, n: int, known: list[str]) -> str:
+    where = f"SEARCH block {n} for {edit.path}"
+    if content is None:
+        if edit.search:
+            raise EditError(f"{edit.path} does not exist, so {where} cannot match; edit one of: "
+                            f"{', '.join(sorted(known))} (an empty SEARCH creates a new file)")
+        return edit.replace
+    if not edit.search.strip():
+        raise EditError(f"{where} is empty; to add code, SEARCH for the lines next to where it "
+                        "goes and repeat them in REPLACE together with the new lines")
+    added_newline = bool(content) and not content.endswith("\n")
+    text = content + "\n" if added_newline else content
+    starts = _exact_matches(text, edit.search)
+    if len(starts) > 1:
+        raise EditError(f"{where} matches {len(starts)} places; add neighbouring lines to SEARCH "
+                        "so that it matches exactly one")
+    if starts:
+        s = starts[0]
+        result = text[:s] + edit.replace + text[s + len(edit.search):]
+    else:
+        result = _fuzzy_apply(text, edit, where)
+    if added_newline and result.endswith("\n"):
+        result = result[:-1]
+    return result
+
+
+def _exact_matches(text: str, search: str) -> list[int]:
+    """Start offsets where `search` occurs in `text` starting at a line start."""
+    found = []
+    i = text.find(search)
+    while i >= 0:
+        if i == 0 or text[i - 1] == "\n":
+            found.append(i)
+        i = text.find(search, i + 1)
+    return found
+
+
+def _norm(line: str) -> str:
+    return " ".join(line.split())
+
+
+def _indent(line: str) -> int:
+    return len(line) - len(line.lstrip(" \t"))
+
+
+def _fuzzy_apply(text: str, edit: Edit, where: str) -> str:
+    """Apply `edit` by the whitespace-tolerant match, or raise the no-match EditError."""
+    file_lines = text.split("\n")[:-1]  # text ends with "\n"
+    search = edit.search.split("\n")[:-1]
+    replace = edit.replace.split("\n")[:-1]
+    lead = 0
+    while lead < len(search) and not search[lead].strip():
+        lead += 1
+    trail = 0
+    while trail < len(search) - lead and not search[-1 - trail].strip():
+        trail += 1
+    core = search[lead:len(search) - trail]
+    for _ in range(lead):
+        if replace and not replace[0].strip():
+            replace.pop(0)
+    for _ in range(trail):
+        if replace and not replace[-1].strip():
+            replace.pop()
+    want = [_norm(s) for s in core]
+    have = [_norm(s) for s in file_lines]
+    hits = [i for i in range(len(have) - len(want) + 1) if have[i:i + len(want)] == want]
+    if len(hits) != 1:
+        raise EditError(_no_match_message(where, core, file_lines, len(hits)))
+    i = hits[0]
+    delta = _indent(file_lines[i]) - _indent(core[0])
+    pad = file_lines[i][:_indent(file_lines[i])][:1] or " "
+    shifted = []
+    for line in replace:
+        if not line.strip():
+            shifted.append(line)
+        elif delta >= 0:
+            shifted.append(pad * delta + line)
+        else:
+            shifted.append(line[min(-delta, _indent(line)):])
+    new_lines = file_lines[:i] + shifted + file_lines[i + len(core):]
+    return _join(new_lines)
+
+
+def _no_match_message(where: str, core: list[str], file_lines: list[str], hits: int) -> str:
+    if hits > 1:
+        return (f"{where} does not match the file exactly, and ignoring whitespace it matches "
+                f"{hits} places; copy the lines verbatim and add neighbouring lines so that "
+                "it matches exactly one")
+    msg = f"{where} does not match the file exactly; copy the lines verbatim, including spaces"
+    first = core[0].strip() if core else ""
+    close = difflib.get_close_matches(first, [s.strip() for s in file_lines], n=1, cutoff=0.6)
+    if first and close:
+        line_no = [s.strip() for s in file_lines].index(close[0]) + 1
+        msg += f" (its first line resembles line {line_no} of the file: {close[0]!r})"
+    return msg
+
+
+def _check_compiles(path: str, content: str) -> None:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            compile(content, path, "exec")
+    except SyntaxError as e:
+        shown = f": {e.text.strip()!r}" if e.text and e.text.strip() else ""
+        raise EditError(f"{path} does not compile after the edits: line {e.lineno}: {e.msg}"
+                        f"{shown}; fix the syntax (indentation included)") from None
+    except (ValueError, OverflowError, RecursionError, MemoryError) as e:
+        raise EditError(f"{path} does not compile after the edits: {e}") from None
