@@ -119,7 +119,7 @@ def run_session(arm: str, seed: int, args: argparse.Namespace, data: PreparedDat
     tag = f"[{arm} s{seed}]"
 
     def notify(message: str, progress: Any) -> None:
-        if message.startswith(("#", "baseline ", "stopped")):
+        if message.startswith(("#", "baseline val", "stopped")):
             print(f"{tag} {message}", flush=True)
 
     proposer = create(proposer_name, seed=task.tuner.seed, max_knobs=task.tuner.max_knobs,

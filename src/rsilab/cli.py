@@ -171,14 +171,19 @@ def _check_comparable(ledger: Any, task: TaskSpec, preset: str) -> None:
 @click.option("--task", "task_name", default="gpt", show_default=True,
               help="Task to copy in when DIRECTORY is not a workspace yet.")
 @click.option("--tag", default=None, help="Research tag when creating the workspace.")
-@click.option("--proposer", default=DEFAULT_PROPOSER, show_default=True, help="Who proposes: tuner, random, ...")
+@click.option("--proposer", default=None,
+              help="tuner, random, llm, agent or queue; X+tuner lets the tuner re-tune after X's kept changes. "
+                   "Default: rsilab.toml's, else llm when an LLM is configured in the environment, else tuner.")
 @click.option("--max-experiments", type=int, default=None, help="Stop after N new experiments.")
 @click.option("--hours", type=float, default=None, help="Stop after this many hours.")
+@click.option("--max-cost", type=float, default=None, help="Stop when proposals have cost this many USD.")
+@click.option("--max-tokens", type=int, default=None, help="Stop when proposals have used this many tokens.")
 @click.option("--preset", type=click.Choice(["cpu", "gpu"]), default=None, help="Knob preset (default: by device).")
 @set_option
 @_friendly
-def run(directory: Path, task_name: str, tag: str | None, proposer: str, max_experiments: int | None,
-        hours: float | None, preset: str | None, sets: tuple[str, ...]) -> None:
+def run(directory: Path, task_name: str, tag: str | None, proposer: str | None, max_experiments: int | None,
+        hours: float | None, max_cost: float | None, max_tokens: int | None, preset: str | None,
+        sets: tuple[str, ...]) -> None:
     """Do research in a workspace until a stop rule (creates it on first use; resumes after a stop)."""
     from rsilab import harness
     from rsilab.ledger import Ledger
@@ -204,15 +209,19 @@ def run(directory: Path, task_name: str, tag: str | None, proposer: str, max_exp
             ledger.set_meta("overrides", list(sets))
             ledger.add_event("config", f"overrides: {' '.join(sets) or '(none)'}", source="cli")
     train_data, val_data = _task_data(task)
+    name, follow = _choose_proposer(proposer, task)
     # Queued human ideas always go first; then the chosen proposer.
     proposers = [create("queue", queue_dir=ws.queue_dir)]
-    if proposer != "queue":
-        proposers.append(create(proposer, **_proposer_options(proposer, task)))
+    if name != "queue":
+        proposers.append(create(name, **_proposer_options(name, task)))
+    follower = create("tuner", **_proposer_options("tuner", task)) if follow else None
+    click.echo(f"proposer: {name}" + (" (+ tuner after its kept changes)" if follow else ""))
     with Ledger(ws.ledger_path) as ledger:
         try:
             with LiveView(task.metric.name, str(ws.root)) as view:
                 sup = Supervisor(ws, task, ledger, proposers, train_data=train_data, val_data=val_data,
-                                 preset=preset, limits=Limits(max_experiments, hours), notify=view)
+                                 preset=preset, limits=Limits(max_experiments, hours, max_cost, max_tokens),
+                                 notify=view, follower=follower)
                 reason = sup.run()
         finally:  # also on Ctrl-C: results.tsv always matches the ledger
             ledger.export_tsv(ws.root / "results.tsv", task.metric.name)
@@ -220,9 +229,25 @@ def run(directory: Path, task_name: str, tag: str | None, proposer: str, max_exp
         _print_status(ledger, task.metric.name, ws.root)
 
 
+def _choose_proposer(given: str | None, task: TaskSpec) -> tuple[str, bool]:
+    """(proposer name, whether the tuner follows it) from --proposer, rsilab.toml or the env."""
+    from rsilab.proposers.llmclient import configured
+
+    choice = given or task.proposer or ("llm" if configured() else DEFAULT_PROPOSER)
+    name, plus, follower = choice.partition("+")
+    if plus and follower != "tuner":
+        raise ConfigError(f"--proposer {choice!r}: only the tuner can follow (X+tuner)")
+    return name, bool(plus) and name != "tuner"
+
+
 def _proposer_options(name: str, task: TaskSpec) -> dict[str, Any]:
     if name in ("tuner", "random"):
         return {"seed": task.tuner.seed, "max_knobs": task.tuner.max_knobs, "exclude": task.tuner.exclude}
+    if name == "llm":
+        return {"spec": task.llm}
+    if name == "agent":
+        a = task.agent
+        return {"cli": a.cli, "command": a.command, "model": a.model, "timeout": a.timeout}
     return {}
 
 
@@ -262,6 +287,21 @@ def status(directory: Path) -> None:
     ws = open_workspace(directory)
     with Ledger(ws.ledger_path) as ledger:
         _print_status(ledger, ledger.get_meta("metric", "val_bpb"), ws.root)
+
+
+@main.command()
+@click.option("--task", "task_name", default=None, help="Task whose settings to check (default: . or gpt).")
+@click.option("--no-ping", is_flag=True, help="Do not contact the LLM.")
+@set_option
+@_friendly
+def doctor(task_name: str | None, no_ping: bool, sets: tuple[str, ...]) -> None:
+    """Say what is configured and reachable: torch/device, git, sandbox, data, LLM, agent CLIs."""
+    from rsilab.config import load_task
+    from rsilab.doctor import checks
+
+    task = load_task(resolve_task_dir(task_name), _overrides(sets))
+    for c in checks(task, ping=not no_ping):
+        click.echo(f"{'ok ' if c.ok else '-- '} {c.name:<13} {c.detail}")
 
 
 @main.command()

@@ -233,7 +233,9 @@ class Supervisor:
         """Apply, run, judge and record one proposal against the incumbent, in `worktree`
         (a fresh checkout of the incumbent, possibly already edited in place by the proposer)."""
         parent = inc.commit
-        problem = self.ws.apply(worktree, proposal.files)
+        # A proposer may hand over a failure of its own (e.g. an LLM answer that stayed
+        # malformed through every repair round): recorded as invalid, never run.
+        problem = proposal.meta.get("invalid") or self.ws.apply(worktree, proposal.files)
         problem = problem or self.ws.check(worktree, self.task)
         commit = self.ws.commit(worktree, proposal.description) or parent
         if commit == parent and problem is None:
@@ -338,7 +340,7 @@ class Supervisor:
             try:
                 proposal = self.propose(inc, worktree)
                 if proposal is None:
-                    reason = "no proposer has anything left: nothing left to propose"
+                    reason = self._stop_reason() or "no proposer has anything left: nothing left to propose"
                     break
                 exp = self.experiment(inc, proposal, worktree)
             except KeyboardInterrupt:

@@ -83,7 +83,7 @@ def _group_rss_bytes(sid: int) -> int:
     return total
 
 
-def _kill_group(pgid: int, sig: int) -> None:
+def kill_group(pgid: int, sig: int) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, sig)
 
@@ -109,11 +109,11 @@ def _live_members(sid: int) -> list[int]:
     return pids
 
 
-def _kill_session(sid: int, deadline: float) -> None:
+def kill_session(sid: int, deadline: float) -> None:
     """SIGKILL what is left of the run's session and wait, until `deadline`, for it to be
     gone: a killed process keeps its memory (and its GPU) until its exit completes, and a
     run must not overlap the next one on its slot."""
-    _kill_group(sid, signal.SIGKILL)
+    kill_group(sid, signal.SIGKILL)
     while (alive := _live_members(sid)) and time.monotonic() < deadline:
         for pid in alive:  # also any that moved to another process group of the session
             with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -131,7 +131,7 @@ def _wait_until(pid: int, deadline: float) -> int | None:
     return None
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     """In the child, before exec: get SIGKILL when the supervisor dies (even by kill -9),
     so no training process outlives the supervisor that owns its budget (Linux only)."""
     try:
@@ -152,7 +152,7 @@ def run_process(cmd: list[str], *, cwd: Path, env: dict[str, str], log: Path, ti
     with open(log, "ab") as out:
         proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, start_new_session=True,
-                                preexec_fn=_die_with_parent)
+                                preexec_fn=die_with_parent)
     pgid = proc.pid
     timed_out = oom = False
     peak = 0
@@ -168,10 +168,10 @@ def run_process(cmd: list[str], *, cwd: Path, env: dict[str, str], log: Path, ti
             now = time.monotonic()
             if now - start > timeout:
                 timed_out = True
-                _kill_group(pgid, signal.SIGTERM)
+                kill_group(pgid, signal.SIGTERM)
                 status = _wait_until(proc.pid, now + GRACE_SECONDS)
                 if status is None:
-                    _kill_group(pgid, signal.SIGKILL)
+                    kill_group(pgid, signal.SIGKILL)
                     _, status, _ = os.wait4(proc.pid, 0)
                 break
             if memory_cap_gb > 0 and now >= next_mem_check:
@@ -180,18 +180,18 @@ def run_process(cmd: list[str], *, cwd: Path, env: dict[str, str], log: Path, ti
                 peak = max(peak, rss)
                 if rss > memory_cap_gb * 2**30:
                     oom = True
-                    _kill_group(pgid, signal.SIGKILL)
+                    kill_group(pgid, signal.SIGKILL)
                     _, status, usage = os.wait4(proc.pid, 0)
                     break
             time.sleep(POLL_SECONDS)
     except BaseException:
         # Ctrl-C (or any error) in the supervisor: the run must not outlive it.
-        _kill_group(pgid, signal.SIGKILL)
+        kill_group(pgid, signal.SIGKILL)
         with contextlib.suppress(ChildProcessError):
             os.wait4(proc.pid, 0)
         raise
     # Kill leftovers of the group (a grandchild that outlived its parent) and wait for them.
-    _kill_session(pgid, time.monotonic() + GRACE_SECONDS)
+    kill_session(pgid, time.monotonic() + GRACE_SECONDS)
     proc.returncode = os.waitstatus_to_exitcode(status) if status is not None else -9
     rc = None if (timed_out or oom) else proc.returncode
     return ProcessOutcome(rc, time.monotonic() - start, timed_out, oom, peak / 2**30)

@@ -14,7 +14,10 @@ files (only editable files, frozen hashes intact): this module never judges the 
   INSTRUCTION`, stdin from /dev/null (codex reads a piped stdin as extra input). Its sandbox
   still lets it run commands in the folder; the prompt forbids training.
 - `command`: any other CLI: an argv with `{prompt_file}`, `{description_file}` and `{workdir}`
-  substituted.
+  substituted; the last line of its stdout stands in for a final message.
+
+The description is the first line of the description file, else the first line of the CLI's
+final message, else "agent change".
 
 The prompt (program, metric, incumbent, compact history, rules) is a file in a temporary
 folder, never in the worktree (a file there would be an unexpected change). The CLI gets the
@@ -48,7 +51,7 @@ from typing import Any
 
 from rsilab.errors import ConfigError
 from rsilab.proposers.base import Context, HistoryItem, register
-from rsilab.runner import GRACE_SECONDS, _die_with_parent, _kill_group, _kill_session
+from rsilab.runner import GRACE_SECONDS, die_with_parent, kill_group, kill_session
 from rsilab.types import Proposal
 
 CLIS = ("claude", "codex", "command")
@@ -147,7 +150,7 @@ class AgentProposer:
             meta["timed_out"] = True
             error = f"{self.cli} timed out after {self.timeout:.0f} s"
         elif run.returncode != 0:
-            last = _last_line(run.stderr) or _last_line(run.stdout)
+            last = error or _last_line(run.stderr) or _last_line(run.stdout)
             error = f"{self.cli} exited with code {run.returncode}" + (f": {last[:200]}" if last else "")
         if error:
             meta["error"] = error
@@ -207,26 +210,26 @@ def run_cli(argv: list[str], cwd: Path, folder: Path, timeout: float,
     start = time.monotonic()
     with open(out_path, "wb") as out, open(err_path, "wb") as err:
         proc = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=out,
-                                stderr=err, start_new_session=True, preexec_fn=_die_with_parent)
+                                stderr=err, start_new_session=True, preexec_fn=die_with_parent)
     timed_out = stopped = False
     try:
         while proc.poll() is None:
             timed_out = time.monotonic() - start > timeout
             stopped = not timed_out and bool(should_stop())
             if timed_out or stopped:
-                _kill_group(proc.pid, signal.SIGTERM)
+                kill_group(proc.pid, signal.SIGTERM)
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     proc.wait(GRACE_SECONDS)
-                _kill_group(proc.pid, signal.SIGKILL)
+                kill_group(proc.pid, signal.SIGKILL)
                 proc.wait()
                 break
             time.sleep(POLL_SECONDS)
     except BaseException:  # Ctrl-C in the supervisor: the CLI must not outlive it
-        _kill_group(proc.pid, signal.SIGKILL)
+        kill_group(proc.pid, signal.SIGKILL)
         proc.wait()
         raise
     finally:  # leftovers of the session (a child that outlived the CLI), waited for
-        _kill_session(proc.pid, time.monotonic() + GRACE_SECONDS)
+        kill_session(proc.pid, time.monotonic() + GRACE_SECONDS)
     rc = None if (timed_out or stopped) else proc.returncode
     return CliRun(rc, timed_out, stopped, out_path.read_text(errors="replace"),
                   err_path.read_text(errors="replace"), time.monotonic() - start)

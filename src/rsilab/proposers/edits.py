@@ -88,8 +88,7 @@ def parse_answer(text: str) -> Answer:
     A block's path is the nearest line above its `<<<<<<< SEARCH` (past blank and fence
     lines); a block right after another one without a path line takes the previous path.
     """
-    text = text.replace("\r\n", "\n").replace("\r", "\n")
-    lines = text.split("\n")
+    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
     edits: list[Edit] = []
     whole: dict[str, str] = {}
     last_path: str | None = None
@@ -109,6 +108,8 @@ def parse_answer(text: str) -> Answer:
         m = _FILE.match(line)
         if m:
             path = _clean_path(m.group(1))
+            if not _PATH.match(path):
+                raise EditError(f"FILE: needs a file path, e.g. `FILE: train.py`, not {m.group(1)!r}")
             j = _next_nonblank(lines, i + 1)
             if j < len(lines) and _SEARCH.match(lines[j]):
                 i = j  # `FILE: x` used as the path line of a SEARCH block
@@ -125,7 +126,7 @@ def parse_answer(text: str) -> Answer:
             whole[path], i = _read_fenced(lines, j, path)
             continue
         i += 1
-    description = _description(text)
+    description = _description("\n".join(lines))
     if not edits and not whole:
         raise EditError("the answer has no edits: after the DESCRIPTION line, give SEARCH/REPLACE "
                         "blocks (path line, <<<<<<< SEARCH, =======, >>>>>>> REPLACE) or a "
@@ -166,9 +167,8 @@ def _path_above(lines: list[str], i: int) -> str | None:
         j -= 1
     if j < 0 or _REPLACE.match(lines[j]):
         return None
-    m = _FILE.match(lines[j])
-    path = _clean_path(m.group(1) if m else lines[j])
-    return path if _PATH.match(path) and not _PATH.fullmatch(path.strip(".")) is None else None
+    path = _clean_path(lines[j])  # also drops a `FILE:` prefix
+    return path if _PATH.match(path) and path.strip("./") else None
 
 
 def _read_block(lines: list[str], i: int, path: str, n: int) -> tuple[Edit, int]:
@@ -176,8 +176,7 @@ def _read_block(lines: list[str], i: int, path: str, n: int) -> tuple[Edit, int]
     search: list[str] = []
     replace: list[str] = []
     part = search
-    j = i + 1
-    while j < len(lines):
+    for j in range(i + 1, len(lines)):
         line = lines[j]
         if _SEARCH.match(line):
             break
@@ -190,7 +189,6 @@ def _read_block(lines: list[str], i: int, path: str, n: int) -> tuple[Edit, int]
             return Edit(path, _join(search), _join(replace)), j + 1
         else:
             part.append(line)
-        j += 1
     raise EditError(f"SEARCH block {n} for {path} is not closed; end it with >>>>>>> REPLACE")
 
 
@@ -233,7 +231,7 @@ def apply_answer(files: Mapping[str, str], answer: Answer,
         work[edit.path] = _apply_edit(work.get(edit.path), edit, n, list(work))
     changed = {p: c for p, c in work.items() if files.get(p) != c}
     if not changed:
-        raise EditError("the edits change nothing: the result equals the current files; "
+        raise EditError("the answer changes nothing: the result equals the current files; "
                         "make a real change (REPLACE must differ from SEARCH)")
     for path, content in changed.items():
         if path.endswith(".py"):
@@ -278,6 +276,18 @@ def _exact_matches(text: str, search: str) -> list[int]:
     return found
 
 
+def _blank_run(lines: list[str]) -> int:
+    """How many lines at the start of `lines` are blank."""
+    return next((k for k, line in enumerate(lines) if line.strip()), len(lines))
+
+
+def _strip_blank(lines: list[str]) -> tuple[list[str], int, int]:
+    """`lines` without its leading and trailing blank lines, and how many of each it had."""
+    lead = _blank_run(lines)
+    trail = _blank_run(lines[::-1]) if lead < len(lines) else 0
+    return lines[lead:len(lines) - trail], lead, trail
+
+
 def _norm(line: str) -> str:
     return " ".join(line.split())
 
@@ -289,21 +299,10 @@ def _indent(line: str) -> int:
 def _fuzzy_apply(text: str, edit: Edit, where: str) -> str:
     """Apply `edit` by the whitespace-tolerant match, or raise the no-match EditError."""
     file_lines = text.split("\n")[:-1]  # text ends with "\n"
-    search = edit.search.split("\n")[:-1]
+    core, lead, trail = _strip_blank(edit.search.split("\n")[:-1])
     replace = edit.replace.split("\n")[:-1]
-    lead = 0
-    while lead < len(search) and not search[lead].strip():
-        lead += 1
-    trail = 0
-    while trail < len(search) - lead and not search[-1 - trail].strip():
-        trail += 1
-    core = search[lead:len(search) - trail]
-    for _ in range(lead):
-        if replace and not replace[0].strip():
-            replace.pop(0)
-    for _ in range(trail):
-        if replace and not replace[-1].strip():
-            replace.pop()
+    replace = replace[_blank_run(replace[:lead]):]  # drop the blank lines SEARCH dropped
+    replace = replace[:len(replace) - _blank_run(replace[::-1][:trail])]
     want = [_norm(s) for s in core]
     have = [_norm(s) for s in file_lines]
     hits = [i for i in range(len(have) - len(want) + 1) if have[i:i + len(want)] == want]
@@ -312,16 +311,9 @@ def _fuzzy_apply(text: str, edit: Edit, where: str) -> str:
     i = hits[0]
     delta = _indent(file_lines[i]) - _indent(core[0])
     pad = file_lines[i][:_indent(file_lines[i])][:1] or " "
-    shifted = []
-    for line in replace:
-        if not line.strip():
-            shifted.append(line)
-        elif delta >= 0:
-            shifted.append(pad * delta + line)
-        else:
-            shifted.append(line[min(-delta, _indent(line)):])
-    new_lines = file_lines[:i] + shifted + file_lines[i + len(core):]
-    return _join(new_lines)
+    shifted = [line if not line.strip() else pad * delta + line if delta >= 0
+               else line[min(-delta, _indent(line)):] for line in replace]
+    return _join(file_lines[:i] + shifted + file_lines[i + len(core):])
 
 
 def _no_match_message(where: str, core: list[str], file_lines: list[str], hits: int) -> str:

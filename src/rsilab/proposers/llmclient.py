@@ -69,11 +69,11 @@ class ProviderError(RsilabError):
     """The LLM endpoint refused in a way retrying cannot fix (bad key, model, URL, reply shape)."""
 
 
-class Stopped(Exception):  # noqa: N818 (a signal, not an error)
+class Stopped(Exception):
     """`should_stop()` became true while the client waited out an outage."""
 
 
-class _Transient(Exception):  # noqa: N818
+class _Transient(Exception):
     def __init__(self, reason: str, retry_after: float | None = None) -> None:
         super().__init__(reason)
         self.reason, self.retry_after = reason, retry_after
@@ -117,6 +117,8 @@ def retry_after(headers: Mapping[str, str]) -> float | None:
 
 
 class ChatClient:
+    """One endpoint and model; `complete()` is safe to call from several threads."""
+
     def __init__(
         self,
         api: Api,
@@ -194,11 +196,12 @@ class ChatClient:
                 reason, asked = self._scrub(t.reason), t.retry_after
             if self.max_attempts is not None and attempt >= self.max_attempts:
                 raise ProviderError(f"{self._where()}: gave up after {attempt} attempts, last: {reason}; is the server up?")
-            delay = asked if asked is not None else backoff(attempt)
+            delay = max(0.5, asked) if asked is not None else backoff(attempt)  # a 0 would hammer
             of = f" of {self.max_attempts}" if self.max_attempts else ""
             if self._should_stop():
                 raise Stopped(f"stopped while the LLM was unavailable ({reason})")
-            message = f"LLM unavailable ({reason}): retrying in {delay:.0f} s (attempt {attempt}{of})"
+            shown = f"{delay:.0f}" if delay >= 1 else f"{delay:.1f}"
+            message = f"LLM unavailable ({reason}): retrying in {shown} s (attempt {attempt}{of})"
             log.info("%s", message)
             self._notify(message)
             self._wait(delay)
@@ -248,9 +251,9 @@ class ChatClient:
                 raise TypeError("text is not a string")
         except (KeyError, IndexError, TypeError, AttributeError):
             raise ProviderError(self._bad_shape(data)) from None
-        usage = data.get("usage")
+        usage: Any = data.get("usage")
         try:
-            tokens_in, tokens_out = (int(usage[k]) for k in usage_keys)  # type: ignore[index]
+            tokens_in, tokens_out = (int(usage[k]) for k in usage_keys)
         except (KeyError, TypeError, ValueError):
             chars_in = len(system) + sum(len(m["content"]) for m in msgs)
             tokens_in, tokens_out = chars_in // 4, len(text) // 4
