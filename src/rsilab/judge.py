@@ -1,7 +1,8 @@
 """The judge. Owns: deciding keep / discard / more for one experiment, and the run seeds.
 
-Pure functions of run results: no I/O, no clock, no randomness. The runner calls `judge`
-after every candidate run and starts another run (with `seed_schedule`) while it says MORE.
+Pure functions of run results: no I/O, no clock, no randomness. The supervisor calls
+`judge` after every candidate run and starts another (with `seed_schedule`) while it says
+MORE.
 
 Rules, in order: (1) a failed run decides (crash/oom -> CRASH, timeout, invalid,
 interrupted); (2) a memory cap or `constraints` breach -> DISCARD; (3) a metric that does
