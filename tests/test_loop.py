@@ -146,12 +146,16 @@ def _rsilab(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subproc
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env or dict(os.environ))
 
 
-def _wait_for(predicate: object, timeout: float = 60.0) -> None:
-    """Poll a condition (not a fixed sleep): the test proceeds the moment it holds."""
+def _wait_for(predicate: object, timeout: float = 60.0, proc: subprocess.Popen[str] | None = None) -> None:
+    """Poll a condition (not a fixed sleep): the test proceeds the moment it holds. With
+    `proc` (the supervisor), its exiting first fails the test at once, with its output."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if predicate():  # type: ignore[operator]
             return
+        if proc is not None and proc.poll() is not None:
+            output = proc.stdout.read() if proc.stdout else ""
+            raise AssertionError(f"the supervisor exited ({proc.returncode}) before the condition held:\n{output}")
         time.sleep(0.02)
     raise AssertionError("condition not reached in time")
 
@@ -179,7 +183,7 @@ def test_kill_9_during_a_run_then_resume(tmp_path: Path) -> None:
     queue_knobs(ws_dir, "b", "less weight decay", L2=0.01)
     fast = ("--set", "budget=1", "--set", "overhead=2")  # the sleeper times out quickly when re-run
     proc = _rsilab("run", str(ws_dir), "--proposer", "queue", *fast, cwd=tmp_path)
-    _wait_for(marker.exists)
+    _wait_for(marker.exists, proc=proc)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     # The supervisor died mid-run: its training process must die with it.
@@ -210,7 +214,7 @@ def test_kill_9_at_other_moments_leaves_ledger_and_git_consistent(tmp_path: Path
         with Ledger(ledger_path) as ledger:
             return sum(e.decided for e in ledger.experiments()) >= decisions_before_kill
 
-    _wait_for(decided)
+    _wait_for(decided, proc=proc)
     proc.send_signal(signal.SIGKILL)  # lands wherever the supervisor happens to be
     proc.wait()
     out = subprocess.run([sys.executable, "-m", "rsilab.cli", "run", str(ws_dir), "--proposer", "queue"],

@@ -6,6 +6,7 @@ mistake (`RsilabError`) becomes one line on stderr and exit code 2, never a trac
 
 from __future__ import annotations
 
+import errno
 import logging
 import sys
 import time
@@ -35,6 +36,13 @@ def _friendly(fn: F) -> F:
         except KeyboardInterrupt:
             click.echo("rsilab: interrupted; the ledger and git are consistent, `rsilab run` resumes", err=True)
             sys.exit(130)
+        except OSError as e:  # a full disk is the user's to fix, not a bug: one line too
+            if e.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+                raise
+            where = f" writing {e.filename}" if e.filename else ""
+            click.echo(f"rsilab: out of disk space{where} ({e.strerror}); free some, then `rsilab run` "
+                       "resumes where it stopped", err=True)
+            sys.exit(2)
 
     return wrapper  # type: ignore[return-value]
 
@@ -45,6 +53,17 @@ def _overrides(values: tuple[str, ...]) -> list[tuple[str, Any]]:
 
 set_option = click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
                           help="Override an rsilab.toml key, e.g. --set budget=30 --set judge.alpha=0.1.")
+require_sandbox_option = click.option(
+    "--require-sandbox", is_flag=True,
+    help="Refuse to run unless bubblewrap isolates the runs (no network, no validation data or ledger in sight).")
+
+
+def _isolation(require_sandbox: bool, task: TaskSpec | None = None) -> tuple[str, str]:
+    """(setting for the runner, the level it gives here); refuses early under --require-sandbox."""
+    from rsilab import sandbox
+
+    setting = "require" if require_sandbox else (task.sandbox if task is not None else "auto")
+    return setting, sandbox.resolve(setting)
 
 
 @click.group()
@@ -90,22 +109,27 @@ def prepare(source: str, force: bool) -> None:
 @click.option("--seed", default=0, show_default=True, help="Harness seed.")
 @click.option("--preset", type=click.Choice(["cpu", "gpu"]), default=None, help="Knob preset (default: by device).")
 @set_option
+@require_sandbox_option
 @_friendly
-def train(task_name: str | None, seed: int, preset: str | None, sets: tuple[str, ...]) -> None:
+def train(task_name: str | None, seed: int, preset: str | None, sets: tuple[str, ...],
+          require_sandbox: bool) -> None:
     """Train and evaluate a task's current code once, and print the summary."""
     import shutil
 
-    from rsilab import paths, runner
+    from rsilab import paths, runner, sandbox
     from rsilab.config import load_task
 
     task_dir = resolve_task_dir(task_name)
     task = load_task(task_dir, _overrides(sets))
+    isolation, level = _isolation(require_sandbox, task)
     train_data, val_data = _task_data(task)
     run_dir = paths.home() / "runs" / f"{task.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     work = run_dir / "work"
     shutil.copytree(task_dir, work, ignore=shutil.ignore_patterns("__pycache__", ".rsilab", ".git"))
     click.echo(f"training {task.name} for {task.budget:g} s (seed {seed}); log: {run_dir / 'train.log'}")
-    r = runner.run(task, work, run_dir, seed=seed, train_data=train_data, val_data=val_data, preset=preset)
+    click.echo(f"sandbox: {sandbox.describe(level)}")
+    r = runner.run(task, work, run_dir, seed=seed, train_data=train_data, val_data=val_data, preset=preset,
+                   isolation=isolation)
     click.echo("---")
     click.echo(f"status:            {r.status}")
     if r.metric is not None:
@@ -116,6 +140,7 @@ def train(task_name: str | None, seed: int, preset: str | None, sets: tuple[str,
             click.echo(f"{key + ':':<18} {r.summary[key]:g}")
     click.echo(f"{'train_wall_s:':<18} {r.train_seconds:.1f}")
     click.echo(f"{'eval_wall_s:':<18} {r.eval_seconds:.1f}")
+    click.echo(f"{'isolation:':<18} {r.isolation}")
     click.echo(f"{'log:':<18} {r.log_path}")
     if not r.ok:
         click.echo(f"reason:            {r.reason}")
@@ -145,7 +170,8 @@ def _default_tag() -> str:
 
 
 # Settings that make results comparable; a workspace refuses to mix runs made under others.
-_COMPARABLE = ("budget", "evaluator", "data", "seed", "threads", "eval.bytes", "metric.name", "metric.direction")
+_COMPARABLE = ("budget", "budget_flops", "evaluator", "data", "seed", "threads", "eval.bytes", "metric.name",
+               "metric.direction", "allow_generated_data")
 
 
 def _check_comparable(ledger: Any, task: TaskSpec, preset: str) -> None:
@@ -172,27 +198,41 @@ def _check_comparable(ledger: Any, task: TaskSpec, preset: str) -> None:
               help="Task to copy in when DIRECTORY is not a workspace yet.")
 @click.option("--tag", default=None, help="Research tag when creating the workspace.")
 @click.option("--proposer", default=None,
-              help="tuner, random, llm, agent or queue; X+tuner lets the tuner re-tune after X's kept changes. "
+              help="tuner, random, llm, agent or queue; X+tuner lets the tuner re-tune after X's kept changes; "
+                   "several with shares of the slots: NAME[@MODEL][:SHARE],... e.g. llm@m1:2,llm@m2:1,tuner:1. "
                    "Default: rsilab.toml's, else llm when an LLM is configured in the environment, else tuner.")
 @click.option("--max-experiments", type=int, default=None, help="Stop after N new experiments.")
 @click.option("--hours", type=float, default=None, help="Stop after this many hours.")
 @click.option("--max-cost", type=float, default=None, help="Stop when proposals have cost this many USD.")
 @click.option("--max-tokens", type=int, default=None, help="Stop when proposals have used this many tokens.")
 @click.option("--preset", type=click.Choice(["cpu", "gpu"]), default=None, help="Knob preset (default: by device).")
+@click.option("--ladder", default=None, metavar="S1,S2,...",
+              help="Fidelity ladder: research at S1 seconds; a kept change must also win at each longer budget.")
+@click.option("--workers", default=None, metavar="K|auto",
+              help="Experiments at once. Default: 1 locally, every slot of the cluster with ray; "
+                   "auto: one per GPU, else cores // the task's threads.")
+@click.option("--executor", "executor_name", default="local", show_default=True, help="Where runs execute: local or ray.")
+@click.option("--address", default=None, help="With --executor ray: the cluster's address (default: a local Ray).")
 @set_option
+@require_sandbox_option
 @_friendly
 def run(directory: Path, task_name: str, tag: str | None, proposer: str | None, max_experiments: int | None,
         hours: float | None, max_cost: float | None, max_tokens: int | None, preset: str | None,
-        sets: tuple[str, ...]) -> None:
+        ladder: str | None, workers: str | None, executor_name: str, address: str | None,
+        sets: tuple[str, ...], require_sandbox: bool) -> None:
     """Do research in a workspace until a stop rule (creates it on first use; resumes after a stop)."""
-    from rsilab import harness
+    from rsilab import harness, sandbox
+    from rsilab.executors import create as create_executor
     from rsilab.ledger import Ledger
     from rsilab.orchestrator import Limits, Supervisor
     from rsilab.proposers import create
     from rsilab.report.live import LiveView
     from rsilab.workspace import STATE_DIR, init_workspace, open_workspace
 
+    if require_sandbox:  # before anything is created or run
+        _isolation(True)
     if not (directory / STATE_DIR / "workspace.json").is_file():
+        _check_before_creating(directory, task_name, proposer, sets, ladder, workers, executor_name, address)
         ws = init_workspace(directory, resolve_task_dir(task_name), tag or _default_tag())
         click.echo(f"created workspace {ws.root} on branch {ws.branch}")
     ws = open_workspace(directory)
@@ -208,36 +248,111 @@ def run(directory: Path, task_name: str, tag: str | None, proposer: str | None, 
         if list(sets) != recorded:
             ledger.set_meta("overrides", list(sets))
             ledger.add_event("config", f"overrides: {' '.join(sets) or '(none)'}", source="cli")
+    gate = _ladder(ladder, task) if ladder else None
+    isolation, level = _isolation(require_sandbox, task)
     train_data, val_data = _task_data(task)
-    name, follow = _choose_proposer(proposer, task)
-    # Queued human ideas always go first; then the chosen proposer.
+    choices, follow = _choose_proposers(proposer, task)
+    # Queued human ideas always go first; then the chosen proposers, with their shares.
     proposers = [create("queue", queue_dir=ws.queue_dir)]
-    if name != "queue":
-        proposers.append(create(name, **_proposer_options(name, task)))
+    proposers += [_make_proposer(c, task) for c in choices if c.name != "queue"]
+    shares = {c.label: c.share for c in choices}
     follower = create("tuner", **_proposer_options("tuner", task)) if follow else None
-    click.echo(f"proposer: {name}" + (" (+ tuner after its kept changes)" if follow else ""))
+    shown = ", ".join(c.label + (f" (share {c.share})" if len(choices) > 1 else "") for c in choices)
+    click.echo(f"proposer: {shown}" + (" (+ tuner after its kept changes)" if follow else ""))
+    if address and executor_name != "ray":
+        raise ConfigError("--address is for --executor ray")
+    executor = create_executor(executor_name, task=task, workers=_workers(workers, executor_name),
+                               **({"address": address} if address else {}))
+    click.echo(f"executor: {getattr(executor, 'describe', lambda: executor.name)()}")
     with Ledger(ws.ledger_path) as ledger:
         try:
-            with LiveView(task.metric.name, str(ws.root)) as view:
+            with LiveView(task.metric.name, str(ws.root), isolation=sandbox.describe(level)) as view:
                 sup = Supervisor(ws, task, ledger, proposers, train_data=train_data, val_data=val_data,
                                  preset=preset, limits=Limits(max_experiments, hours, max_cost, max_tokens),
-                                 notify=view, follower=follower)
+                                 notify=view, follower=follower, isolation=isolation, executor=executor,
+                                 shares=shares)
+                if gate is not None:
+                    if not hasattr(sup, "ladder"):
+                        raise ConfigError("--ladder: this supervisor has no ladder hook (see rsilab/ladder.py)")
+                    sup.ladder = gate
                 reason = sup.run()
         finally:  # also on Ctrl-C: results.tsv always matches the ledger
+            executor.close()
             ledger.export_tsv(ws.root / "results.tsv", task.metric.name)
         click.echo(f"stopped: {reason}")
         _print_status(ledger, task.metric.name, ws.root)
 
 
-def _choose_proposer(given: str | None, task: TaskSpec) -> tuple[str, bool]:
-    """(proposer name, whether the tuner follows it) from --proposer, rsilab.toml or the env."""
+def _check_before_creating(directory: Path, task_name: str, proposer: str | None, sets: tuple[str, ...],
+                           ladder: str | None, workers: str | None, executor_name: str,
+                           address: str | None) -> None:
+    """A mistake in the options of a first `rsilab run` must not leave a workspace behind:
+    what can be checked is checked before anything is created (and again afterwards)."""
+    from rsilab.config import CONFIG_NAME, load_task
+
+    adopted = (directory / ".git").exists() and (directory / CONFIG_NAME).is_file()
+    task = load_task(directory if adopted else resolve_task_dir(task_name), _overrides(sets))
+    if ladder:
+        _ladder(ladder, task)
+    choices, _ = _choose_proposers(proposer, task)
+    for choice in choices:
+        if choice.name != "queue":
+            _make_proposer(choice, task)
+    _workers(workers, executor_name)
+    if address and executor_name != "ray":
+        raise ConfigError("--address is for --executor ray")
+
+
+def _ladder(rungs: str, task: TaskSpec) -> Any:
+    from rsilab.ladder import Ladder, parse_ladder
+
+    gate = Ladder(parse_ladder(rungs))
+    gate.check_task(task)
+    return gate
+
+
+def _choose_proposers(given: str | None, task: TaskSpec) -> tuple[list[Any], bool]:
+    """(the proposers with their shares, whether the tuner follows) from --proposer,
+    rsilab.toml or the env."""
     from rsilab.proposers.llmclient import configured
+    from rsilab.scheduler import parse_proposers
 
     choice = given or task.proposer or ("llm" if configured() else DEFAULT_PROPOSER)
-    name, plus, follower = choice.partition("+")
-    if plus and follower != "tuner":
-        raise ConfigError(f"--proposer {choice!r}: only the tuner can follow (X+tuner)")
-    return name, bool(plus) and name != "tuner"
+    for item in choice.split(","):
+        _, plus, follower = item.partition("+")
+        if plus and follower != "tuner":
+            raise ConfigError(f"--proposer {choice!r}: only the tuner can follow (X+tuner)")
+    return parse_proposers(choice)
+
+
+def _make_proposer(choice: Any, task: TaskSpec) -> Any:
+    """A proposer for one --proposer item; `NAME@MODEL` picks the model and names it so."""
+    import dataclasses
+
+    from rsilab.proposers import create
+
+    options = _proposer_options(choice.name, task)
+    if choice.model:
+        if choice.name == "llm":
+            options["spec"] = dataclasses.replace(task.llm, model=choice.model)
+        elif choice.name == "agent":
+            options["model"] = choice.model
+        else:
+            raise ConfigError(f"--proposer {choice.label}: @MODEL is for llm and agent")
+    proposer = create(choice.name, **options)
+    proposer.name = choice.label  # the ledger's proposer column tells the models apart
+    return proposer
+
+
+def _workers(text: str | None, executor: str) -> int | None:
+    """--workers: a number; `auto` (None: as many as the resources allow); default 1 locally."""
+    if text is None:
+        return 1 if executor == "local" else None
+    if text == "auto":
+        return None
+    if not text.isdigit() or int(text) < 1:
+        raise ConfigError(f"--workers {text!r}: give a number >= 1 or auto")
+    return int(text)
 
 
 def _proposer_options(name: str, task: TaskSpec) -> dict[str, Any]:
@@ -261,6 +376,13 @@ def _print_status(ledger: Any, metric: str, root: Path, recent: int = 10) -> Non
         counts[e.status] = counts.get(e.status, 0) + 1
     base, inc = exps[0], ledger.incumbent()
     click.echo(f"{len(exps)} experiments: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
+    by: dict[str, list[int]] = {}  # proposer -> [experiments, kept]
+    for e in exps[1:]:
+        row = by.setdefault(e.proposer, [0, 0])
+        row[0] += 1
+        row[1] += e.status == "keep"
+    if len(by) > 1:
+        click.echo("by proposer: " + ", ".join(f"{p} {n} ({k} kept)" for p, (n, k) in sorted(by.items())))
     if inc is not None and base.metric is not None:
         vals = ledger.incumbent_values()
         best = sum(vals) / len(vals) if vals else inc.metric
@@ -270,6 +392,15 @@ def _print_status(ledger: Any, metric: str, root: Path, recent: int = 10) -> Non
     if "compute" in costs:
         click.echo(f"compute: {costs['compute'] / 3600:.2f} h")
     click.echo(f"results: {root / 'results.tsv'}")
+    from rsilab.scheduler import running
+
+    flying = running(ledger)
+    if flying:
+        click.echo(f"in flight ({len(flying)}, as the ledger says):")
+    for r in flying:
+        since = time.strftime("%H:%M:%S", time.localtime(r.since))
+        click.echo(f"  {r.node or '-':<18} #{r.experiment_id:<4} {r.label} since {since} "
+                   f"({time.time() - r.since:.0f} s) [{r.proposer}] {r.description}")
     click.echo("recent:")
     for e in exps[-recent:]:
         value = f"{e.metric:.4f}" if e.metric is not None else "   -  "
@@ -290,6 +421,28 @@ def status(directory: Path) -> None:
 
 
 @main.command()
+@click.argument("directory", type=click.Path(path_type=Path), default=".")
+@click.option("--live", is_flag=True, help="A supervisor is running: its current experiment is expected.")
+@_friendly
+def audit(directory: Path, live: bool) -> None:
+    """Re-verify the ledger against git and the run folders; one line per inconsistency (exit 1 if any)."""
+    from rsilab.audit import audit as do_audit
+    from rsilab.ledger import Ledger
+    from rsilab.workspace import open_workspace
+
+    ws = open_workspace(directory)
+    with Ledger(ws.ledger_path) as ledger:
+        found = do_audit(ws, ledger, live=live)
+    for problem in found.problems:
+        click.echo(problem)
+    summary = f"{found.experiments} experiments ({found.kept} kept), {found.runs} runs"
+    if found.problems:
+        click.echo(f"audit: {len(found.problems)} inconsistencies in {summary}", err=True)
+        sys.exit(1)
+    click.echo(f"audit: ok: {summary} agree with git and their run folders")
+
+
+@main.command()
 @click.option("--task", "task_name", default=None, help="Task whose settings to check (default: . or gpt).")
 @click.option("--no-ping", is_flag=True, help="Do not contact the LLM.")
 @set_option
@@ -306,14 +459,15 @@ def doctor(task_name: str | None, no_ping: bool, sets: tuple[str, ...]) -> None:
 
 @main.command()
 @click.argument("directory", type=click.Path(path_type=Path), default=".")
+@click.option("--now", is_flag=True, help="Cancel the runs in flight (recorded as interrupted) instead of finishing them.")
 @_friendly
-def stop(directory: Path) -> None:
-    """Ask a running `rsilab run` to stop after its current experiment."""
+def stop(directory: Path, now: bool) -> None:
+    """Ask a running `rsilab run` to stop after the experiments in flight (or --now)."""
     from rsilab.workspace import open_workspace
 
     ws = open_workspace(directory)
-    ws.stop_file.touch()
-    click.echo(f"asked to stop: {ws.stop_file}")
+    ws.stop_file.write_text("now\n" if now else "")
+    click.echo(f"asked to stop{' now' if now else ''}: {ws.stop_file}")
 
 
 @main.command()
@@ -321,11 +475,14 @@ def stop(directory: Path) -> None:
 @click.option("--from-tsv", "tsv", type=click.Path(path_type=Path, dir_okay=False), default=None,
               help="Plot an autoresearch-format results.tsv instead of a workspace.")
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Output folder (default: the workspace).")
+@click.option("--html", "html", is_flag=True, help="Also write report.html: one self-contained page (works offline).")
 @_friendly
-def report(directory: Path, tsv: Path | None, out: Path | None) -> None:
+def report(directory: Path, tsv: Path | None, out: Path | None, html: bool) -> None:
     """Write progress.png (and, for a workspace, results.tsv and results.json)."""
     from rsilab.report.progress import plot_progress, points_from_ledger, read_results_tsv
 
+    if tsv is not None and html:
+        raise ConfigError("--html needs a workspace's ledger, not a results.tsv")
     if tsv is not None:
         if not tsv.is_file():
             raise ConfigError(f"{tsv}: no such file")
@@ -348,7 +505,174 @@ def report(directory: Path, tsv: Path | None, out: Path | None) -> None:
         ledger.export_tsv(folder / "results.tsv", metric)
         ledger.export_json(folder / "results.json")
         ledger.export_csv(folder / "results.csv")
-    click.echo(f"wrote {folder / 'progress.png'}, results.tsv, results.json, results.csv ({len(points)} experiments)")
+        if html:
+            from rsilab.report.html import write_report
+
+            write_report(ledger, folder / "report.html", title=f"rsilab · {ws.branch}")
+    click.echo(f"wrote {folder / 'progress.png'}, results.tsv, results.json, results.csv"
+               f"{', report.html' if html else ''} ({len(points)} experiments)")
+
+
+@main.command()
+@click.argument("directory", type=click.Path(path_type=Path), default=".")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", default=8765, show_default=True, help="Port to listen on.")
+@click.option("--token", default=None, envvar="RSILAB_TOKEN",
+              help="Required on every request (?token= or cookie); needed to bind beyond 127.0.0.1.")
+@_friendly
+def serve(directory: Path, host: str, port: int, token: str | None) -> None:
+    """Live dashboard of a workspace, with controls (pause, stop, queue, veto, note)."""
+    from rsilab.report.dashboard import check_binding
+    from rsilab.report.dashboard import serve as run_server
+    from rsilab.workspace import open_workspace
+
+    check_binding(host, token)  # before anything else: a one-line refusal
+    run_server(open_workspace(directory), host=host, port=port, token=token, announce=click.echo)
+
+
+@main.command()
+@click.argument("directory", type=click.Path(path_type=Path), default=".")
+@click.option("--mlflow", "to_mlflow", is_flag=True, help="Export to MLflow (extra: rsilab[mlflow]).")
+@click.option("--wandb", "to_wandb", is_flag=True, help="Export to Weights & Biases (extra: rsilab[wandb]).")
+@click.option("--uri", default=None, help="MLflow tracking URI (default: a file store in DIR/mlruns).")
+@click.option("--project", default=None, help="W&B project / MLflow experiment name (default: rsilab-<tag>).")
+@click.option("--online", is_flag=True, help="W&B: sync to the server (default: offline files in DIR/wandb).")
+@_friendly
+def export(directory: Path, to_mlflow: bool, to_wandb: bool, uri: str | None, project: str | None,
+           online: bool) -> None:
+    """Export every experiment as a tracking run: metrics, knobs as params, the diff."""
+    from rsilab import export as exporter
+    from rsilab.ledger import Ledger
+    from rsilab.workspace import open_workspace
+
+    if not (to_mlflow or to_wandb):
+        raise ConfigError("choose --mlflow and/or --wandb")
+    ws = open_workspace(directory)
+    with Ledger(ws.ledger_path) as ledger:
+        if to_mlflow:
+            done = exporter.to_mlflow(ledger, ws, uri=uri, experiment=project)
+            click.echo(f"mlflow: {done.runs} runs in experiment {done.name!r} at {done.where}")
+        if to_wandb:
+            done = exporter.to_wandb(ledger, ws, project=project, offline=not online)
+            click.echo(f"wandb: {done.runs} runs in project {done.name!r} ({done.where})")
+
+
+@main.command()
+@click.argument("directory", type=click.Path(path_type=Path), required=False)
+@click.option("--task", "task_name", default=None, help="Bundled task name or task folder (default: the study's, else gpt).")
+@click.option("--generations", type=int, default=None, help="Synthetic generations: trains generations 0..N (default 4).")
+@click.option("--policies", default=None, help="Comma list of replace, accumulate, mix:p (default replace,accumulate).")
+@click.option("--seeds", type=int, default=None, help="Seeds per policy (default 3).")
+@click.option("--temperature", type=float, default=None, help="Sampling temperature (default 1.0).")
+@click.option("--size", default=None, help="Bytes of the real corpus and of each synthetic one: 16k, 20000 or "
+              "full (default 16k on cpu, 1m on gpu: sampling a fixed-shape model is slow).")
+@click.option("--preset", type=click.Choice(["cpu", "gpu"]), default=None, help="Knob preset (default: by device).")
+@click.option("--check", is_flag=True, help="Smoke test: a short replace/accumulate comparison (1 seed, 2 generations).")
+@set_option
+@_friendly
+def collapse(directory: Path | None, task_name: str | None, generations: int | None, policies: str | None,
+             seeds: int | None, temperature: float | None, size: str | None, preset: str | None, check: bool,
+             sets: tuple[str, ...]) -> None:
+    """Model collapse: train each generation on samples of the previous one, under data policies.
+
+    Resumes like `rsilab run`: run it again on DIRECTORY (default ./collapse) to finish."""
+    import tempfile
+
+    from rsilab.collapse import open_study, write_report
+    from rsilab.collapse.study import finished, parse_size
+
+    if check:
+        from rsilab.collapse.check import run_check
+
+        out = directory or Path(tempfile.mkdtemp(prefix="rsilab-collapse-check-"))
+        t = time.perf_counter()
+        got = run_check(out, task_name=task_name, overrides=_overrides(sets), preset=preset, notify=click.echo)
+        for problem in got.problems:
+            click.echo(f"  problem: {problem}")
+        verdict = "ok: the pipeline works" if got.ok else f"FAILED ({len(got.problems)} problems)"
+        click.echo(f"collapse check: {verdict} in {time.perf_counter() - t:.0f} s; {got.summary}; files: {out}")
+        sys.exit(0 if got.ok else 1)
+    study = open_study(directory or Path("collapse"), task_name=task_name, overrides=_overrides(sets),
+                       policies=policies, seeds=seeds, generations=generations, temperature=temperature,
+                       size=parse_size(size), preset=preset, notify=click.echo)
+    rows = study.run()
+    click.echo(write_report(study, rows))
+    click.echo(f"files: {study.out}/collapse.png, collapse_cells.csv, collapse_summary.csv, collapse.json")
+    done = finished(rows)
+    missing = [c for c in study.cells() if c not in done]
+    if missing:
+        click.echo(f"{len(missing)} cells unfinished (a failure ends its chain); run the same command to retry",
+                   err=True)
+        sys.exit(1)
+
+
+@main.command()
+@click.argument("directory", type=click.Path(path_type=Path), default=".")
+@click.option("--references", default="all", show_default=True,
+              help="Human reference solutions to score against: all, or NAME,NAME (the task's reference/ folder).")
+@click.option("--seeds", type=int, default=3, show_default=True, help="Runs of each contender (the same fresh seeds).")
+@click.option("--commit", default=None, help="Score this commit instead of the incumbent.")
+@click.option("--compare", "compare_dirs", multiple=True, type=click.Path(path_type=Path, file_okay=False),
+              help="A human-steered workspace of the same task and budget (for supremacy); repeatable.")
+@click.option("--reference-dir", type=click.Path(path_type=Path, file_okay=False), default=None,
+              help="Folder of reference solutions (default: the workspace's reference/, else the bundled task's).")
+@click.option("--preset", type=click.Choice(["cpu", "gpu"]), default=None,
+              help="Knob preset (default: the workspace's).")
+@set_option
+@_friendly
+def score(directory: Path, references: str, seeds: int, commit: str | None, compare_dirs: tuple[Path, ...],
+          reference_dir: Path | None, preset: str | None, sets: tuple[str, ...]) -> None:
+    """Score the incumbent against the baseline (0) and human reference solutions (1), with milestones."""
+    from rsilab import harness
+    from rsilab.ledger import Ledger
+    from rsilab.score import SCORE_FILE, format_table, score_workspace
+    from rsilab.workspace import open_workspace
+
+    ws = open_workspace(directory)
+    with Ledger(ws.ledger_path) as ledger:  # the research's own settings: the same budget
+        sets = sets or tuple(ledger.get_meta("overrides", []))
+        preset = preset or (ledger.get_meta("comparable") or {}).get("preset") or harness.preset()
+    task = ws.load_task(_overrides(sets))
+    train_data, val_data = _task_data(task)
+    names = None if references.strip() == "all" else [n.strip() for n in references.split(",") if n.strip()]
+    report = score_workspace(ws, task, preset=preset, references=names, seeds=seeds, commit=commit,
+                             compare_dirs=list(compare_dirs), train_data=train_data, val_data=val_data,
+                             reference_folder=reference_dir, notify=click.echo)
+    click.echo(format_table(report))
+    click.echo(f"wrote {ws.root / SCORE_FILE}")
+
+
+@main.command()
+@click.argument("directory", type=click.Path(path_type=Path))
+@click.option("--task", "task_name", default="gpt", show_default=True, help="Bundled task name or task folder.")
+@click.option("--generations", type=int, default=2, show_default=True, help="Generations of strategies.")
+@click.option("--strategies", type=int, default=2, show_default=True,
+              help="Strategies per generation: the champion and K-1 variants.")
+@click.option("--session-experiments", type=int, default=None, help="Size of a research session: N experiments.")
+@click.option("--session-minutes", type=float, default=None, help="Size of a research session: M wall-clock minutes.")
+@click.option("--proposer", default="tuner", show_default=True, help="tuner, random, llm or agent.")
+@click.option("--confirm-seeds", type=int, default=3, show_default=True,
+              help="Fresh runs confirming each session's incumbent (and the baseline).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the strategy search.")
+@click.option("--preset", type=click.Choice(["cpu", "gpu"]), default=None, help="Knob preset (default: by device).")
+@set_option
+@_friendly
+def meta(directory: Path, task_name: str, generations: int, strategies: int, session_experiments: int | None,
+         session_minutes: float | None, proposer: str, confirm_seeds: int, seed: int, preset: str | None,
+         sets: tuple[str, ...]) -> None:
+    """Improve the research strategy by research: sessions under competing strategies, by velocity."""
+    from rsilab import harness
+    from rsilab.config import load_task
+    from rsilab.meta import META_FILE, Meta, format_table
+
+    task_dir = resolve_task_dir(task_name)
+    train_data, val_data = _task_data(load_task(task_dir, _overrides(sets)))
+    m = Meta(directory, task_dir=task_dir, overrides=list(sets), preset=preset or harness.preset(),
+             proposer=proposer, session_experiments=session_experiments, session_minutes=session_minutes,
+             confirm_seeds=confirm_seeds, seed=seed, train_data=train_data, val_data=val_data, say=click.echo)
+    state = m.run(generations, strategies)
+    click.echo(format_table(state))
+    click.echo(f"wrote {directory / META_FILE}")
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import glob
+import math
 import tomllib
 import types
 import typing
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from rsilab.errors import ConfigError
+from rsilab.harness import ENV_BUDGET_FLOPS
 from rsilab.types import Metric
 
 CONFIG_NAME = "rsilab.toml"
@@ -97,10 +99,17 @@ class TaskSpec:
     data: str = "shakespeare"  # "shakespeare", a local path, "hf:NAME[:split]", or "none"
     program: str = "program.md"
     budget: float = 60.0  # training seconds
+    # Optional budget in estimated training FLOPs (0: off). When set, train.py stops on it
+    # (harness.budget_flops) and `budget` stays the wall-clock cap, so results compare across machines.
+    budget_flops: float = 0.0
     overhead: float = 30.0  # seconds on top of the budget for start-up and saving
     eval_timeout: float = 300.0
     threads: int = 1
     memory_gb: float = 0.0  # 0: no cap
+    # Isolation of runs (rsilab.sandbox): "auto" (the best that works here), "require"
+    # (bubblewrap or refuse to run), or a level: "bwrap", "netns", "none".
+    sandbox: Literal["auto", "require", "bwrap", "netns", "none"] = "auto"
+    max_procs: int = 512  # processes + threads a run may have (a fork bomb ends here); 0: no limit
     seed: int = 0  # base of the seed sequence for runs
     metric: MetricSpec = field(default_factory=MetricSpec)
     judge: JudgeSpec = field(default_factory=JudgeSpec)
@@ -110,7 +119,18 @@ class TaskSpec:
     agent: AgentSpec = field(default_factory=AgentSpec)
     proposer: str = ""  # default proposer for `rsilab run` ("" -> llm when configured, else tuner)
     constraints: dict[str, float] = field(default_factory=dict)  # summary key -> max value
+    # Whether training may consume model-generated data (rsilab.provenance); the runner
+    # refuses generated training data otherwise, and runs on it are flagged in the ledger.
+    allow_generated_data: bool = False
     env: dict[str, str] = field(default_factory=dict)  # extra environment for runs
+
+    def __post_init__(self) -> None:
+        # The FLOPs budget reaches train.py through the run environment, which the runner
+        # builds from `env`; derived here so a `dataclasses.replace` keeps the two in step.
+        env = {k: v for k, v in self.env.items() if k != ENV_BUDGET_FLOPS}
+        if self.budget_flops > 0:
+            env[ENV_BUDGET_FLOPS] = repr(float(self.budget_flops))
+        object.__setattr__(self, "env", env)
 
     @property
     def metric_obj(self) -> Metric:
@@ -154,7 +174,7 @@ def parse_override(text: str) -> tuple[str, Any]:
     key = key.strip()
     try:
         value = tomllib.loads(f"v = {raw}")["v"]
-    except tomllib.TOMLDecodeError:
+    except (tomllib.TOMLDecodeError, RecursionError):  # not TOML (or absurdly nested): a string
         value = raw
     return key, value
 
@@ -180,8 +200,10 @@ def load_task(root: Path, overrides: list[tuple[str, Any]] | None = None) -> Tas
         raise ConfigError(f"{path}: not found (a task folder needs an {CONFIG_NAME})")
     try:
         data = tomllib.loads(path.read_text())
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-        raise ConfigError(f"{path}: invalid TOML: {e}") from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read it: {e.strerror}") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError, RecursionError) as e:
+        raise ConfigError(f"{path}: invalid TOML: {str(e) or type(e).__name__}") from None
     data = apply_overrides(data, overrides or [])
     spec = _build(TaskSpec, data, str(path), "", extra={"root": root.resolve()})
     _validate(spec, path)
@@ -194,6 +216,8 @@ def _type_name(tp: Any) -> str:
         return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
     if origin in (list, dict):
         return {list: "a list", dict: "a table"}[origin]
+    if dataclasses.is_dataclass(tp):
+        return "a table"
     return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(
         tp, getattr(tp, "__name__", str(tp))
     )
@@ -217,7 +241,10 @@ def _coerce(tp: Any, value: Any, where: str, key: str) -> Any:
         if isinstance(value, str) and item is str and key == "train":
             import shlex
 
-            return shlex.split(value)
+            try:
+                return shlex.split(value)
+            except ValueError as e:  # an unclosed quote
+                raise ConfigError(f"{where}: key 'train': {e} in {value!r}") from None
         if not isinstance(value, list):
             raise bad()
         return [_coerce(item, v, where, key) for v in value]
@@ -229,6 +256,8 @@ def _coerce(tp: Any, value: Any, where: str, key: str) -> Any:
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise bad()
+        if not math.isfinite(value):  # TOML reads nan and inf; no rsilab setting means them
+            raise ConfigError(f"{where}: key {key!r} must be a finite number, got {value!r}")
         return float(value)
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
@@ -269,6 +298,10 @@ def _validate(spec: TaskSpec, path: Path) -> None:
     where = str(path)
     if not spec.editable:
         raise ConfigError(f"{where}: key 'editable' must list at least one file or glob")
+    for key, patterns in (("editable", spec.editable), ("frozen", spec.frozen)):
+        for pat in patterns:
+            if not pat or Path(pat).is_absolute() or ".." in Path(pat).parts:
+                raise ConfigError(f"{where}: key {key!r}: {pat!r} must be a path inside the task folder")
     for pat in spec.editable:
         if not _expand(spec.root, [pat]):
             raise ConfigError(f"{where}: key 'editable': no file matches {pat!r} in {spec.root}")
@@ -278,8 +311,12 @@ def _validate(spec: TaskSpec, path: Path) -> None:
     overlap = set(spec.editable_files()) & set(spec.frozen_files())
     if overlap:
         raise ConfigError(f"{where}: files both editable and frozen: {', '.join(sorted(overlap))}")
+    if spec.budget_flops < 0:
+        raise ConfigError(f"{where}: key 'budget_flops' must be >= 0 (0: off), got {spec.budget_flops}")
     if spec.budget <= 0:
         raise ConfigError(f"{where}: key 'budget' must be > 0 seconds, got {spec.budget}")
+    if spec.max_procs < 0:
+        raise ConfigError(f"{where}: key 'max_procs' must be >= 0 (0: no limit), got {spec.max_procs}")
     if spec.threads < 1:
         raise ConfigError(f"{where}: key 'threads' must be >= 1, got {spec.threads}")
     if not spec.train:
@@ -300,6 +337,21 @@ def _validate(spec: TaskSpec, path: Path) -> None:
         raise ConfigError(f"{where}: keys 'judge.noise_runs' and 'judge.max_runs' must be >= 1")
     if spec.tuner.max_knobs < 1:
         raise ConfigError(f"{where}: key 'tuner.max_knobs' must be >= 1")
+    # Durations, sizes and counts: a negative (or zero) one is a typo, never a setting.
+    llm, agent = spec.llm, spec.agent
+    for key, value in (("overhead", spec.overhead), ("memory_gb", spec.memory_gb),
+                       ("judge.recheck_every", j.recheck_every), ("judge.min_effect", j.min_effect),
+                       ("eval.probes", spec.eval.probes), ("tuner.follow", spec.tuner.follow),
+                       ("llm.temperature", llm.temperature), ("llm.price_in", llm.price_in),
+                       ("llm.price_out", llm.price_out), ("llm.repair_rounds", llm.repair_rounds),
+                       ("llm.fix_attempts", llm.fix_attempts)):
+        if value < 0:
+            raise ConfigError(f"{where}: key {key!r} must be >= 0, got {value}")
+    for key, value in (("eval_timeout", spec.eval_timeout), ("eval.bytes", spec.eval.bytes),
+                       ("llm.max_tokens", llm.max_tokens), ("llm.timeout", llm.timeout),
+                       ("llm.context_tokens", llm.context_tokens), ("agent.timeout", agent.timeout)):
+        if value <= 0:
+            raise ConfigError(f"{where}: key {key!r} must be > 0, got {value}")
 
 
 def resolve_task_dir(name_or_path: str | None) -> Path:
@@ -312,10 +364,18 @@ def resolve_task_dir(name_or_path: str | None) -> Path:
     if name_or_path is None:
         return Path.cwd() if (Path.cwd() / CONFIG_NAME).is_file() else bundled_tasks_dir() / "gpt"
     bundled = bundled_tasks_dir() / name_or_path
-    if "/" not in name_or_path and (bundled / CONFIG_NAME).is_file():
+    if "/" not in name_or_path and _has_config(bundled):
         return bundled
     path = Path(name_or_path)
-    if (path / CONFIG_NAME).is_file():
+    if _has_config(path):
         return path.resolve()
     names = sorted(p.name for p in bundled_tasks_dir().iterdir() if (p / CONFIG_NAME).is_file())
     raise ConfigError(f"task {name_or_path!r}: not a bundled task ({', '.join(names)}) nor a folder with an {CONFIG_NAME}")
+
+
+def _has_config(folder: Path) -> bool:
+    """Whether `folder` holds an rsilab.toml; False also for a name the OS refuses (too long)."""
+    try:
+        return (folder / CONFIG_NAME).is_file()
+    except (OSError, ValueError):
+        return False

@@ -321,6 +321,8 @@ def _install(home: Path, dataset_id: str, built: _Built) -> None:
             files[name] = {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
         manifest = {"format": FORMAT, "dataset_id": dataset_id, "source": built.source,
                     "files": files, "split": built.split,
+                    # Every source prepare reads is human-written (rsilab.provenance).
+                    "provenance": {name: {"kind": "real"} for name in files},
                     "tokens": {"kind": "bytes", "vocab_size": 256, "dtype": "uint8"},
                     "created_at": datetime.now(UTC).isoformat(timespec="seconds")}
         _write_synced(tmp / MANIFEST, json.dumps(manifest, indent=2).encode() + b"\n")

@@ -85,9 +85,37 @@ def _m002_append_only(db: sqlite3.Connection) -> None:
             )
 
 
+def _m003_collapse_cells(db: sqlite3.Connection) -> None:
+    # One row per finished cell of an `rsilab collapse` study (policy, seed, generation): a
+    # cell is not an experiment (no proposal, parent or verdict), so it has its own table.
+    db.execute("""CREATE TABLE collapse_cells (
+        id INTEGER PRIMARY KEY, policy TEXT NOT NULL, seed INTEGER NOT NULL,
+        generation INTEGER NOT NULL, status TEXT NOT NULL, val_bpb REAL, metrics TEXT NOT NULL,
+        data TEXT NOT NULL, samples TEXT NOT NULL, run TEXT NOT NULL, created_at REAL NOT NULL)""")
+    db.execute("CREATE INDEX collapse_cells_key ON collapse_cells(policy, seed, generation, id)")
+    for op in ("UPDATE", "DELETE"):
+        db.execute(f"CREATE TRIGGER collapse_cells_no_{op.lower()} BEFORE {op} ON collapse_cells "
+                   "BEGIN SELECT RAISE(ABORT, 'collapse_cells is append-only'); END")
+
+
+def _m004_lineage(db: sqlite3.Connection) -> None:
+    # The lineage graph, one row per experiment: the experiment it descends from (for a
+    # proposal, the incumbent it was made on; for a change re-applied onto a newer
+    # incumbent, the experiment whose change it carries) and the incumbent it was merged onto.
+    db.execute("""CREATE TABLE lineage (
+        experiment_id INTEGER PRIMARY KEY REFERENCES experiments(id),
+        parent INTEGER REFERENCES experiments(id), merged_onto INTEGER REFERENCES experiments(id),
+        created_at REAL NOT NULL)""")
+    for op in ("UPDATE", "DELETE"):
+        db.execute(f"CREATE TRIGGER lineage_no_{op.lower()} BEFORE {op} ON lineage "
+                   "BEGIN SELECT RAISE(ABORT, 'lineage is append-only'); END")
+
+
 MIGRATIONS: list[tuple[str, Callable[[sqlite3.Connection], None]]] = [
     ("001_initial", _m001_initial),
     ("002_append_only", _m002_append_only),
+    ("003_collapse_cells", _m003_collapse_cells),
+    ("004_lineage", _m004_lineage),
 ]
 
 
@@ -175,6 +203,15 @@ class DecisionRow:
 
 
 @dataclass(frozen=True)
+class Lineage:
+    """One experiment's place in the lineage graph (see `_m004_lineage`)."""
+
+    experiment_id: int
+    parent: int | None  # the experiment it descends from (None: the baseline)
+    merged_onto: int | None  # the incumbent a re-applied change was merged onto
+
+
+@dataclass(frozen=True)
 class Event:
     id: int
     created_at: float
@@ -196,16 +233,37 @@ class Ledger:
         self._lock = threading.RLock()
         self._depth = 0  # nesting of transaction() blocks
         # isolation_level=None: no implicit transactions; we BEGIN/COMMIT ourselves.
-        self._db = sqlite3.connect(
-            self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
-        )
-        self._db.row_factory = sqlite3.Row
-        self._db.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
-        if self._db.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
-            self._db.execute("PRAGMA journal_mode = WAL")
-        self._db.execute("PRAGMA synchronous = FULL")  # a commit is on disk when it returns
-        self._db.execute("PRAGMA foreign_keys = ON")
-        self._migrate()
+        with _storage_errors(self.path):
+            self._db = sqlite3.connect(
+                self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
+            )
+            self._db.row_factory = sqlite3.Row
+            self._db.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
+            self._use_wal()
+            self._db.execute("PRAGMA synchronous = FULL")  # a commit is on disk when it returns
+            self._db.execute("PRAGMA foreign_keys = ON")
+            # A damaged page must stop everything at once, not surface as a wrong history
+            # later. quick_check reads every page: about 2 ms per MB of ledger.
+            problems = [r[0] for r in self._db.execute("PRAGMA quick_check(3)")]
+            if problems != ["ok"]:
+                self._db.close()
+                detail = " ".join(" ".join(problems).replace("*** in database main ***", "").split())
+                raise _corrupt(self.path, detail)  # one line: sqlite's report spans several
+            self._migrate()
+
+    def _use_wal(self) -> None:
+        """Switch a new ledger to WAL. Two processes opening a new ledger at once (the
+        supervisor creating it, `rsilab status` or the dashboard reading it) both try; SQLite
+        then fails one of them at once with "database is locked" instead of waiting (its
+        deadlock avoidance skips the busy handler), so that one retries until the other is done."""
+        deadline = time.monotonic() + BUSY_TIMEOUT_S
+        while self._db.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+            try:
+                self._db.execute("PRAGMA journal_mode = WAL")
+            except sqlite3.OperationalError as e:
+                if e.sqlite_errorcode & 0xFF not in _SQLITE_BUSY or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.005)  # a back-off between attempts, the other switch takes ~1 ms
 
     def close(self) -> None:
         with self._lock:
@@ -250,11 +308,16 @@ class Ledger:
             try:
                 yield
                 self._db.execute(f"RELEASE sp{depth}" if depth else "COMMIT")
-            except BaseException:
+            except BaseException as exc:
                 if self._db.in_transaction:
-                    self._db.execute(f"ROLLBACK TO sp{depth}" if depth else "ROLLBACK")
-                    if depth:
-                        self._db.execute(f"RELEASE sp{depth}")
+                    # After a failed write (disk full) the rollback may fail too; the
+                    # error worth reporting is the first one.
+                    with contextlib.suppress(sqlite3.Error):
+                        self._db.execute(f"ROLLBACK TO sp{depth}" if depth else "ROLLBACK")
+                        if depth:
+                            self._db.execute(f"RELEASE sp{depth}")
+                if isinstance(exc, sqlite3.Error) and (err := storage_error(self.path, exc)):
+                    raise err from exc
                 raise
             finally:
                 self._depth = depth
@@ -324,11 +387,17 @@ class Ledger:
     def add_event(
         self, kind: str, message: str, *, data: Mapping[str, Any] | None = None,
         source: str = "supervisor",
-    ) -> None:  # fmt: skip
-        self._insert(
+    ) -> int:  # fmt: skip
+        """Record an event; returns its id (increasing, so readers can ask for newer ones)."""
+        return self._insert(
             "events", kind=kind, message=message, data=_dumps(dict(data or {})),
             source=source, created_at=time.time(),
         )  # fmt: skip
+
+    def add_lineage(self, experiment_id: int, *, parent: int | None, merged_onto: int | None = None) -> None:
+        """Record where an experiment sits in the lineage graph (once per experiment)."""
+        self._insert("lineage", experiment_id=experiment_id, parent=parent, merged_onto=merged_onto,
+                     created_at=time.time())
 
     def add_cost(self, experiment_id: int | None, kind: str, amount: float, unit: str) -> None:
         """Record a cost, e.g. ("compute", 63.2, "s"), ("tokens_in", 1200, "tokens")."""
@@ -340,7 +409,7 @@ class Ledger:
     # -- queries ---------------------------------------------------------------------------
 
     def _select(self, sql: str, params: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
-        with self._lock:
+        with self._lock, _storage_errors(self.path):
             return self._db.execute(sql, params).fetchall()
 
     def experiments(self) -> list[Experiment]:
@@ -389,6 +458,38 @@ class Ledger:
         rows = self._select(sql + " LIMIT ?", (limit,)) if limit is not None else self._select(sql)
         return [Event(**(dict(r) | {"data": json.loads(r["data"])})) for r in reversed(rows)]
 
+    def events_after(self, after_id: int = 0, kind: str | None = None) -> list[Event]:
+        """Events with an id above `after_id` (of one kind, or all), oldest first."""
+        sql = "SELECT * FROM events WHERE id > ?"
+        params: tuple[Any, ...] = (after_id,)
+        if kind is not None:
+            sql, params = sql + " AND kind = ?", (after_id, kind)
+        rows = self._select(sql + " ORDER BY id", params)
+        return [Event(**(dict(r) | {"data": json.loads(r["data"])})) for r in rows]
+
+    def add_collapse_cell(
+        self, *, policy: str, seed: int, generation: int, status: str, val_bpb: float | None,
+        metrics: Mapping[str, Any], data: Mapping[str, Any], samples: Mapping[str, Any],
+        run: Mapping[str, Any],
+    ) -> int:  # fmt: skip
+        """Record one finished cell of a collapse study (one row, one transaction)."""
+        return self._insert(
+            "collapse_cells", policy=policy, seed=seed, generation=generation, status=status,
+            val_bpb=val_bpb, metrics=_dumps(dict(metrics)), data=_dumps(dict(data)),
+            samples=_dumps(dict(samples)), run=_dumps(dict(run)), created_at=time.time(),
+        )  # fmt: skip
+
+    def collapse_cells(self) -> list[dict[str, Any]]:
+        """Every recorded collapse cell in id order (a retried cell appears once per try)."""
+        rows = self._select("SELECT * FROM collapse_cells ORDER BY id")
+        return [dict(r) | {k: json.loads(r[k]) for k in ("metrics", "data", "samples", "run")}
+                for r in rows]
+
+    def lineage(self) -> list[Lineage]:
+        """The lineage graph in experiment order (experiments from before it existed lack a row)."""
+        rows = self._select("SELECT experiment_id, parent, merged_onto FROM lineage ORDER BY experiment_id")
+        return [Lineage(**dict(r)) for r in rows]
+
     def costs(self, experiment_id: int | None = None) -> dict[str, float]:
         """Cost totals by kind, of the whole workspace or of one experiment."""
         where, params = _where(experiment_id)
@@ -427,6 +528,7 @@ class Ledger:
                 for e in self.experiments()
             ],
             "events": [asdict(ev) for ev in self.events()],
+            "lineage": [asdict(row) for row in self.lineage()],
             "costs": self.costs(),
         }
         text = json.dumps(_json_safe(dump), indent=2, allow_nan=False)
@@ -478,6 +580,46 @@ def _experiment(r: sqlite3.Row) -> Experiment:
 def _run(r: sqlite3.Row) -> Run:
     loaded = {"summary": json.loads(r["summary"]), "evaluation": json.loads(r["evaluation"])}
     return Run(**(dict(r) | loaded | {"status": Status(r["status"])}))
+
+
+_SQLITE_CORRUPT, _SQLITE_NOTADB = 11, 26  # primary result codes (sqlite3.h)
+_SQLITE_STORAGE = {3, 8, 10, 13, 14}  # PERM, READONLY, IOERR, FULL, CANTOPEN
+_SQLITE_BUSY = {5, 6}  # BUSY, LOCKED
+
+
+def _corrupt(path: Path, detail: str) -> RsilabError:
+    recovered = path.with_name(path.stem + "-recovered.db")
+    return RsilabError(
+        f"{path}: the ledger is corrupt ({detail}); stop rsilab, keep a copy of the file, then "
+        f"rebuild it from what is readable: sqlite3 {path} .recover | sqlite3 {recovered} "
+        f"&& mv {recovered} {path} (the last results.json export has the history too)"
+    )
+
+
+def storage_error(path: Path, e: sqlite3.Error) -> RsilabError | None:
+    """A one-line RsilabError for a ledger that cannot be read or written (corrupt, disk
+    full, unreadable, locked), or None for any other error (a bug: it stays loud)."""
+    code = getattr(e, "sqlite_errorcode", -1) & 0xFF  # the primary code of an extended one
+    if code in (_SQLITE_CORRUPT, _SQLITE_NOTADB):
+        return _corrupt(path, str(e))
+    if code in _SQLITE_STORAGE:
+        return RsilabError(f"{path}: cannot use the ledger ({e}): free disk space or fix the "
+                           "file's permissions, then `rsilab run` resumes where it stopped")
+    if code in _SQLITE_BUSY:
+        return RsilabError(f"{path}: the ledger stayed locked by another process for "
+                           f"{BUSY_TIMEOUT_S:.0f} s ({e}); is another rsilab writing to it?")
+    return None
+
+
+@contextlib.contextmanager
+def _storage_errors(path: Path) -> Iterator[None]:
+    try:
+        yield
+    except sqlite3.Error as e:
+        err = storage_error(path, e)
+        if err is None:
+            raise
+        raise err from e
 
 
 def _where(experiment_id: int | None) -> tuple[str, tuple[Any, ...]]:

@@ -1,35 +1,69 @@
-"""The supervisor. Owns: the research loop, resume after a crash, stop rules.
+"""The supervisor. Owns: the research loop, every decision, resume after a crash, stop rules.
 
 One experiment: a proposer proposes -> the workspace applies it in a fresh worktree at the
-incumbent and checks that only editable files changed -> the runner trains and evaluates
+incumbent and checks that only editable files changed -> an executor trains and evaluates
 it under a fresh seed -> the judge asks for confirmation runs until it decides -> on keep,
 the research branch is fast-forwarded -> the ledger records everything -> the proposer
 observes the result. A crash of train.py is a result, never a reason to stop.
 
+Concurrency: up to `executor.slots` experiments are in flight at once, each with one run
+at a time. One thread (the one in `run()`) owns every decision and every ledger and git
+write; executors only run, and proposers only propose, each in its own thread (see
+scheduler.py: who gets a free slot, shares between proposers). Proposers see the
+incumbent and the proposals in flight; a proposal whose files are identical to an
+experiment already tried or in flight is skipped without a run (event "duplicate").
+
+One lineage: an experiment is judged against its parent, the incumbent it was proposed
+on. A winner whose parent is still the incumbent is kept. A winner whose parent is no
+longer the incumbent (another experiment was kept meanwhile) is re-applied: its commit
+is cherry-picked (a git three-way merge) in a fresh worktree at the new incumbent. A
+conflict discards it ("conflict: ..."); otherwise the merged commit becomes a new
+experiment (lineage: parent = the winner, merged_onto = the new incumbent) with new runs
+judged against the new incumbent, kept only if it wins there too, while the winner itself
+is recorded as "discard" with the reason "re-applied: ..., confirming it as #N". So every
+kept experiment's parent is the incumbent before it, and the branch only fast-forwards.
+
 Crash consistency: the ledger is the source of truth. A decision is written before the
-branch moves, so after `kill -9` at any point `recover()` can finish a keep the ledger
-recorded, undo a branch move it did not, mark the experiment that was running as
-`interrupted` and drop every worktree. The proposer, the judge and the runner never touch
-git refs or the ledger; only this module does.
+branch moves, and an experiment row (with its lineage row, and for a re-application the
+winner's decision) is written in one transaction after its commit exists, so after
+`kill -9` at any point `recover()` (resume.py) can finish a keep the ledger recorded, undo
+a branch move it did not, restore an experiment ref whose write was cut off, mark every
+experiment in flight `interrupted` and drop every worktree. The runs die with the
+supervisor (see executors/local.py). The proposers, the judge and the executors never
+touch git refs or the ledger; only this module (and resume.py, before the loop) does.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
+import contextlib
 import math
+import threading
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-from rsilab import runner
+from rsilab import resume
 from rsilab.config import TaskSpec
 from rsilab.errors import RsilabError
+from rsilab.executors.base import Executor, RunFuture, RunRequest
+from rsilab.executors.base import create as create_executor
 from rsilab.judge import Judgement, judge, seed_schedule
 from rsilab.ledger import Experiment, Ledger
+from rsilab.merge import Merge, reapply
 from rsilab.proposers.base import Context, HistoryItem, Proposer
-from rsilab.types import Proposal, RunResult, Verdict
+from rsilab.scheduler import Flight, Progress, ProposalJob, ProposerPool, Worker
+from rsilab.types import Proposal, RunResult, Status, Verdict
 from rsilab.workspace import Workspace
+
+__all__ = ["Limits", "Notify", "Progress", "Supervisor", "Worker"]
+
+POLL_SECONDS = 0.25  # how often the loop looks at the stop file while runs are in flight
+MAX_REAPPLY = 3  # re-applications of one change before it is given up
+CANCEL_WAIT_SECONDS = 30.0  # how long a hard stop waits for cancelled runs to end
 
 
 @dataclass(frozen=True)
@@ -42,23 +76,15 @@ class Limits:
     max_tokens: int | None = None  # tokens in + out spent on proposals, whole workspace
 
 
-@dataclass
-class Progress:
-    """What the live view shows; updated by the supervisor as it goes."""
-
-    started: float = field(default_factory=time.time)
-    experiments: int = 0  # finished in this invocation
-    kept: int = 0
-    discarded: int = 0
-    failed: int = 0
-    best: float | None = None
-    baseline: float | None = None
-    current: str = ""  # what is running now
-    current_since: float = 0.0
-    last: str = ""  # the last decision, one line
-
-
 Notify = Callable[[str, Progress], None]
+
+
+class KeepGate(Protocol):
+    """A last check of a keep before it is recorded (the fidelity ladder, rsilab/ladder.py)."""
+
+    def gate(self, j: Judgement, *, ws: Workspace, task: TaskSpec, ledger: Ledger, experiment_id: int,
+             candidate: Path, incumbent_commit: str, train_data: Path | None, val_data: Path | None,
+             preset: str | None, notify: Callable[[str], None]) -> Judgement: ...
 
 
 def _no_view(message: str, progress: Progress) -> None:
@@ -80,108 +106,131 @@ class Supervisor:
     def __init__(self, ws: Workspace, task: TaskSpec, ledger: Ledger, proposers: Sequence[Proposer], *,
                  train_data: Path | None, val_data: Path | None, preset: str | None = None,
                  limits: Limits | None = None, notify: Notify | None = None,
-                 follower: Proposer | None = None) -> None:
+                 follower: Proposer | None = None, executor: Executor | None = None,
+                 shares: Mapping[str, int] | None = None, isolation: str | None = None) -> None:
         self.ws, self.task, self.ledger = ws, task, ledger
         # The follower (the tuner) re-tunes the knobs of new code: after a structural change
-        # by another proposer is kept, it gets the next `tuner.follow` experiments.
+        # by another proposer is kept, it gets the next `tuner.follow` proposals.
         self.follower = follower
-        self._follow_left = 0
-        self.proposers = list(proposers) + ([follower] if follower is not None else [])
+        self.pool = ProposerPool(proposers, follower, shares)
+        self.proposers = self.pool.proposers
         self.train_data, self.val_data, self.preset = train_data, val_data, preset
         self.limits = limits or Limits()
         self.notify = notify or _no_view
         self.progress = Progress()
         self.metric = task.metric_obj
+        self.executor = executor  # None: one local slot, made (and closed) by run()
+        # The runner's sandbox choice, passed with every run: the task's `sandbox` unless given.
+        self.isolation = isolation if isolation is not None else getattr(task, "sandbox", None)
+        self._flights: list[Flight] = []
+        self._batch: list[Flight] = []  # the baseline's runs in flight (judged together)
+        self._trees: dict[str, int] | None = None  # files tried or in flight -> experiment
+        self._started = 0  # experiments made from proposals in this invocation
+        self._since_recheck = 0
+        self._stopping = False  # no new experiments; those in flight finish
+        self._hard = False  # cancel the runs in flight too
+        self._requested: str | None = None  # stop() was called
+        self._say_lock = threading.Lock()
+        self.ladder: KeepGate | None = None  # set by `rsilab run --ladder`
 
     # ---- bookkeeping ------------------------------------------------------------------
     def _say(self, message: str) -> None:
-        self.notify(message, self.progress)
+        with self._say_lock:  # proposers report from their own threads
+            self.notify(message, self.progress)
 
     def _event(self, kind: str, message: str, **data: Any) -> None:
         self.ledger.add_event(kind, message, data=data)
         self._say(message)
 
+    def stop(self, now: bool = False) -> None:
+        """Ask the loop to stop from any thread: after the experiments in flight, or with
+        `now` at once, cancelling their runs (they are recorded as interrupted)."""
+        self._requested = "stop requested" + (": cancelling the runs in flight" if now else "")
+        self._hard = self._hard or now
+
     def recover(self) -> None:
         """Make ledger and git agree after any kind of stop, before doing anything else."""
-        for exp in self.ledger.undecided():
-            self.ledger.add_decision(exp.id, verdict=Verdict.INTERRUPTED, source="supervisor",
-                                     reason="interrupted: the supervisor stopped during this experiment")
-            self._event("recover", f"experiment {exp.id} was running when the supervisor stopped: interrupted")
-        dropped = self.ws.remove_all_worktrees()
-        if dropped:
-            self._event("recover", f"removed stale worktrees: {', '.join(dropped)}")
-        inc = self.ledger.incumbent()
-        if inc is None:
-            return
-        tip = self.ws.incumbent_commit()
-        if tip == inc.commit:
-            return
-        if self.ws.is_ancestor(tip, inc.commit):
-            self.ws.advance(inc.commit, tip)  # the keep was recorded; the ref move was not
-            self._event("recover", f"finished keeping experiment {inc.id}: {self.ws.branch} -> {inc.commit[:7]}")
-        else:
-            self.ws.reset_branch(inc.commit)
-            self._event("recover", f"{self.ws.branch} was at {tip[:7]}, not in the ledger; reset to {inc.commit[:7]}")
+        resume.recover(self.ws, self.ledger, self._event)
 
     def history(self) -> list[HistoryItem]:
         """Every decided experiment, for proposers; crashes carry their log tail."""
-        items = []
-        for e in self.ledger.experiments():
-            if not e.decided:
-                continue
-            tail = ""
-            if e.status in (Verdict.CRASH, Verdict.TIMEOUT, Verdict.INVALID):
-                failed = [r for r in self.ledger.runs(e.id) if not r.ok]
-                tail = failed[0].log_tail if failed else ""
-            items.append(HistoryItem(e.id, e.description, e.knobs, e.status, e.metric, e.proposer,
-                                     reason=e.reason, log_tail=tail, meta=e.meta))
-        return items
+        return resume.history(self.ledger)
 
     def warm_start(self) -> None:
-        """Replay every decided experiment to its proposer, so a resumed run learns on (and
-        a queue retires the ideas that were judged just before a crash)."""
-        for e in self.ledger.experiments():
-            if not e.decided or e.kind == "baseline":
-                continue
-            proposal = Proposal(e.description, {}, e.proposer, dict(e.knobs), dict(e.meta))
-            for p in self.proposers:
-                if p.name == e.proposer:
-                    p.observe(proposal, e.status, e.metric)
+        """Replay every decided experiment to its proposer (see resume.warm_start)."""
+        resume.warm_start(self.ledger, self.proposers)
 
-    # ---- runs -------------------------------------------------------------------------
-    def _run(self, workdir: Path, run_dir: Path, seed: int, label: str) -> RunResult:
-        self.progress.current, self.progress.current_since = label, time.time()
-        self._say(f"{label}: training (seed {seed})")
-        result = runner.run(self.task, workdir, run_dir, seed=seed, train_data=self.train_data,
-                            val_data=self.val_data, preset=self.preset)
-        self.progress.current = ""
-        return result
+    def _values(self, exp_id: int) -> list[float]:
+        """Metric values of an experiment's ok runs (trials and rechecks), in run order."""
+        return [r.metric for r in self.ledger.runs(exp_id) if r.ok and r.metric is not None]
 
     def _record_run(self, exp_id: int, result: RunResult, kind: str = "trial") -> None:
         with self.ledger.transaction():
             self.ledger.add_run(exp_id, result, kind=kind)
             self.ledger.add_cost(exp_id, "compute", result.train_seconds + result.eval_seconds, "s")
         shown = f"{result.status} {result.metric:.4f}" if result.metric is not None else result.reason
-        self._say(f"  run seed={result.seed}: {shown}")
+        self._say(f"  #{exp_id} run seed={result.seed}: {shown}")
+
+    def _request(self, exp_id: int, k: int, worktree: Path, commit: str, label: str) -> RunRequest:
+        return RunRequest(f"exp-{exp_id:04d}/run-{k}", self.task, worktree, commit, self.ws.run_dir(exp_id, k),
+                          seed_schedule(self.task.seed, exp_id, k), self.train_data, self.val_data,
+                          self.preset, self.isolation, label)
+
+    def _submitted(self, exp_id: int, req: RunRequest, future: RunFuture) -> str:
+        node = self.executor.where(future) if self.executor is not None else ""
+        self._event("run", f"{req.label} on {node} (seed {req.seed})", experiment=exp_id,
+                    run=int(req.key.rsplit("-", 1)[1]), node=node, seed=req.seed, label=req.label)
+        return node
+
+    def _show(self) -> None:
+        """Refresh the workers in the live view (and write where a run landed, once known)."""
+        assert self.executor is not None
+        flying = [f for f in self._batch + self._flights if f.future is not None and not f.future.done()]
+        for f in flying:
+            assert f.future is not None
+            if (node := self.executor.where(f.future)) != f.node:
+                f.node = node
+                self._event("run", f"{f.label} on {node}", experiment=f.exp_id, run=f.run_index, node=node,
+                            label=f.label)
+        workers = [Worker(f.label, f.since, f.node) for f in flying]
+        p = self.progress
+        p.workers = workers
+        p.current, p.current_since = (workers[0].label, workers[0].since) if workers else ("", 0.0)
+        p.proposing = [f"{job.proposer.name} since {time.strftime('%H:%M:%S', time.localtime(job.since))}"
+                       for job in self.pool.jobs]
+        self._say("")  # a re-render, no new line
 
     def ensure_baseline(self) -> Experiment:
         """The incumbent; measures the baseline under several seeds first if there is none."""
         inc = self.ledger.incumbent()
         if inc is not None:
             return inc
+        assert self.executor is not None
         commit = self.ws.incumbent_commit()
-        exp_id = self.ledger.add_experiment(parent=None, commit=commit, proposer="baseline",
-                                            description="baseline", diff="", kind="baseline")
+        with self.ledger.transaction():
+            exp_id = self.ledger.add_experiment(parent=None, commit=commit, proposer="baseline",
+                                                description="baseline", diff="", kind="baseline")
+            self.ledger.add_lineage(exp_id, parent=None)
         self.ws.tag_experiment(exp_id, commit)
         worktree = self.ws.create_worktree(f"exp-{exp_id:04d}", commit)
+        n = self.task.judge.noise_runs
         try:
-            results = []
-            for k in range(self.task.judge.noise_runs):
-                seed = seed_schedule(self.task.seed, exp_id, k)
-                r = self._run(worktree, self.ws.run_dir(exp_id, k), seed, f"baseline run {k + 1}/{self.task.judge.noise_runs}")
+            row = self.ledger.experiment(exp_id)
+            for k in range(n):  # side by side when there are slots for them
+                req = self._request(exp_id, k, worktree, commit, f"baseline run {k + 1}/{n}")
+                future = self.executor.submit(req)
+                self._batch.append(Flight(exp_id, Proposal("baseline", {}, "baseline"), row, commit, worktree,
+                                          kind="baseline", future=future, run_index=k, label=req.label,
+                                          since=time.time(), node=self._submitted(exp_id, req, future)))
+            futures = [f.future for f in self._batch if f.future is not None]
+            while not all(fut.done() for fut in futures):
+                concurrent.futures.wait(futures, timeout=POLL_SECONDS)
+                self._show()
+            results = [fut.result() for fut in futures]
+            for r in results:  # in seed order, whatever order they finished in
                 self._record_run(exp_id, r)
-                results.append(r)
         finally:
+            self._batch.clear()
             self.ws.remove_worktree(worktree)
         ok = [r.metric for r in results if r.ok and r.metric is not None]
         if not ok:
@@ -196,42 +245,48 @@ class Supervisor:
         self._event("baseline", f"baseline {self.metric.name} {mean:.4f} ± {sd:.4f} over {len(ok)} seeds")
         return self.ledger.experiment(exp_id)
 
-    def recheck(self, inc: Experiment) -> None:
-        """Re-measure the incumbent once with a fresh seed (noise floor over time, drift)."""
-        n = len(self.ledger.runs(inc.id))
-        worktree = self.ws.create_worktree(f"recheck-{inc.id:04d}", inc.commit)
-        try:
-            seed = seed_schedule(self.task.seed, inc.id, n)
-            r = self._run(worktree, self.ws.run_dir(inc.id, n), seed, f"recheck of incumbent #{inc.id}")
-            self._record_run(inc.id, r, kind="recheck")
-        finally:
-            self.ws.remove_worktree(worktree)
+    # ---- proposals --------------------------------------------------------------------
+    def _should_stop(self) -> bool:
+        return self._stopping or self.ws.stop_file.exists()
 
-    # ---- one experiment ---------------------------------------------------------------
-    def propose(self, inc: Experiment, workdir: Path) -> Proposal | None:
-        """Ask the proposers in order (the queue first); `workdir` is the new worktree."""
+    def _context(self, inc: Experiment, workdir: Path) -> Context:
         files = self.ws.editable_files(self.task, inc.commit)
         program_path = self.ws.root / self.task.program
         program = program_path.read_text() if program_path.is_file() else ""
-        ctx = Context(files=files, metric=self.metric, incumbent_metric=_mean(self.ledger.incumbent_values()),
-                      history=self.history(), in_flight=[], preset=self.preset or "cpu", program=program,
-                      editable=tuple(self.task.editable), workdir=workdir, notify=self._say,
-                      should_stop=self.ws.stop_file.exists)
-        order = list(self.proposers)
-        if self.follower is not None:
-            order.remove(self.follower)
-            # The queue (a person) always goes first; the follower next while it has turns.
-            order.insert(1 if self._follow_left > 0 else len(order), self.follower)
-            self._follow_left = max(0, self._follow_left - 1)
-        for p in order:
-            proposal = p.propose(ctx)
-            if proposal is not None:
-                return proposal
-        return None
+        in_flight = [f.proposal for f in self._flights if f.kind == "trial"]
+        return Context(files=files, metric=self.metric, incumbent_metric=_mean(self._values(inc.id)),
+                       history=self.history(), in_flight=in_flight, preset=self.preset or "cpu",
+                       program=program, editable=tuple(self.task.editable), workdir=workdir,
+                       notify=self._say, should_stop=self._should_stop)
 
-    def experiment(self, inc: Experiment, proposal: Proposal, worktree: Path) -> Experiment:
-        """Apply, run, judge and record one proposal against the incumbent, in `worktree`
-        (a fresh checkout of the incumbent, possibly already edited in place by the proposer)."""
+    def _known_trees(self) -> dict[str, int]:
+        """The files of every experiment tried or in flight (a tree sha) -> its id."""
+        if self._trees is None:
+            exps = [e for e in self.ledger.experiments() if e.status != Verdict.INTERRUPTED]
+            trees = self.ws.trees([e.commit for e in exps])
+            self._trees = {}
+            for e in exps:
+                if e.commit in trees:
+                    self._trees.setdefault(trees[e.commit], e.id)
+        return self._trees
+
+    def _proposed(self, job: ProposalJob) -> None:
+        """A proposer finished thinking: start its experiment (or note why not)."""
+        self.pool.done(job)
+        proposal = job.future.result()  # a proposer's own exception stops the loop, as before
+        if proposal is None:
+            self.pool.empty(job.proposer)
+            self.ws.remove_worktree(job.worktree)
+        elif self._stopping:  # asked to stop while it thought: its idea waits for the next run
+            self._record_proposal_costs(None, proposal)
+            self.pool.observe(proposal, Verdict.INTERRUPTED, None)
+            self.ws.remove_worktree(job.worktree)
+        else:
+            self._begin(job.inc, proposal, job.worktree, job.proposer)
+
+    def _begin(self, inc: Experiment, proposal: Proposal, worktree: Path, proposer: Proposer) -> None:
+        """Apply, check and record one proposal against `inc` in `worktree` (a fresh checkout
+        of the incumbent, possibly already edited in place by the proposer); start its runs."""
         parent = inc.commit
         # A proposer may hand over a failure of its own (e.g. an LLM answer that stayed
         # malformed through every repair round): recorded as invalid, never run.
@@ -240,24 +295,40 @@ class Supervisor:
         commit = self.ws.commit(worktree, proposal.description) or parent
         if commit == parent and problem is None:
             problem = "the proposal changes nothing" + (f" ({proposal.meta['error']})" if "error" in proposal.meta else "")
+        tree = self.ws.trees([commit]).get(commit, "")
+        same = self._known_trees().get(tree) if problem is None else None
+        if same is not None:  # the very files were tried, or are in flight: no run, no row
+            self._record_proposal_costs(None, proposal)
+            status = self.ledger.experiment(same).status
+            self._event("duplicate", f"skipped a duplicate from {proposal.proposer}: {proposal.description} "
+                        f"(the same files as experiment {same}, {status})", proposer=proposal.proposer,
+                        description=proposal.description, same_as=same)
+            self.pool.observe(proposal, "duplicate", None)
+            self.pool.duplicate(proposer)
+            self.ws.remove_worktree(worktree)
+            return
+        self.pool.proposed(proposer)
         diff = self.ws.diff(parent, commit) if commit != parent else ""
         meta = {k: v for k, v in proposal.meta.items() if k not in ("log", "usage")}
-        exp_id = self.ledger.add_experiment(parent=parent, commit=commit, proposer=proposal.proposer,
-                                            description=proposal.description, diff=diff,
-                                            knobs=proposal.knobs, meta=meta, worktree=str(worktree))
+        with self.ledger.transaction():
+            exp_id = self.ledger.add_experiment(parent=parent, commit=commit, proposer=proposal.proposer,
+                                                description=proposal.description, diff=diff,
+                                                knobs=proposal.knobs, meta=meta, worktree=str(worktree))
+            self.ledger.add_lineage(exp_id, parent=inc.id)
         self.ws.tag_experiment(exp_id, commit)
         self._record_proposal_costs(exp_id, proposal)
+        self._started += 1
         self._say(f"experiment {exp_id} [{proposal.proposer}]: {proposal.description}")
         if problem is not None:
             self.ledger.add_decision(exp_id, verdict=Verdict.INVALID, reason=f"invalid: {problem}")
-            return self.ledger.experiment(exp_id)
-        verdict = self._judge_runs(exp_id, inc, worktree, files_size=_size(
-            self.ws.editable_files(self.task, commit)), inc_size=_size(self.ws.editable_files(self.task, parent)))
-        if verdict.verdict is Verdict.KEEP:
-            self.ws.advance(commit, parent)
-        return self.ledger.experiment(exp_id)
+            self.ws.remove_worktree(worktree)
+            self._settled(exp_id, proposal)
+            return
+        self._known_trees()[tree] = exp_id
+        sizes = (_size(self.ws.editable_files(self.task, commit)), _size(self.ws.editable_files(self.task, parent)))
+        self._fly(Flight(exp_id, proposal, inc, commit, worktree, sizes=sizes))
 
-    def _record_proposal_costs(self, exp_id: int, proposal: Proposal) -> None:
+    def _record_proposal_costs(self, exp_id: int | None, proposal: Proposal) -> None:
         """Tokens and money a proposal cost, and its transcript (a file next to its runs)."""
         usage = proposal.meta.get("usage") or {}
         with self.ledger.transaction():
@@ -265,35 +336,161 @@ class Supervisor:
                 if usage.get(kind):
                     self.ledger.add_cost(exp_id, kind, float(usage[kind]), unit)
         log = proposal.meta.get("log")
-        if log:
+        if log and exp_id is not None:
             path = self.ws.run_dir(exp_id, 0).parent / "proposal.log"
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(str(log))
 
-    def _judge_runs(self, exp_id: int, inc: Experiment, worktree: Path, *, files_size: int, inc_size: int) -> Judgement:
-        runs: list[RunResult] = []
-        incumbent = self.ledger.incumbent_values()
-        while True:
-            k = len(runs)
-            seed = seed_schedule(self.task.seed, exp_id, k)
-            r = self._run(worktree, self.ws.run_dir(exp_id, k), seed, f"experiment {exp_id} run {k + 1}")
-            self._record_run(exp_id, r)
-            runs.append(r)
-            j = judge(runs, incumbent, self.metric, self.task.judge, candidate_size=files_size,
-                      incumbent_size=inc_size, memory_cap_gb=self.task.memory_gb, constraints=self.task.constraints)
+    # ---- runs and decisions -----------------------------------------------------------
+    def _fly(self, flight: Flight) -> None:
+        self._flights.append(flight)
+        self._submit(flight)
+
+    def _submit(self, flight: Flight) -> None:
+        """Start the flight's next run on the executor."""
+        assert self.executor is not None
+        k = len(flight.runs) if flight.kind == "trial" else flight.run_index
+        label = (f"experiment {flight.exp_id} run {k + 1}" if flight.kind == "trial"
+                 else f"recheck of incumbent #{flight.exp_id}")
+        req = self._request(flight.exp_id, k, flight.worktree, flight.commit, label)
+        flight.future, flight.run_index, flight.label, flight.since = self.executor.submit(req), k, label, time.time()
+        flight.node = self._submitted(flight.exp_id, req, flight.future)
+        self._show()
+
+    def _ran(self, flight: Flight) -> None:
+        """A run of a flight ended: record it, judge, and run again or decide."""
+        assert flight.future is not None
+        result, flight.future = flight.future.result(), None
+        cancelled = self._hard and result.status is Status.INTERRUPTED
+        if flight.kind == "recheck":
+            if not cancelled:
+                self._record_run(flight.exp_id, result, kind="recheck")
+            self._drop(flight)
+            return
+        if not cancelled:
+            self._record_run(flight.exp_id, result)
+            flight.runs.append(result)
+            j = judge(flight.runs, self._values(flight.parent.id), self.metric, self.task.judge,
+                      candidate_size=flight.sizes[0], incumbent_size=flight.sizes[1],
+                      memory_cap_gb=self.task.memory_gb, constraints=self.task.constraints)
             if j.verdict is not Verdict.MORE:
-                break
-        mean = _mean([r.metric for r in runs if r.ok and r.metric is not None])
+                self._decide(flight, j)
+                return
+            if not self._hard:
+                self._submit(flight)
+                return
+        # A hard stop: the run was cut short on purpose (or no more runs may start), so the
+        # idea is not judged; an interrupted one is proposed again by a later `rsilab run`.
+        self.ledger.add_decision(flight.exp_id, verdict=Verdict.INTERRUPTED, source="supervisor",
+                                 reason=f"interrupted: {self._requested or 'stopped'}")
+        self._drop(flight)
+        self._settled(flight.exp_id, flight.proposal)
+
+    def _decide(self, flight: Flight, j: Judgement) -> None:
+        mean = _mean([r.metric for r in flight.runs if r.ok and r.metric is not None])
         reason = j.reason if not j.flags else f"{j.reason} [{', '.join(j.flags)}]"
+        inc = self.ledger.incumbent()
+        if j.verdict is Verdict.KEEP and inc is not None and inc.id != flight.parent.id:
+            self._reapply(flight, j, inc, mean, reason)
+            return
+        if j.verdict is Verdict.KEEP and self.ladder is not None:  # runs here, in this thread
+            j = self.ladder.gate(j, ws=self.ws, task=self.task, ledger=self.ledger, experiment_id=flight.exp_id,
+                                 candidate=flight.worktree, incumbent_commit=flight.parent.commit,
+                                 train_data=self.train_data, val_data=self.val_data, preset=self.preset,
+                                 notify=self._say)
+            reason = j.reason if not j.flags else f"{j.reason} [{', '.join(j.flags)}]"
         # The decision is durable before the branch moves (see recover()).
-        self.ledger.add_decision(exp_id, verdict=j.verdict, reason=reason, effect=j.effect, ci_low=j.ci_low,
-                                 ci_high=j.ci_high, p_value=j.p_value, metric=mean)
-        return j
+        self.ledger.add_decision(flight.exp_id, verdict=j.verdict, reason=reason, effect=j.effect,
+                                 ci_low=j.ci_low, ci_high=j.ci_high, p_value=j.p_value, metric=mean)
+        if j.verdict is Verdict.KEEP:
+            self.ws.advance(flight.commit, flight.parent.commit)
+        self._drop(flight)
+        self._settled(flight.exp_id, flight.proposal)
+
+    def _reapply(self, flight: Flight, j: Judgement, inc: Experiment, mean: float | None, reason: str) -> None:
+        """`flight` won against its parent, but `inc` was kept meanwhile: merge its change onto
+        `inc` and confirm it there as a new experiment, or record why that cannot be done."""
+        won = f"won against its parent #{flight.parent.id} ({reason})"
+        figures: dict[str, Any] = {"effect": j.effect, "ci_low": j.ci_low, "ci_high": j.ci_high,
+                                   "p_value": j.p_value, "metric": mean}
+        why, worktree, commit, tree, merged = "", None, None, "", Merge("")
+        if self._hard:
+            why = f"interrupted: {won}, but the supervisor is stopping"
+        elif flight.depth >= MAX_REAPPLY:
+            why = f"superseded: {won}, but the incumbent kept moving ({MAX_REAPPLY} re-applications)"
+        else:
+            worktree = self.ws.create_worktree(f"reapply-{flight.exp_id:04d}-{time.time_ns()}", inc.commit)
+            merged = reapply(self.ws, self.task, worktree, parent=flight.parent.commit, commit=flight.commit,
+                             onto=inc.commit, preset=self.preset or "cpu")
+            conflict = merged.conflict
+            problem = conflict or self.ws.check(worktree, self.task)
+            commit = None if problem else self.ws.commit(worktree, flight.proposal.description)
+            tree = self.ws.trees([commit]).get(commit, "") if commit else ""
+            same = self._known_trees().get(tree)
+            if conflict:
+                why = f"conflict: {won}, but it does not apply onto the incumbent #{inc.id}: {conflict}"
+            elif problem:
+                why = f"conflict: {won}, but merged onto the incumbent #{inc.id}: {problem}"
+            elif commit is None:
+                why = f"superseded: {won}, but the incumbent #{inc.id} already has this change"
+            elif same is not None:
+                why = f"superseded: {won}; merged onto the incumbent #{inc.id} it is the files of experiment {same}"
+        if why:
+            verdict = Verdict.INTERRUPTED if self._hard else Verdict.DISCARD
+            self.ledger.add_decision(flight.exp_id, verdict=verdict, reason=why, **figures)
+            if worktree is not None:
+                self.ws.remove_worktree(worktree)
+            self._drop(flight)
+            self._settled(flight.exp_id, flight.proposal)
+            return
+        assert worktree is not None and commit is not None
+        knobs = dict(flight.proposal.knobs)
+        if knobs:  # the knob values of the merged files (the incumbent may have moved some)
+            from rsilab.proposers.knobs import collect_knobs
+
+            now = collect_knobs(self.ws.editable_files(self.task, commit), self.preset or "cpu")
+            knobs = {n: now[n][1].value if n in now else v for n, v in knobs.items()}
+        proposal = replace(flight.proposal, knobs=knobs, meta={**flight.proposal.meta, "reapply_of": flight.exp_id,
+                                                              "merged_onto": inc.id, "merge": merged.how})
+        meta = {k: v for k, v in proposal.meta.items() if k not in ("log", "usage")}
+        with self.ledger.transaction():  # the new experiment and the winner's decision: both or neither
+            new_id = self.ledger.add_experiment(parent=inc.commit, commit=commit, proposer=proposal.proposer,
+                                                description=proposal.description,
+                                                diff=self.ws.diff(inc.commit, commit), knobs=knobs, meta=meta,
+                                                worktree=str(worktree))
+            self.ledger.add_lineage(new_id, parent=flight.exp_id, merged_onto=inc.id)
+            self.ledger.add_decision(flight.exp_id, verdict=Verdict.DISCARD, **figures, reason=(
+                f"re-applied: {won}; the incumbent moved to #{inc.id}, so it is confirmed there as #{new_id}"))
+        self.ws.tag_experiment(new_id, commit)
+        self._event("reapply", f"experiment {flight.exp_id} won against #{flight.parent.id}; re-applied onto "
+                    f"the incumbent #{inc.id} as experiment {new_id}", experiment=flight.exp_id,
+                    reapplied_as=new_id, merged_onto=inc.id)
+        self._drop(flight)
+        self._settled(flight.exp_id, flight.proposal, observe=False)  # told once, by the new one's result
+        self._known_trees()[tree] = new_id
+        sizes = (_size(self.ws.editable_files(self.task, commit)), _size(self.ws.editable_files(self.task, inc.commit)))
+        self._fly(Flight(new_id, proposal, inc, commit, worktree, depth=flight.depth + 1, sizes=sizes))
+
+    def _drop(self, flight: Flight) -> None:
+        self.ws.remove_worktree(flight.worktree)
+        self._flights.remove(flight)
+
+    def _settled(self, exp_id: int, proposal: Proposal, observe: bool = True) -> None:
+        """An experiment was decided: tell its proposer, count it, let proposers try again."""
+        exp = self.ledger.experiment(exp_id)
+        if observe:
+            self.pool.observe(proposal, exp.status, exp.metric)
+        self._tally(exp)
+        if (self.follower is not None and exp.status == Verdict.KEEP
+                and proposal.proposer not in (self.follower.name, "queue")):
+            self.pool.follow_left = self.task.tuner.follow
+        self._since_recheck += 1
+        self.pool.decided()
 
     # ---- the loop ---------------------------------------------------------------------
     def _stop_reason(self) -> str | None:
         lim = self.limits
-        if lim.max_experiments is not None and self.progress.experiments >= lim.max_experiments:
+        if lim.max_experiments is not None and self._started >= lim.max_experiments:
             return f"reached --max-experiments {lim.max_experiments}"
         if lim.hours is not None and time.time() - self.progress.started >= lim.hours * 3600:
             return f"reached --hours {lim.hours}"
@@ -304,9 +501,17 @@ class Supervisor:
         if lim.max_tokens is not None and tokens >= lim.max_tokens:
             return f"reached --max-tokens {lim.max_tokens} (spent {tokens:.0f})"
         if self.ws.stop_file.exists():
+            now = self._stop_now_file()
             self.ws.stop_file.unlink(missing_ok=True)
-            return f"stop file {self.ws.stop_file} found"
-        return None
+            return f"stop file {self.ws.stop_file} found" + (": cancelling the runs in flight" if now else "")
+        return self._requested
+
+    def _stop_now_file(self) -> bool:
+        """A stop file that says `now` (`rsilab stop --now`) cancels the runs in flight."""
+        with contextlib.suppress(OSError):
+            if self.ws.stop_file.read_text().strip() == "now":
+                self._hard = True
+        return self._hard
 
     def _tally(self, exp: Experiment) -> None:
         p = self.progress
@@ -317,45 +522,100 @@ class Supervisor:
             p.discarded += 1
         else:
             p.failed += 1
-        inc_values = self.ledger.incumbent_values()
-        p.best = _mean(inc_values)
+        p.best = _mean(self.ledger.incumbent_values())
         shown = f"{exp.metric:.4f}" if exp.metric is not None else "-"
         p.last = f"#{exp.id} {exp.status} {shown} {exp.description}: {exp.reason}"
         self._say(p.last)
 
-    def run(self) -> str:
-        """Loop until a stop rule; returns why it stopped. Ctrl-C propagates after cleanup."""
-        self.recover()
-        inc = self.ensure_baseline()
-        self.progress.baseline = self.ledger.experiments()[0].metric
-        self.progress.best = _mean(self.ledger.incumbent_values())
-        self.warm_start()
-        since_recheck = 0
-        while (reason := self._stop_reason()) is None:
+    def _fill(self) -> None:
+        """Give every free slot work: a re-check of the incumbent when due, else a proposal."""
+        assert self.executor is not None
+        while self.executor.slots - len(self._flights) - len(self.pool.jobs) > 0:
+            inc = self.ledger.incumbent()
+            assert inc is not None
             every = self.task.judge.recheck_every
-            if every and since_recheck >= every:
-                self.recheck(inc)
-                since_recheck = 0
+            if every and self._since_recheck >= every and not any(f.kind == "recheck" for f in self._flights):
+                self._since_recheck = 0
+                worktree = self.ws.create_worktree(f"recheck-{inc.id:04d}-{time.time_ns()}", inc.commit)
+                self._fly(Flight(inc.id, Proposal("recheck", {}, "supervisor"), inc, inc.commit, worktree,
+                                 kind="recheck", run_index=len(self.ledger.runs(inc.id))))
+                continue
+            cap = self.limits.max_experiments
+            if cap is not None and self._started + len(self.pool.jobs) >= cap:
+                return
+            in_flight = Counter(f.proposal.proposer for f in self._flights if f.kind == "trial")
+            p = self.pool.next(in_flight)
+            if p is None:
+                return
             worktree = self.ws.create_worktree(f"next-{time.time_ns()}", inc.commit)
-            try:
-                proposal = self.propose(inc, worktree)
-                if proposal is None:
-                    reason = self._stop_reason() or "no proposer has anything left: nothing left to propose"
-                    break
-                exp = self.experiment(inc, proposal, worktree)
-            except KeyboardInterrupt:
-                self.recover()  # marks the experiment interrupted, drops its worktree
-                raise
-            finally:
-                self.ws.remove_worktree(worktree)
-            for p in self.proposers:
-                if p.name == proposal.proposer:
-                    p.observe(proposal, exp.status, exp.metric)
-            self._tally(exp)
-            if (self.follower is not None and exp.status == Verdict.KEEP
-                    and proposal.proposer not in (self.follower.name, "queue")):
-                self._follow_left = self.task.tuner.follow
-            since_recheck += 1
-            inc = self.ledger.incumbent() or inc
+            self.pool.start(p, self._context(inc, worktree), inc, worktree)
+            self._show()
+
+    def _step(self) -> None:
+        """Wait for a run or a proposal to finish (or a short while) and handle it."""
+        waiting: dict[concurrent.futures.Future[Any], Flight | ProposalJob] = {}
+        for f in sorted(self._flights, key=lambda f: f.exp_id):
+            if f.future is not None:
+                waiting[f.future] = f
+        for job in self.pool.jobs:
+            waiting[job.future] = job
+        done, _ = concurrent.futures.wait(list(waiting), timeout=POLL_SECONDS,
+                                          return_when=concurrent.futures.FIRST_COMPLETED)
+        for fut, item in waiting.items():  # in a fixed order, whatever order they finished in
+            if fut in done:
+                self._proposed(item) if isinstance(item, ProposalJob) else self._ran(item)
+        self._show()
+
+    def _cancel_all(self) -> None:
+        assert self.executor is not None
+        futures = [f.future for f in self._flights + self._batch if f.future is not None]
+        for fut in futures:
+            self.executor.cancel(fut)
+        concurrent.futures.wait(futures, timeout=CANCEL_WAIT_SECONDS)
+
+    def _loop(self) -> str:
+        reason: str | None = None
+        cancelled = False
+        while True:
+            if reason is None:
+                reason = self._stop_reason()
+                self._stopping = reason is not None
+            elif self.ws.stop_file.exists() and self._stop_now_file():  # `stop --now` after a `stop`
+                self.ws.stop_file.unlink(missing_ok=True)
+            if self._hard and not cancelled:
+                reason, cancelled = reason or "stop requested: cancelling the runs in flight", True
+                self._stopping = True
+                for f in self._flights:
+                    if f.future is not None:
+                        assert self.executor is not None
+                        self.executor.cancel(f.future)
+            if reason is None:
+                self._fill()
+            if not self._flights and not self.pool.jobs:
+                return reason or "no proposer has anything left: nothing left to propose"
+            self._step()
+
+    def run(self) -> str:
+        """Loop until a stop rule; returns why it stopped. Ctrl-C propagates after cleanup:
+        the runs in flight are cancelled and their experiments recorded as interrupted."""
+        own = self.executor is None
+        if self.executor is None:
+            self.executor = create_executor("local", task=self.task, workers=1)
+        self.recover()
+        try:
+            self.ensure_baseline()
+            self.progress.baseline = self.ledger.experiments()[0].metric
+            self.progress.best = _mean(self.ledger.incumbent_values())
+            self.warm_start()
+            reason = self._loop()
+        except BaseException:
+            self._stopping = self._hard = True  # proposers waiting on something give up
+            self._cancel_all()
+            self.recover()  # marks the experiments in flight interrupted, drops their worktrees
+            raise
+        finally:
+            if own:
+                self.executor.close()
+                self.executor = None
         self._event("stop", f"stopped: {reason}")
         return reason

@@ -2,9 +2,14 @@
 
 The runner, not train.py, owns the clock: the training process gets `budget + overhead`
 seconds from its start, in its own session (process group); past that it gets SIGTERM,
-then SIGKILL after a short grace, and the run is `timeout`. A memory watchdog sums the
-RSS of the whole process group and kills it past the cap (`oom`). Every expected failure
-comes back as a `RunResult` value, never as an exception.
+then SIGKILL after a short grace, and the run is `timeout`. Watchdogs sum the RSS and the
+tasks of the run's whole process tree (its session and every descendant, in or out of a
+sandbox) and kill it past `memory_gb` (`oom`) or `max_procs` (a fork bomb: `crash`). Every
+expected failure comes back as a `RunResult` value, never as an exception.
+
+Both processes run in the sandbox of `rsilab.sandbox` (bubblewrap when it works; the
+result records the level). The evaluator runs from a private copy of the task folder
+taken before training, and the folder is put back to that copy after the run.
 
 The metric never comes from train.py's output (unless the task chose the unsealed
 `in-process` evaluator): a separate evaluator process reads the artifact and writes its
@@ -14,6 +19,8 @@ own metrics file.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import hashlib
 import json
 import math
 import os
@@ -24,13 +31,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rsilab import harness
+from rsilab import harness, provenance, sandbox
 from rsilab.config import TaskSpec
 from rsilab.types import RunResult, Status
 
 GRACE_SECONDS = 5.0
 POLL_SECONDS = 0.05
 TAIL_LINES = 25
+TAIL_LINE_CHARS = 500  # a log line longer than this is cut in a log tail
+TAIL_BYTES = 256 * 1024  # how much of the end of a log is read for its tail and summary
+SUMMARY_LINES = 1000
+METRICS_DIGEST = "metrics_sha256"  # key in RunResult.evaluation: sha256 of the metrics file
 
 
 @dataclass(frozen=True)
@@ -63,24 +74,81 @@ class ProcessOutcome:
     timed_out: bool
     oom: bool
     peak_rss_gb: float
+    too_many_procs: bool = False  # past the task's max_procs (a fork bomb)
 
 
-def _group_rss_bytes(sid: int) -> int:
-    """Sum of RSS over every process in session `sid` (the run and all its descendants)."""
-    total = 0
+WATCH_SECONDS = 0.5  # how often the watchdogs read /proc
+
+
+@dataclass(frozen=True)
+class _Proc:
+    """One line of /proc/<pid>/stat, the fields the watchdogs use."""
+
+    pid: int
+    ppid: int
+    sid: int
+    state: str
+    threads: int  # tasks: what RLIMIT_NPROC counts
+    rss: int  # bytes
+    start: int  # start time in clock ticks after boot: tells a pid from a reused one
+
+
+def _scan() -> dict[int, _Proc]:
+    """Every process on the machine, in one pass over /proc (empty without /proc)."""
     page = os.sysconf("SC_PAGE_SIZE")
-    for entry in os.scandir("/proc"):
+    out: dict[int, _Proc] = {}
+    try:
+        entries = list(os.scandir("/proc"))
+    except OSError:
+        return out
+    for entry in entries:
         if not entry.name.isdigit():
             continue
         try:
             with open(f"/proc/{entry.name}/stat") as f:
                 stat = f.read()
-            fields = stat[stat.rindex(")") + 2 :].split()
-            if int(fields[3]) == sid:  # field 6 of stat: session id
-                total += int(fields[21]) * page  # field 24: rss in pages
+            fields = stat[stat.rindex(")") + 2 :].split()  # fields[i] is field i + 3 of proc(5)
+            pid = int(entry.name)
+            out[pid] = _Proc(pid, int(fields[1]), int(fields[3]), fields[0], int(fields[17]),
+                             int(fields[21]) * page, int(fields[19]))
         except (OSError, ValueError, IndexError):
             continue  # the process ended while we looked
-    return total
+    return out
+
+
+def _members(procs: dict[int, _Proc], root: int) -> list[_Proc]:
+    """The live processes of the run started as `root`: its session (without a sandbox) and
+    every descendant (a sandbox puts the run in sessions and a PID namespace of its own, but
+    the tree stays below `root`; orphans there are adopted by the sandbox's PID 1)."""
+    children: dict[int, list[int]] = {}
+    for p in procs.values():
+        children.setdefault(p.ppid, []).append(p.pid)
+    found = {pid for pid, p in procs.items() if p.sid == root}
+    stack = [root]
+    while stack:
+        for child in children.get(stack.pop(), []):
+            if child not in found:
+                found.add(child)
+                stack.append(child)
+    found.add(root)
+    return [procs[pid] for pid in found if pid in procs and procs[pid].state not in ("Z", "X")]
+
+
+def _finish(root: int, seen: dict[int, int], deadline: float) -> None:
+    """SIGKILL what is left of the run (its session, and every member a watchdog saw, if
+    still the same process) and wait, until `deadline`, for it to be gone: a killed process
+    keeps its memory (and its GPU) until its exit completes, and a run must not overlap the
+    next one on its slot."""
+    kill_group(root, signal.SIGKILL)
+    while time.monotonic() < deadline:
+        alive = [p for p in _scan().values() if p.state not in ("Z", "X")
+                 and (p.sid == root or seen.get(p.pid) == p.start)]
+        if not alive:
+            return
+        for p in alive:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(p.pid, signal.SIGKILL)
+        time.sleep(POLL_SECONDS / 5)
 
 
 def kill_group(pgid: int, sig: int) -> None:
@@ -143,21 +211,33 @@ def die_with_parent() -> None:
 
 
 def run_process(cmd: list[str], *, cwd: Path, env: dict[str, str], log: Path, timeout: float,
-                memory_cap_gb: float = 0.0) -> ProcessOutcome:
-    """Run `cmd` in its own session with output to `log`; enforce wall time and memory."""
+                memory_cap_gb: float = 0.0, max_procs: int = 0) -> ProcessOutcome:
+    """Run `cmd` in its own session with output to `log`; enforce wall time, memory (RSS
+    summed over the run's processes) and, when `max_procs` > 0, the number of its tasks."""
     import subprocess
 
     log.parent.mkdir(parents=True, exist_ok=True)
     start = time.monotonic()
     with open(log, "ab") as out:
-        proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True,
-                                preexec_fn=die_with_parent)
+        try:
+            proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                    stdin=subprocess.DEVNULL, start_new_session=True,
+                                    preexec_fn=die_with_parent)
+        except OSError as e:  # no such command, or its folder (a worktree) is gone: a result
+            out.write(f"rsilab: cannot start {cmd[0]} in {cwd}: {e.strerror or e}\n".encode())
+            return ProcessOutcome(127, time.monotonic() - start, False, False, 0.0)
     pgid = proc.pid
-    timed_out = oom = False
+    timed_out = oom = too_many = False
     peak = 0
-    next_mem_check = 0.0
+    next_check = 0.0
+    seen: dict[int, int] = {}  # pid -> start time of every member the watchdogs saw
     status: int | None = None
+
+    def look() -> list[_Proc]:
+        members = _members(_scan(), pgid)
+        seen.update((m.pid, m.start) for m in members)
+        return members
+
     try:
         while True:
             pid, wait_status, usage = os.wait4(proc.pid, os.WNOHANG)
@@ -168,19 +248,25 @@ def run_process(cmd: list[str], *, cwd: Path, env: dict[str, str], log: Path, ti
             now = time.monotonic()
             if now - start > timeout:
                 timed_out = True
+                look()  # so that _finish also gets what runs in the sandbox's own sessions
                 kill_group(pgid, signal.SIGTERM)
                 status = _wait_until(proc.pid, now + GRACE_SECONDS)
                 if status is None:
                     kill_group(pgid, signal.SIGKILL)
                     _, status, _ = os.wait4(proc.pid, 0)
                 break
-            if memory_cap_gb > 0 and now >= next_mem_check:
-                next_mem_check = now + 0.5
-                rss = _group_rss_bytes(pgid)
+            if (memory_cap_gb > 0 or max_procs > 0) and now >= next_check:
+                next_check = now + WATCH_SECONDS
+                members = look()
+                rss = sum(m.rss for m in members)
                 peak = max(peak, rss)
-                if rss > memory_cap_gb * 2**30:
-                    oom = True
+                oom = memory_cap_gb > 0 and rss > memory_cap_gb * 2**30
+                too_many = not oom and max_procs > 0 and sum(m.threads for m in members) >= max_procs
+                if oom or too_many:
                     kill_group(pgid, signal.SIGKILL)
+                    for m in members:
+                        with contextlib.suppress(ProcessLookupError, PermissionError):
+                            os.kill(m.pid, signal.SIGKILL)
                     _, status, usage = os.wait4(proc.pid, 0)
                     break
             time.sleep(POLL_SECONDS)
@@ -189,12 +275,13 @@ def run_process(cmd: list[str], *, cwd: Path, env: dict[str, str], log: Path, ti
         kill_group(pgid, signal.SIGKILL)
         with contextlib.suppress(ChildProcessError):
             os.wait4(proc.pid, 0)
+        _finish(pgid, seen, time.monotonic() + GRACE_SECONDS)
         raise
-    # Kill leftovers of the group (a grandchild that outlived its parent) and wait for them.
-    kill_session(pgid, time.monotonic() + GRACE_SECONDS)
+    # Kill leftovers (a grandchild that outlived its parent) and wait for them to be gone.
+    _finish(pgid, seen, time.monotonic() + GRACE_SECONDS)
     proc.returncode = os.waitstatus_to_exitcode(status) if status is not None else -9
-    rc = None if (timed_out or oom) else proc.returncode
-    return ProcessOutcome(rc, time.monotonic() - start, timed_out, oom, peak / 2**30)
+    rc = None if (timed_out or oom or too_many) else proc.returncode
+    return ProcessOutcome(rc, time.monotonic() - start, timed_out, oom, peak / 2**30, too_many)
 
 
 def parse_summary(text: str) -> dict[str, float]:
@@ -217,11 +304,17 @@ def parse_summary(text: str) -> dict[str, float]:
 
 
 def tail(path: Path, n: int = TAIL_LINES) -> str:
+    """The last `n` lines of a log, each cut to TAIL_LINE_CHARS. Only the end of the file is
+    read: a run may print gigabytes (until the disk is full), and the tail goes into the
+    ledger and into proposers' prompts."""
     try:
-        lines = path.read_text(errors="replace").splitlines()
+        with open(path, "rb") as f:
+            f.seek(max(0, f.seek(0, os.SEEK_END) - TAIL_BYTES))
+            lines = f.read().decode(errors="replace").splitlines()
     except OSError:
         return ""
-    return "\n".join(lines[-n:])
+    return "\n".join(line if len(line) <= TAIL_LINE_CHARS else line[:TAIL_LINE_CHARS] + " [...]"
+                     for line in lines[-n:])
 
 
 def _command(task: TaskSpec) -> list[str]:
@@ -242,11 +335,47 @@ def _base_env(task: TaskSpec) -> dict[str, str]:
 
 
 def run(task: TaskSpec, workdir: Path, run_dir: Path, *, seed: int, train_data: Path | None,
-        val_data: Path | None, preset: str | None = None) -> RunResult:
+        val_data: Path | None, preset: str | None = None, isolation: str = "auto") -> RunResult:
     """Train `workdir` (a checkout of the task) with `seed`, then evaluate. Never raises for
-    a failure of the task's code."""
+    a failure of the task's code.
+
+    `isolation` (rsilab.sandbox.CHOICES) picks the sandbox; `require`, or a level that does
+    not work here, raises RsilabError before anything runs. The result records the level.
+    """
+    level = sandbox.resolve(isolation)
+    # The folder as it was checked out: the evaluator runs from this copy, and the folder is
+    # put back to it afterwards, so what a run writes there reaches neither the evaluator
+    # nor the next run of the same commit.
+    pristine = sandbox.Pristine.take(workdir)
+    try:
+        result = _run(task, workdir, run_dir, seed=seed, train_data=train_data, val_data=val_data,
+                      preset=preset, level=level, pristine=pristine)
+    finally:
+        pristine.restore()
+        pristine.drop()
+    return dataclasses.replace(result, isolation=level)
+
+
+def _hidden(workdir: Path, val_data: Path | None) -> list[Path]:
+    """What a run must not see besides sandbox.default_hidden(): the workspace's git dir and
+    state (ledger, queue, other worktrees) and the folder of the validation split (the
+    training split next to it is bound back read-only)."""
+    hidden = sandbox.workspace_private(workdir)
+    if val_data is not None:
+        hidden.append(val_data.resolve().parent)
+    return hidden
+
+
+def _run(task: TaskSpec, workdir: Path, run_dir: Path, *, seed: int, train_data: Path | None,
+         val_data: Path | None, preset: str | None, level: str, pristine: sandbox.Pristine) -> RunResult:
     paths = RunPaths(run_dir)
     paths.artifact.mkdir(parents=True, exist_ok=True)
+    # The guard: real, hash-locked validation data; generated training data only when the
+    # task allows it. Checked before training, and recorded with every result.
+    data, refusal = provenance.check_run_data(train_data, val_data,
+                                              allow_generated=task.allow_generated_data)
+    if refusal:
+        return RunResult(Status.INVALID, seed, reason=f"invalid: {refusal}", evaluation={"data": data})
     env = _base_env(task)
     env.update({
         harness.ENV_BUDGET: repr(float(task.budget)),
@@ -259,25 +388,57 @@ def run(task: TaskSpec, workdir: Path, run_dir: Path, *, seed: int, train_data: 
     if train_data is not None:
         env[harness.ENV_TRAIN_DATA] = str(train_data)
 
-    train = run_process(_command(task), cwd=workdir, env=env, log=paths.train_log,
-                        timeout=task.budget + task.overhead, memory_cap_gb=task.memory_gb)
-    summary = parse_summary(paths.train_log.read_text(errors="replace"))
+    frozen = task.frozen_files(pristine.copy)
+    hidden = _hidden(workdir, val_data)
+    # Read-only inside the writable worktree: the frozen files, and a worktree's `.git` file
+    # (git run later in this folder must not follow a git dir the run chose).
+    readonly = [workdir / rel for rel in frozen] + [p for p in [workdir / ".git"] if p.is_file()]
+    readonly += [train_data] if train_data is not None else []
+    cmd, _ = sandbox.wrap(_command(task), workdir=workdir, readonly=readonly, writable=[workdir, run_dir],
+                          hidden=hidden, max_procs=task.max_procs, isolation=level)
+    try:
+        train = run_process(cmd, cwd=workdir, env=env, log=paths.train_log, timeout=task.budget + task.overhead,
+                            memory_cap_gb=task.memory_gb, max_procs=task.max_procs)
+    finally:
+        sandbox.reclaim([workdir, run_dir])
+    # The run can write its run folder: it could swap its log for a link to a file of the
+    # supervisor's user, whose tail would land in the ledger and in the next prompt. Never
+    # read through one.
+    log_replaced = paths.train_log.is_symlink() or not paths.train_log.is_file()
+    if log_replaced:
+        sandbox.remove(paths.train_log)
+        paths.train_log.write_text("rsilab: the run replaced or removed this log\n")
+    summary = parse_summary(tail(paths.train_log, SUMMARY_LINES))  # the `---` block ends the log
     summary["peak_memory_gb"] = max(summary.get("peak_memory_gb", 0.0), train.peak_rss_gb)
 
     def result(status: Status, reason: str = "", *, metric: float | None = None,
                evaluation: dict[str, Any] | None = None, log: Path | None = None,
                eval_seconds: float = 0.0) -> RunResult:
         return RunResult(status, seed, metric=metric, reason=reason, summary=summary,
-                         evaluation=evaluation or {}, train_seconds=train.seconds,
+                         evaluation={**(evaluation or {}), **({"data": data} if data else {})},
+                         train_seconds=train.seconds,
                          eval_seconds=eval_seconds, log_path=str(paths.train_log),
                          log_tail=tail(log) if log else "")
 
+    if not workdir.is_dir():  # deleted under the run (from outside: a sandbox keeps its mount)
+        return result(Status.CRASH, f"crash: the worktree {workdir} was deleted during the run",
+                      log=paths.train_log)
+    # Frozen files are read-only in a sandbox; without one, a change is caught here.
+    if log_replaced:
+        return result(Status.INVALID, "invalid: the run replaced or removed its log file (train.log)")
+    tampered = pristine.changed(frozen)
+    if tampered:
+        return result(Status.INVALID, f"invalid: the run changed the frozen file {tampered[0]}",
+                      log=paths.train_log)
     if train.oom:
         return result(Status.OOM, f"oom: over the memory cap of {task.memory_gb} GB", log=paths.train_log)
     if train.timed_out:
         limit = task.budget + task.overhead
         return result(Status.TIMEOUT, f"timeout: killed after {limit:.0f} s (budget {task.budget:.0f} s"
                       f" + overhead {task.overhead:.0f} s)", log=paths.train_log)
+    if train.too_many_procs:
+        return result(Status.CRASH, f"crash: over the limit of {task.max_procs} processes and threads"
+                      " (max_procs): a fork bomb?", log=paths.train_log)
     if train.returncode != 0:
         last = tail(paths.train_log, 1).strip() or f"exit code {train.returncode}"
         return result(Status.CRASH, f"crash: {last[:200]}", log=paths.train_log)
@@ -290,8 +451,11 @@ def run(task: TaskSpec, workdir: Path, run_dir: Path, *, seed: int, train_data: 
         return result(Status.OK, metric=value, evaluation={"sealed": False})
     if val_data is None and task.evaluator == "sealed":
         return result(Status.CRASH, "crash: no validation data for the evaluator")
+    if paths.artifact.is_symlink():  # the evaluator would be shown whatever it points to
+        return result(Status.INVALID, "invalid: the run replaced its artifact folder with a link")
 
-    ev, figures = _evaluate(task, workdir, paths, env, seed, val_data)
+    ev, figures = _evaluate(task, pristine.copy, paths, env, seed, val_data, level=level,
+                            hidden=[*hidden, *([train_data] if train_data is not None else [])])
     value = figures.get(task.metric.name)
     if ev.timed_out:
         return result(Status.TIMEOUT, f"timeout: evaluation took over {task.eval_timeout:.0f} s",
@@ -308,20 +472,47 @@ def run(task: TaskSpec, workdir: Path, run_dir: Path, *, seed: int, train_data: 
 
 
 def _evaluate(task: TaskSpec, workdir: Path, paths: RunPaths, env: dict[str, str], seed: int,
-              val_data: Path | None) -> tuple[ProcessOutcome, dict[str, Any]]:
-    """Run the task's evaluator on the artifact; its outcome and the figures it wrote."""
+              val_data: Path | None, *, level: str = "none",
+              hidden: list[Path] | None = None) -> tuple[ProcessOutcome, dict[str, Any]]:
+    """Run the task's evaluator on the artifact; its outcome and the figures it wrote.
+
+    `workdir` is the pristine copy of the task folder. The evaluator gets the same sandbox
+    as training, with only the run folder writable (the artifact in it read-only) and the
+    validation split, not the training split, visible. `-I` (sealed) and `-s` (a script)
+    keep the user's site folder and the working folder off its import path, so no module a
+    run could plant there shadows one the evaluator imports.
+    """
     args = ["--artifact", str(paths.artifact.resolve()), "--val", str(val_data or ""),
             "--out", str(paths.metrics.resolve()), "--seed", str(seed), "--threads", str(task.threads)]
     if task.evaluator == "sealed":
-        cmd = [sys.executable, "-m", "rsilab.harness.evaluate", *args,
+        cmd = [sys.executable, "-I", "-B", "-m", "rsilab.harness.evaluate", *args,
                "--bytes", str(task.eval.bytes), "--probes", str(task.eval.probes)]
     else:
-        cmd = [sys.executable, task.evaluator.removeprefix("script:"), *args]
+        cmd = [sys.executable, "-s", "-B", str(workdir / task.evaluator.removeprefix("script:")), *args]
     # The evaluator never sees the path of the training split.
     eval_env = {k: v for k, v in env.items() if k != harness.ENV_TRAIN_DATA}
-    ev = run_process(cmd, cwd=workdir, env=eval_env, log=paths.eval_log, timeout=task.eval_timeout)
+    # Provenance: the metrics file must be this evaluator's. One already in the run folder
+    # (planted by train.py, which can reach the folder, or left by an earlier attempt) goes.
+    # So is a log the runner would open (as its own user) and append to: a link planted
+    # there would make it write into any file. Removed whatever they are, never followed.
+    for planted in (paths.metrics, paths.eval_log):
+        sandbox.remove(planted)
+    readonly = [workdir, paths.artifact] + ([val_data] if val_data is not None else [])
+    cmd, _ = sandbox.wrap(cmd, workdir=workdir, readonly=readonly, writable=[paths.run_dir],
+                          hidden=hidden or [], max_procs=task.max_procs, isolation=level)
     try:
-        figures = json.loads(paths.metrics.read_text())
+        ev = run_process(cmd, cwd=workdir, env=eval_env, log=paths.eval_log, timeout=task.eval_timeout,
+                         max_procs=task.max_procs)
+    finally:
+        sandbox.reclaim([paths.run_dir])
+    if paths.metrics.is_symlink():  # the evaluator writes a file; a link is not its output
+        return ev, {}
+    try:
+        raw = paths.metrics.read_bytes()
+        figures = json.loads(raw)
     except (OSError, ValueError):
-        figures = {}
-    return ev, figures if isinstance(figures, dict) else {}
+        return ev, {}
+    if not isinstance(figures, dict):
+        return ev, {}
+    # The sha256 of what was read goes into the ledger: `rsilab audit` checks the file later.
+    return ev, {**figures, METRICS_DIGEST: hashlib.sha256(raw).hexdigest()}

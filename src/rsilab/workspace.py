@@ -36,7 +36,13 @@ _GIT_ENV = {
 def git(cwd: Path, *args: str, check: bool = True, stdin: str | None = None) -> str:
     """Run git in `cwd`; its stdout. A failure raises WorkspaceError with git's message."""
     env = {**os.environ, **_GIT_ENV}
-    proc = subprocess.run(["git", *args], cwd=cwd, env=env, input=stdin, capture_output=True, text=True)
+    try:
+        proc = subprocess.run(["git", *args], cwd=cwd, env=env, input=stdin, capture_output=True, text=True)
+    except (FileNotFoundError, NotADirectoryError):  # `cwd` is gone (a deleted worktree), or no git
+        if not check:
+            return ""
+        what = "git is not installed" if shutil.which("git") is None else f"{cwd} does not exist"
+        raise WorkspaceError(f"git {' '.join(args[:3])}: {what}") from None
     if check and proc.returncode != 0:
         msg = (proc.stderr or proc.stdout).strip().splitlines()
         raise WorkspaceError(f"git {' '.join(args[:3])} in {cwd}: {msg[-1] if msg else proc.returncode}")
@@ -106,6 +112,11 @@ class Workspace:
 
     def tag_experiment(self, experiment_id: int, commit: str) -> None:
         git(self.root, "update-ref", f"refs/rsilab/{self.tag}/exp-{experiment_id:04d}", commit)
+
+    def tagged(self) -> set[int]:
+        """Ids of the experiments whose ref `refs/rsilab/<tag>/exp-<id>` exists."""
+        raw = git(self.root, "for-each-ref", "--format=%(refname)", f"refs/rsilab/{self.tag}/")
+        return {int(ref.rsplit("exp-", 1)[1]) for ref in raw.split() if ref.rsplit("exp-", 1)[-1].isdigit()}
 
     def read_file(self, commit: str, rel: str) -> str:
         return git(self.root, "show", f"{commit}:{rel}")
@@ -177,6 +188,40 @@ class Workspace:
         git(worktree, "commit", "-q", "--no-verify", "-m", message)
         return git(worktree, "rev-parse", "HEAD").strip()
 
+    def cherry_pick(self, worktree: Path, commit: str) -> str | None:
+        """Re-apply `commit`'s change (against its parent) onto the worktree's checkout, as a
+        three-way merge, without committing. None when it applied; else git's conflict
+        lines, and the worktree is left as it was."""
+        env = {**os.environ, **_GIT_ENV}
+        proc = subprocess.run(["git", "cherry-pick", "--no-commit", commit], cwd=worktree, env=env,
+                              capture_output=True, text=True)
+        if proc.returncode == 0:
+            return None
+        lines = (proc.stdout + proc.stderr).strip().splitlines()
+        conflicts = [line.strip() for line in lines if line.startswith("CONFLICT")]
+        git(worktree, "cherry-pick", "--abort", check=False)
+        git(worktree, "reset", "-q", "--hard", check=False)
+        return "; ".join(conflicts) or (lines[-1] if lines else f"git cherry-pick failed ({proc.returncode})")
+
+    def trees(self, commits: list[str]) -> dict[str, str]:
+        """commit -> the sha of its tree (identical trees: identical files)."""
+        if not commits:
+            return {}
+        # One git process for any number of commits (stdin, not argv: a long ledger fits).
+        out = git(self.root, "cat-file", "--batch-check=%(objectname)",
+                  stdin="".join(f"{c}^{{tree}}\n" for c in commits)).splitlines()
+        # A commit that is not in the repository gets a line "<name> missing": left out.
+        return {c: line for c, line in zip(commits, out, strict=False) if " " not in line}
+
+
+def check_tag(tag: str) -> None:
+    """A research tag must make valid git refs: `rsilab/<tag>` and `refs/rsilab/<tag>/exp-N`."""
+    if (not tag or tag.startswith("-") or any(c in tag for c in " ~^:?*[\\")
+            or any(ord(c) < 32 or ord(c) == 127 for c in tag)
+            or subprocess.run(["git", "check-ref-format", f"refs/heads/rsilab/{tag}"],
+                              capture_output=True).returncode != 0):
+        raise WorkspaceError(f"tag {tag!r}: not usable in a git branch name; use letters, digits, '-', '_' or '.'")
+
 
 def init_workspace(directory: Path, task_dir: Path | None, tag: str, *, resume: bool = False) -> Workspace:
     """Create (or adopt) a workspace in `directory` with research branch `rsilab/<tag>`.
@@ -184,11 +229,38 @@ def init_workspace(directory: Path, task_dir: Path | None, tag: str, *, resume: 
     - `directory` is a git repo with an rsilab.toml: adopted as is (task_dir ignored).
     - otherwise the task folder is copied into `directory` (which must be empty or absent)
       and committed as the first commit.
-    The branch must not exist unless `resume` is set.
+    The branch must not exist unless `resume` is set. A mistake changes nothing on disk:
+    the tag and the task are checked first, and when creating fails half-way, what this
+    call created is removed again.
     """
-    if not tag or any(c in tag for c in " ~^:?*[\\") or tag.startswith("-"):
-        raise WorkspaceError(f"tag {tag!r}: use letters, digits, '-', '_' or '.'")
+    check_tag(tag)
     directory = directory.resolve()
+    if directory.exists() and not directory.is_dir():
+        raise WorkspaceError(f"{directory}: is a file; choose a new folder for the workspace")
+    if (directory / ".git").exists() or task_dir is None or (directory.exists() and any(directory.iterdir())):
+        return _init_workspace(directory, task_dir, tag, resume=resume)  # adopts, or refuses
+    load_task(task_dir)  # a broken task is refused before anything is copied
+    created = directory  # the highest folder this call creates: removed again on failure
+    while not created.parent.exists():
+        created = created.parent
+    existed = directory.exists()
+    try:
+        return _init_workspace(directory, task_dir, tag, resume=resume)
+    except BaseException as e:
+        if existed:  # it was empty: empty it again
+            for child in directory.iterdir():
+                if child.is_dir() and not child.is_symlink():
+                    shutil.rmtree(child)
+                else:
+                    child.unlink()
+        else:
+            shutil.rmtree(created, ignore_errors=True)
+        if isinstance(e, OSError):
+            raise WorkspaceError(f"{directory}: cannot create the workspace: {e.strerror or e}") from None
+        raise
+
+
+def _init_workspace(directory: Path, task_dir: Path | None, tag: str, *, resume: bool) -> Workspace:
     if (directory / ".git").exists():
         if not (directory / CONFIG_NAME).is_file():
             raise WorkspaceError(f"{directory}: a git repo without {CONFIG_NAME}; pass an empty folder to copy a task into")

@@ -31,6 +31,7 @@ ENV_THREADS = "RSILAB_THREADS"
 ENV_PRESET = "RSILAB_PRESET"
 ENV_TRAIN_DATA = "RSILAB_TRAIN_DATA"
 ENV_ARTIFACT_DIR = "RSILAB_ARTIFACT_DIR"
+ENV_BUDGET_FLOPS = "RSILAB_BUDGET_FLOPS"  # optional: the budget in estimated training FLOPs
 
 MODEL_FILE = "model.pt2"
 AUX_FILE = "aux.json"
@@ -41,6 +42,17 @@ _T0 = time.time()  # import time ~ process start: used for total_seconds
 def budget_seconds() -> float:
     """Training budget in seconds (the runner kills the process at budget + overhead)."""
     return float(os.environ.get(ENV_BUDGET, "60"))
+
+
+def budget_flops() -> float | None:
+    """Training budget in estimated FLOPs, or None when the budget is wall-clock seconds.
+
+    When set (task key `budget_flops`), train.py stops after this many FLOPs by its own
+    estimate, so results compare across machines; `budget_seconds()` stays the wall-clock
+    cap the runner enforces. The count is the training script's, not verified by rsilab.
+    """
+    value = float(os.environ.get(ENV_BUDGET_FLOPS, "0") or 0)
+    return value if value > 0 else None
 
 
 def seed() -> int:

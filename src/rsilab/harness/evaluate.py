@@ -6,8 +6,14 @@ refuses it when it
 
 - declares buffer mutations, or changes any buffer/parameter/constant when called, or
   gives different logits for the same input twice (state kept between calls);
-- is not causal: changing tokens after position t changes logits at positions <= t;
-- returns something other than finite (B, T, 256) logits.
+- is not causal: changing tokens after position t changes logits at positions <= t (probed
+  on random tokens and on a scored batch of validation text, so a model that peeks only
+  when its input looks like text is caught);
+- lets the rows of a batch see each other (a row could read its own future from a
+  neighbouring, overlapping validation window);
+- returns something other than finite (B, T, 256) logits;
+- holds pickled Python objects: `torch.export.load` would unpickle them (code execution in
+  the evaluator), so loading runs with unpickling refused and `torch.load` weights-only.
 
 Then it computes the cross-entropy itself, in float64, from the logits over a fixed
 validation slice (evenly spaced windows across the whole split) and writes `val_bpb`
@@ -19,11 +25,14 @@ Exit codes: 0 scored, 3 refused (reason in the metrics file), anything else: cra
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
+import pickle
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +44,39 @@ EXIT_REFUSED = 3
 
 class Refused(Exception):
     """The artifact cannot be trusted; the message is the reason."""
+
+
+@contextlib.contextmanager
+def _no_unpickling() -> Iterator[None]:
+    """While loading: `torch.load` weights-only (tensors and containers, no code), and plain
+    unpickling refused. torch.export.load otherwise calls torch.load(weights_only=False)
+    on weights or constants an archive marks `use_pickle`, falls back to it for the example
+    inputs, and pickle.loads on "opaque" constants: a crafted model.pt2 would run its own
+    code here, in the process that writes the metric."""
+
+    real_load = torch.load
+
+    def weights_only_load(*args: Any, **kwargs: Any) -> Any:
+        kwargs["weights_only"] = True
+        try:
+            return real_load(*args, **kwargs)
+        except pickle.UnpicklingError:
+            raise Refused("the exported model holds pickled Python objects that are not plain tensors; "
+                          "the evaluator does not unpickle them") from None
+
+    def refuse(*args: Any, **kwargs: Any) -> Any:
+        raise Refused("the exported model holds pickled Python objects; the evaluator does not unpickle")
+
+    patches = [(torch, "load", weights_only_load), (pickle, "loads", refuse), (pickle, "load", refuse),
+               (torch._C, "_pickle_load_obj", refuse)]
+    saved = [(obj, name, getattr(obj, name)) for obj, name, _ in patches]
+    try:
+        for obj, name, new in patches:
+            setattr(obj, name, new)
+        yield
+    finally:
+        for obj, name, old in saved:
+            setattr(obj, name, old)
 
 
 def _input_shape(program: Any) -> tuple[int, int]:
@@ -90,7 +132,10 @@ def evaluate(artifact: Path, val_path: Path, n_bytes: int, probes: int, seed: in
     if not path.is_file():
         raise Refused(f"no exported model at {path}: train.py must call harness.save_model")
     try:
-        program = torch.export.load(str(path))
+        with _no_unpickling():
+            program = torch.export.load(str(path))
+    except Refused:
+        raise
     except Exception as e:  # any unreadable program is the artifact's fault
         raise Refused(f"cannot load the exported model: {type(e).__name__}: {e}") from None
     if program.graph_signature.buffers_to_mutate:
@@ -127,7 +172,22 @@ def evaluate(artifact: Path, val_path: Path, n_bytes: int, probes: int, seed: in
     if not torch.equal(a, b):
         raise Refused("the model gives different logits for the same input twice: it keeps state between calls")
 
-    # Causality: logits at positions <= t must not depend on tokens after t.
+    # Probes on what is scored: batches exactly as the scoring loop builds them (a model
+    # cannot tell a probe from a scored batch), picked by the seed.
+    n_batches = math.ceil(windows.shape[0] / batch)
+
+    def scored_batch(k: int) -> torch.Tensor:
+        rows = torch.arange(k * batch, (k + 1) * batch) % windows.shape[0]
+        return windows[rows, :-1]
+
+    first = int(torch.randint(0, n_batches, (1,), generator=gen))
+    text, other = scored_batch(first), scored_batch(first + 1)
+    if n_batches == 1 or torch.equal(text, other):  # too little text for two batches
+        other = torch.roll(text, shifts=max(1, seq_len // 2), dims=1)
+
+    # Causality: logits at positions <= t must not depend on tokens after t. Probed on random
+    # tokens and on validation text whose later part is swapped for other text, so a model
+    # that peeks only when its input looks like text is caught too.
     max_diff = 0.0
     positions = [0, seq_len // 2, seq_len - 2][: max(0, probes)]
     positions += torch.randint(0, max(1, seq_len - 1), (max(0, probes - 3),), generator=gen).tolist()
@@ -137,10 +197,23 @@ def evaluate(artifact: Path, val_path: Path, n_bytes: int, probes: int, seed: in
         x = torch.randint(0, VOCAB, (batch, seq_len), generator=gen)
         y = x.clone()
         y[:, t + 1 :] = torch.randint(0, VOCAB, (batch, seq_len - t - 1), generator=gen)
-        diff = float((run(x)[:, : t + 1] - run(y)[:, : t + 1]).abs().max())
-        max_diff = max(max_diff, diff)
+        y_text = text.clone()
+        y_text[:, t + 1 :] = other[:, t + 1 :]
+        for a_in, b_in in ((x, y), (text, y_text)):
+            diff = float((run(a_in)[:, : t + 1] - run(b_in)[:, : t + 1]).abs().max())
+            max_diff = max(max_diff, diff)
+            if diff > 1e-4:
+                raise Refused(f"the model is not causal: logits at position {t} change by {diff:.3g} when later tokens change")
+
+    # Rows must not see each other: a row's logits may not change when the other rows of its
+    # batch do (validation windows may overlap, so a row could read its own future there).
+    if batch > 1:
+        mixed = text.clone()
+        mixed[1:] = other[1:]
+        diff = float((run(text)[0] - run(mixed)[0]).abs().max())
         if diff > 1e-4:
-            raise Refused(f"the model is not causal: logits at position {t} change by {diff:.3g} when later tokens change")
+            raise Refused(f"the rows of a batch are not independent: the logits of one sequence change by {diff:.3g}"
+                          " when the other sequences of the batch change")
 
     # The metric: cross-entropy computed here, in float64, from the logits.
     total_nats = 0.0

@@ -27,9 +27,13 @@ def _fmt(v: float | None) -> str:
 class LiveView:
     """A `Notify` callable for the supervisor; use as a context manager."""
 
-    def __init__(self, metric: str, workspace: str, *, rich_ui: bool | None = None) -> None:
+    def __init__(self, metric: str, workspace: str, *, rich_ui: bool | None = None,
+                 isolation: str = "") -> None:
         self.metric = metric
         self.workspace = workspace
+        # The sandbox of the runs (rsilab.sandbox.describe): one level per supervisor, since
+        # the CLI resolves it once before the first run and every run uses that level.
+        self.isolation = isolation
         self.rich_ui = sys.stdout.isatty() if rich_ui is None else rich_ui
         self.lines: list[str] = []
         self._live: Live | None = None
@@ -40,6 +44,8 @@ class LiveView:
 
             self._live = Live(self._render(Progress()), refresh_per_second=2, transient=False)
             self._live.__enter__()
+        elif self.isolation:
+            print(f"{time.strftime('%H:%M:%S')} sandbox: {self.isolation}", flush=True)
         return self
 
     def __exit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None) -> None:
@@ -49,10 +55,11 @@ class LiveView:
 
     def __call__(self, message: str, progress: Progress) -> None:
         stamp = time.strftime("%H:%M:%S")
-        self.lines = (self.lines + [f"{stamp} {message}"])[-8:]
+        if message:  # an empty message only asks for a re-render (the workers changed)
+            self.lines = (self.lines + [f"{stamp} {message}"])[-8:]
         if self._live is not None:
             self._live.update(self._render(progress))
-        else:
+        elif message:
             print(f"{stamp} {message}", flush=True)
 
     def _render(self, p: Progress) -> Panel:
@@ -63,12 +70,19 @@ class LiveView:
         grid = Table.grid(padding=(0, 2))
         grid.add_column(style="bold")
         grid.add_column()
-        running = f"{p.current} ({time.time() - p.current_since:.0f} s)" if p.current else "-"
-        grid.add_row("now", running)
+        now = time.time()
+        running = [f"{w.node:<16} {w.label} ({now - w.since:.0f} s)" for w in p.workers]
+        if not running and p.current:
+            running = [f"{p.current} ({now - p.current_since:.0f} s)"]
+        grid.add_row(f"workers ({len(p.workers)})" if p.workers else "now", "\n".join(running) or "-")
+        if p.proposing:
+            grid.add_row("proposing", ", ".join(p.proposing))
         gain = f" (baseline {_fmt(p.baseline)})" if p.baseline is not None else ""
         grid.add_row(f"best {self.metric}", _fmt(p.best) + gain)
         grid.add_row("experiments", f"{p.experiments}: {p.kept} kept, {p.discarded} discarded, "
                      f"{p.failed} failed; {p.experiments / hours:.1f}/hour")
         grid.add_row("last", p.last or "-")
+        if self.isolation:
+            grid.add_row("sandbox", self.isolation)
         grid.add_row("log", "\n".join(self.lines[-6:]))
         return Panel(grid, title=f"rsilab run · {self.workspace}", subtitle="Ctrl-C stops cleanly")

@@ -206,6 +206,7 @@ def lr_scale(progress):
 def main():
     device = harness.setup()
     budget = harness.budget_seconds()
+    budget_flops = harness.budget_flops()  # when set, the budget is estimated FLOPs, not seconds
     model = GPT().to(device)
     optimizers = make_optimizers(model)
     for opt in optimizers:
@@ -221,10 +222,10 @@ def main():
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
     batches = harness.train_batches(BATCH_SIZE, SEQ_LEN, device)
 
-    step, tokens, train_time, loss_value = 0, 0, 0.0, float("nan")
-    while train_time < budget:
+    step, tokens, train_time, loss_value, flops = 0, 0, 0.0, float("nan"), 0.0
+    while (flops < budget_flops) if budget_flops else (train_time < budget):
         t0 = time.time()
-        scale = lr_scale(train_time / budget)
+        scale = lr_scale(flops / budget_flops if budget_flops else train_time / budget)
         for opt in optimizers:
             for group in opt.param_groups:
                 group["lr"] = group["base_lr"] * scale
@@ -245,6 +246,7 @@ def main():
             if not math.isfinite(loss_value):
                 raise FloatingPointError(f"training diverged at step {step}: loss {loss_value}")
             print(f"step {step:5d} | loss {loss_value:.4f} | lr x{scale:.2f} | {train_time:.1f}s", flush=True)
+        flops += flops_per_token * BATCH_SIZE * SEQ_LEN
         if step > 0:  # the first step pays one-off start-up costs; autoresearch excludes it too
             train_time += time.time() - t0
             tokens += BATCH_SIZE * SEQ_LEN
@@ -263,6 +265,7 @@ def main():
         "num_params_M": n_params / 1e6,
         "tokens_per_second": tokens_per_second,
         "mfu_percent": 100 * flops_per_token * tokens_per_second / peak_flops,
+        "train_flops": flops,
         "final_train_loss": loss_value,
         "depth": DEPTH,
         "preset": PRESET,

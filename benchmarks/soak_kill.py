@@ -1,0 +1,185 @@
+"""Soak test of crash consistency: SIGKILL the supervisor at random moments, many times.
+
+Each cycle starts the real supervisor (`python -m rsilab.cli run DIR --task toy --proposer
+tuner`, running until killed), sends it SIGKILL after a random delay, then restarts it
+with `--max-experiments 0` (it recovers and stops) and checks the workspace: every
+experiment recorded before the kill is still there unchanged (none lost), ids run
+1..n with one final decision each (none duplicated), every experiment is decided and every
+run has its compute cost (none half-recorded), and `rsilab.audit` finds git, the ledger
+and the run folders in agreement. Every fifth cycle the recovering restart is itself
+killed once at a random moment, so recovery is tested against a kill too.
+
+    python benchmarks/soak_kill.py --kills 50
+
+Exits 1 when any check fails (the workspace is then kept, and its path printed).
+Not covered: a kill while `rsilab init` creates the workspace (made once, up front) and
+power loss (SQLite's `synchronous=FULL` is relied on for that, not tested here).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+WORK_WINDOW_S = 8.0  # kills land up to this long after start-up (a toy experiment: 1-3 s)
+STARTUP_SHARE = 0.2  # share of kills that land during start-up (imports, recovery)
+
+
+@dataclass
+class Tally:
+    kills: int = 0
+    recovery_kills: int = 0
+    cycles: int = 0
+    problems: list[str] = field(default_factory=list)
+    lost: int = 0
+    duplicated: int = 0
+    half_recorded: int = 0
+
+
+def rsilab(ws_dir: Path, *args: str, log: Path) -> subprocess.Popen[bytes]:
+    """Start the supervisor as a user would, output to `log` (a pipe could fill and block).
+    `--preset cpu` only spares the torch import that detects the device (toy ignores it)."""
+    with open(log, "ab") as out:
+        return subprocess.Popen([sys.executable, "-m", "rsilab.cli", "run", str(ws_dir), "--task", "toy",
+                                 "--proposer", "tuner", "--preset", "cpu", *args],
+                                stdout=out, stderr=subprocess.STDOUT)
+
+
+def kill_after(proc: subprocess.Popen[bytes], delay: float) -> bool:
+    """SIGKILL `proc` after `delay` s (the random moment); False when it ended before."""
+    try:
+        proc.wait(timeout=delay)
+        return False
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        return True
+
+
+def snapshot(ws_dir: Path) -> dict[int, tuple[object, ...]]:
+    """Every decided experiment: what must never change once recorded."""
+    from rsilab.ledger import Ledger
+
+    with Ledger(ws_dir / ".rsilab" / "ledger.db") as ledger:
+        return {e.id: (e.commit, e.parent, e.description, e.status, e.metric, e.decided_at)
+                for e in ledger.experiments() if e.decided}
+
+
+def check(ws_dir: Path, before: dict[int, tuple[object, ...]], tally: Tally) -> dict[int, tuple[object, ...]]:
+    """The checks after a recovering restart; returns the new snapshot."""
+    from rsilab.audit import audit
+    from rsilab.ledger import Ledger
+    from rsilab.types import Verdict
+    from rsilab.workspace import open_workspace
+
+    ws = open_workspace(ws_dir)
+    with Ledger(ws.ledger_path) as ledger:
+        exps = ledger.experiments()
+        ids = [e.id for e in exps]
+        if ids != list(range(1, len(ids) + 1)):
+            tally.problems.append(f"experiment ids are not 1..{len(ids)}: {ids}")
+        after = {e.id: (e.commit, e.parent, e.description, e.status, e.metric, e.decided_at)
+                 for e in exps if e.decided}
+        for exp_id, row in before.items():
+            if after.get(exp_id) != row:
+                tally.lost += 1
+                tally.problems.append(f"experiment {exp_id} was {row}, now {after.get(exp_id)}")
+        for e in exps:
+            if not e.decided:
+                tally.half_recorded += 1
+                tally.problems.append(f"experiment {e.id} has no decision after recovery")
+        final: dict[int, int] = {}
+        for d in ledger.decisions():
+            if d.verdict != Verdict.MORE:
+                final[d.experiment_id] = final.get(d.experiment_id, 0) + 1
+        for exp_id, n in final.items():
+            if n > 1:
+                tally.duplicated += 1
+                tally.problems.append(f"experiment {exp_id} has {n} final decisions")
+        runs = ledger.runs()
+        spent = sum(r.train_seconds + r.eval_seconds for r in runs)
+        recorded = ledger.costs().get("compute", 0.0)
+        if abs(spent - recorded) > 1e-6 * max(1.0, spent):
+            tally.half_recorded += 1
+            tally.problems.append(f"runs took {spent:.3f} s of compute but the costs say {recorded:.3f} s")
+        found = audit(ws, ledger)
+        tally.problems += [f"audit: {p}" for p in found.problems]
+    return after
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--kills", type=int, default=50, help="cycles: one SIGKILL of the running supervisor each")
+    ap.add_argument("--seed", type=int, default=0, help="seed of the random kill moments")
+    ap.add_argument("--dir", type=Path, default=None, help="workspace folder (default: a temporary one)")
+    args = ap.parse_args()
+    rng = random.Random(args.seed)
+    tmp = Path(tempfile.mkdtemp(prefix="rsilab-soak-"))
+    os.environ["RSILAB_HOME"] = str(tmp / "home")
+    ws_dir = args.dir or tmp / "ws"
+    log = tmp / "supervisor.log"
+    from rsilab.config import resolve_task_dir
+    from rsilab.workspace import init_workspace
+
+    init_workspace(ws_dir, resolve_task_dir("toy"), "soak")
+    tally, before = Tally(), {}
+    t0 = time.monotonic()
+    startup = 5.0  # seconds from exec to the loop; measured on each recovering restart
+    for cycle in range(1, args.kills + 1):
+        tally.cycles = cycle
+        proc = rsilab(ws_dir, log=log)
+        if rng.random() < STARTUP_SHARE:
+            delay = rng.uniform(0.0, startup)
+        else:
+            delay = startup + rng.uniform(0.0, WORK_WINDOW_S)
+        if kill_after(proc, delay):
+            tally.kills += 1
+        else:
+            tally.problems.append(f"cycle {cycle}: the supervisor stopped on its own (exit {proc.returncode})")
+        if cycle % 5 == 0 and kill_after(rsilab(ws_dir, "--max-experiments", "0", log=log),
+                                         rng.uniform(0.0, startup)):
+            tally.recovery_kills += 1
+        t = time.monotonic()
+        restart = rsilab(ws_dir, "--max-experiments", "0", log=log)
+        if restart.wait() != 0:
+            tally.problems.append(f"cycle {cycle}: the restart failed (exit {restart.returncode}); see {log}")
+        startup = time.monotonic() - t
+        before = check(ws_dir, before, tally)
+        done = len(before)
+        print(f"cycle {cycle:3d}: {done} experiments decided, problems so far {len(tally.problems)}", flush=True)
+        if tally.problems:
+            break
+    wall = time.monotonic() - t0
+    from rsilab.ledger import Ledger
+
+    with Ledger(ws_dir / ".rsilab" / "ledger.db") as ledger:
+        exps = ledger.experiments()
+        n_runs = len(ledger.runs())
+    interrupted = sum(e.status == "interrupted" for e in exps)
+    print(f"\nsoak: {tally.cycles} cycles on the toy task in {wall:.0f} s (seed {args.seed})")
+    print(f"  kills survived:  {tally.kills} of the running supervisor + {tally.recovery_kills} during recovery")
+    print(f"  experiments:     {len(exps)} ({len(exps) - interrupted} judged, {interrupted} interrupted by a kill), "
+          f"{n_runs} runs")
+    print(f"  lost: {tally.lost}, duplicated: {tally.duplicated}, half-recorded: {tally.half_recorded}, "
+          f"other inconsistencies: {len(tally.problems) - tally.lost - tally.duplicated - tally.half_recorded}")
+    if tally.problems:
+        print("problems:")
+        for p in tally.problems:
+            print(f"  {p}")
+        print(f"workspace kept for inspection: {ws_dir} (supervisor output: {log})")
+        sys.exit(1)
+    if args.dir is None:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
