@@ -14,10 +14,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 from test_loop import make_ws, queue_knobs, queue_patch, supervise
 
 from rsilab import runner
 from rsilab.audit import AcceptanceGate, audit, check_acceptance
+from rsilab.cli import main
 from rsilab.config import load_task, resolve_task_dir
 from rsilab.judge import Judgement
 from rsilab.ledger import Ledger
@@ -59,14 +61,15 @@ def test_a_clean_workspace_passes_and_the_cli_says_so(ws: Workspace) -> None:
     assert out.returncode == 0 and out.stdout.startswith("audit: ok"), out.stdout + out.stderr
 
 
-def _first_ok_run(ws: Workspace) -> Path:
+def _first_ok_run(ws: Workspace, experiment_id: int | None = None) -> Path:
+    """The folder of the first ok run (of one experiment), in this copy of the workspace."""
     with Ledger(ws.ledger_path) as ledger:
-        run = next(r for r in ledger.runs() if r.ok)
+        run = next(r for r in ledger.runs(experiment_id) if r.ok)
     return ws.state / Path(run.log_path).parent.relative_to(Path(run.log_path).parents[3])
 
 
-def _edit_metrics(ws: Workspace) -> None:
-    metrics = _first_ok_run(ws) / "metrics.json"
+def _edit_metrics(ws: Workspace, experiment_id: int | None = None) -> None:
+    metrics = _first_ok_run(ws, experiment_id) / "metrics.json"
     figures = json.loads(metrics.read_text())
     metrics.write_text(json.dumps(figures | {"val_loss": 0.001}))
 
@@ -137,8 +140,8 @@ def test_each_inconsistency_is_named_in_one_line(ws: Workspace, tamper: Callable
     problems = _problems(ws)
     assert any(expected in p for p in problems), problems
     assert all("\n" not in p for p in problems)
-    out = subprocess.run([sys.executable, "-m", "rsilab.cli", "audit", str(ws.root)], capture_output=True, text=True)
-    assert out.returncode == 1 and expected in out.stdout and "inconsistencies" in out.stderr
+    out = CliRunner().invoke(main, ["audit", str(ws.root)])
+    assert out.exit_code == 1 and expected in out.stdout and "inconsistencies" in out.stderr
 
 
 def test_check_acceptance_refuses_a_frozen_change_and_a_rewritten_metric(ws: Workspace) -> None:
@@ -153,7 +156,7 @@ def test_check_acceptance_refuses_a_frozen_change_and_a_rewritten_metric(ws: Wor
     assert any("evaluate.py, which is not editable" in p for p in problems)
     assert any("frozen file evaluate.py" in p for p in problems)
     assert any("not the recorded" in p for p in check_acceptance(ws, task, parent=inc.parent, commit=cheat, runs=[]))
-    _edit_metrics(ws)
+    _edit_metrics(ws, inc.id)
     problems = check_acceptance(ws, task, parent=inc.parent, commit=inc.commit, runs=runs)
     assert any("changed after the evaluator wrote it" in p for p in problems)
 
@@ -167,7 +170,7 @@ def test_the_acceptance_gate_turns_a_bad_keep_into_invalid_and_passes_a_good_one
         passed = AcceptanceGate().gate(keep, ws=ws, task=task, ledger=ledger, experiment_id=inc.id,
                                        incumbent_commit=inc.parent)
         assert passed is keep
-    _edit_metrics(ws)
+    _edit_metrics(ws, inc.id)
     with Ledger(ws.ledger_path) as ledger:
         refused = AcceptanceGate().gate(keep, ws=ws, task=task, ledger=ledger, experiment_id=inc.id,
                                         incumbent_commit=inc.parent)

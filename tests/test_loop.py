@@ -181,7 +181,8 @@ def test_kill_9_during_a_run_then_resume(tmp_path: Path) -> None:
     queue_patch(ws_dir, "a-slow", TOY_TRAIN, "rng = np.random",
                 f"import pathlib, time\npathlib.Path({str(marker)!r}).write_text('x')\ntime.sleep(60)\nrng = np.random")
     queue_knobs(ws_dir, "b", "less weight decay", L2=0.01)
-    fast = ("--set", "budget=1", "--set", "overhead=2")  # the sleeper times out quickly when re-run
+    # The sleeper times out quickly when re-run; unsandboxed so it can leave its marker.
+    fast = ("--set", "budget=1", "--set", "overhead=2", "--set", 'sandbox="none"')
     proc = _rsilab("run", str(ws_dir), "--proposer", "queue", *fast, cwd=tmp_path)
     _wait_for(marker.exists, proc=proc)
     proc.send_signal(signal.SIGKILL)

@@ -274,3 +274,33 @@ def test_kill_9_with_two_workers_then_resume(tmp_path: Path) -> None:
     final = [e.description for e in exps[1:]
              if e.status in ("keep", "discard") and not e.reason.startswith("re-applied")]
     assert sorted(final) == sorted(f"SHIFT_A {v}" for v in [0.4, 0.3, 0.2, 0.1])
+
+
+def test_status_reads_the_runs_in_flight_from_the_ledger(tmp_path: Path) -> None:
+    from rsilab.scheduler import running
+
+    ledger = Ledger(tmp_path / "ledger.db")
+    done = ledger.add_experiment(parent=None, commit="a" * 40, proposer="baseline", description="baseline", diff="")
+    ledger.add_decision(done, verdict="keep", reason="baseline")
+    busy = ledger.add_experiment(parent="a" * 40, commit="b" * 40, proposer="llm@m", description="idea", diff="")
+    ledger.add_event("run", "x", data={"experiment": busy, "run": 0, "node": "h/cpu0", "label": "experiment 2 run 1"})
+    ledger.add_event("run", "x", data={"experiment": busy, "run": 1, "node": "ray: pending", "label": "experiment 2 run 2"})
+    ledger.add_event("run", "x", data={"experiment": busy, "run": 1, "node": "10.0.0.7/gpu1", "label": "experiment 2 run 2"})
+    [r] = running(ledger)
+    first_of_run_2 = [ev for ev in ledger.events() if ev.data.get("run") == 1][0].created_at
+    assert (r.experiment_id, r.proposer, r.label, r.node) == (busy, "llm@m", "experiment 2 run 2", "10.0.0.7/gpu1")
+    assert r.since == first_of_run_2  # placed on a node later, but running since it was submitted
+
+
+def test_a_knob_level_merge_refuses_a_knob_both_sides_changed() -> None:
+    from rsilab.merge import knob_merge
+
+    base = {"train.py": "LR = 0.1    # rate\nWD = 0.5    # decay\n"}
+    mine = {"train.py": "LR = 0.2    # rate\nWD = 0.5    # decay\n"}
+    theirs_other = {"train.py": "LR = 0.1    # rate\nWD = 0.25   # decay\n"}
+    theirs_same = {"train.py": "LR = 0.3    # rate\nWD = 0.5    # decay\n"}
+    merged = knob_merge(base, mine, theirs_other, "cpu")
+    assert isinstance(merged, dict) and "LR = 0.2" in merged["train.py"] and "WD = 0.25" in merged["train.py"]
+    assert knob_merge(base, mine, theirs_same, "cpu") == "the incumbent changed LR too"
+    code = {"train.py": base["train.py"] + "print('hi')\n"}
+    assert knob_merge(base, code, theirs_other, "cpu") == "not a change of knobs alone"

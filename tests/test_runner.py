@@ -52,8 +52,18 @@ def _task(root: Path, train: str, *, evaluator: str = "script:evaluate.py",
     return load_task(root)
 
 
-def _run(task: TaskSpec, tmp_path: Path, seed: int = 0) -> RunResult:
-    return runner.run(task, task.root, tmp_path / "run", seed=seed, train_data=None, val_data=None)
+def _run(task: TaskSpec, tmp_path: Path, seed: int = 0, isolation: str = "auto") -> RunResult:
+    return runner.run(task, task.root, tmp_path / "run", seed=seed, train_data=None, val_data=None,
+                      isolation=isolation)
+
+
+# Tests that look up a process on the host run unsandboxed (a sandboxed pid is a namespace
+# pid) and leave pid files in the artifact folder (the task folder is restored after a run).
+PID_DIR = 'Path(__import__("os").environ["RSILAB_ARTIFACT_DIR"])'
+
+
+def _pid_file(tmp_path: Path, name: str) -> Path:
+    return tmp_path / "run" / "artifact" / name
 
 
 def _running(pid: int) -> bool:
@@ -142,18 +152,18 @@ def test_train_past_the_budget_is_killed_with_its_children(tmp_path: Path) -> No
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         child = subprocess.Popen([sys.executable, "-c",
             "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(600)"])
-        Path("child.pid").write_text(str(child.pid))
+        (PID_DIR / "child.pid").write_text(str(child.pid))
         time.sleep(600)
-    """)
+    """.replace("PID_DIR", PID_DIR))
     t0 = time.monotonic()
-    result = _run(task, tmp_path)
+    result = _run(task, tmp_path, isolation="none")
     elapsed = time.monotonic() - t0
     limit = task.budget + task.overhead
     assert result.status is Status.TIMEOUT
     assert "timeout: killed after 3 s" in result.reason
     assert limit <= elapsed < limit + runner.GRACE_SECONDS + 3.0
     assert limit <= result.train_seconds < limit + runner.GRACE_SECONDS + 1.0
-    child = int((task.root / "child.pid").read_text())
+    child = int(_pid_file(tmp_path, "child.pid").read_text())
     assert not _running(child)
 
 
@@ -164,11 +174,11 @@ def test_train_that_exits_early_leaves_no_grandchild_behind(tmp_path: Path) -> N
 import subprocess, sys
 from pathlib import Path
 child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
-Path("child.pid").write_text(str(child.pid))
-""")
-    result = _run(task, tmp_path)
+(PID_DIR / "child.pid").write_text(str(child.pid))
+""".replace("PID_DIR", PID_DIR))
+    result = _run(task, tmp_path, isolation="none")
     assert result.status is Status.OK, result.reason
-    assert not _running(int((task.root / "child.pid").read_text()))
+    assert not _running(int(_pid_file(tmp_path, "child.pid").read_text()))
 
 
 @pytest.mark.parametrize("where", ["train.py", "two children"])
@@ -183,19 +193,19 @@ def test_memory_watchdog_kills_a_run_past_the_cap(tmp_path: Path, where: str) ->
 import subprocess, sys
 from pathlib import Path
 kids = [subprocess.Popen([sys.executable, "-c", {hog.format(mb=150)!r}]) for _ in range(2)]
-Path("children.pid").write_text(" ".join(str(k.pid) for k in kids))
+(PID_DIR / "children.pid").write_text(" ".join(str(k.pid) for k in kids))
 for k in kids:
     k.wait()
-"""
+""".replace("PID_DIR", PID_DIR)
     task = _task(tmp_path / "task", train, memory_gb=0.2, overhead=20)
     t0 = time.monotonic()
-    result = _run(task, tmp_path)
+    result = _run(task, tmp_path, isolation="none")
     assert result.status is Status.OOM, result.reason
     assert "over the memory cap of 0.2 GB" in result.reason
     assert time.monotonic() - t0 < 15  # the watchdog, not the 21 s wall limit, ended it
     assert result.peak_memory_gb > 0.2
     if where != "train.py":
-        for pid in (task.root / "children.pid").read_text().split():
+        for pid in _pid_file(tmp_path, "children.pid").read_text().split():
             assert not _running(int(pid))
 
 

@@ -75,6 +75,11 @@ class _Stats:
     ci: tuple[float, float] | None = None
 
 
+def _prefixed(status: str, reason: str) -> str:
+    """`status: reason`, without repeating a prefix the runner already wrote."""
+    return reason if reason.startswith(f"{status}:") else f"{status}: {reason}"
+
+
 def noise_sigma(values: Sequence[float]) -> float | None:
     """Sample standard deviation of `values`; None when there are fewer than 2."""
     return statistics.stdev(values) if len(values) >= 2 else None
@@ -178,7 +183,7 @@ def judge(
             if r.status is Status.OK:
                 return out(Verdict.INVALID, f"invalid: no finite metric ({r.metric}){where}")
             return out(
-                _FAILED[r.status], f"{r.status.value}: {r.reason or 'no reason given'}{where}"
+                _FAILED[r.status], _prefixed(r.status.value, r.reason or "no reason given") + where
             )
     assert st is not None
     breach = _breach(candidate, memory_cap_gb, constraints or {})
