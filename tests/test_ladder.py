@@ -195,3 +195,22 @@ def test_gpt_scripts_stop_on_a_flops_budget_and_pass_the_sealed_evaluator(tmp_pa
     flops, steps = r.summary["train_flops"], r.summary["num_steps"]
     assert budget <= flops < budget + flops / steps  # stopped by the first step past the budget
     assert r.summary["training_seconds"] < 100  # ... not by the clock
+
+
+def test_run_command_with_a_ladder(tmp_path: Path, task_dir: Path) -> None:
+    from click.testing import CliRunner
+
+    from rsilab.cli import main
+
+    ws = init_workspace(tmp_path / "ws", task_dir, "t")
+    ws.queue_dir.mkdir(parents=True, exist_ok=True)
+    (ws.queue_dir / "big.toml").write_text('description = "big step"\n[knobs]\nBIG_STEP = true\n')
+    (ws.queue_dir / "small.toml").write_text('description = "small win"\n[knobs]\nSMALL_WIN = true\n')
+    result = CliRunner().invoke(main, ["run", str(ws.root), "--proposer", "queue", "--ladder", "1,2"])
+    assert result.exit_code == 0, result.output
+    with Ledger(ws.ledger_path) as ledger:
+        status = {e.description: e.status for e in ledger.experiments()}
+        assert status == {"baseline": "keep", "big step": "discard", "small win": "keep"}
+        assert [t["transferred"] for t in transfers(ledger)] == [False, True]
+    bad = CliRunner().invoke(main, ["run", str(ws.root), "--proposer", "queue", "--ladder", "5,10"])
+    assert bad.exit_code == 2 and "--set budget=5" in bad.output

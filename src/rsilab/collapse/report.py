@@ -172,10 +172,14 @@ def plot(summary: Sequence[dict[str, Any]], reference: dict[str, dict[str, float
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(PLOTTED):]:
         ax.axis("off")
-    axes.flat[0].legend(fontsize=8)
+    shown: dict[str, Any] = {}  # one legend for the figure: policies and reference lines
+    for ax in axes.flat:
+        for handle, name in zip(*ax.get_legend_handles_labels(), strict=True):
+            shown.setdefault(name, handle)
+    fig.legend(list(shown.values()), list(shown), loc="upper right", ncol=len(shown), fontsize=8)
     if title:
-        fig.suptitle(title)
-    fig.tight_layout()
+        fig.suptitle(title, x=0.02, ha="left")
+    fig.tight_layout(rect=(0, 0, 1, 0.94))
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
     plt.close(fig)

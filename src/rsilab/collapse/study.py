@@ -61,9 +61,10 @@ SHARED = "real"  # the policy label of generation 0, shared by every policy
 OK = "ok"
 SAMPLER = "rsilab.harness.sample"
 # Default size of R and of each synthetic corpus. The exported program has a fixed (B, T)
-# shape, so sampling needs one full forward pass per B bytes: about 200-500 bytes/s for the
-# cpu preset on one shared CPU thread (measured: 195 B/s, 2 vCPU, load 3), so 16 KiB takes
-# about a minute. The whole Shakespeare split (4.5 MB) would take hours per generation.
+# shape, so sampling needs one full forward pass per B bytes. Measured for the cpu preset
+# (B=16, T=128, 0.44M parameters) on one thread of a shared 2-vCPU VM: 195 bytes/s at load 3
+# (68 ms per forward), 64-144 bytes/s at load 6-12, start-up included. So 16 KiB takes one to
+# a few minutes; the whole Shakespeare split (4.5 MB) would take hours per generation.
 DEFAULT_SIZE = {"cpu": 16 * 1024, "gpu": 1024 * 1024}
 # Settings that must not change between invocations on one DIR_OUT (results would mix).
 COMPARABLE = ("code_sha256", "overrides", "preset", "size", "temperature", "real_sha256", "val_sha256")
