@@ -46,8 +46,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
-from rsilab import resume
+from rsilab import provenance, resume
+from rsilab.audit import AcceptanceGate
 from rsilab.config import TaskSpec
+from rsilab.controls import Controls
 from rsilab.errors import RsilabError
 from rsilab.executors.base import Executor, RunFuture, RunRequest
 from rsilab.executors.base import create as create_executor
@@ -132,6 +134,8 @@ class Supervisor:
         self._requested: str | None = None  # stop() was called
         self._say_lock = threading.Lock()
         self.ladder: KeepGate | None = None  # set by `rsilab run --ladder`
+        self.controls = Controls(ws, ledger)  # human actions posted to the ledger (dashboard, CLI)
+        self._paused = False
 
     # ---- bookkeeping ------------------------------------------------------------------
     def _say(self, message: str) -> None:
@@ -209,7 +213,8 @@ class Supervisor:
         commit = self.ws.incumbent_commit()
         with self.ledger.transaction():
             exp_id = self.ledger.add_experiment(parent=None, commit=commit, proposer="baseline",
-                                                description="baseline", diff="", kind="baseline")
+                                                description="baseline", diff="", kind="baseline",
+                                                meta=provenance.experiment_flags(self.task.allow_generated_data))
             self.ledger.add_lineage(exp_id, parent=None)
         self.ws.tag_experiment(exp_id, commit)
         worktree = self.ws.create_worktree(f"exp-{exp_id:04d}", commit)
@@ -310,6 +315,7 @@ class Supervisor:
         self.pool.proposed(proposer)
         diff = self.ws.diff(parent, commit) if commit != parent else ""
         meta = {k: v for k, v in proposal.meta.items() if k not in ("log", "usage")}
+        meta |= provenance.experiment_flags(self.task.allow_generated_data)  # marked in reports
         with self.ledger.transaction():
             exp_id = self.ledger.add_experiment(parent=parent, commit=commit, proposer=proposal.proposer,
                                                 description=proposal.description, diff=diff,
@@ -393,8 +399,10 @@ class Supervisor:
         if j.verdict is Verdict.KEEP and inc is not None and inc.id != flight.parent.id:
             self._reapply(flight, j, inc, mean, reason)
             return
-        if j.verdict is Verdict.KEEP and self.ladder is not None:  # runs here, in this thread
-            j = self.ladder.gate(j, ws=self.ws, task=self.task, ledger=self.ledger, experiment_id=flight.exp_id,
+        if j.verdict is Verdict.KEEP:  # runs here, in this thread
+            # Every keep is re-checked at acceptance (diff confined, frozen hashes, evaluator
+            # provenance), then re-tested on the fidelity ladder when there is one.
+            j = AcceptanceGate(then=self.ladder).gate(j, ws=self.ws, task=self.task, ledger=self.ledger, experiment_id=flight.exp_id,
                                  candidate=flight.worktree, incumbent_commit=flight.parent.commit,
                                  train_data=self.train_data, val_data=self.val_data, preset=self.preset,
                                  notify=self._say)
@@ -453,6 +461,7 @@ class Supervisor:
         proposal = replace(flight.proposal, knobs=knobs, meta={**flight.proposal.meta, "reapply_of": flight.exp_id,
                                                               "merged_onto": inc.id, "merge": merged.how})
         meta = {k: v for k, v in proposal.meta.items() if k not in ("log", "usage")}
+        meta |= provenance.experiment_flags(self.task.allow_generated_data)  # marked in reports
         with self.ledger.transaction():  # the new experiment and the winner's decision: both or neither
             new_id = self.ledger.add_experiment(parent=inc.commit, commit=commit, proposer=proposal.proposer,
                                                 description=proposal.description,
@@ -504,7 +513,20 @@ class Supervisor:
             now = self._stop_now_file()
             self.ws.stop_file.unlink(missing_ok=True)
             return f"stop file {self.ws.stop_file} found" + (": cancelling the runs in flight" if now else "")
+        if self.controls.stop_requested():
+            return "stop requested from the dashboard: finishing the experiments in flight"
         return self._requested
+
+    def _steer(self) -> bool:
+        """Human controls from the ledger, once per loop turn: vetoes applied, the rest told;
+        True while paused (nothing new starts; runs in flight finish and are judged)."""
+        for action in self.controls.poll():
+            self._say(self.controls.apply(action))
+        paused = self.controls.pause_action()
+        if (paused is not None) != self._paused:
+            self._paused = paused is not None
+            self._say(f"paused: {paused}" if paused else "resumed")
+        return self._paused
 
     def _stop_now_file(self) -> bool:
         """A stop file that says `now` (`rsilab stop --now`) cancels the runs in flight."""
@@ -577,6 +599,7 @@ class Supervisor:
         reason: str | None = None
         cancelled = False
         while True:
+            paused = self._steer()
             if reason is None:
                 reason = self._stop_reason()
                 self._stopping = reason is not None
@@ -589,9 +612,12 @@ class Supervisor:
                     if f.future is not None:
                         assert self.executor is not None
                         self.executor.cancel(f.future)
-            if reason is None:
+            if reason is None and not paused:
                 self._fill()
             if not self._flights and not self.pool.jobs:
+                if paused and reason is None:
+                    time.sleep(1.0)  # paused and idle: read the ledger again in a second
+                    continue
                 return reason or "no proposer has anything left: nothing left to propose"
             self._step()
 
