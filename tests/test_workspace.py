@@ -86,3 +86,10 @@ def test_not_a_workspace_is_a_clear_error(tmp_path: Path) -> None:
     (tmp_path / "junk" / "file").write_text("x")
     with pytest.raises(WorkspaceError, match="not empty"):
         init_workspace(tmp_path / "junk", resolve_task_dir("toy"), "t")
+
+
+def test_human_reference_solutions_are_not_copied_into_a_workspace(tmp_path: Path) -> None:
+    assert (resolve_task_dir("gpt") / "reference").is_dir()
+    ws = init_workspace(tmp_path / "lab", resolve_task_dir("gpt"), "t")
+    assert not (ws.root / "reference").exists()
+    assert "reference/" not in git(ws.root, "ls-tree", "-r", "--name-only", "HEAD")

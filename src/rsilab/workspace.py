@@ -272,7 +272,8 @@ def _init_workspace(directory: Path, task_dir: Path | None, tag: str, *, resume:
         if directory.exists() and any(directory.iterdir()):
             raise WorkspaceError(f"{directory}: not empty and not a git repo; choose a new folder")
         shutil.copytree(task_dir, directory, dirs_exist_ok=True,
-                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc", STATE_DIR, ".git"))
+                        # reference/: human solutions (`rsilab score`) must not be readable by agents
+                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc", STATE_DIR, ".git", "reference"))
         git(directory, "init", "-q", "-b", "main")
         git(directory, "add", "-A")
         git(directory, "commit", "-q", "-m", f"rsilab: task {task_dir.name}")
