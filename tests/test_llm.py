@@ -178,3 +178,32 @@ def test_missing_key_for_a_vendor_is_a_clear_error() -> None:
     # A local server (ollama, vLLM) needs no key; an Anthropic key alone selects that API.
     LLMProposer(LLMSpec(base_url="http://127.0.0.1:9/v1"), env={})
     assert LLMProposer(LLMSpec(), env={"ANTHROPIC_API_KEY": "x"}).spec.api == "anthropic"
+
+
+def test_a_persons_free_text_idea_reaches_the_model_once(tmp_path: Path) -> None:
+    from rsilab.controls import queue_idea
+
+    ws_dir = tmp_path / "ws"
+    init_workspace(ws_dir, resolve_task_dir("toy"), "llm")
+    idea_file = queue_idea(ws_dir / ".rsilab" / "queue", "try much less weight decay")
+    assert idea_file.name.endswith(".idea.md")
+    with FakeLLM() as fake:
+        fake.queue(GOOD, FIXED_AFTER_REPAIR)
+        ledger = run_loop_in(ws_dir, fake, 2)
+        requests = list(fake.requests)
+    first, second = (r.json["messages"][-1]["content"] for r in requests[:2])
+    assert "try much less weight decay" in first and "try much less weight decay" not in second
+    assert ledger.experiments()[1].meta["idea"].strip() == "try much less weight decay"
+    assert not idea_file.exists() and (idea_file.parent / "done" / idea_file.name).exists()
+
+
+def run_loop_in(ws_dir: Path, fake: FakeLLM, n: int) -> Ledger:
+    from rsilab.workspace import open_workspace
+
+    ws = open_workspace(ws_dir)
+    spec = LLMSpec(base_url=fake.url_openai, model="test-model")
+    proposer = LLMProposer(spec, env={}, sleep=lambda s: None)
+    ledger = Ledger(ws.ledger_path)
+    Supervisor(ws, ws.load_task(), ledger, [create("queue", queue_dir=ws.queue_dir), proposer], train_data=None,
+               val_data=None, limits=Limits(max_experiments=n)).run()
+    return ledger

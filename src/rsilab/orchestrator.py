@@ -259,7 +259,8 @@ class Supervisor:
         program_path = self.ws.root / self.task.program
         program = program_path.read_text() if program_path.is_file() else ""
         in_flight = [f.proposal for f in self._flights if f.kind == "trial"]
-        return Context(files=files, metric=self.metric, incumbent_metric=_mean(self._values(inc.id)),
+        ideas = [(path, path.read_text(errors="replace")) for path in sorted(self.ws.queue_dir.glob("*.idea.md"))]
+        return Context(files=files, metric=self.metric, incumbent_metric=_mean(self._values(inc.id)), ideas=ideas,
                        history=self.history(), in_flight=in_flight, preset=self.preset or "cpu",
                        program=program, editable=tuple(self.task.editable), workdir=workdir,
                        notify=self._say, should_stop=self._should_stop)

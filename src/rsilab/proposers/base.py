@@ -67,6 +67,9 @@ class Context:
     # may edit it in place (coding-agent CLIs do) instead of returning files; the
     # supervisor checks and commits whatever differs, exactly as for returned files.
     workdir: Path | None = None
+    # Free-text ideas a person queued for LLM proposers (`.rsilab/queue/*.idea.md`), oldest
+    # first: (path, text). A proposer that uses one moves its file to `queue/done/`.
+    ideas: Sequence[tuple[Path, str]] = ()
     # Tells the person watching what the proposer waits for (an API outage, say).
     notify: Callable[[str], None] = field(default=lambda message: None)
     # True once the supervisor wants to stop: a proposer waiting on something gives up.

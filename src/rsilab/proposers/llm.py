@@ -15,10 +15,12 @@ through an outage). Keys never leave the client: nothing here stores or logs one
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 from collections.abc import Callable, Mapping
 from fnmatch import fnmatchcase
+from pathlib import Path
 from typing import Any
 
 from rsilab.config import LLMSpec
@@ -63,11 +65,12 @@ class LLMProposer:
         transcript: list[str] = []
         repair: list[tuple[str, str]] = []
         view = ctx if fix is None else _with_files(ctx, base_files)
+        idea_path, idea = ctx.ideas[0] if ctx.ideas and fix is None else (None, None)
         error = ""
         with self._client(ctx) as client:
             for _ in range(self.spec.repair_rounds + 1):
                 system, messages = build_messages(view, budget_tokens=self.spec.context_tokens, fix=fix,
-                                                  repair=repair)
+                                                  repair=repair, idea=idea)
                 if not transcript:
                     transcript.append(f"## system\n{system}")
                 transcript.append(f"## user\n{messages[-1]['content']}")
@@ -90,6 +93,9 @@ class LLMProposer:
                 meta: dict[str, Any] = {"usage": usage, "log": "\n\n".join(transcript), "model": reply.model}
                 if fix is not None:
                     meta["fixes"] = fix.experiment_id
+                if idea_path is not None:
+                    meta["idea"] = idea  # the person's words stay in the ledger
+                    _retire(idea_path)
                 return Proposal(answer.description, files, self.name, meta=meta)
         rounds = self.spec.repair_rounds + 1
         return Proposal(f"malformed answer ({rounds} tries)", {}, self.name,
@@ -116,6 +122,17 @@ class LLMProposer:
         crashed = self._proposed[last.description]
         shown = "\n\n".join(f"{path}:\n{text}" for path, text in crashed.items() if text != ctx.files.get(path))
         return Fix(last.experiment_id, last.description, shown, last.log_tail or last.reason)
+
+
+def _retire(path: Path) -> None:
+    """Move a used idea file to `queue/done/` (never over another file)."""
+    done = path.parent / "done"
+    done.mkdir(exist_ok=True)
+    target, n = done / path.name, 1
+    while target.exists():
+        target, n = done / f"{n}-{path.name}", n + 1
+    with contextlib.suppress(FileNotFoundError):  # another proposer took it first
+        path.replace(target)
 
 
 def _fix_depth(history: Any, item: HistoryItem) -> int:

@@ -80,8 +80,12 @@ def estimate_tokens(text: str) -> int:
 
 
 def build_messages(ctx: Context, *, budget_tokens: int, fix: Fix | None = None,
-                   repair: Sequence[tuple[str, str]] = ()) -> tuple[str, list[dict[str, str]]]:
+                   repair: Sequence[tuple[str, str]] = (), idea: str | None = None,
+                   ) -> tuple[str, list[dict[str, str]]]:
     """`(system, messages)` for a chat API, sized to `budget_tokens` (see the module doc).
+
+    `idea` is a person's free-text idea (queued from the dashboard): the model is asked to
+    turn it into this experiment.
 
     `repair` holds earlier (answer, error message) pairs, oldest first: each becomes an
     assistant turn and a user turn that asks for a corrected answer.
@@ -106,6 +110,9 @@ def build_messages(ctx: Context, *, budget_tokens: int, fix: Fix | None = None,
         more = len(ctx.in_flight) - len(shown)
         tail.append("# Running now (do not propose these again)\n\n" + "\n".join(shown)
                     + (f"\n- ... and {more} more" if more > 0 else ""))
+    if idea is not None and fix is None:
+        tail.append("# A person's idea for this experiment\n\nA person watching the research asks you "
+                    "to try this (turn it into one concrete change):\n\n" + idea.strip())
     tail.append(_fix_block(fix) if fix is not None else _TURN)
     before, after = "\n\n".join(head), "\n\n" + "\n\n".join(tail)
     turns: list[dict[str, str]] = []
