@@ -261,10 +261,10 @@ def test_plugins_come_from_entry_points(tmp_path: Path, monkeypatch: pytest.Monk
         importlib.metadata.EntryPoint("echo", "rsilab_echo_plugin:Echo", base.ENTRY_POINT_GROUP),
         importlib.metadata.EntryPoint("broken", "no_such_module_x:Y", base.ENTRY_POINT_GROUP),
     ]
-    monkeypatch.setattr(base.importlib.metadata, "entry_points", lambda group: eps)
-    monkeypatch.setattr(base, "_registry", dict(base._registry))
-    monkeypatch.setattr(base, "_plugin_errors", {})
-    monkeypatch.setattr(base, "_loaded", False)
+    monkeypatch.setattr(importlib.metadata, "entry_points", lambda group: eps)
+    fresh = base.Registry("proposer", "rsilab.proposers", base._BUILTIN_MODULES, base.ENTRY_POINT_GROUP)
+    fresh._factories.update(base.REGISTRY._factories)
+    monkeypatch.setattr(base, "REGISTRY", fresh)
     echo = create("echo", word="yo")
     assert echo.name == "echo" and "echo" in available()
     with pytest.raises(ConfigError, match="'broken' failed to load"):

@@ -18,9 +18,6 @@ the run itself (runner.py).
 from __future__ import annotations
 
 import concurrent.futures
-import importlib
-import importlib.metadata
-import inspect
 import logging
 import os
 import shutil
@@ -32,6 +29,7 @@ from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from rsilab.config import TaskSpec
 from rsilab.errors import ConfigError
+from rsilab.registry import Registry
 from rsilab.types import RunResult
 
 log = logging.getLogger(__name__)
@@ -88,70 +86,26 @@ class Executor(Protocol):
         ...
 
 
-Factory = Callable[..., Executor]
-F = TypeVar("F", bound=Factory)
-
-_registry: dict[str, Factory] = {}
-_plugin_errors: dict[str, str] = {}
-_loaded = False
+REGISTRY: Registry[Executor] = Registry("executor", "rsilab.executors", _BUILTIN_MODULES, ENTRY_POINT_GROUP)
+F = TypeVar("F", bound=Callable[..., Executor])
 
 
 def register(name: str) -> Callable[[F], F]:
     """Decorator: register an executor factory (usually the class) under `name`."""
-
-    def deco(factory: F) -> F:
-        old = _registry.get(name)
-        if old is not None and _qualname(old) != _qualname(factory):
-            raise ValueError(f"executor {name!r} is already registered by {_qualname(old)}")
-        _registry[name] = factory
-        return factory
-
-    return deco
-
-
-def _qualname(obj: object) -> str:
-    return f"{getattr(obj, '__module__', '?')}.{getattr(obj, '__qualname__', repr(obj))}"
-
-
-def _load() -> None:
-    global _loaded
-    if _loaded:
-        return
-    _loaded = True
-    for mod in _BUILTIN_MODULES:
-        importlib.import_module(f"{__package__}.{mod}")
-    for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
-        try:
-            obj = ep.load()
-        except Exception as e:  # a broken plugin must not take the built-ins down with it
-            _plugin_errors[ep.name] = f"{type(e).__name__}: {e}"
-            log.warning("executor plugin %r (%s) failed to load: %s", ep.name, ep.value, e)
-            continue
-        if ep.name not in _registry and callable(obj) and not inspect.ismodule(obj):
-            register(ep.name)(obj)
+    return REGISTRY.register(name)
 
 
 def available() -> list[str]:
     """Names of every registered executor, sorted."""
-    _load()
-    return sorted(_registry)
+    return REGISTRY.available()
 
 
 def create(name: str, *, task: TaskSpec, workers: int | None = None, **options: Any) -> Executor:
     """Build the executor registered as `name` for `task`, running at most `workers` runs
     at once (None: as many as its resources allow)."""
-    _load()
-    factory = _registry.get(name)
-    if factory is None:
-        if name in _plugin_errors:
-            raise ConfigError(f"executor {name!r} failed to load: {_plugin_errors[name]}")
-        raise ConfigError(f"unknown executor {name!r} (known: {', '.join(available())})")
     if workers is not None and workers < 1:
         raise ConfigError(f"--workers must be >= 1, got {workers}")
-    try:
-        inspect.signature(factory).bind(task, workers=workers, **options)
-    except TypeError as e:
-        raise ConfigError(f"executor {name!r}: bad options {sorted(options)}: {e}") from None
+    factory = REGISTRY.factory(name, task, workers=workers, **options)
     return factory(task, workers=workers, **options)
 
 

@@ -11,10 +11,6 @@ Not covered here: deciding, recording or applying anything (the supervisor does 
 
 from __future__ import annotations
 
-import importlib
-import importlib.metadata
-import importlib.util
-import inspect
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -22,6 +18,7 @@ from pathlib import Path
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from rsilab.errors import ConfigError
+from rsilab.registry import Registry, qualname
 from rsilab.types import Metric, Proposal
 
 log = logging.getLogger(__name__)
@@ -89,75 +86,26 @@ class Proposer(Protocol):
         ...
 
 
-Factory = Callable[..., Proposer]
-F = TypeVar("F", bound=Factory)
-
-_registry: dict[str, Factory] = {}
-_plugin_errors: dict[str, str] = {}  # entry-point name -> why it failed to load
-_loaded = False
+REGISTRY: Registry[Proposer] = Registry("proposer", "rsilab.proposers", _BUILTIN_MODULES, ENTRY_POINT_GROUP)
+F = TypeVar("F", bound=Callable[..., Proposer])
 
 
 def register(name: str) -> Callable[[F], F]:
     """Decorator: register a proposer factory (usually the class) under `name`."""
-
-    def deco(factory: F) -> F:
-        old = _registry.get(name)
-        if old is not None and _qualname(old) != _qualname(factory):
-            raise ValueError(f"proposer {name!r} is already registered by {_qualname(old)}")
-        _registry[name] = factory
-        return factory
-
-    return deco
-
-
-def _qualname(obj: object) -> str:
-    return f"{getattr(obj, '__module__', '?')}.{getattr(obj, '__qualname__', repr(obj))}"
-
-
-def _load() -> None:
-    """Import the built-ins and the entry-point plugins, once."""
-    global _loaded
-    if _loaded:
-        return
-    _loaded = True
-    for mod in _BUILTIN_MODULES:
-        full = f"{__package__}.{mod}"
-        if importlib.util.find_spec(full) is not None:
-            importlib.import_module(full)
-    for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
-        try:
-            obj = ep.load()
-        except Exception as e:  # a broken plugin must not take the built-ins down with it
-            _plugin_errors[ep.name] = f"{type(e).__name__}: {e}"
-            log.warning("proposer plugin %r (%s) failed to load: %s", ep.name, ep.value, e)
-            continue
-        if ep.name not in _registry and callable(obj) and not inspect.ismodule(obj):
-            register(ep.name)(obj)
+    return REGISTRY.register(name)
 
 
 def available() -> list[str]:
     """Names of every registered proposer, sorted."""
-    _load()
-    return sorted(_registry)
+    return REGISTRY.available()
 
 
 def create(name: str, **options: Any) -> Proposer:
     """Build the proposer registered as `name` with `options` (its constructor's keywords)."""
-    _load()
-    factory = _registry.get(name)
-    if factory is None:
-        if name in _plugin_errors:
-            raise ConfigError(f"proposer {name!r} failed to load: {_plugin_errors[name]}")
-        raise ConfigError(f"unknown proposer {name!r} (known: {', '.join(available())})")
-    try:
-        inspect.signature(factory).bind(**options)
-    except TypeError as e:
-        raise ConfigError(f"proposer {name!r}: bad options {sorted(options)}: {e}") from None
-    except ValueError:  # no signature to check (some builtins); let the call decide
-        pass
+    factory = REGISTRY.factory(name, **options)
     proposer = factory(**options)
     if not isinstance(proposer, Proposer):
-        raise ConfigError(f"proposer {name!r}: {_qualname(factory)} did not build a proposer")
+        raise ConfigError(f"proposer {name!r}: {qualname(factory)} did not build a proposer")
     return proposer
 
 
