@@ -17,7 +17,7 @@ from rsilab import harness
 # ---- knobs (cpu preset: a 60 s budget on one CPU thread) -----------------------------
 DEPTH = 2                # transformer blocks
 WIDTH = 128              # model width (embedding size)
-HEADS = 4                # attention heads; must divide WIDTH
+HEADS = 4                # attention heads (head size: WIDTH // HEADS, rounded down to even)
 MLP_RATIO = 4            # MLP hidden size / WIDTH
 SEQ_LEN = 128            # context length in bytes
 BATCH_SIZE = 16          # sequences per optimizer step
@@ -73,21 +73,24 @@ def apply_rope(x, cos, sin):
 class Attention(nn.Module):
     def __init__(self):
         super().__init__()
-        self.qkv = nn.Linear(WIDTH, 3 * WIDTH, bias=False)
-        self.proj = nn.Linear(WIDTH, WIDTH, bias=False)
+        # An even head size (rope rotates pairs); HEADS need not divide WIDTH.
+        self.head_dim = max(2, WIDTH // HEADS // 2 * 2)
+        inner = HEADS * self.head_dim
+        self.qkv = nn.Linear(WIDTH, 3 * inner, bias=False)
+        self.proj = nn.Linear(inner, WIDTH, bias=False)
         if POS_ENCODING == "rope":
-            cos, sin = rope_tables(SEQ_LEN, WIDTH // HEADS)
+            cos, sin = rope_tables(SEQ_LEN, self.head_dim)
             self.register_buffer("cos", cos, persistent=False)
             self.register_buffer("sin", sin, persistent=False)
 
     def forward(self, x):
-        b, t, c = x.shape
-        q, k, v = self.qkv(x).view(b, t, 3, HEADS, c // HEADS).permute(2, 0, 3, 1, 4)
+        b, t, _ = x.shape
+        q, k, v = self.qkv(x).view(b, t, 3, HEADS, self.head_dim).permute(2, 0, 3, 1, 4)
         if POS_ENCODING == "rope":
             q, k = apply_rope(q, self.cos, self.sin), apply_rope(k, self.cos, self.sin)
         y = F.scaled_dot_product_attention(q, k, v, is_causal=True,
                                            dropout_p=DROPOUT if self.training else 0.0)
-        return self.proj(y.transpose(1, 2).reshape(b, t, c))
+        return self.proj(y.transpose(1, 2).reshape(b, t, HEADS * self.head_dim))
 
 
 class MLP(nn.Module):
