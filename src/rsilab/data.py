@@ -317,7 +317,7 @@ def _install(home: Path, dataset_id: str, built: _Built) -> None:
     try:
         files = {}
         for name, data in (("train.bin", built.train), ("val.bin", built.val)):
-            _write_synced(tmp / name, data)
+            write_synced(tmp / name, data)
             files[name] = {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
         manifest = {"format": FORMAT, "dataset_id": dataset_id, "source": built.source,
                     "files": files, "split": built.split,
@@ -325,8 +325,8 @@ def _install(home: Path, dataset_id: str, built: _Built) -> None:
                     "provenance": {name: {"kind": "real"} for name in files},
                     "tokens": {"kind": "bytes", "vocab_size": 256, "dtype": "uint8"},
                     "created_at": datetime.now(UTC).isoformat(timespec="seconds")}
-        _write_synced(tmp / MANIFEST, json.dumps(manifest, indent=2).encode() + b"\n")
-        _fsync_dir(tmp)
+        write_synced(tmp / MANIFEST, json.dumps(manifest, indent=2).encode() + b"\n")
+        fsync_dir(tmp)
         final = home / dataset_id
         old = home / f".old-{dataset_id}-{uuid.uuid4().hex[:8]}"
         if final.exists():  # a directory cannot be renamed over a non-empty one
@@ -339,7 +339,7 @@ def _install(home: Path, dataset_id: str, built: _Built) -> None:
                     os.rename(old, final)  # put the previous copy back rather than none
                 raise
             log.info("another process prepared %s at the same time; keeping its copy", dataset_id)
-        _fsync_dir(home)
+        fsync_dir(home)
         shutil.rmtree(old, ignore_errors=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -375,14 +375,15 @@ def _hint(source: str) -> str:
     return "rsilab prepare" if source == "shakespeare" else f"rsilab prepare --data {source}"
 
 
-def _write_synced(path: Path, data: bytes) -> None:
+def write_synced(path: Path, data: bytes) -> None:
+    """Write `data` and fsync it: a prepared file is complete on disk before it is renamed in."""
     with open(path, "wb") as f:
         f.write(data)
         f.flush()
         os.fsync(f.fileno())
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)

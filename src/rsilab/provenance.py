@@ -39,6 +39,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from rsilab.data import fsync_dir, write_synced
+
 MANIFEST = "manifest.json"
 FORMAT = 1  # the manifest format of rsilab.data (a provenance entry is an optional addition)
 KINDS = ("real", "generated", "mixed")
@@ -223,29 +225,16 @@ def write_dataset(root: Path, train: bytes, segments: list[dict[str, Any]], *, d
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{root.name}-", dir=root.parent))
     try:
-        _write_synced(tmp / "train.bin", train)
-        _write_synced(tmp / MANIFEST, json.dumps(manifest, indent=1).encode() + b"\n")
+        write_synced(tmp / "train.bin", train)
+        write_synced(tmp / MANIFEST, json.dumps(manifest, indent=1).encode() + b"\n")
         if root.exists():  # a leftover of an interrupted attempt: never trusted, replaced
             old = root.parent / f".old-{root.name}-{uuid.uuid4().hex[:8]}"
             os.rename(root, old)
             shutil.rmtree(old, ignore_errors=True)
         os.rename(tmp, root)
-        _fsync_dir(root.parent)
+        fsync_dir(root.parent)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return root / "train.bin"
 
 
-def _write_synced(path: Path, data: bytes) -> None:
-    with open(path, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
