@@ -50,9 +50,10 @@ def checks(task: TaskSpec, env: Mapping[str, str] = os.environ, *, ping: bool = 
         out.append(Check("torch", False, f"not importable: {e}"))
     git = _version(["git", "--version"])
     out.append(Check("git", git is not None, git or "not found: install git"))
-    bwrap = shutil.which("bwrap")
-    out.append(Check("sandbox", bwrap is not None,
-                     f"bubblewrap at {bwrap}" if bwrap else "bubblewrap not installed: runs are not isolated"))
+    from rsilab import sandbox
+
+    level = sandbox.resolve()
+    out.append(Check("sandbox", level == "bwrap", sandbox.describe(level)))
     if task.data != "none":
         from rsilab.data import load_prepared
         from rsilab.errors import RsilabError
