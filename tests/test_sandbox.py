@@ -12,11 +12,9 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import textwrap
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -25,6 +23,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from hostnet import tcp_listener
 
 from rsilab import runner, sandbox
 from rsilab.cli import main
@@ -135,29 +134,9 @@ class Lab:
 
 @pytest.fixture
 def listener() -> Iterator[tuple[int, list[int]]]:
-    """A TCP server on the host's 127.0.0.1; the list counts connections it accepted."""
-    srv = socket.socket()
-    srv.bind(("127.0.0.1", 0))
-    srv.listen()
-    srv.settimeout(0.1)
-    hits: list[int] = []
-    stop = threading.Event()
-
-    def serve() -> None:
-        while not stop.is_set():
-            try:
-                conn, _ = srv.accept()
-            except TimeoutError:
-                continue
-            hits.append(1)
-            conn.close()
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    yield srv.getsockname()[1], hits
-    stop.set()
-    thread.join()
-    srv.close()
+    """A TCP server on the host's 127.0.0.1 that counts the connections it accepts."""
+    with tcp_listener() as served:
+        yield served
 
 
 def make_lab(tmp_path: Path, rsilab_home: Path, port: int, hits: list[int], *, train: str | None = None,

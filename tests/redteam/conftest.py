@@ -2,40 +2,19 @@
 
 from __future__ import annotations
 
-import socket
-import threading
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from hostnet import tcp_listener
 from redteam_lab import REPORT, ROWS, table
 
 
 @pytest.fixture(scope="module")
 def listener() -> Iterator[tuple[int, list[int]]]:
     """A TCP server on the host's 127.0.0.1 that counts the connections it accepts."""
-    srv = socket.socket()
-    srv.bind(("127.0.0.1", 0))
-    srv.listen()
-    srv.settimeout(0.1)
-    hits: list[int] = []
-    stop = threading.Event()
-
-    def serve() -> None:
-        while not stop.is_set():
-            try:
-                conn, _ = srv.accept()
-            except TimeoutError:
-                continue
-            hits.append(1)
-            conn.close()
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    yield srv.getsockname()[1], hits
-    stop.set()
-    thread.join()
-    srv.close()
+    with tcp_listener() as served:
+        yield served
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
