@@ -10,13 +10,18 @@ on the bundled `gpt` task on CPU, once per (arm, seed), each in its own fresh wo
   improvement": judge.noise_runs=1, max_runs=1, alpha=0.5, recheck_every=0 (with one run
   each, the judge keeps any gain > 0 over the incumbent's single value).
 
-Equal compute: every session stops at its first experiment boundary after the ledger's
-"compute" costs (train + evaluate process seconds of every run, the baseline's noise runs
-and rechecks included) reach `--compute-minutes`; the last experiment may overrun it by a
-few runs, so the compute actually used is printed. A wall-clock backstop of 3x stops a
-session that the machine slows down badly. Sessions are interleaved (seed 0 of every arm,
-then seed 1, ...; the arm order rotates from seed to seed) so changes in machine load hit
-all arms alike. Seed s sets both `seed` (the harness seed sequence) and `tuner.seed`.
+The budget. By default every run trains for a fixed number of FLOPs (`--budget-flops`,
+the task key `budget_flops`; the wall-clock `--budget` is then only a cap), so a result does
+not depend on how busy the machine is: the noise left is the harness seed's (data order,
+init, dropout). That lets `--jobs` sessions run side by side. `--budget-flops 0` uses the
+wall-clock budget as the task does by default; there the machine's load is part of the
+noise, and parallel sessions add to it.
+
+Equal compute: every session may start runs until its ledger holds `--runs` runs (the
+baseline's noise runs, confirmation runs and rechecks all count), then stops at the next
+experiment boundary; the last experiment may overrun by a few runs, so the runs actually
+used are printed. With a fixed budget per run, equal runs are equal training compute.
+Seed s sets both `seed` (the harness seed sequence) and `tuner.seed`.
 
 After each session, the confirmation: the final incumbent commit and the baseline commit
 are re-run (git worktrees of the workspace, the same task settings) under `--confirm-seeds`
@@ -29,18 +34,20 @@ fresh harness seeds, not used in any session, alternating baseline / incumbent r
 Positive = better (val_bpb is lower). A rule that keeps noise claims more than it confirms.
 
     RSILAB_HOME=/tmp/velocity-home python benchmarks/research_velocity.py \\
-        --seeds 2 --compute-minutes 8 --budget 5 --confirm-seeds 3
+        --seeds 3 --runs 28 --budget-flops 6e11 --jobs 2
 
 Workspaces (ledgers, logs; model artifacts are deleted) stay under `--out` (default:
 <RSILAB_HOME>/benchmarks/research_velocity-<time>). Nothing is asserted.
 
-Not covered: the llm and agent proposers, GPU presets, parallel slots.
+Not covered: the llm and agent proposers, GPU presets, parallel slots within a session.
 """
 
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import math
+import multiprocessing
 import os
 import shutil
 import statistics
@@ -56,7 +63,7 @@ from rsilab import runner
 from rsilab.config import resolve_task_dir
 from rsilab.data import PreparedData, prepare
 from rsilab.ledger import Ledger
-from rsilab.orchestrator import Limits, Supervisor
+from rsilab.orchestrator import Supervisor
 from rsilab.proposers import create
 from rsilab.workspace import init_workspace
 
@@ -75,6 +82,7 @@ class Session:
     seed: int
     experiments: int = 0
     kept: int = 0
+    runs: int = 0
     compute_s: float = 0.0
     wall_s: float = 0.0
     busy: float = math.nan  # average busy cores over the session (1.0: only this run)
@@ -94,23 +102,24 @@ def _sd(values: Sequence[float]) -> float:
     return statistics.stdev(values) if len(values) > 1 else math.nan
 
 
-class ComputeCapped(Supervisor):
-    """The Supervisor with one more stop rule: the compute seconds in its ledger."""
+class RunCapped(Supervisor):
+    """The Supervisor with one more stop rule: the number of runs in its ledger."""
 
-    compute_limit_s: float = math.inf
+    run_limit: int = 0
 
     def _stop_reason(self) -> str | None:
-        used = self.ledger.costs().get("compute", 0.0)
-        if used >= self.compute_limit_s:
-            return f"compute {used / 60:.1f} min >= {self.compute_limit_s / 60:g} min"
+        used = len(self.ledger.runs())
+        if used >= self.run_limit:
+            return f"{used} runs >= {self.run_limit}"
         return super()._stop_reason()
 
 
 def run_session(arm: str, seed: int, args: argparse.Namespace, data: PreparedData, root: Path) -> Session:
     proposer_name, arm_overrides = ARMS[arm]
     common: list[tuple[str, Any]] = [
-        ("budget", float(args.budget)), ("overhead", float(args.overhead)),
-        ("eval.bytes", args.eval_bytes), ("seed", seed), ("tuner.seed", seed),
+        ("budget", float(args.budget)), ("budget_flops", float(args.budget_flops)),
+        ("overhead", float(args.overhead)), ("eval.bytes", args.eval_bytes), ("seed", seed),
+        ("tuner.seed", seed),
     ]
     ws = init_workspace(root / f"{arm}-{seed}", resolve_task_dir("gpt"), f"velocity-{arm}-{seed}")
     task = ws.load_task(common + arm_overrides)
@@ -126,9 +135,9 @@ def run_session(arm: str, seed: int, args: argparse.Namespace, data: PreparedDat
                       exclude=task.tuner.exclude)
     before, t0 = cpu_jiffies(), time.time()
     with Ledger(ws.ledger_path) as ledger:
-        sup = ComputeCapped(ws, task, ledger, [proposer], train_data=data.train_path, val_data=data.val_path,
-                  preset="cpu", limits=Limits(hours=3 * args.compute_minutes / 60), notify=notify)
-        sup.compute_limit_s = args.compute_minutes * 60
+        sup = RunCapped(ws, task, ledger, [proposer], train_data=data.train_path, val_data=data.val_path,
+                        preset="cpu", notify=notify)
+        sup.run_limit = args.runs
         s.stop = sup.run()
         s.wall_s = time.time() - t0
         s.busy = busy_cores(before, cpu_jiffies())
@@ -138,6 +147,7 @@ def run_session(arm: str, seed: int, args: argparse.Namespace, data: PreparedDat
         trials = [e for e in exps if e.kind != "baseline"]
         s.experiments = len(trials)
         s.kept = sum(1 for e in trials if e.status == "keep")
+        s.runs = len(ledger.runs())
         s.compute_s = ledger.costs().get("compute", 0.0)
         s.incumbent = "baseline" if inc.id == base.id else inc.description
 
@@ -178,17 +188,33 @@ def run_session(arm: str, seed: int, args: argparse.Namespace, data: PreparedDat
     return s
 
 
+def _report(s: Session) -> str:
+    return (f"== {s.arm} seed {s.seed}: {s.experiments} experiments, {s.kept} kept, {s.runs} runs, "
+            f"compute {s.compute_s / 60:.1f} min, wall {s.wall_s / 60:.1f} min, busy cores {s.busy:.2f}, "
+            f"claimed {fmt(s.claimed, '+.4f')}, confirmed {fmt(s.confirmed, '+.4f')} ± "
+            f"{fmt(s.confirmed_se)}; incumbent: {s.incumbent}; stop: {s.stop}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--seeds", type=int, default=2, help="sessions per arm (seeds 0..N-1)")
-    ap.add_argument("--compute-minutes", type=float, default=8.0, help="compute per arm per seed")
-    ap.add_argument("--budget", type=float, default=5.0, help="training seconds per run")
+    ap.add_argument("--seeds", type=int, default=3, help="sessions per arm (seeds 0..N-1)")
+    ap.add_argument("--runs", type=int, default=28, help="runs per session (equal compute)")
+    ap.add_argument("--budget-flops", type=float, default=6e11,
+                    help="training FLOPs per run (0: train for --budget wall seconds instead)")
+    ap.add_argument("--budget", type=float, default=None,
+                    help="training seconds per run (default: 90 as a cap with --budget-flops, else 10)")
+    ap.add_argument("--jobs", type=int, default=None,
+                    help="sessions at once (default: 2 with --budget-flops, else 1)")
     ap.add_argument("--confirm-seeds", type=int, default=3, help="fresh runs of each commit to confirm")
     ap.add_argument("--arms", default=",".join(ARMS), help=f"comma-separated, from {', '.join(ARMS)}")
     ap.add_argument("--eval-bytes", type=int, default=16384, help="validation bytes per evaluation")
     ap.add_argument("--overhead", type=float, default=30.0, help="seconds on top of the budget per run")
     ap.add_argument("--out", type=Path, default=None, help="workspaces (default: under RSILAB_HOME)")
     args = ap.parse_args()
+    if args.budget is None:
+        args.budget = 90.0 if args.budget_flops else 10.0
+    if args.jobs is None:
+        args.jobs = 2 if args.budget_flops else 1
     arms = [a.strip() for a in args.arms.split(",") if a.strip()]
     unknown = [a for a in arms if a not in ARMS]
     if unknown or not arms:
@@ -196,32 +222,42 @@ def main() -> None:
     os.environ.setdefault("RSILAB_HOME", "/tmp/velocity-home")  # read at call time, not import
     data = prepare("shakespeare")
     root = out_dir("research_velocity", args.out)
+    budget = (f"budget {args.budget_flops:.3g} FLOPs (wall cap {args.budget:g} s)" if args.budget_flops
+              else f"budget {args.budget:g} s wall clock")
     print(machine_line())
-    print(f"gpt task, cpu preset, budget {args.budget:g} s, eval bytes {args.eval_bytes}, "
-          f"{args.compute_minutes:g} compute-min per arm per seed, {args.seeds} seeds, "
-          f"{args.confirm_seeds} confirmation seeds; arms: {', '.join(arms)}; workspaces: {root}", flush=True)
+    print(f"gpt task, cpu preset, {budget}, eval bytes {args.eval_bytes}, {args.runs} runs per session, "
+          f"{args.seeds} seeds, {args.confirm_seeds} confirmation seeds, {args.jobs} sessions at once; "
+          f"arms: {', '.join(arms)}; workspaces: {root}", flush=True)
 
     t0 = time.time()
+    # Seed 0 of every arm, then seed 1, ...; the arm order rotates from seed to seed, so a
+    # change in machine load hits every arm alike.
+    plan = [(arm, seed) for seed in range(args.seeds)
+            for arm in arms[seed % len(arms):] + arms[: seed % len(arms)]]
     sessions: list[Session] = []
-    for seed in range(args.seeds):
-        order = arms[seed % len(arms):] + arms[: seed % len(arms)]
-        for arm in order:
-            s = run_session(arm, seed, args, data, root)
-            sessions.append(s)
-            print(f"== {arm} seed {seed}: {s.experiments} experiments, {s.kept} kept, "
-                  f"compute {s.compute_s / 60:.1f} min, wall {s.wall_s / 60:.1f} min, busy cores {s.busy:.2f}, "
-                  f"claimed {fmt(s.claimed, '+.4f')}, confirmed {fmt(s.confirmed, '+.4f')} ± "
-                  f"{fmt(s.confirmed_se)}; incumbent: {s.incumbent}; stop: {s.stop}", flush=True)
+    if args.jobs <= 1:
+        for arm, seed in plan:
+            sessions.append(run_session(arm, seed, args, data, root))
+            print(_report(sessions[-1]), flush=True)
+    else:  # spawn: each session is a fresh process with its own supervisor and signal handlers
+        ctx = multiprocessing.get_context("spawn")
+        with concurrent.futures.ProcessPoolExecutor(args.jobs, mp_context=ctx) as pool:
+            futures = [pool.submit(run_session, arm, seed, args, data, root) for arm, seed in plan]
+            for future in concurrent.futures.as_completed(futures):
+                sessions.append(future.result())
+                print(_report(sessions[-1]), flush=True)
+        order = {key: i for i, key in enumerate(plan)}
+        sessions.sort(key=lambda s: order[(s.arm, s.seed)])
 
     print()
     print(machine_line())
     print(f"total wall time: {(time.time() - t0) / 60:.1f} min")
     print("gain = baseline val_bpb - incumbent val_bpb (positive: better); confirmed ± standard error "
           f"over {args.confirm_seeds} fresh seeds per commit")
-    rows = [[s.arm, s.seed, s.experiments, s.kept, f"{s.compute_s / 60:.1f}", f"{s.busy:.2f}",
+    rows = [[s.arm, s.seed, s.experiments, s.kept, s.runs, f"{s.compute_s / 60:.1f}", f"{s.busy:.2f}",
              fmt(s.claimed, "+.4f"), f"{fmt(s.confirmed, '+.4f')} ± {fmt(s.confirmed_se)}"
              + (f" ({s.confirm_fails} failed)" if s.confirm_fails else "")] for s in sessions]
-    print(table(["arm", "seed", "experiments", "kept", "compute min", "busy cores", "claimed gain",
+    print(table(["arm", "seed", "experiments", "kept", "runs", "compute min", "busy cores", "claimed gain",
                  "confirmed gain ± se"], rows))
     print()
     summary = []

@@ -91,6 +91,37 @@ def test_real_improvement_power() -> None:
     assert kept / 200 > 0.9
 
 
+def _session_noise(rng: np.random.Generator, sd: float, groups: int) -> list[list[float]]:
+    """Earlier experiments of a session, each measured twice, at other means."""
+    return [list(rng.normal(rng.uniform(0.9, 1.1), sd, 2)) for _ in range(groups)]
+
+
+def test_pooled_session_noise_keeps_false_keeps_bounded_and_adds_power() -> None:
+    rng = np.random.default_rng(7)
+    sd, trials = 0.01, 1000
+    false_alone = false_pooled = real_alone = real_pooled = 0
+    for _ in range(trials):
+        incumbent = list(rng.normal(1.0, sd, 3))
+        noise = _session_noise(rng, sd, 20)
+        null_runs, real_runs = runs(rng.normal(1.0, sd, 2)), runs(rng.normal(1.0 - 2.5 * sd, sd, 2))
+        false_alone += judge(null_runs, incumbent, MIN, SPEC).verdict is Verdict.KEEP
+        false_pooled += judge(null_runs, incumbent, MIN, SPEC, noise_groups=noise).verdict is Verdict.KEEP
+        real_alone += judge(real_runs, incumbent, MIN, SPEC).verdict is Verdict.KEEP
+        real_pooled += judge(real_runs, incumbent, MIN, SPEC, noise_groups=noise).verdict is Verdict.KEEP
+    print(f"false keeps {false_alone} -> {false_pooled}, real keeps {real_alone} -> {real_pooled} / {trials}")
+    assert false_pooled / trials < SPEC.alpha / (SPEC.max_runs - 1) + 0.01  # one look's level
+    assert real_pooled > 1.5 * real_alone  # 20 more df: the same two runs decide far more often
+
+
+def test_noise_groups_never_move_the_means() -> None:
+    plain = judge(runs([0.98, 0.982]), INCUMBENT, MIN, SPEC)
+    pooled = judge(runs([0.98, 0.982]), INCUMBENT, MIN, SPEC, noise_groups=[[5.0, 5.01], [7.0]])
+    assert pooled.effect == plain.effect
+    assert pooled.n_incumbent == plain.n_incumbent == 3
+    one_each = judge(runs([0.95]), [1.0], MIN, SPEC, noise_groups=[[1.0, 1.004], [0.9, 0.896]])
+    assert one_each.verdict is Verdict.MORE and "no noise estimate" not in one_each.reason
+
+
 @pytest.mark.parametrize(
     ("status", "verdict"),
     [

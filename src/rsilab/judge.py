@@ -10,10 +10,13 @@ not move under different harness seeds while the incumbent's does -> INVALID,
 flag "ignores-seed"; (4) statistics.
 
 Statistical rule: a one-sided pooled two-sample t-test of H1 "gain > min_effect". The sd is
-pooled from the incumbent's values (the noise floor plus re-measurements) and the
-candidate's (when it has >= 2), df = the sum of (n - 1) over those groups; pooling assumes
-an edit changes the mean, not the harness noise, which is the only workable assumption
-with 2-4 candidate runs. KEEP needs a confirmation run (>= 2 candidate runs) unless
+pooled from the incumbent's values (the noise floor plus re-measurements), the candidate's
+(when it has >= 2) and `noise_groups`: every other repeated measurement of the session (the
+runs of one earlier experiment under different seeds). df = the sum of (n - 1) over those
+groups. Pooling assumes an edit changes the mean, not the harness noise, which is the only
+workable assumption with 2-4 candidate runs; it lets the noise estimate sharpen as the
+session goes (df 2 after a 3-run noise floor, tens after a few dozen experiments), so later
+decisions need fewer runs. KEEP needs a confirmation run (>= 2 candidate runs) unless
 max_runs == 1. Because the test is repeated after each run (looks at n = 2..max_runs), the
 level is split evenly over the looks (Bonferroni: alpha / (max_runs - 1)), so pure noise is
 kept with probability <= alpha overall; stopping early on "no gain" only lowers it. The
@@ -110,13 +113,17 @@ def _constant(values: Sequence[float]) -> bool:
 
 
 def _stats(
-    cand: Sequence[float], inc: Sequence[float], metric: Metric, min_effect: float
+    cand: Sequence[float],
+    inc: Sequence[float],
+    metric: Metric,
+    min_effect: float,
+    noise_groups: Sequence[Sequence[float]] = (),
 ) -> _Stats:
     cm, im = statistics.fmean(cand), statistics.fmean(inc)
     gain = metric.gain(cm, im)
     if abs(gain) <= REL_TOL * max(abs(cm), abs(im)):
         gain = 0.0  # rounding in the means, not a difference
-    groups = [g for g in (cand, inc) if len(g) >= 2]
+    groups = [g for g in (cand, inc, *noise_groups) if len(g) >= 2]
     if not groups:
         return _Stats(gain, len(cand), len(inc))
     df = sum(len(g) - 1 for g in groups)
@@ -163,14 +170,20 @@ def judge(
     incumbent_size: int | None = None,
     memory_cap_gb: float = 0.0,
     constraints: Mapping[str, float] | None = None,
+    noise_groups: Sequence[Sequence[float]] = (),
 ) -> Judgement:
-    """Judge the candidate's runs so far against the incumbent's ok metric values."""
+    """Judge the candidate's runs so far against the incumbent's ok metric values.
+
+    `noise_groups`: ok metric values of other experiments, one group per experiment (only
+    groups of >= 2 values count); they sharpen the noise estimate and never move a mean.
+    """
     if not candidate or not incumbent:
         raise ValueError("judge needs at least one candidate run and one incumbent value")
     inc = [float(v) for v in incumbent]
     ok = [r for r in candidate if r.ok]
     vals = [float(r.metric) for r in ok if r.metric is not None]
-    st = _stats(vals, inc, metric, spec.min_effect) if vals else None
+    noise = [[float(v) for v in g] for g in noise_groups]
+    st = _stats(vals, inc, metric, spec.min_effect, noise) if vals else None
 
     def out(verdict: Verdict, reason: str, flags: tuple[str, ...] = ()) -> Judgement:
         ci = st.ci if st and st.ci else (None, None)

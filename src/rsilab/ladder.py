@@ -134,7 +134,7 @@ def confirm_on_ladder(task: TaskSpec, rungs: Sequence[float], candidate_workdir:
     """
     results: list[RungResult] = []
     metric = task.metric_obj
-    sizes = {"candidate_size": _size(task, candidate_workdir), "incumbent_size": _size(task, incumbent_workdir)}
+    cand_size, inc_size = _size(task, candidate_workdir), _size(task, incumbent_workdir)
     for level, seconds in enumerate(rungs[1:], start=1):
         rung = _Rung(at_budget(task, seconds), run_root / f"rung-{seconds:g}s", level, experiment_id,
                      train_data, val_data, preset, notify)
@@ -161,7 +161,7 @@ def confirm_on_ladder(task: TaskSpec, rungs: Sequence[float], candidate_workdir:
             spent += r.train_seconds + r.eval_seconds
             cand_runs.append(r)
             j: Judgement = judge(cand_runs, inc_values, metric, task.judge, memory_cap_gb=task.memory_gb,
-                                 constraints=task.constraints, **sizes)
+                                 constraints=task.constraints, candidate_size=cand_size, incumbent_size=inc_size)
             if j.verdict is not Verdict.MORE:
                 break
         results.append(RungResult(seconds, str(j.verdict), j.reason, inc_values, _ok_values(cand_runs), j.effect,

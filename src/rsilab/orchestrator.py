@@ -168,6 +168,21 @@ class Supervisor:
         """Metric values of an experiment's ok runs (trials and rechecks), in run order."""
         return [r.metric for r in self.ledger.runs(exp_id) if r.ok and r.metric is not None]
 
+    def _noise_groups(self, *exclude: int) -> list[list[float]]:
+        """Ok metric values of each judged (keep/discard) experiment with >= 2 of them.
+
+        Repeats of one commit under different seeds: the judge pools them into its noise
+        estimate. Crashed and invalid experiments are left out (a metric that ignores the
+        seed would fake a low noise).
+        """
+        judged = {e.id for e in self.ledger.experiments()
+                  if e.status in (Verdict.KEEP.value, Verdict.DISCARD.value) and e.id not in exclude}
+        groups: dict[int, list[float]] = {}
+        for r in self.ledger.runs():
+            if r.experiment_id in judged and r.ok and r.metric is not None:
+                groups.setdefault(r.experiment_id, []).append(r.metric)
+        return [g for g in groups.values() if len(g) >= 2]
+
     def _record_run(self, exp_id: int, result: RunResult, kind: str = "trial") -> None:
         with self.ledger.transaction():
             self.ledger.add_run(exp_id, result, kind=kind)
@@ -379,7 +394,8 @@ class Supervisor:
             flight.runs.append(result)
             j = judge(flight.runs, self._values(flight.parent.id), self.metric, self.task.judge,
                       candidate_size=flight.sizes[0], incumbent_size=flight.sizes[1],
-                      memory_cap_gb=self.task.memory_gb, constraints=self.task.constraints)
+                      memory_cap_gb=self.task.memory_gb, constraints=self.task.constraints,
+                      noise_groups=self._noise_groups(flight.exp_id, flight.parent.id))
             if j.verdict is not Verdict.MORE:
                 self._decide(flight, j)
                 return

@@ -49,7 +49,7 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 ATTEMPTS = 64  # draws per proposal before giving up (all identical or already tried)
 UNIFORM_AFTER = 16  # when the model keeps repeating itself, later draws are uniform
-N_STARTUP = 8  # random draws before TPE starts modelling
+N_STARTUP = 5  # random draws before TPE starts modelling (sessions are tens of experiments)
 _FAILED = {Verdict.CRASH, Verdict.TIMEOUT, Verdict.INVALID}
 _JUDGED = {Verdict.KEEP, Verdict.DISCARD}
 
