@@ -32,6 +32,7 @@ from typing import Any
 
 from rsilab import paths
 from rsilab.errors import DataError
+from rsilab.fsio import fsync_dir, write_synced
 
 log = logging.getLogger(__name__)
 
@@ -373,22 +374,6 @@ def _check(root: Path) -> PreparedData | str:
 
 def _hint(source: str) -> str:
     return "rsilab prepare" if source == "shakespeare" else f"rsilab prepare --data {source}"
-
-
-def write_synced(path: Path, data: bytes) -> None:
-    """Write `data` and fsync it: a prepared file is complete on disk before it is renamed in."""
-    with open(path, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _sha256_file(path: Path) -> str:

@@ -21,9 +21,7 @@ import csv
 import io
 import json
 import math
-import os
 import sqlite3
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -32,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from rsilab.errors import RsilabError
+from rsilab.fsio import atomic_write
 from rsilab.types import RunResult, Status, Verdict
 
 BUSY_TIMEOUT_S = 30.0  # how long a writer waits for another process's lock
@@ -653,22 +652,3 @@ def _json_safe(obj: Any) -> Any:
     if isinstance(obj, list | tuple):
         return [_json_safe(v) for v in obj]
     return obj
-
-
-def atomic_write(path: Path, data: str | bytes) -> None:
-    """Write a file so readers see the old content or the new one, never half of it."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    raw = data.encode() if isinstance(data, str) else data
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(raw)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise

@@ -57,8 +57,9 @@ import optuna
 from rsilab import runner
 from rsilab.config import TaskSpec, load_task, parse_override
 from rsilab.errors import ConfigError
+from rsilab.fsio import atomic_write
 from rsilab.judge import seed_schedule
-from rsilab.ledger import Ledger, atomic_write
+from rsilab.ledger import Ledger
 from rsilab.orchestrator import Limits, Supervisor
 from rsilab.proposers import create
 from rsilab.proposers.base import Context, Proposer

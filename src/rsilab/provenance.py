@@ -39,7 +39,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from rsilab.data import fsync_dir, write_synced
+from rsilab.fsio import fsync_dir, write_synced
 
 MANIFEST = "manifest.json"
 FORMAT = 1  # the manifest format of rsilab.data (a provenance entry is an optional addition)

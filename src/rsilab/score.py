@@ -64,8 +64,9 @@ from scipy import stats
 from rsilab import runner
 from rsilab.config import TaskSpec
 from rsilab.errors import ConfigError, WorkspaceError
+from rsilab.fsio import atomic_write
 from rsilab.judge import seed_schedule
-from rsilab.ledger import Ledger, atomic_write
+from rsilab.ledger import Ledger
 from rsilab.types import Metric
 from rsilab.workspace import Workspace, git, open_workspace
 

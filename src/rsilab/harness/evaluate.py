@@ -28,7 +28,6 @@ import argparse
 import contextlib
 import json
 import math
-import os
 import pickle
 import sys
 import time
@@ -37,6 +36,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from rsilab.fsio import atomic_write
 
 VOCAB = 256
 EXIT_REFUSED = 3
@@ -242,12 +243,6 @@ def evaluate(artifact: Path, val_path: Path, n_bytes: int, probes: int, seed: in
     }
 
 
-def _write(out: Path, payload: dict[str, Any]) -> None:
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(payload, indent=1))
-    os.replace(tmp, out)
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--artifact", type=Path, required=True)
@@ -262,10 +257,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = evaluate(args.artifact, args.val, args.bytes, args.probes, args.seed)
     except Refused as e:
-        _write(args.out, {"refused": str(e)})
+        atomic_write(args.out, json.dumps({"refused": str(e)}, indent=1))
         print(f"refused: {e}", file=sys.stderr)
         return EXIT_REFUSED
-    _write(args.out, result)
+    atomic_write(args.out, json.dumps(result, indent=1))
     print(json.dumps(result))
     return 0
 

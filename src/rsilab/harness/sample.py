@@ -26,13 +26,13 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
 import time
 from pathlib import Path
 
 import torch
 
+from rsilab.fsio import atomic_write
 from rsilab.harness.evaluate import VOCAB, Refused, _input_shape
 
 START_BYTE = 10  # "\n": every stream starts as a fresh document
@@ -79,15 +79,6 @@ def sample(artifact: Path, n_bytes: int, temperature: float, seed: int) -> bytes
     return bytes(out.numpy().tobytes())[:n_bytes]
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--artifact", type=Path, required=True)
@@ -104,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     except (Refused, ValueError) as e:
         print(f"refused: {e}", file=sys.stderr)
         return 3
-    _write_atomic(args.out, data)
+    atomic_write(args.out, data)
     seconds = time.perf_counter() - t0
     print(json.dumps({"bytes": len(data), "seconds": seconds,
                       "bytes_per_second": len(data) / max(seconds, 1e-9)}))

@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from rsilab.controls import Action, actions
-from rsilab.ledger import DecisionRow, Event, Experiment, Ledger, Run, atomic_write
+from rsilab.fsio import atomic_write
+from rsilab.ledger import DecisionRow, Event, Experiment, Ledger, Run
 from rsilab.report.progress import Point, points_from_ledger
 from rsilab.report.svg import chart_svg
 from rsilab.report.templates import CSS, REPORT_PAGE, TABLE_JS

@@ -18,7 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rsilab.errors import RsilabError
-from rsilab.ledger import Ledger, atomic_write
+from rsilab.fsio import atomic_write
+from rsilab.ledger import Ledger
 from rsilab.types import Metric, Verdict
 
 LABEL_CHARS = 45  # kept points are labelled with their description cut to this length
