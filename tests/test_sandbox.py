@@ -25,6 +25,7 @@ import pytest
 from click.testing import CliRunner
 from hostnet import tcp_listener
 
+import rsilab
 from rsilab import runner, sandbox
 from rsilab.cli import main
 from rsilab.config import TaskSpec
@@ -255,9 +256,14 @@ def test_private_tmp(probed: tuple[Lab, RunResult]) -> None:
     out = lab.probe()
     assert out["write_tmp"] == "ok"
     assert not Path(f"/tmp/marker-{lab.tag}").exists()  # it went to the sandbox's own /tmp
-    # Only the mount points of the run's own folders (below pytest's tmp) and its marker.
-    assert isinstance(out["tmp"], list) and set(out["tmp"]) <= {"pytest-of-root", f"marker-{lab.tag}"}, out["tmp"]
-    assert len(os.listdir("/tmp")) > len(out["tmp"])
+    # Only its marker and the mount points of folders bound in from below the host's /tmp:
+    # the run's own folders (pytest's tmp) and, when the checkout lives in /tmp (a CI clone),
+    # the interpreter and the rsilab source.
+    bound = [Path(sys.prefix), Path(rsilab.__file__).resolve().parent]
+    mounts = {"pytest-of-root"} | {p.relative_to("/tmp").parts[0] for p in bound if p.is_relative_to("/tmp")}
+    allowed = mounts | {f"marker-{lab.tag}"}
+    assert isinstance(out["tmp"], list) and set(out["tmp"]) <= allowed, out["tmp"]
+    assert not (set(os.listdir("/tmp")) - allowed) & set(out["tmp"])  # nothing of the host's own
 
 
 @needs_bwrap
