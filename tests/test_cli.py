@@ -34,6 +34,7 @@ def broken_task(tmp_path: Path, edit: str) -> Path:
     ('editable = ["train.py"]=>editable = ["nope.py"]', "no file matches 'nope.py'"),
     ('name = "toy"=>name = ', "invalid TOML"),
     ('direction = "min"=>direction = "down"', "key 'metric.direction' must be one of"),
+    ("max_runs = 4=>max_runs = 4\nknob_min_runs = 0", "key 'judge.knob_min_runs' must be >= 1, got 0"),
 ])
 def test_malformed_toml_is_a_one_line_error(tmp_path: Path, edit: str, expected: str) -> None:
     task = broken_task(tmp_path, edit)

@@ -42,17 +42,26 @@ def sequential(
     raise AssertionError(f"still MORE after {len(done)} runs (max_runs {spec.max_runs})")
 
 
+def test_knob_change_with_an_overwhelming_first_run_is_kept_at_once() -> None:
+    clear = judge(runs([0.950]), INCUMBENT, MIN, SPEC, min_runs=SPEC.knob_min_runs)  # 12 sd better
+    assert clear.verdict is Verdict.KEEP, clear.reason
+    assert clear.p_value is not None and clear.p_value < SPEC.alpha / SPEC.max_runs
+    assert "n=1 vs 3" in clear.reason
+    first = judge(runs([0.980]), INCUMBENT, MIN, SPEC, min_runs=1)  # 5 sd, but the noise floor has df 2
+    assert first.verdict is Verdict.MORE and first.reason.startswith("promising"), first.reason
+    code = judge(runs([0.950]), INCUMBENT, MIN, SPEC)  # a code change is always confirmed
+    assert code.verdict is Verdict.MORE and code.reason.endswith("confirmation run")
+
+
 def test_real_improvement_is_kept_after_a_confirmation_run() -> None:
     first = judge(runs([0.980]), INCUMBENT, MIN, SPEC)
-    assert first.verdict is Verdict.MORE  # one run never keeps
-    clear = judge(runs([0.950]), INCUMBENT, MIN, SPEC)
-    assert clear.verdict is Verdict.MORE and clear.reason.endswith("confirmation run")
+    assert first.verdict is Verdict.MORE
     j = judge(runs([0.980, 0.982]), INCUMBENT, MIN, SPEC)
     assert j.verdict is Verdict.KEEP, j.reason
     assert j.effect == pytest.approx(0.019)
     assert j.effect is not None and j.ci_low is not None and j.ci_high is not None
     assert 0 < j.ci_low < j.effect < j.ci_high
-    assert j.p_value is not None and j.p_value < 0.05 / 3
+    assert j.p_value is not None and j.p_value < 0.05 / 3  # three looks: n = 2..4
     assert (j.n_candidate, j.n_incumbent) == (2, 3)
     assert "+0.019" in j.reason
 
@@ -113,13 +122,34 @@ def test_pooled_session_noise_keeps_false_keeps_bounded_and_adds_power() -> None
     assert real_pooled > 1.5 * real_alone  # 20 more df: the same two runs decide far more often
 
 
+def _runs_to_decide(rng: np.random.Generator, mean: float, min_runs: int) -> tuple[Verdict, int]:
+    sd, incumbent = 0.01, list(rng.normal(1.0, 0.01, 3))
+    noise = _session_noise(rng, sd, 20)
+    done: list[RunResult] = []
+    while True:
+        done.append(ok(float(rng.normal(mean, sd)), seed=seed_schedule(3, 1, len(done))))
+        j = judge(done, incumbent, MIN, SPEC, noise_groups=noise, min_runs=min_runs)
+        if j.verdict is not Verdict.MORE:
+            return j.verdict, len(done)
+
+
+def test_min_runs_one_spends_runs_only_where_the_decision_is_uncertain() -> None:
+    rng = np.random.default_rng(11)
+    big = [_runs_to_decide(rng, 1.0 - 0.08, 1) for _ in range(200)]  # 8 sd better
+    big_always = [_runs_to_decide(rng, 1.0 - 0.08, 2) for _ in range(200)]
+    assert all(v is Verdict.KEEP for v, _ in big + big_always)
+    assert np.mean([n for _, n in big]) < 1.2 < 2 <= np.mean([n for _, n in big_always])
+    null = [_runs_to_decide(rng, 1.0, 1)[0] for _ in range(1000)]
+    assert null.count(Verdict.KEEP) / 1000 < SPEC.alpha  # the extra look is paid for by the level
+
+
 def test_noise_groups_never_move_the_means() -> None:
     plain = judge(runs([0.98, 0.982]), INCUMBENT, MIN, SPEC)
     pooled = judge(runs([0.98, 0.982]), INCUMBENT, MIN, SPEC, noise_groups=[[5.0, 5.01], [7.0]])
     assert pooled.effect == plain.effect
     assert pooled.n_incumbent == plain.n_incumbent == 3
     one_each = judge(runs([0.95]), [1.0], MIN, SPEC, noise_groups=[[1.0, 1.004], [0.9, 0.896]])
-    assert one_each.verdict is Verdict.MORE and "no noise estimate" not in one_each.reason
+    assert one_each.p_value is not None and "no noise estimate" not in one_each.reason
 
 
 @pytest.mark.parametrize(
@@ -174,8 +204,10 @@ def test_same_seed_or_deterministic_task_is_not_flagged() -> None:
     assert j.effect == pytest.approx(0.05) and j.p_value is None
 
 
-def test_deterministic_task_needs_confirmation_and_direct_comparison() -> None:
+def test_deterministic_task_compares_directly_and_confirms_when_asked() -> None:
+    assert judge(runs([0.9]), [1.0, 1.0], MIN, SPEC, min_runs=1).verdict is Verdict.KEEP
     assert judge(runs([0.9]), [1.0, 1.0], MIN, SPEC).verdict is Verdict.MORE
+    assert judge(runs([0.9, 0.9]), [1.0, 1.0], MIN, SPEC).verdict is Verdict.KEEP
     assert judge(runs([1.1, 1.1]), [1.0, 1.0], MIN, SPEC).verdict is Verdict.DISCARD
     tie = judge(runs([1.0, 1.0]), [1.0, 1.0], MIN, SPEC, candidate_size=9, incumbent_size=10)
     assert tie.verdict is Verdict.KEEP

@@ -235,3 +235,16 @@ def test_resume_does_not_remeasure_the_baseline(tmp_path: Path) -> None:
     queue_knobs(ws_dir, "b", "even less weight decay", L2=0.001)
     _, ledger = supervise(ws_dir)
     assert [e.kind for e in ledger.experiments()] == ["baseline", "candidate", "candidate"]
+
+
+def test_a_decisive_knob_change_is_kept_after_one_run_a_code_change_is_confirmed(tmp_path: Path) -> None:
+    knob_dir, code_dir = make_ws(tmp_path / "knob", "k"), make_ws(tmp_path / "code", "c")
+    queue_knobs(knob_dir, "a", "less weight decay", L2=0.001)
+    queue_patch(code_dir, "a", TOY_TRAIN, "+ 2 * L2 * w", "+ 2 * 0.001 * w")  # the same model, as code
+    for ws_dir in (knob_dir, code_dir):  # low noise: the gain is about 25 sd
+        supervise(ws_dir, ("env.TOY_NOISE", "0.005"))[1].close()
+    knob, code = Ledger(open_workspace(knob_dir).ledger_path), Ledger(open_workspace(code_dir).ledger_path)
+    k, c = knob.experiments()[-1], code.experiments()[-1]
+    assert k.status == c.status == "keep", (k.reason, c.reason)
+    assert len(knob.runs(k.id)) == 1 and "n=1 vs 3" in k.reason, k.reason
+    assert len(code.runs(c.id)) >= 2, c.reason

@@ -36,6 +36,8 @@ class JudgeSpec:
     alpha: float = 0.05  # one-sided significance level for keeping a candidate
     noise_runs: int = 3  # runs of the baseline under different seeds (the noise floor)
     max_runs: int = 4  # runs a candidate may get before the judge must decide
+    min_runs: int = 2  # runs before a keep of a code change: one confirmation run at least
+    knob_min_runs: int = 1  # the same for a change of knob values only: a decisive first run is kept
     recheck_every: int = 10  # re-measure the incumbent every N experiments (0: never)
     min_effect: float = 0.0  # smallest gain worth keeping, in metric units
 
@@ -335,6 +337,9 @@ def _validate(spec: TaskSpec, path: Path) -> None:
         raise ConfigError(f"{where}: key 'judge.alpha' must be in (0, 1), got {j.alpha}")
     if j.noise_runs < 1 or j.max_runs < 1:
         raise ConfigError(f"{where}: keys 'judge.noise_runs' and 'judge.max_runs' must be >= 1")
+    for key, runs in (("min_runs", j.min_runs), ("knob_min_runs", j.knob_min_runs)):
+        if runs < 1:  # above max_runs it is clamped: max_runs = 1 is the single-run rule
+            raise ConfigError(f"{where}: key 'judge.{key}' must be >= 1, got {runs}")
     if spec.tuner.max_knobs < 1:
         raise ConfigError(f"{where}: key 'tuner.max_knobs' must be >= 1")
     # Durations, sizes and counts: a negative (or zero) one is a typo, never a setting.

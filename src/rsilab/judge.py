@@ -16,10 +16,19 @@ runs of one earlier experiment under different seeds). df = the sum of (n - 1) o
 groups. Pooling assumes an edit changes the mean, not the harness noise, which is the only
 workable assumption with 2-4 candidate runs; it lets the noise estimate sharpen as the
 session goes (df 2 after a 3-run noise floor, tens after a few dozen experiments), so later
-decisions need fewer runs. KEEP needs a confirmation run (>= 2 candidate runs) unless
-max_runs == 1. Because the test is repeated after each run (looks at n = 2..max_runs), the
-level is split evenly over the looks (Bonferroni: alpha / (max_runs - 1)), so pure noise is
-kept with probability <= alpha overall; stopping early on "no gain" only lowers it. The
+decisions need fewer runs.
+
+Runs are spent where the decision is uncertain. A candidate worse than the incumbent is
+discarded after its first run. A KEEP needs >= min_runs candidate runs (capped at
+max_runs): judge.min_runs (default 2) for a change to code, so the ignores-seed check always
+sees two seeds, and judge.knob_min_runs (default 1) for a change of knob values only (the
+supervisor passes `min_runs` accordingly; such a change cannot alter how the code uses the
+harness seed). With 1, a first run that is already significant is kept at once (against a
+3-run noise floor, df 2, that takes a gain of about 7 sd; against a pooled estimate of df
+20, about 3 sd) and an ambiguous one gets confirmation runs. Because the test is repeated
+after each run (looks at n = min_runs..max_runs), the level is split evenly over the looks
+(Bonferroni: alpha / (max_runs - min_runs + 1)), so pure noise is kept with probability
+<= alpha overall; stopping early on "no gain" only lowers it. The
 reported 95% CI is per-look, unadjusted. Ties (not significantly worse) go to the
 candidate with fewer non-blank lines in the editable files.
 
@@ -171,11 +180,13 @@ def judge(
     memory_cap_gb: float = 0.0,
     constraints: Mapping[str, float] | None = None,
     noise_groups: Sequence[Sequence[float]] = (),
+    min_runs: int | None = None,
 ) -> Judgement:
     """Judge the candidate's runs so far against the incumbent's ok metric values.
 
     `noise_groups`: ok metric values of other experiments, one group per experiment (only
     groups of >= 2 values count); they sharpen the noise estimate and never move a mean.
+    `min_runs`: runs before a keep (None: spec.min_runs); capped at spec.max_runs.
     """
     if not candidate or not incumbent:
         raise ValueError("judge needs at least one candidate run and one incumbent value")
@@ -206,15 +217,16 @@ def judge(
     if len(seeds) >= 2 and _constant(vals) and not _constant(inc):
         return out(Verdict.INVALID, f"metric {vals[0]:.6g} did not move under {len(seeds)} "
                    "different harness seeds while the incumbent's did", ("ignores-seed",))  # fmt: skip
-    return _decide(st, spec, candidate_size, incumbent_size, out)
+    least = min(spec.min_runs if min_runs is None else min_runs, spec.max_runs)
+    return _decide(st, spec, least, candidate_size, incumbent_size, out)
 
 
 def _decide(
-    st: _Stats, spec: JudgeSpec, cand_size: int | None, inc_size: int | None, out: _Out
+    st: _Stats, spec: JudgeSpec, least: int, cand_size: int | None, inc_size: int | None, out: _Out
 ) -> Judgement:
     n, at_cap = st.n_c, st.n_c >= spec.max_runs
-    need_confirm = n < 2 and spec.max_runs > 1
-    looks = max(1, spec.max_runs - 1)
+    need_confirm = n < least
+    looks = spec.max_runs - least + 1
     level = spec.alpha / looks
     simpler = cand_size is not None and inc_size is not None and cand_size < inc_size
     lines = f"{inc_size} -> {cand_size} lines"

@@ -57,6 +57,7 @@ from rsilab.judge import Judgement, judge, seed_schedule
 from rsilab.ledger import Experiment, Ledger
 from rsilab.merge import Merge, reapply
 from rsilab.proposers.base import Context, HistoryItem, Proposer
+from rsilab.proposers.knobs import only_knobs_differ
 from rsilab.scheduler import Flight, Progress, ProposalJob, ProposerPool, Worker
 from rsilab.types import Proposal, RunResult, Status, Verdict
 from rsilab.workspace import Workspace
@@ -347,8 +348,13 @@ class Supervisor:
             self._settled(exp_id, proposal)
             return
         self._known_trees()[tree] = exp_id
-        sizes = (_size(self.ws.editable_files(self.task, commit)), _size(self.ws.editable_files(self.task, parent)))
-        self._fly(Flight(exp_id, proposal, inc, commit, worktree, sizes=sizes))
+        self._fly(Flight(exp_id, proposal, inc, commit, worktree, **self._compare(commit, parent)))
+
+    def _compare(self, commit: str, parent: str) -> dict[str, Any]:
+        """Flight fields from the editable files of `commit` and its parent: their sizes
+        (the simplicity rule) and whether only knob values differ (judge.knob_min_runs)."""
+        new, old = self.ws.editable_files(self.task, commit), self.ws.editable_files(self.task, parent)
+        return {"sizes": (_size(new), _size(old)), "knob_only": only_knobs_differ(old, new)}
 
     def _record_proposal_costs(self, exp_id: int | None, proposal: Proposal) -> None:
         """Tokens and money a proposal cost, and its transcript (a file next to its runs)."""
@@ -395,7 +401,8 @@ class Supervisor:
             j = judge(flight.runs, self._values(flight.parent.id), self.metric, self.task.judge,
                       candidate_size=flight.sizes[0], incumbent_size=flight.sizes[1],
                       memory_cap_gb=self.task.memory_gb, constraints=self.task.constraints,
-                      noise_groups=self._noise_groups(flight.exp_id, flight.parent.id))
+                      noise_groups=self._noise_groups(flight.exp_id, flight.parent.id),
+                      min_runs=self.task.judge.knob_min_runs if flight.knob_only else None)
             if j.verdict is not Verdict.MORE:
                 self._decide(flight, j)
                 return
@@ -494,8 +501,8 @@ class Supervisor:
         self._drop(flight)
         self._settled(flight.exp_id, flight.proposal, observe=False)  # told once, by the new one's result
         self._known_trees()[tree] = new_id
-        sizes = (_size(self.ws.editable_files(self.task, commit)), _size(self.ws.editable_files(self.task, inc.commit)))
-        self._fly(Flight(new_id, proposal, inc, commit, worktree, depth=flight.depth + 1, sizes=sizes))
+        self._fly(Flight(new_id, proposal, inc, commit, worktree, depth=flight.depth + 1,
+                         **self._compare(commit, inc.commit)))
 
     def _drop(self, flight: Flight) -> None:
         self.ws.remove_worktree(flight.worktree)

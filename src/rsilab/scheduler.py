@@ -116,6 +116,7 @@ class Flight:
     kind: str = "trial"
     depth: int = 0  # how many times this change was re-applied onto a newer incumbent
     sizes: tuple[int, int] = (0, 0)  # non-blank lines of its editable files and its parent's
+    knob_only: bool = False  # only knob values differ from the parent (judge.knob_min_runs applies)
     runs: list[RunResult] = field(default_factory=list)
     future: RunFuture | None = None
     run_index: int = 0

@@ -157,6 +157,43 @@ def parse_knobs(source: str, preset: str | None = None) -> dict[str, Knob]:
     return {s.knob.name: s.knob for s in sites}
 
 
+def _skeleton(source: str) -> str | None:
+    """The code of `source` with every knob's literal masked (None: not Python).
+
+    Compared as an AST dump, so comments and spacing do not count.
+    """
+    try:
+        sites = _scan(source)
+    except (SyntaxError, ValueError):
+        return None
+    lines = _lines(source)
+    for site in sites:  # one literal per line (a knob's value never spans lines)
+        raw = lines[site.knob.lineno - 1].encode()
+        lines[site.knob.lineno - 1] = (raw[: site.col] + b"_" + raw[site.end_col :]).decode()
+    try:
+        return ast.dump(ast.parse("".join(lines)))
+    except SyntaxError:
+        return None
+
+
+def only_knobs_differ(old: Mapping[str, str], new: Mapping[str, str]) -> bool:
+    """True when the files in `new` are those in `old` with at most knob values changed.
+
+    Same paths, same code and the same knob names; only the literals of knob assignments
+    (top level and preset blocks) may differ. Such a change cannot alter how the code uses
+    the harness (seed, budget, data), which the judge relies on to keep it after one run.
+    """
+    if old.keys() != new.keys():
+        return False
+    for path, text in new.items():
+        if text == old[path]:
+            continue
+        before, after = _skeleton(old[path]), _skeleton(text)
+        if before is None or before != after:
+            return False
+    return True
+
+
 def _kind(v: Any) -> str:
     if isinstance(v, bool):
         return "bool"
