@@ -178,21 +178,22 @@ def test_deterministic_for_a_seed() -> None:
 def test_history_replay_gives_the_live_next_proposal() -> None:
     live = Tuner(seed=5)
     history: list[HistoryItem] = []
+    incumbent = bowl({"LR": 0.001, "BATCH_SIZE": 16})
     for i in range(14):  # past the random start-up, so TPE is modelling
-        p = live.propose(ctx(history=history))
+        p = live.propose(ctx(history=history, incumbent_metric=incumbent))
         assert p is not None
         verdict, value = ("crash", None) if i % 5 == 3 else ("discard", bowl(p.knobs))
         live.observe(p, verdict, value)
-        history.append(HistoryItem(i, p.description, p.knobs, verdict, value, p.proposer))
+        history.append(HistoryItem(i, p.description, p.knobs, verdict, value, p.proposer, meta=p.meta))
     # an experiment of another proposer that set no knobs, and one that was interrupted
     other = HistoryItem(99, "rewrite attention", {}, "discard", 0.5, "llm")
     live.observe(other.to_proposal(), other.verdict, other.metric)
     history.append(other)
-    expected = live.propose(ctx(history=history))
+    expected = live.propose(ctx(history=history, incumbent_metric=incumbent))
 
     replayed = Tuner(seed=5)
     warm_start(replayed, history)
-    got = replayed.propose(ctx(history=history))
+    got = replayed.propose(ctx(history=history, incumbent_metric=incumbent))
     assert got is not None and expected is not None
     assert got.description == expected.description and got.files == expected.files
     assert live.study is not None and replayed.study is not None
@@ -201,6 +202,23 @@ def test_history_replay_gives_the_live_next_proposal() -> None:
         t.params for t in replayed.study.trials if t.state is TrialState.COMPLETE
     ]
     assert sum(t.value == math.inf for t in done) == 3  # crashes: worse than anything
+    assert len(done) == 14  # every result of its own taught the study; the llm one did not
+
+
+def test_a_result_credits_the_moved_knobs_with_the_change_against_the_parent() -> None:
+    tuner = Tuner(seed=3)
+    p = tuner.propose(ctx(incumbent_metric=2.0))
+    assert p is not None and p.meta["parent_metric"] == 2.0
+    tuner.observe(p, "discard", 2.25)
+    # A result recorded without its parent's metric (another proposer's, or an older
+    # ledger) cannot say what the move did: it teaches nothing, a failure still does.
+    tuner.observe(Proposal("x", {}, "tuner", knobs=dict(p.knobs)), "discard", 1.0)
+    tuner.observe(Proposal("y", {}, "tuner", knobs=dict(p.knobs), meta={"changed": ["LR"]}), "crash", None)
+    assert tuner.study is not None
+    done = [t for t in tuner.study.trials if t.state is TrialState.COMPLETE]
+    assert [t.value for t in done] == [0.25, math.inf]
+    assert set(done[0].params) == set(p.meta["changed"])  # not the knobs it left alone
+    assert set(done[1].params) == {"LR"}
 
 
 def test_max_direction_tells_failures_as_minus_infinity() -> None:

@@ -45,7 +45,7 @@ class HistoryItem:
 
     def to_proposal(self) -> Proposal:
         """The proposal rebuilt for a warm-start `observe` (its files are not kept)."""
-        return Proposal(self.description, {}, self.proposer, knobs=dict(self.knobs))
+        return Proposal(self.description, {}, self.proposer, knobs=dict(self.knobs), meta=dict(self.meta))
 
 
 @dataclass(frozen=True)

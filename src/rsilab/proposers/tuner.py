@@ -17,8 +17,16 @@ FAIL at once: a draw is not a result. Results enter the study only through `obse
 number of observations, attempt). So a live run and a replay of its history through
 `observe` build the same study and make the same next proposal, as long as the incumbent
 the replay starts from is the one the live run started from (the space is centred on it).
-A crash, timeout or invalid result is told as the metric's worst value (TPE ranks values,
-so that is simply "worse than anything seen"); an interrupted one teaches nothing.
+What a result teaches: the knobs the proposal moved (`meta["changed"]`), with the change of
+the metric against the parent's (`meta["parent_metric"]`, the incumbent's when it was
+proposed). Knobs left at the incumbent's values are not credited: with every knob in every
+trial, TPE's "good" densities were mostly the incumbent's own values (what made a trial good
+was the one knob that moved), so its draws stayed small perturbations and it did no better
+than uniform draws. The change rather than the raw metric, because the incumbent improves
+during a session: raw values would rank late trials as good whatever they moved. A result
+without a parent metric teaches nothing. A crash, timeout or invalid result is told as the
+metric's worst value (TPE ranks values, so that is simply "worse than anything seen"); an
+interrupted one teaches nothing.
 
 Not covered: code changes (that is the llm and agent proposers' job).
 """
@@ -54,6 +62,9 @@ _FAILED = {Verdict.CRASH, Verdict.TIMEOUT, Verdict.INVALID}
 _JUDGED = {Verdict.KEEP, Verdict.DISCARD}
 
 Key = tuple[tuple[str, Any], ...]
+# One result: (knobs, the knobs the proposal moved or None, its parent's metric or None,
+# verdict, metric).
+_Observation = tuple[dict[str, Any], list[str] | None, float | None, str, float | None]
 
 
 def space_for(knob: Knob) -> BaseDistribution | None:
@@ -103,7 +114,7 @@ class Tuner:
         self._study: optuna.Study | None = None
         self._space: dict[str, BaseDistribution] = {}
         self._metric = Metric()
-        self._observed: list[tuple[dict[str, Any], str, float | None]] = []
+        self._observed: list[_Observation] = []
         self._learned = 0  # observations already told to the study
         self._tried: set[Key] = set()
 
@@ -122,24 +133,36 @@ class Tuner:
 
     # ---- learning -------------------------------------------------------------------
     def observe(self, proposal: Proposal, verdict: str, metric: float | None) -> None:
-        self._observed.append((dict(proposal.knobs), str(verdict), metric))
+        moved = proposal.meta.get("changed")
+        parent = proposal.meta.get("parent_metric")
+        self._observed.append((
+            dict(proposal.knobs),
+            [str(n) for n in moved] if isinstance(moved, list) else None,
+            float(parent) if isinstance(parent, int | float) and not isinstance(parent, bool) else None,
+            str(verdict),
+            metric,
+        ))
         self._catch_up()
 
     def _catch_up(self) -> None:
         """Tell the study what was observed (waits until the first propose built it)."""
         if self._study is None:
             return
-        for knobs, verdict, metric in self._observed[self._learned :]:
+        for knobs, moved, parent, verdict, metric in self._observed[self._learned :]:
             params = {}
             for n, v in knobs.items():
                 if n in self._space and (fit := self._fit(n, v)) is not _OUT:
                     params[n] = fit
             if len(params) == len(self._space):
                 self._tried.add(self._key(params))
+            if moved is not None:  # credit the knobs this proposal moved, not the others
+                params = {n: v for n, v in params.items() if n in moved}
             if verdict in _FAILED:
                 value = self._metric.worst
             elif verdict in _JUDGED and metric is not None and math.isfinite(metric):
-                value = metric
+                if parent is None:
+                    continue  # no parent to measure the move against (not one of ours)
+                value = metric - parent
             else:
                 continue  # interrupted, or no number: nothing to learn
             if params and self.learns:
@@ -244,7 +267,9 @@ class Tuner:
             f"{n} {format_value(base[n])} -> {format_value(changed[n])}" for n in order
         )
         files = set_knobs_in_files(ctx.files, changed, ctx.preset)
-        meta = {"changed": order, "from": {n: base[n] for n in order}}
+        meta: dict[str, Any] = {"changed": order, "from": {n: base[n] for n in order}}
+        if ctx.incumbent_metric is not None and math.isfinite(ctx.incumbent_metric):
+            meta["parent_metric"] = ctx.incumbent_metric
         return Proposal(description, files, self.name, knobs=full, meta=meta)
 
 
