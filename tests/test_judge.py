@@ -258,12 +258,31 @@ def test_simpler_but_worse_is_discarded() -> None:
 
 
 def test_undecided_at_max_runs_is_discarded() -> None:
-    values = [0.998, 0.997, 1.001, 0.999]  # gain +0.00125, sd ~0.004
+    values = [0.994, 0.995, 0.994, 1.003]  # promising for three runs, then gain +0.0035
     for n in range(1, 4):
         assert judge(runs(values[:n]), INCUMBENT, MIN, SPEC).verdict is Verdict.MORE
     j = judge(runs(values), INCUMBENT, MIN, SPEC)
     assert j.verdict is Verdict.DISCARD
-    assert j.reason.startswith("gain +0.00125 not significant, p=") and j.reason.endswith("n=4")
+    assert j.reason.startswith("gain +0.0035 not significant, p=") and j.reason.endswith("n=4")
+
+
+def test_a_gain_that_cannot_become_significant_stops_early() -> None:
+    # +0.0035 after two runs: even one standard error more would not pass at run 4
+    j = judge(runs([0.994, 0.999]), INCUMBENT, MIN, SPEC)
+    assert j.verdict is Verdict.DISCARD
+    assert j.reason.startswith("gain +0.0035 cannot become significant by run 4")
+    assert j.effect == pytest.approx(0.0035) and j.n_candidate == 2
+
+
+def test_futility_saves_runs_on_noise_without_costing_real_gains() -> None:
+    rng = np.random.default_rng(5)
+    null = [_runs_to_decide(rng, 1.0, 1) for _ in range(400)]
+    # Half of the null candidates start with a better number; without the stop each of
+    # those took runs up to max_runs (2.1 runs on average over all of them; 1.5 with it).
+    assert np.mean([n for _, n in null]) < 1.8
+    assert [v for v, _ in null].count(Verdict.KEEP) / 400 < SPEC.alpha
+    real = [_runs_to_decide(rng, 1.0 - 0.03, 1)[0] for _ in range(200)]  # 3 sd better
+    assert real.count(Verdict.KEEP) / 200 > 0.9
 
 
 def test_min_effect_raises_the_bar() -> None:
