@@ -267,11 +267,15 @@ def test_undecided_at_max_runs_is_discarded() -> None:
 
 
 def test_a_gain_that_cannot_become_significant_stops_early() -> None:
-    # +0.0035 after two runs: even one standard error more would not pass at run 4
-    j = judge(runs([0.994, 0.999]), INCUMBENT, MIN, SPEC)
+    # +0.002 after two runs: even one standard error more would not pass at run 4...
+    session = [[1.002, 0.998], [0.951, 0.955], [1.05, 1.046], [0.9, 0.904]]  # sd ~0.003, df 4
+    j = judge(runs([0.997, 0.999]), INCUMBENT, MIN, SPEC, noise_groups=session)
     assert j.verdict is Verdict.DISCARD
-    assert j.reason.startswith("gain +0.0035 cannot become significant by run 4")
-    assert j.effect == pytest.approx(0.0035) and j.n_candidate == 2
+    assert j.reason.startswith("gain +0.002 cannot become significant by run 4")
+    assert j.effect == pytest.approx(0.002) and j.n_candidate == 2
+    # ... but a noise floor of 3 runs alone (df 3 with the candidate's) is too rough a guess
+    # of the noise to give up on: more runs may show it smaller.
+    assert judge(runs([0.997, 0.999]), INCUMBENT, MIN, SPEC).verdict is Verdict.MORE
 
 
 def test_futility_saves_runs_on_noise_without_costing_real_gains() -> None:
