@@ -6,7 +6,7 @@ on the bundled `gpt` task on CPU, once per (arm, seed), each in its own fresh wo
 - `tuner`: Optuna TPE proposer with rsilab's noise-aware judge (the task's defaults:
   judge.noise_runs=3, max_runs=4, alpha=0.05, recheck_every=10; its proposals change knob
   values only, so judge.knob_min_runs=1 applies: a first run that is already significant
-  is kept, an ambiguous one is confirmed);
+  is kept, an ambiguous one is confirmed unless its gain cannot become significant);
 - `random`: the uniform "random" proposer with the same judge;
 - `autoresearch`: the tuner proposer with autoresearch's rule "keep any single-run
   improvement": judge.noise_runs=1, max_runs=1, alpha=0.5, recheck_every=0 (with one run
