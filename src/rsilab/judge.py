@@ -21,18 +21,18 @@ decisions need fewer runs.
 Runs are spent where the decision is uncertain. A candidate worse than the incumbent is
 discarded after its first run; once the pooled noise estimate has 6 df, one whose gain
 cannot become significant by max_runs (not even if it were one standard error larger than
-measured, see `_futile`) is discarded before the cap. A KEEP needs >= min_runs candidate runs (capped at
-max_runs): judge.min_runs (default 2) for a change to code, so the ignores-seed check always
-sees two seeds, and judge.knob_min_runs (default 1) for a change of knob values only (the
-supervisor passes `min_runs` accordingly; such a change cannot alter how the code uses the
-harness seed). With 1, a first run that is already significant is kept at once (against a
-3-run noise floor, df 2, that takes a gain of about 7 sd; against a pooled estimate of df
-20, about 3 sd) and an ambiguous one gets confirmation runs. Because the test is repeated
-after each run (looks at n = min_runs..max_runs), the level is split evenly over the looks
-(Bonferroni: alpha / (max_runs - min_runs + 1)), so pure noise is kept with probability
-<= alpha overall; stopping early on "no gain" only lowers it. The
-reported 95% CI is per-look, unadjusted. Ties (not significantly worse) go to the
-candidate with fewer non-blank lines in the editable files.
+measured, see `_futile`) is discarded before the cap. A KEEP needs >= min_runs candidate
+runs (capped at max_runs): judge.min_runs (default 2) for a change to code, so the
+ignores-seed check always sees two seeds, and judge.knob_min_runs (default 1) for a change
+of knob values only (the supervisor passes `min_runs` accordingly; such a change cannot
+alter how the code uses the harness seed). With 1, a first run that is already significant
+is kept at once (against a 3-run noise floor, df 2, that takes a gain of about 7 sd;
+against a pooled estimate of df 20, about 3 sd) and an ambiguous one gets confirmation
+runs. Because the test is repeated after each run (looks at n = min_runs..max_runs), the
+level is split evenly over the looks (Bonferroni: alpha / (max_runs - min_runs + 1)), so
+pure noise is kept with probability <= alpha overall; stopping early (no gain, or futile) only
+lowers it. The reported 95% CI is per-look, unadjusted. Ties (not significantly worse) go
+to the candidate with fewer non-blank lines in the editable files.
 
 Not covered: choosing the incumbent, re-measuring it, or writing the ledger.
 """
