@@ -30,9 +30,9 @@ is kept at once (against a 3-run noise floor, df 2, that takes a gain of about 7
 against a pooled estimate of df 20, about 3 sd) and an ambiguous one gets confirmation
 runs. Because the test is repeated after each run (looks at n = min_runs..max_runs), the
 level is split evenly over the looks (Bonferroni: alpha / (max_runs - min_runs + 1)), so
-pure noise is kept with probability <= alpha overall; stopping early (no gain, or futile) only
-lowers it. The reported 95% CI is per-look, unadjusted. Ties (not significantly worse) go
-to the candidate with fewer non-blank lines in the editable files.
+pure noise is kept with probability <= alpha overall; stopping early (no gain, or futile)
+only lowers it. The reported 95% CI is per-look, unadjusted. Ties (not significantly worse)
+go to the candidate with fewer non-blank lines in the editable files.
 
 Not covered: choosing the incumbent, re-measuring it, or writing the ledger.
 """
