@@ -38,6 +38,14 @@ Positive = better (val_bpb is lower). A rule that keeps noise claims more than i
     RSILAB_HOME=/tmp/velocity-home python benchmarks/research_velocity.py \\
         --seeds 3 --runs 28 --budget-flops 6e11 --jobs 2
 
+Two starts (`--start`): `defaults`, the task as shipped, where a first session finds large,
+easy gains (val_bpb 3.79 -> about 2.8 at 6e11 FLOPs, each a multiple of the noise); and
+`tuned`, TUNED below, the best incumbent an earlier round confirmed: a second night, where
+the gains left are small and the noise (larger for these small models) is of their size.
+A rule that keeps any single-run gain should win the first regime, since a single run
+already decides almost every case there and confirmation only costs runs; the second
+regime is the one a judge exists for.
+
 Workspaces (ledgers, logs; model artifacts are deleted) stay under `--out` (default:
 <RSILAB_HOME>/benchmarks/research_velocity-<time>). Nothing is asserted.
 
@@ -67,6 +75,7 @@ from rsilab.data import PreparedData, prepare
 from rsilab.ledger import Ledger
 from rsilab.orchestrator import Supervisor
 from rsilab.proposers import create
+from rsilab.proposers.knobs import set_knobs_in_files
 from rsilab.workspace import init_workspace
 
 ARMS: dict[str, tuple[str, list[tuple[str, Any]]]] = {
@@ -76,6 +85,11 @@ ARMS: dict[str, tuple[str, list[tuple[str, Any]]]] = {
                                ("judge.recheck_every", 0)]),
 }
 CONFIRM_SEED_BASE = 1_000_000_007  # confirmation seeds: base + 1000 * session seed + k
+# `--start tuned`: the best incumbent that round 4 of this benchmark confirmed (tuner arm,
+# seed 1, at 6e11 FLOPs: +1.064 val_bpb over the defaults). A session from here is a
+# "second night": the large gains are gone, what is left is comparable to the noise.
+TUNED = {"DEPTH": 1, "WIDTH": 120, "HEADS": 14, "SEQ_LEN": 36, "BATCH_SIZE": 4, "LR": 0.0025,
+         "WEIGHT_DECAY": 0.0318, "BETA2": 0.97, "POS_ENCODING": "rope"}
 
 
 @dataclass
@@ -123,7 +137,7 @@ def run_session(arm: str, seed: int, args: argparse.Namespace, data: PreparedDat
         ("overhead", float(args.overhead)), ("eval.bytes", args.eval_bytes), ("seed", seed),
         ("tuner.seed", seed),
     ]
-    ws = init_workspace(root / f"{arm}-{seed}", resolve_task_dir("gpt"), f"velocity-{arm}-{seed}")
+    ws = init_workspace(root / f"{arm}-{seed}", args.task_dir, f"velocity-{arm}-{seed}")
     task = ws.load_task(common + arm_overrides)
     metric = task.metric_obj
     s = Session(arm, seed)
@@ -190,6 +204,21 @@ def run_session(arm: str, seed: int, args: argparse.Namespace, data: PreparedDat
     return s
 
 
+def start_task(start: str, root: Path) -> Path:
+    """The task folder sessions start from: the bundled gpt task, or a copy with TUNED set."""
+    bundled = resolve_task_dir("gpt")
+    if start == "defaults":
+        return bundled
+    task_dir = root / "start-tuned"
+    if task_dir.exists():
+        shutil.rmtree(task_dir)
+    shutil.copytree(bundled, task_dir, ignore=shutil.ignore_patterns("__pycache__"))
+    files = {"train.py": (task_dir / "train.py").read_text()}
+    for path, text in set_knobs_in_files(files, TUNED, "cpu").items():
+        (task_dir / path).write_text(text)
+    return task_dir
+
+
 def _report(s: Session) -> str:
     return (f"== {s.arm} seed {s.seed}: {s.experiments} experiments, {s.kept} kept, {s.runs} runs, "
             f"compute {s.compute_s / 60:.1f} min, wall {s.wall_s / 60:.1f} min, busy cores {s.busy:.2f}, "
@@ -211,6 +240,8 @@ def main() -> None:
     ap.add_argument("--arms", default=",".join(ARMS), help=f"comma-separated, from {', '.join(ARMS)}")
     ap.add_argument("--eval-bytes", type=int, default=16384, help="validation bytes per evaluation")
     ap.add_argument("--overhead", type=float, default=30.0, help="seconds on top of the budget per run")
+    ap.add_argument("--start", choices=("defaults", "tuned"), default="defaults",
+                    help="the task as shipped, or TUNED (a second night: small gains left)")
     ap.add_argument("--out", type=Path, default=None, help="workspaces (default: under RSILAB_HOME)")
     args = ap.parse_args()
     if args.budget is None:
@@ -224,10 +255,11 @@ def main() -> None:
     os.environ.setdefault("RSILAB_HOME", "/tmp/velocity-home")  # read at call time, not import
     data = prepare("shakespeare")
     root = out_dir("research_velocity", args.out)
+    args.task_dir = start_task(args.start, root)
     budget = (f"budget {args.budget_flops:.3g} FLOPs (wall cap {args.budget:g} s)" if args.budget_flops
               else f"budget {args.budget:g} s wall clock")
     print(machine_line())
-    print(f"gpt task, cpu preset, {budget}, eval bytes {args.eval_bytes}, {args.runs} runs per session, "
+    print(f"gpt task ({args.start}), cpu preset, {budget}, eval bytes {args.eval_bytes}, {args.runs} runs per session, "
           f"{args.seeds} seeds, {args.confirm_seeds} confirmation seeds, {args.jobs} sessions at once; "
           f"arms: {', '.join(arms)}; workspaces: {root}", flush=True)
 
