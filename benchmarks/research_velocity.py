@@ -231,7 +231,9 @@ def _report(s: Session) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--seeds", type=int, default=3, help="sessions per arm (seeds 0..N-1)")
+    ap.add_argument("--seeds", type=int, default=3, help="sessions per arm")
+    ap.add_argument("--first-seed", type=int, default=0,
+                    help="seeds first..first+N-1 (to add sessions to an earlier run)")
     ap.add_argument("--runs", type=int, default=28, help="runs per session (equal compute)")
     ap.add_argument("--budget-flops", type=float, default=6e11,
                     help="training FLOPs per run (0: train for --budget wall seconds instead)")
@@ -263,13 +265,13 @@ def main() -> None:
               else f"budget {args.budget:g} s wall clock")
     print(machine_line())
     print(f"gpt task ({args.start}), cpu preset, {budget}, eval bytes {args.eval_bytes}, {args.runs} runs per session, "
-          f"{args.seeds} seeds, {args.confirm_seeds} confirmation seeds, {args.jobs} sessions at once; "
+          f"seeds {args.first_seed}..{args.first_seed + args.seeds - 1}, {args.confirm_seeds} confirmation seeds, {args.jobs} sessions at once; "
           f"arms: {', '.join(arms)}; workspaces: {root}", flush=True)
 
     t0 = time.time()
     # Seed 0 of every arm, then seed 1, ...; the arm order rotates from seed to seed, so a
     # change in machine load hits every arm alike.
-    plan = [(arm, seed) for seed in range(args.seeds)
+    plan = [(arm, seed) for seed in range(args.first_seed, args.first_seed + args.seeds)
             for arm in arms[seed % len(arms):] + arms[: seed % len(arms)]]
     sessions: list[Session] = []
     if args.jobs <= 1:
@@ -309,6 +311,28 @@ def main() -> None:
                         fmt(_mean(claim) - _mean(conf), "+.4f")])
     print(table(["arm", "sessions", "mean experiments", "mean kept", "compute h", "mean claimed",
                  "mean confirmed", "sd (sessions)", "claimed - confirmed"], summary))
+    pairs = paired(sessions, arms)
+    if pairs:
+        print()
+        print("paired by seed (same seed: same harness seeds; tuner and random also share their first "
+              "draws): the first arm's confirmed gain minus the second's")
+        print(table(["arms", "seeds", "mean difference", "se", "first ahead"], pairs))
+
+
+def paired(sessions: Sequence[Session], arms: Sequence[str]) -> list[list[Any]]:
+    """Rows comparing each pair of arms over the seeds both ran (mean, se, wins of the first)."""
+    gain = {(s.arm, s.seed): s.confirmed for s in sessions if math.isfinite(s.confirmed)}
+    rows: list[list[Any]] = []
+    for i, a in enumerate(arms):
+        for b in arms[i + 1:]:
+            seeds = sorted(seed for arm, seed in gain if arm == a and (b, seed) in gain)
+            diff = [gain[a, seed] - gain[b, seed] for seed in seeds]
+            if len(diff) < 2:
+                continue
+            rows.append([f"{a} - {b}", len(diff), f"{_mean(diff):+.4f}",
+                         f"{_sd(diff) / math.sqrt(len(diff)):.4f}",
+                         f"{sum(d > 0 for d in diff)} of {len(diff)}"])
+    return rows
 
 
 if __name__ == "__main__":
