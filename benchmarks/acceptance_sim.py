@@ -27,7 +27,9 @@ a long session or of autoresearch's own well-tuned train.py).
 
 Per arm: the mean true gain of the final incumbent over the start (positive: better), its
 standard error over seeds, the mean claimed gain (what the ledger says: the baseline's mean
-minus the incumbent's mean), experiments and keeps. Nothing is asserted.
+minus the incumbent's mean), experiments and keeps; then tuner + judge against each other
+arm, paired by seed (mean difference, its standard error, seeds where tuner + judge is
+ahead). Nothing is asserted.
 
 Not covered: anything about the real task's landscape; code changes; parallel slots.
 """
@@ -146,22 +148,32 @@ def main() -> None:
             "tuner + single-run rule": ("tuner", AUTORESEARCH)}
     print(f"synthetic surface (see docstring), {args.runs} runs per session, {args.seeds} seeds per cell; "
           f"judge: {task.judge}")
-    rows = []
+    rows, pairs = [], []
     for start in [s.strip() for s in args.starts.split(",") if s.strip()]:
         for sigma in [float(s) for s in args.sigma.split(",")]:
+            cell: dict[str, list[float]] = {}
             for arm, (proposer, spec) in arms.items():
                 t0 = time.time()
                 out = [session(proposer, spec, starts[start], sigma, args.runs, s) for s in range(args.seeds)]
-                gains = [o.gain for o in out]
+                gains = cell[arm] = [o.gain for o in out]
                 rows.append([start, sigma, arm, f"{statistics.fmean(gains):+.4f}",
                              f"{statistics.stdev(gains) / math.sqrt(len(gains)):.4f}",
                              f"{statistics.fmean(o.claimed for o in out):+.4f}",
                              f"{statistics.fmean(o.experiments for o in out):.1f}",
                              f"{statistics.fmean(o.kept for o in out):.1f}", f"{time.time() - t0:.0f}"])
                 print(" | ".join(map(str, rows[-1])), flush=True)
+            first, *others = cell
+            for arm in others:  # seed s of every arm draws the same noise and the same first proposals
+                diff = [a - b for a, b in zip(cell[first], cell[arm], strict=True)]
+                pairs.append([start, sigma, f"{first} - {arm}", f"{statistics.fmean(diff):+.4f}",
+                              f"{statistics.stdev(diff) / math.sqrt(len(diff)):.4f}",
+                              f"{sum(d > 0 for d in diff)} of {len(diff)}"])
     print()
     print(table(["start", "sigma", "arm", "true gain", "se", "claimed gain", "experiments", "kept", "seconds"],
                 rows))
+    print()
+    print("paired by seed: the true gain of the first arm minus the second's")
+    print(table(["start", "sigma", "arms", "mean difference", "se", "first ahead"], pairs))
 
 
 if __name__ == "__main__":
