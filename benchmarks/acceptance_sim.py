@@ -25,6 +25,10 @@ a long session or of autoresearch's own well-tuned train.py).
 
     python benchmarks/acceptance_sim.py --seeds 30 --runs 28
 
+Arms: tuner and random with the task's judge; tuner with the single-run rule; and tuner with
+an oracle, one run per experiment and kept exactly when truly better: the most any
+acceptance rule could get from these proposals at equal runs, so the room left for a judge.
+
 Per arm: the mean true gain of the final incumbent over the start (positive: better), its
 standard error over seeds, the mean claimed gain (what the ledger says: the baseline's mean
 minus the incumbent's mean), experiments and keeps; then tuner + judge against each other
@@ -91,9 +95,12 @@ class Outcome:
     kept: int
 
 
-def session(proposer: str, spec: JudgeSpec, files: Mapping[str, str], sigma: float, runs: int,
+def session(proposer: str, spec: JudgeSpec | None, files: Mapping[str, str], sigma: float, runs: int,
             seed: int, surface: Callable[[Mapping[str, Any]], float] = true_loss) -> Outcome:
-    """One session of `runs` runs, in the supervisor's order (see the module docstring)."""
+    """One session of `runs` runs, in the supervisor's order (see the module docstring).
+
+    `spec` None is the oracle: one run per experiment, kept exactly when it is truly better.
+    """
     rng = random.Random(f"{seed}:{sigma}")
     p = create(proposer, seed=seed)
     knobs = {n: k.value for n, (_, k) in collect_knobs(files, "cpu").items()}
@@ -102,11 +109,12 @@ def session(proposer: str, spec: JudgeSpec, files: Mapping[str, str], sigma: flo
         return surface(k) + rng.gauss(0.0, sigma)
 
     start = true = surface(knobs)
-    base = inc = [measure(knobs) for _ in range(spec.noise_runs)]
-    used, experiments, kept, since_recheck = spec.noise_runs, 0, 0, 0
+    noise_runs = spec.noise_runs if spec else 1
+    base = inc = [measure(knobs) for _ in range(noise_runs)]
+    used, experiments, kept, since_recheck = noise_runs, 0, 0, 0
     groups: list[list[float]] = []  # judged experiments with >= 2 runs, not the incumbent
     while used < runs:
-        if spec.recheck_every and since_recheck >= spec.recheck_every:
+        if spec and spec.recheck_every and since_recheck >= spec.recheck_every:
             inc, used, since_recheck = [*inc, measure(knobs)], used + 1, 0
             continue
         ctx = Context(files=files, metric=METRIC, incumbent_metric=statistics.fmean(inc), history=[],
@@ -119,17 +127,20 @@ def session(proposer: str, spec: JudgeSpec, files: Mapping[str, str], sigma: flo
         while True:  # knob-only proposals: judge.knob_min_runs applies
             cand.append(RunResult(Status.OK, len(cand), measure(moved)))
             used += 1
-            j = judge(cand, inc, METRIC, spec, noise_groups=groups, min_runs=spec.knob_min_runs)
-            if j.verdict is not Verdict.MORE:
+            if spec is None:
+                verdict = Verdict.KEEP if surface(moved) < true else Verdict.DISCARD
+                break
+            verdict = judge(cand, inc, METRIC, spec, noise_groups=groups, min_runs=spec.knob_min_runs).verdict
+            if verdict is not Verdict.MORE:
                 break
         values = [r.metric for r in cand if r.metric is not None]
         experiments, since_recheck = experiments + 1, since_recheck + 1
-        if j.verdict is Verdict.KEEP:
+        if verdict is Verdict.KEEP:
             groups += [inc] if len(inc) >= 2 else []
             files, knobs, inc, true, kept = {**files, **proposal.files}, moved, values, surface(moved), kept + 1
         elif len(values) >= 2:
             groups.append(values)
-        p.observe(proposal, j.verdict, statistics.fmean(values))
+        p.observe(proposal, verdict, statistics.fmean(values))
     return Outcome(start - true, statistics.fmean(base) - statistics.fmean(inc) if kept else 0.0,
                    experiments, kept)
 
@@ -145,7 +156,7 @@ def main() -> None:
     shipped = {"train.py": (task.root / "train.py").read_text()}
     starts = {"defaults": shipped, "tuned": {**shipped, **set_knobs_in_files(shipped, TUNED, "cpu")}}
     arms = {"tuner + judge": ("tuner", task.judge), "random + judge": ("random", task.judge),
-            "tuner + single-run rule": ("tuner", AUTORESEARCH)}
+            "tuner + single-run rule": ("tuner", AUTORESEARCH), "tuner + oracle (bound)": ("tuner", None)}
     print(f"synthetic surface (see docstring), {args.runs} runs per session, {args.seeds} seeds per cell; "
           f"judge: {task.judge}")
     rows, pairs = [], []
