@@ -123,6 +123,6 @@ def busy_cores(before: tuple[int, int], after: tuple[int, int]) -> float:
     return (os.cpu_count() or 1) * (after[0] - before[0]) / total
 
 
-def fmt(value: float, spec: str = ".4f") -> str:
+def fmt(value: float | None, spec: str = ".4f") -> str:
     """`value` formatted with `spec`, or `-` when it is missing or not finite."""
     return format(value, spec) if isinstance(value, int | float) and math.isfinite(value) else "-"

@@ -67,7 +67,7 @@ def measure(root: Path, name: str, executor_name: str, workers: int, experiments
                          ("judge.recheck_every", 0)])
     executor = create_executor(executor_name, task=task, workers=workers)
     with Ledger(ws.ledger_path) as ledger:
-        sup = Supervisor(ws, task, ledger, [NoteProposer()], train_data=None, val_data=None,  # type: ignore[list-item]
+        sup = Supervisor(ws, task, ledger, [NoteProposer()], train_data=None, val_data=None,
                          executor=executor, limits=Limits(max_experiments=experiments))
         sup.run()
         executor.close()

@@ -87,7 +87,7 @@ def check(ws_dir: Path, before: dict[int, tuple[object, ...]], tally: Tally) -> 
         ids = [e.id for e in exps]
         if ids != list(range(1, len(ids) + 1)):
             tally.problems.append(f"experiment ids are not 1..{len(ids)}: {ids}")
-        after = {e.id: (e.commit, e.parent, e.description, e.status, e.metric, e.decided_at)
+        after: dict[int, tuple[object, ...]] = {e.id: (e.commit, e.parent, e.description, e.status, e.metric, e.decided_at)
                  for e in exps if e.decided}
         for exp_id, row in before.items():
             if after.get(exp_id) != row:
@@ -131,7 +131,8 @@ def main() -> None:
     from rsilab.workspace import init_workspace
 
     init_workspace(ws_dir, resolve_task_dir("toy"), "soak")
-    tally, before = Tally(), {}
+    tally = Tally()
+    before: dict[int, tuple[object, ...]] = {}
     t0 = time.monotonic()
     startup = 5.0  # seconds from exec to the loop; measured on each recovering restart
     for cycle in range(1, args.kills + 1):
