@@ -51,7 +51,7 @@ other arm, paired by seed, ± se):
   +0.100 ± 0.035 at 0.05), level from tuned, and behind or level at 100 runs
   (-0.025 ± 0.015, +0.038 ± 0.020; tuned -0.007 ± 0.005, -0.003 ± 0.003). Drawing numeric
   knobs as steps from the incumbent instead of values (TPE over moves) gained at 28 runs
-  (+0.033, +0.007) and lost at 100 (-0.026 at sigma 0.01), so it is not the tuner.
+  (+0.033, +0.007) and lost at 100 (-0.026 at sigma 0.01), so the tuner does not do it.
 
 Not covered: anything about the real task's landscape; code changes; parallel slots.
 """
