@@ -126,3 +126,9 @@ def busy_cores(before: tuple[int, int], after: tuple[int, int]) -> float:
 def fmt(value: float | None, spec: str = ".4f") -> str:
     """`value` formatted with `spec`, or `-` when it is missing or not finite."""
     return format(value, spec) if isinstance(value, int | float) and math.isfinite(value) else "-"
+
+
+def paired_row(diff: Sequence[float]) -> list[str]:
+    """Mean, standard error and "k of n" ahead for per-seed differences (two or more)."""
+    return [f"{statistics.fmean(diff):+.4f}", f"{statistics.stdev(diff) / math.sqrt(len(diff)):.4f}",
+            f"{sum(d > 0 for d in diff)} of {len(diff)}"]

@@ -67,7 +67,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from _common import table
+from _common import paired_row, table
 
 from rsilab import paths
 from rsilab.config import JudgeSpec, load_task
@@ -194,9 +194,7 @@ def main() -> None:
             first, *others = cell
             for arm in others:  # seed s of every arm draws the same noise and the same first proposals
                 diff = [a - b for a, b in zip(cell[first], cell[arm], strict=True)]
-                pairs.append([start, sigma, f"{first} - {arm}", f"{statistics.fmean(diff):+.4f}",
-                              f"{statistics.stdev(diff) / math.sqrt(len(diff)):.4f}",
-                              f"{sum(d > 0 for d in diff)} of {len(diff)}"])
+                pairs.append([start, sigma, f"{first} - {arm}", *paired_row(diff)])
     print()
     print(table(["start", "sigma", "arm", "true gain", "se", "claimed gain", "experiments", "kept", "seconds"],
                 rows))

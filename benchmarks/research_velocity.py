@@ -71,7 +71,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from _common import busy_cores, cpu_jiffies, fmt, machine_line, out_dir, table
+from _common import busy_cores, cpu_jiffies, fmt, machine_line, out_dir, paired_row, table
 
 from rsilab import runner
 from rsilab.config import resolve_task_dir
@@ -331,9 +331,7 @@ def paired(sessions: Sequence[Session], arms: Sequence[str]) -> list[list[Any]]:
             diff = [gain[a, seed] - gain[b, seed] for seed in seeds]
             if len(diff) < 2:
                 continue
-            rows.append([f"{a} - {b}", len(diff), f"{_mean(diff):+.4f}",
-                         f"{_sd(diff) / math.sqrt(len(diff)):.4f}",
-                         f"{sum(d > 0 for d in diff)} of {len(diff)}"])
+            rows.append([f"{a} - {b}", len(diff), *paired_row(diff)])
     return rows
 
 

@@ -27,8 +27,13 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # rsilab is imported late, after RSILAB_HOME is set
+    from rsilab.ledger import Experiment
 
 WORK_WINDOW_S = 8.0  # kills land up to this long after start-up (a toy experiment: 1-3 s)
 STARTUP_SHARE = 0.2  # share of kills that land during start-up (imports, recovery)
@@ -70,8 +75,13 @@ def snapshot(ws_dir: Path) -> dict[int, tuple[object, ...]]:
     from rsilab.ledger import Ledger
 
     with Ledger(ws_dir / ".rsilab" / "ledger.db") as ledger:
-        return {e.id: (e.commit, e.parent, e.description, e.status, e.metric, e.decided_at)
-                for e in ledger.experiments() if e.decided}
+        return decided(ledger.experiments())
+
+
+def decided(exps: Sequence[Experiment]) -> dict[int, tuple[object, ...]]:
+    """The recorded fields of each decided experiment, by id."""
+    return {e.id: (e.commit, e.parent, e.description, e.status, e.metric, e.decided_at)
+            for e in exps if e.decided}
 
 
 def check(ws_dir: Path, before: dict[int, tuple[object, ...]], tally: Tally) -> dict[int, tuple[object, ...]]:
@@ -87,8 +97,7 @@ def check(ws_dir: Path, before: dict[int, tuple[object, ...]], tally: Tally) -> 
         ids = [e.id for e in exps]
         if ids != list(range(1, len(ids) + 1)):
             tally.problems.append(f"experiment ids are not 1..{len(ids)}: {ids}")
-        after: dict[int, tuple[object, ...]] = {e.id: (e.commit, e.parent, e.description, e.status, e.metric, e.decided_at)
-                 for e in exps if e.decided}
+        after = decided(exps)
         for exp_id, row in before.items():
             if after.get(exp_id) != row:
                 tally.lost += 1
