@@ -35,6 +35,7 @@ def broken_task(tmp_path: Path, edit: str) -> Path:
     ('name = "toy"=>name = ', "invalid TOML"),
     ('direction = "min"=>direction = "down"', "key 'metric.direction' must be one of"),
     ("max_runs = 4=>max_runs = 4\nknob_min_runs = 0", "key 'judge.knob_min_runs' must be >= 1, got 0"),
+    ("threads = 1=>threads = 1\ngpu_memory_gb = -8", "key 'gpu_memory_gb' must be >= 0, got -8"),
 ])
 def test_malformed_toml_is_a_one_line_error(tmp_path: Path, edit: str, expected: str) -> None:
     task = broken_task(tmp_path, edit)
@@ -87,6 +88,25 @@ def test_run_status_report_and_tsv_round_trip(tmp_path: Path) -> None:
     assert [p.status for p in points][0] == "keep"
     rows = [line.split("\t") for line in tsv[1:]]
     assert [round(p.metric or 0.0, 6) for p in points] == [float(r[1]) for r in rows]
+
+
+def test_an_incumbent_over_a_memory_cap_stops_the_run_and_keeps_the_baseline(tmp_path: Path) -> None:
+    # A task whose train.py reports 3 GB of GPU memory, under a 2 GB cap: every candidate
+    # of its size would be discarded, so `rsilab run` says so instead of researching.
+    task = broken_task(tmp_path, "threads = 1=>threads = 1\ngpu_memory_gb = 2")
+    train = task / "train.py"
+    train.write_text(train.read_text().replace('harness.print_summary({', 'harness.print_summary({"peak_memory_gb": 3.0, '))
+    out = rsilab("run", "lab", "--task", str(task), "--max-experiments", "1", cwd=tmp_path)
+    assert out.returncode == 2, out.stdout + out.stderr
+    err = out.stderr.strip().splitlines()
+    assert len(err) == 1 and "Traceback" not in out.stderr
+    assert "peak GPU memory 3 GB over the 2 GB cap (gpu_memory_gb" in err[0] and "--set" in err[0]
+    # The baseline's measurements are kept: with the cap raised the run goes on from them.
+    out = rsilab("run", "lab", "--set", "gpu_memory_gb=4", "--max-experiments", "1", cwd=tmp_path)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "baseline run" not in out.stdout
+    status = rsilab("status", "lab", cwd=tmp_path)
+    assert "2 experiments" in status.stdout, status.stdout
 
 
 def test_commands_outside_a_workspace_explain_themselves(tmp_path: Path) -> None:

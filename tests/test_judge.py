@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from rsilab.config import JudgeSpec
-from rsilab.judge import Judgement, judge, noise_sigma, seed_schedule
+from rsilab.judge import Judgement, cap_breach, judge, noise_sigma, seed_schedule
 from rsilab.types import Metric, RunResult, Status, Verdict
 
 MIN = Metric("val_bpb", "min")
@@ -220,6 +220,18 @@ def test_memory_cap_discards_with_figures() -> None:
     assert j.effect == pytest.approx(0.1)
     uncapped = judge(runs([0.98, 0.982], peak_memory_gb=12.5), INCUMBENT, MIN, SPEC)
     assert uncapped.verdict is Verdict.KEEP
+
+
+def test_host_and_gpu_memory_are_capped_separately() -> None:
+    # A GPU run: 9.9 GB on the card, 2 GB of host RSS (the runner records both).
+    gpu_run = runs([0.9, 0.902], peak_memory_gb=9.9, peak_gpu_memory_gb=9.9, peak_rss_gb=2.0)
+    assert judge(gpu_run, INCUMBENT, MIN, SPEC, memory_cap_gb=8).verdict is Verdict.KEEP
+    j = judge(gpu_run, INCUMBENT, MIN, SPEC, memory_cap_gb=8, gpu_memory_cap_gb=8)
+    assert j.verdict is Verdict.DISCARD
+    assert "GPU memory 9.9 GB" in j.reason and "gpu_memory_gb" in j.reason
+    host = runs([0.9, 0.902], peak_memory_gb=9.0, peak_gpu_memory_gb=0.0, peak_rss_gb=9.0)
+    assert "(memory_gb, run 1)" in judge(host, INCUMBENT, MIN, SPEC, memory_cap_gb=8, gpu_memory_cap_gb=40).reason
+    assert cap_breach(gpu_run, memory_gb=10, gpu_memory_gb=10) is None
 
 
 def test_constraints() -> None:

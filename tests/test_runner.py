@@ -128,6 +128,18 @@ print("val_loss: 0.000001")   # a lie: the evaluator scores the saved weights it
     assert result.seed == 3 and result.ok
 
 
+def test_reported_device_memory_and_host_rss_are_recorded_apart(tmp_path: Path) -> None:
+    task = _task(tmp_path / "task", TOY_TRAIN + """
+print("---")
+print("peak_memory_gb: 0.000123")   # what a GPU script reports: its device's peak
+""")
+    result = _run(task, tmp_path)
+    assert result.status is Status.OK, result.reason
+    assert result.peak_gpu_memory_gb == pytest.approx(0.000123)
+    assert result.peak_rss_gb > 0.01  # a Python process with numpy loaded, as the watchdog saw it
+    assert result.peak_memory_gb == max(result.peak_rss_gb, result.peak_gpu_memory_gb)
+
+
 def test_train_that_raises_is_a_crash_with_the_traceback(tmp_path: Path) -> None:
     task = _task(tmp_path / "task", """
         def build():

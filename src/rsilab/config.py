@@ -107,7 +107,10 @@ class TaskSpec:
     overhead: float = 30.0  # seconds on top of the budget for start-up and saving
     eval_timeout: float = 300.0
     threads: int = 1
-    memory_gb: float = 0.0  # 0: no cap
+    memory_gb: float = 0.0  # host memory (RSS) a run may use; past it the run is killed (oom). 0: no cap
+    # Peak GPU memory a kept run may use: what train.py reports as `peak_memory_gb:` (the
+    # bundled task: torch.cuda.max_memory_allocated). A run over it is discarded. 0: no cap.
+    gpu_memory_gb: float = 0.0
     # Isolation of runs (rsilab.sandbox): "auto" (the best that works here), "require"
     # (bubblewrap or refuse to run), or a level: "bwrap", "netns", "none".
     sandbox: Literal["auto", "require", "bwrap", "netns", "none"] = "auto"
@@ -345,6 +348,7 @@ def _validate(spec: TaskSpec, path: Path) -> None:
     # Durations, sizes and counts: a negative (or zero) one is a typo, never a setting.
     llm, agent = spec.llm, spec.agent
     for key, value in (("overhead", spec.overhead), ("memory_gb", spec.memory_gb),
+                       ("gpu_memory_gb", spec.gpu_memory_gb),
                        ("judge.recheck_every", j.recheck_every), ("judge.min_effect", j.min_effect),
                        ("eval.probes", spec.eval.probes), ("tuner.follow", spec.tuner.follow),
                        ("llm.temperature", llm.temperature), ("llm.price_in", llm.price_in),

@@ -161,11 +161,20 @@ def _stats(
     )  # fmt: skip
 
 
-def _breach(runs: Sequence[RunResult], cap: float, constraints: Mapping[str, float]) -> str | None:
+def cap_breach(runs: Sequence[RunResult], *, memory_gb: float = 0.0, gpu_memory_gb: float = 0.0,
+               constraints: Mapping[str, float] | None = None) -> str | None:
+    """Why the first run that breaks a cap breaks it (None: none does). 0 means no cap.
+
+    `memory_gb` caps host memory (the watchdog's RSS), `gpu_memory_gb` the peak that
+    train.py reports (rsilab.toml keys of the same names); `constraints` cap summary keys.
+    """
     for i, r in enumerate(runs, 1):
-        if cap > 0 and r.peak_memory_gb > cap:
-            return f"peak memory {r.peak_memory_gb:.3g} GB over the {cap:g} GB cap (run {i})"
-        for key, limit in constraints.items():
+        if memory_gb > 0 and r.peak_rss_gb > memory_gb:
+            return f"peak memory {r.peak_rss_gb:.3g} GB over the {memory_gb:g} GB cap (memory_gb, run {i})"
+        if gpu_memory_gb > 0 and r.peak_gpu_memory_gb > gpu_memory_gb:
+            return (f"peak GPU memory {r.peak_gpu_memory_gb:.3g} GB over the {gpu_memory_gb:g} GB cap "
+                    f"(gpu_memory_gb, run {i})")
+        for key, limit in (constraints or {}).items():
             value = r.summary.get(key)
             if value is None:
                 return f"constraint {key} <= {limit:g}: not reported (run {i})"
@@ -190,6 +199,7 @@ def judge(
     candidate_size: int | None = None,
     incumbent_size: int | None = None,
     memory_cap_gb: float = 0.0,
+    gpu_memory_cap_gb: float = 0.0,
     constraints: Mapping[str, float] | None = None,
     noise_groups: Sequence[Sequence[float]] = (),
     min_runs: int | None = None,
@@ -222,7 +232,8 @@ def judge(
                 _FAILED[r.status], _prefixed(r.status.value, r.reason or "no reason given") + where
             )
     assert st is not None
-    breach = _breach(candidate, memory_cap_gb, constraints or {})
+    breach = cap_breach(candidate, memory_gb=memory_cap_gb, gpu_memory_gb=gpu_memory_cap_gb,
+                        constraints=constraints)
     if breach:
         return out(Verdict.DISCARD, breach)
     seeds = {r.seed for r in ok}

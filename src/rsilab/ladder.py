@@ -161,6 +161,7 @@ def confirm_on_ladder(task: TaskSpec, rungs: Sequence[float], candidate_workdir:
             spent += r.train_seconds + r.eval_seconds
             cand_runs.append(r)
             j: Judgement = judge(cand_runs, inc_values, metric, task.judge, memory_cap_gb=task.memory_gb,
+                                 gpu_memory_cap_gb=task.gpu_memory_gb,
                                  constraints=task.constraints, candidate_size=cand_size, incumbent_size=inc_size)
             if j.verdict is not Verdict.MORE:
                 break

@@ -53,7 +53,7 @@ from rsilab.controls import Controls
 from rsilab.errors import RsilabError
 from rsilab.executors.base import Executor, RunFuture, RunRequest
 from rsilab.executors.base import create as create_executor
-from rsilab.judge import Judgement, judge, seed_schedule
+from rsilab.judge import Judgement, cap_breach, judge, seed_schedule
 from rsilab.ledger import Experiment, Ledger
 from rsilab.merge import Merge, reapply
 from rsilab.proposers.base import Context, HistoryItem, Proposer
@@ -266,6 +266,22 @@ class Supervisor:
         self._event("baseline", f"baseline {self.metric.name} {mean:.4f} ± {sd:.4f} over {len(ok)} seeds")
         return self.ledger.experiment(exp_id)
 
+    def _check_caps(self) -> None:
+        """Refuse to research when the incumbent itself breaks a memory cap.
+
+        Every candidate of its size would be discarded for it, all night long; more often
+        than not the cap was set for another machine (the bundled task's CPU figure on a
+        GPU). Constraints are not checked: getting under one can be the research itself.
+        """
+        inc = self.ledger.incumbent()
+        assert inc is not None
+        runs = [r.result for r in self.ledger.runs(inc.id) if r.result.ok]
+        breach = cap_breach(runs, memory_gb=self.task.memory_gb, gpu_memory_gb=self.task.gpu_memory_gb)
+        if breach:
+            raise RsilabError(f"the incumbent #{inc.id} itself breaks a cap: {breach}; no candidate of its size "
+                              "could be kept. Raise the cap in rsilab.toml (or --set KEY=GB) and run again: "
+                              "the measurements are kept")
+
     # ---- proposals --------------------------------------------------------------------
     def _should_stop(self) -> bool:
         return self._stopping or self.ws.stop_file.exists()
@@ -400,7 +416,8 @@ class Supervisor:
             flight.runs.append(result)
             j = judge(flight.runs, self._values(flight.parent.id), self.metric, self.task.judge,
                       candidate_size=flight.sizes[0], incumbent_size=flight.sizes[1],
-                      memory_cap_gb=self.task.memory_gb, constraints=self.task.constraints,
+                      memory_cap_gb=self.task.memory_gb, gpu_memory_cap_gb=self.task.gpu_memory_gb,
+                      constraints=self.task.constraints,
                       noise_groups=self._noise_groups(flight.exp_id, flight.parent.id),
                       min_runs=self.task.judge.knob_min_runs if flight.knob_only else None)
             if j.verdict is not Verdict.MORE:
@@ -654,6 +671,7 @@ class Supervisor:
         self.recover()
         try:
             self.ensure_baseline()
+            self._check_caps()
             self.progress.baseline = self.ledger.experiments()[0].metric
             self.progress.best = _mean(self.ledger.incumbent_values())
             self.warm_start()

@@ -409,7 +409,12 @@ def _run(task: TaskSpec, workdir: Path, run_dir: Path, *, seed: int, train_data:
         sandbox.remove(paths.train_log)
         paths.train_log.write_text("rsilab: the run replaced or removed this log\n")
     summary = parse_summary(tail(paths.train_log, SUMMARY_LINES))  # the `---` block ends the log
-    summary["peak_memory_gb"] = max(summary.get("peak_memory_gb", 0.0), train.peak_rss_gb)
+    # Two resources, two caps (memory_gb, gpu_memory_gb): what train.py reports is its
+    # device's peak (CUDA's allocator for the bundled task), what the watchdog saw is host RSS.
+    reported = float(summary.get("peak_memory_gb", 0.0))
+    summary["peak_gpu_memory_gb"] = reported
+    summary["peak_rss_gb"] = train.peak_rss_gb
+    summary["peak_memory_gb"] = max(reported, train.peak_rss_gb)
 
     def result(status: Status, reason: str = "", *, metric: float | None = None,
                evaluation: dict[str, Any] | None = None, log: Path | None = None,

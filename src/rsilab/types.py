@@ -96,4 +96,15 @@ class RunResult:
 
     @property
     def peak_memory_gb(self) -> float:
+        """The larger of the two peaks below (results.tsv's `memory_gb`)."""
         return float(self.summary.get("peak_memory_gb", 0.0))
+
+    @property
+    def peak_rss_gb(self) -> float:
+        """Host memory of the run's process tree, as the runner's watchdog saw it."""
+        return float(self.summary.get("peak_rss_gb", self.peak_memory_gb))  # rows before the split
+
+    @property
+    def peak_gpu_memory_gb(self) -> float:
+        """The peak train.py reports itself (`peak_memory_gb:`; the bundled task: CUDA's)."""
+        return float(self.summary.get("peak_gpu_memory_gb", 0.0))
