@@ -105,6 +105,25 @@ def test_proposals_change_one_to_three_knobs_in_range() -> None:
     assert "RUN" not in space and "PRESET" not in space
 
 
+def test_a_fraction_near_one_is_searched_as_its_complement() -> None:
+    # Adam's beta2 = 0.95: the tuner searches 1 - beta2 log-uniformly over 0.005..0.5, so a
+    # draw is a beta2 in 0.5..0.995 (not 0.095..1, where half the draws were under 0.31).
+    files = {"train.py": "BETA2 = 0.95    # AdamW beta2\nLR = 0.001\n"}
+    tuner = Tuner(seed=1, max_knobs=2)
+    betas = []
+    for _ in range(40):
+        p = tuner.propose(ctx(files))
+        assert p is not None
+        assert parse_knobs(p.files["train.py"])["BETA2"].value == p.knobs["BETA2"]
+        betas.append(p.knobs["BETA2"])
+        tuner.observe(p, "discard", 1.0)
+    assert tuner.space["BETA2"] == FloatDistribution(0.005, 0.5, log=True)
+    moved = [b for b in betas if b != 0.95]
+    assert len(moved) >= 10 and all(0.5 <= b <= 0.995 for b in moved)
+    assert statistics.median(moved) > 0.8
+    assert all(b == float(f"{b:.3g}") for b in moved)  # readable values: 0.997, not 0.99729...
+
+
 def test_description_and_files_match() -> None:
     p = Tuner(seed=0).propose(ctx())
     assert p is not None
