@@ -13,7 +13,7 @@ import pytest
 
 from rsilab.config import resolve_task_dir
 from rsilab.ledger import Ledger
-from rsilab.orchestrator import Limits, Supervisor
+from rsilab.orchestrator import Limits, Supervisor, interrupt_once
 from rsilab.proposers import create
 from rsilab.proposers.base import Context
 from rsilab.types import Proposal
@@ -199,6 +199,42 @@ def test_kill_9_during_a_run_then_resume(tmp_path: Path) -> None:
     # The interrupted idea is recorded, then run again (and times out: it sleeps).
     assert [e.status for e in exps] == ["keep", "interrupted", "timeout", "keep"]
     assert exps[1].description == exps[2].description == "a slow"
+
+
+def test_interrupt_once_raises_for_the_first_sigint_and_absorbs_the_rest() -> None:
+    before = signal.getsignal(signal.SIGINT)
+    cleaned_up = False
+    with pytest.raises(KeyboardInterrupt), interrupt_once():
+        try:
+            signal.raise_signal(signal.SIGINT)  # handled before raise_signal returns
+            raise AssertionError("the first SIGINT did not interrupt")
+        except KeyboardInterrupt:
+            signal.raise_signal(signal.SIGINT)  # lands in the cleanup: ignored
+            signal.raise_signal(signal.SIGINT)
+            cleaned_up = True
+            raise
+    assert cleaned_up
+    assert signal.getsignal(signal.SIGINT) is before
+
+
+@pytest.mark.parametrize("signals", [1, 2])
+def test_ctrl_c_during_a_run_stops_cleanly_even_when_pressed_twice(tmp_path: Path, signals: int) -> None:
+    # Two SIGINTs back to back is what `timeout -s INT` sends (the child, then its process
+    # group) and what an impatient user does; the second must not cut the cleanup short.
+    ws_dir = make_ws(tmp_path)
+    marker = tmp_path / "started"
+    queue_patch(ws_dir, "a-slow", TOY_TRAIN, "rng = np.random",
+                f"import pathlib, time\npathlib.Path({str(marker)!r}).write_text('x')\ntime.sleep(60)\nrng = np.random")
+    fast = ("--set", "budget=1", "--set", "overhead=2", "--set", 'sandbox="none"')
+    proc = _rsilab("run", str(ws_dir), "--proposer", "queue", *fast, cwd=tmp_path)
+    _wait_for(marker.exists, proc=proc)
+    for _ in range(signals):
+        proc.send_signal(signal.SIGINT)
+    output, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 130, output
+    assert "Traceback" not in output and output.rstrip().endswith("`rsilab run` resumes"), output
+    ledger = _assert_consistent(ws_dir)
+    assert [e.status for e in ledger.experiments()] == ["keep", "interrupted"]
 
 
 @pytest.mark.parametrize("decisions_before_kill", [1, 2, 3])

@@ -38,10 +38,11 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import math
+import signal
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
@@ -101,6 +102,39 @@ def _size(files: dict[str, str]) -> int:
 
 def _mean(values: Sequence[float]) -> float | None:
     return sum(values) / len(values) if values else None
+
+
+@contextlib.contextmanager
+def interrupt_once() -> Iterator[None]:
+    """Inside the block the first SIGINT raises KeyboardInterrupt and any later one is ignored.
+
+    The cleanup after a stop (cancel the runs, record them interrupted, drop their worktrees)
+    must run to its end. A second Ctrl-C, or coreutils `timeout -s INT` (it signals the child,
+    then the child's whole process group), would otherwise land inside it, or in the
+    standard library's lock code on the way there (seen: "RuntimeError: release unlocked
+    lock"), and leave an experiment "running" with its worktree behind. kill -9 still stops
+    everything, and is safe. Only the main thread may set handlers, so elsewhere this does
+    nothing; nor where SIGINT is ignored (a background job of a script, nohup).
+    """
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.getsignal(signal.SIGINT)
+    if previous is None or previous == signal.SIG_IGN:
+        yield
+        return
+    fired = False
+
+    def first_only(signum: int, frame: object) -> None:
+        nonlocal fired
+        if not fired:
+            fired = True
+            raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, first_only)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 class Supervisor:
@@ -665,6 +699,12 @@ class Supervisor:
     def run(self) -> str:
         """Loop until a stop rule; returns why it stopped. Ctrl-C propagates after cleanup:
         the runs in flight are cancelled and their experiments recorded as interrupted."""
+        with interrupt_once():
+            reason = self._run()
+        self._event("stop", f"stopped: {reason}")
+        return reason
+
+    def _run(self) -> str:
         own = self.executor is None
         if self.executor is None:
             self.executor = create_executor("local", task=self.task, workers=1)
@@ -675,7 +715,7 @@ class Supervisor:
             self.progress.baseline = self.ledger.experiments()[0].metric
             self.progress.best = _mean(self.ledger.incumbent_values())
             self.warm_start()
-            reason = self._loop()
+            return self._loop()
         except BaseException:
             self._stopping = self._hard = True  # proposers waiting on something give up
             self._cancel_all()
@@ -685,5 +725,3 @@ class Supervisor:
             if own:
                 self.executor.close()
                 self.executor = None
-        self._event("stop", f"stopped: {reason}")
-        return reason
