@@ -41,14 +41,14 @@ Positive = better (val_bpb is lower). A rule that keeps noise claims more than i
 Two starts (`--start`): `defaults`, the task as shipped, where a first session finds large,
 easy gains (val_bpb 3.79 -> about 2.8 at 6e11 FLOPs, each many times the noise); and
 `tuned`, TUNED below, the best incumbent an earlier round confirmed: a second night, where
-most gains left are about the size of the noise (larger for these small models: baseline
-sd 0.01-0.035, against about 0.008 at the defaults). Measured at 28 runs (issue 3's notes):
-the single-run rule out-gained the judge in both. From the defaults, 6 seeds: confirmed
-+0.970 against +0.727 (tuner) and +0.757 (random), paired -0.243 ± 0.137; with 27
-experiments against 15-23 it found more of the rare large gains (two tuner sessions stopped
-at +0.14 and +0.38, one of them on the same path as the single-run session until its runs
-ran out). From tuned, 3 seeds: +0.026 against +0.009. Claimed minus confirmed, per session:
-single-run rule up to +0.097, judge arms within 0.06 either way.
+most gains left are about the size of the noise (larger for these small models: baseline sd
+0.01-0.035, against about 0.008 at the defaults). Measured at 28 runs (issue 3's notes; the
+tuner before fed122e): the single-run rule out-gained the judge in both. From the defaults,
+6 seeds: confirmed +0.970 against +0.727 (tuner) and +0.757 (random), paired -0.243 ± 0.137;
+with 27 experiments against 15-23 it found more of the rare large gains (two tuner sessions
+stopped at +0.14 and +0.38, one of them on the same path as the single-run session until its
+runs ran out). From tuned, 3 seeds: +0.026 against +0.009. Claimed minus confirmed, per
+session: single-run rule up to +0.097, judge arms within 0.06 either way.
 
 Workspaces (ledgers, logs; model artifacts are deleted) stay under `--out` (default:
 <RSILAB_HOME>/benchmarks/research_velocity-<time>). Nothing is asserted.
