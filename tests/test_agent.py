@@ -336,7 +336,9 @@ def test_prompt_orders_best_results_by_the_metric_direction() -> None:
     assert best[0].startswith("- #1 keep 0.5") and best[1].startswith("- #2 keep 0.4")
     assert "Incumbent: not measured yet" in text and "higher is better" in text
     empty = build_prompt(Context({}, Metric(), None, [], []), Path("/tmp/d.txt"))
-    assert "No experiments yet." in empty
+    assert "No experiments yet." in empty and "Limits" not in empty
+    limited = build_prompt(Context({}, Metric(), None, [], [], limits=["GPU memory: 40 GB peak"]), Path("/tmp/d.txt"))
+    assert "## Limits of one run\n\n- GPU memory: 40 GB peak\n" in limited
 
 
 def test_parse_codex_tolerates_noise_and_reports_failures() -> None:

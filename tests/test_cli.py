@@ -100,7 +100,7 @@ def test_an_incumbent_over_a_memory_cap_stops_the_run_and_keeps_the_baseline(tmp
     assert out.returncode == 2, out.stdout + out.stderr
     err = out.stderr.strip().splitlines()
     assert len(err) == 1 and "Traceback" not in out.stderr
-    assert "peak GPU memory 3 GB over the 2 GB cap (gpu_memory_gb" in err[0] and "--set" in err[0]
+    assert "peak GPU memory 3 GB over the 2 GB cap (gpu_memory_gb" in err[0] and "--set gpu_memory_gb=6" in err[0]
     # The baseline's measurements are kept: with the cap raised the run goes on from them.
     out = rsilab("run", "lab", "--set", "gpu_memory_gb=4", "--max-experiments", "1", cwd=tmp_path)
     assert out.returncode == 0, out.stdout + out.stderr

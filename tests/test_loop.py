@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -142,8 +143,11 @@ def test_a_crash_is_a_result_not_a_stop(tmp_path: Path) -> None:
 
 
 def _rsilab(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    # SIGINT back to its default in the child: a test suite started as a background job of
+    # a script inherits SIGINT ignored, and rsilab, like any program, keeps it ignored then.
     return subprocess.Popen([sys.executable, "-m", "rsilab.cli", *args], cwd=cwd, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env or dict(os.environ))
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env or dict(os.environ),
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def _wait_for(predicate: object, timeout: float = 60.0, proc: subprocess.Popen[str] | None = None) -> None:
@@ -201,8 +205,16 @@ def test_kill_9_during_a_run_then_resume(tmp_path: Path) -> None:
     assert exps[1].description == exps[2].description == "a slow"
 
 
-def test_interrupt_once_raises_for_the_first_sigint_and_absorbs_the_rest() -> None:
-    before = signal.getsignal(signal.SIGINT)
+@pytest.fixture
+def sigint_handler() -> Iterator[None]:
+    """Python's own SIGINT handler, whatever this process inherited (a test suite started as a
+    background job of a script has SIGINT ignored)."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+def test_interrupt_once_raises_for_the_first_sigint_and_absorbs_the_rest(sigint_handler: None) -> None:
     cleaned_up = False
     with pytest.raises(KeyboardInterrupt), interrupt_once():
         try:
@@ -214,7 +226,17 @@ def test_interrupt_once_raises_for_the_first_sigint_and_absorbs_the_rest() -> No
             cleaned_up = True
             raise
     assert cleaned_up
-    assert signal.getsignal(signal.SIGINT) is before
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_interrupt_once_keeps_an_ignored_sigint_ignored() -> None:
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with interrupt_once():
+            signal.raise_signal(signal.SIGINT)  # nohup, or a background job: nothing happens
+            assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 @pytest.mark.parametrize("signals", [1, 2])

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from rsilab import harness
+from rsilab.config import load_task, resolve_task_dir
 from rsilab.proposers.base import Context, HistoryItem
 from rsilab.proposers.edits import FORMAT_INSTRUCTIONS
 from rsilab.proposers.prompt import (
@@ -75,6 +76,19 @@ def test_prompt_holds_program_files_metric_and_format() -> None:
     assert "try rope" in user and "No experiments yet." in user
     assert FORMAT_INSTRUCTIONS.strip() in system and HARNESS_API.strip() in system
     assert "train.py, extra.py" in system
+
+
+def test_the_limits_of_a_run_are_in_the_prompt_and_only_when_set() -> None:
+    # The bundled task's own limits: on a GPU box the researcher plans within 40 GB.
+    limits = load_task(resolve_task_dir("gpt")).limits()
+    c = Context(FILES, Metric(), 3.2, [], [], editable=("train.py",), limits=limits)
+    user = build_messages(c, budget_tokens=50_000)[1][0]["content"]
+    block = user.split("# Limits of one run\n\n")[1].split("\n\n")[0].splitlines()
+    assert block == [f"- {line}" for line in limits]
+    assert any("GPU memory: 40 GB" in line for line in block) and any("60 s" in line for line in block)
+    assert "# Limits" not in build_messages(ctx(), budget_tokens=50_000)[1][0]["content"]
+    flops = load_task(resolve_task_dir("gpt"), overrides=[("budget_flops", 3e12)]).limits()
+    assert flops[0].startswith("training budget: 3e+12 estimated FLOPs per run")
 
 
 def test_harness_api_names_only_real_functions() -> None:

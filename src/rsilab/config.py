@@ -155,6 +155,23 @@ class TaskSpec:
     def is_editable(self, rel: str) -> bool:
         return any(_glob_match(rel, g) for g in self.editable)
 
+    def limits(self) -> list[str]:
+        """What one run may use, one line each, for the researcher's prompt: a proposal
+        that plans within them does not spend a run on a discard it could have foreseen."""
+        if self.budget_flops:
+            lines = [f"training budget: {self.budget_flops:.3g} estimated FLOPs per run "
+                     f"(`harness.budget_flops()`), at most {self.budget:g} s of wall clock"]
+        else:
+            lines = [f"training budget: {self.budget:g} s of wall clock per run (`harness.budget_seconds()`)"]
+        if self.memory_gb:
+            lines.append(f"host memory: {self.memory_gb:g} GB per run; past it the run is killed (oom)")
+        if self.gpu_memory_gb:
+            lines.append(f"GPU memory: {self.gpu_memory_gb:g} GB peak, as train.py reports it "
+                         "(`peak_memory_gb` in its summary); a run over it is discarded")
+        lines += [f"{key} <= {limit:g} (a key of train.py's summary); a run over it is discarded"
+                  for key, limit in self.constraints.items()]
+        return lines
+
 
 def _glob_match(rel: str, pattern: str) -> bool:
     from fnmatch import fnmatchcase

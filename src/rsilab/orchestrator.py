@@ -310,11 +310,14 @@ class Supervisor:
         inc = self.ledger.incumbent()
         assert inc is not None
         runs = [r.result for r in self.ledger.runs(inc.id) if r.result.ok]
-        breach = cap_breach(runs, memory_gb=self.task.memory_gb, gpu_memory_gb=self.task.gpu_memory_gb)
-        if breach:
-            raise RsilabError(f"the incumbent #{inc.id} itself breaks a cap: {breach}; no candidate of its size "
-                              "could be kept. Raise the cap in rsilab.toml (or --set KEY=GB) and run again: "
-                              "the measurements are kept")
+        host = cap_breach(runs, memory_gb=self.task.memory_gb)
+        gpu = cap_breach(runs, gpu_memory_gb=self.task.gpu_memory_gb)
+        for key, breach, peak in (("memory_gb", host, max((r.peak_rss_gb for r in runs), default=0.0)),
+                                  ("gpu_memory_gb", gpu, max((r.peak_gpu_memory_gb for r in runs), default=0.0))):
+            if breach:
+                raise RsilabError(f"the incumbent #{inc.id} itself breaks a cap: {breach}; no candidate of its "
+                                  f"size could be kept. Run again with a higher cap, e.g. `--set {key}="
+                                  f"{math.ceil(2 * peak)}`: the measurements so far are kept")
 
     # ---- proposals --------------------------------------------------------------------
     def _should_stop(self) -> bool:
@@ -328,7 +331,8 @@ class Supervisor:
         ideas = [(path, path.read_text(errors="replace")) for path in sorted(self.ws.queue_dir.glob("*.idea.md"))]
         return Context(files=files, metric=self.metric, incumbent_metric=_mean(self._values(inc.id)), ideas=ideas,
                        history=self.history(), in_flight=in_flight, preset=self.preset or "cpu",
-                       program=program, editable=tuple(self.task.editable), workdir=workdir,
+                       program=program, editable=tuple(self.task.editable), limits=self.task.limits(),
+                       workdir=workdir,
                        notify=self._say, should_stop=self._should_stop)
 
     def _known_trees(self) -> dict[str, int]:

@@ -172,7 +172,9 @@ def build_prompt(ctx: Context, description_file: Path) -> str:
              "## Goal", "", f"Metric: {metric.name} ({better} is better). Incumbent: {inc}.",
              "The current folder is a fresh checkout of the incumbent. Make ONE focused change that "
              "you expect to improve the metric; it is kept only if it beats the incumbent beyond "
-             "the run-to-run noise.", "", "## History", "", *_history(ctx.history, ctx), "",
+             "the run-to-run noise.", "",
+             *(["## Limits of one run", "", *(f"- {line}" for line in ctx.limits), ""] if ctx.limits else []),
+             "## History", "", *_history(ctx.history, ctx), "",
              "## Rules", "",
              f"- Edit only files matching: {editable}. Any other change makes the experiment invalid.",
              "- Do not run training, evaluation or any long command: the supervisor trains and "

@@ -60,6 +60,7 @@ class Context:
     preset: str = "cpu"  # which knob preset is active (see knobs.py)
     program: str = ""  # the task's research instructions (program.md)
     editable: Sequence[str] = ()  # globs of the files a proposal may change
+    limits: Sequence[str] = ()  # what one run may use (TaskSpec.limits), for prompts
     # A fresh checkout of the incumbent that becomes this experiment's worktree. A proposer
     # may edit it in place (coding-agent CLIs do) instead of returning files; the
     # supervisor checks and commits whatever differs, exactly as for returned files.

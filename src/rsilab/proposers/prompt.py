@@ -103,6 +103,8 @@ def build_messages(ctx: Context, *, budget_tokens: int, fix: Fix | None = None,
              else f"scores {ctx.incumbent_metric:.4f}; your change must beat it")
     head.append(f"# Metric\n\n{ctx.metric.name}, {direction} is better. "
                 f"The incumbent (the files above) {score}.")
+    if ctx.limits:
+        head.append("# Limits of one run\n\n" + "\n".join(f"- {line}" for line in ctx.limits))
     head.append("# History\n\n")
     tail: list[str] = []
     if ctx.in_flight:
