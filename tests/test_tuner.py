@@ -112,12 +112,16 @@ def test_a_fraction_near_one_is_searched_as_its_complement() -> None:
     tuner = Tuner(seed=1, max_knobs=2)
     betas = []
     for _ in range(40):
-        p = tuner.propose(ctx(files))
+        p = tuner.propose(ctx(files, incumbent_metric=1.0))
         assert p is not None
         assert parse_knobs(p.files["train.py"])["BETA2"].value == p.knobs["BETA2"]
         betas.append(p.knobs["BETA2"])
-        tuner.observe(p, "discard", 1.0)
+        tuner.observe(p, "discard", 1.0 + (0.95 - p.knobs["BETA2"]) ** 2)
     assert tuner.space["BETA2"] == FloatDistribution(0.005, 0.5, log=True)
+    # What the study learned is in coordinates: a trial of beta2 = b holds 1 - b.
+    assert tuner.study is not None
+    taught = [t.params["BETA2"] for t in tuner.study.trials if t.state is TrialState.COMPLETE and "BETA2" in t.params]
+    assert sorted(taught) == sorted(round(1 - b, 12) for b in betas if b != 0.95)
     moved = [b for b in betas if b != 0.95]
     assert len(moved) >= 10 and all(0.5 <= b <= 0.995 for b in moved)
     assert statistics.median(moved) > 0.8
