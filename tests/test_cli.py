@@ -61,6 +61,16 @@ def test_train_prints_an_honest_summary(tmp_path: Path) -> None:
     assert "val_loss:" in out.stdout and "sealed evaluator" in out.stdout
 
 
+def test_trains_started_in_the_same_second_get_their_own_run_folders(tmp_path: Path) -> None:
+    cmd = [sys.executable, "-m", "rsilab.cli", "train", "--task", "toy"]
+    procs = [subprocess.Popen([*cmd, "--seed", str(i)], cwd=tmp_path, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for i in range(2)]
+    outs = [p.communicate(timeout=120)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    logs = {line.split()[-1] for out in outs for line in out.splitlines() if line.startswith("log:")}
+    assert len(logs) == 2 and all(Path(log).is_file() for log in logs)
+
+
 def test_run_status_report_and_tsv_round_trip(tmp_path: Path) -> None:
     out = rsilab("run", "lab", "--task", "toy", "--max-experiments", "3", cwd=tmp_path)
     assert out.returncode == 0, out.stdout + out.stderr
