@@ -115,7 +115,6 @@ def train(task_name: str | None, seed: int, preset: str | None, sets: tuple[str,
           require_sandbox: bool) -> None:
     """Train and evaluate a task's current code once, and print the summary."""
     import shutil
-    import tempfile
 
     from rsilab import paths, runner, sandbox
     from rsilab.config import load_task
@@ -124,10 +123,7 @@ def train(task_name: str | None, seed: int, preset: str | None, sets: tuple[str,
     task = load_task(task_dir, _overrides(sets))
     isolation, level = _isolation(require_sandbox, task)
     train_data, val_data = _task_data(task)
-    # A fresh folder even for runs started in the same second (mkdtemp picks a free name).
-    (paths.home() / "runs").mkdir(parents=True, exist_ok=True)
-    run_dir = Path(tempfile.mkdtemp(prefix=f"{task.name}-{time.strftime('%Y%m%d-%H%M%S')}-",
-                                    dir=paths.home() / "runs"))
+    run_dir = paths.stamped_dir(paths.home() / "runs", f"{task.name}-")
     work = run_dir / "work"
     shutil.copytree(task_dir, work, ignore=shutil.ignore_patterns("__pycache__", ".rsilab", ".git"))
     click.echo(f"training {task.name} for {task.budget:g} s (seed {seed}); log: {run_dir / 'train.log'}")

@@ -7,6 +7,8 @@ only shared, re-creatable things (prepared data, downloaded sources) live in the
 from __future__ import annotations
 
 import os
+import tempfile
+import time
 from pathlib import Path
 
 
@@ -25,3 +27,10 @@ def data_dir() -> Path:
 
 def bundled_tasks_dir() -> Path:
     return Path(__file__).parent / "tasks"
+
+
+def stamped_dir(parent: Path, prefix: str = "") -> Path:
+    """A new, empty folder under `parent` (created if need be): `prefix`, the local time to
+    the second, then a suffix that keeps two folders made in the same second apart."""
+    parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f"{prefix}{time.strftime('%Y%m%d-%H%M%S')}-", dir=parent))

@@ -61,7 +61,7 @@ from typing import Any
 
 from scipy import stats
 
-from rsilab import runner
+from rsilab import paths, runner
 from rsilab.config import TaskSpec
 from rsilab.errors import ConfigError, WorkspaceError
 from rsilab.fsio import atomic_write
@@ -657,8 +657,7 @@ def score_workspace(ws: Workspace, task: TaskSpec, *, preset: str, references: S
     contenders.append(target)
     contenders += [s.contender for s in steered]
     seed_list = [seed_schedule(SCORE_SEED_BASE, 0, k) for k in range(seeds)]
-    (ws.state / "score").mkdir(parents=True, exist_ok=True)  # a fresh folder even within one second
-    run_root = Path(tempfile.mkdtemp(prefix=time.strftime("%Y%m%d-%H%M%S-"), dir=ws.state / "score"))
+    run_root = paths.stamped_dir(ws.state / "score")
     arms = evaluate(contenders, task, seed_list, run_root, train_data=train_data, val_data=val_data,
                     preset=preset, notify=notify)
     notes = [f"{s.contender.name}: {s.note}" for s in steered if s.note]
