@@ -131,7 +131,6 @@ def test_queued_ideas_are_files_the_queue_proposer_takes(ws: Workspace) -> None:
     toml_file = ws.queue_dir / a.payload["file"]
     assert toml_file.suffix == ".toml"
     assert tomllib.loads(toml_file.read_text()) == {"description": 'faster "LR"', "knobs": knobs}
-    time.sleep(0.002)  # names carry the time: the next idea sorts after this one
     patch = "--- a/train.py\n+++ b/train.py\n@@ -1,2 +1,2 @@\n-LR = 0.001               # peak learning rate\n+LR = 0.003               # peak learning rate\n ACT = \"gelu\"             # activation\n"
     b = controls.post(led, "queue_idea", {"patch": patch, "description": "try LR 0.003"})
     patch_file = ws.queue_dir / b.payload["file"]
@@ -148,6 +147,21 @@ def test_queued_ideas_are_files_the_queue_proposer_takes(ws: Workspace) -> None:
     assert "LR = 0.002" in first.files["train.py"] and "ACT = \"relu\"" in first.files["train.py"]
     assert second is not None and "LR = 0.003" in second.files["train.py"]
     assert q.propose(context) is None and idea.exists()
+
+
+def test_queue_names_sort_in_posting_order_across_a_second_boundary(
+    ws: Workspace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Two ideas posted 4 ms apart, either side of a whole second: the queue runs files in
+    # name order, so the later one must sort after the earlier one.
+    led = Ledger(ws.ledger_path)
+    clock = iter([1_700_000_000_998_000_000, 1_700_000_001_002_000_000])
+    monkeypatch.setattr(controls.time, "time_ns", lambda: next(clock))
+    first = controls.post(led, "queue_idea", {"knobs": {"LR": 0.002}, "description": "b first"})
+    second = controls.post(led, "queue_idea", {"knobs": {"LR": 0.003}, "description": "a second"})
+    names = [first.payload["file"], second.payload["file"]]
+    assert sorted(names) == names, names
+    assert names[0].startswith("20231114-221320-998000000-")
 
 
 @pytest.fixture(scope="module")

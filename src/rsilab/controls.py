@@ -176,8 +176,11 @@ def queue_idea(queue_dir: Path, idea: str | dict[str, Any]) -> Path:
         text = _text(item.get("text"), "idea")
         description = description or _first_line(text)
         body, suffix = text.rstrip() + "\n", IDEA_SUFFIX
-    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
-    name = f"{stamp}-{time.time_ns() % 10**9:09d}-{_slug(description)}{suffix}"
+    # One clock read for both parts: seconds and nanoseconds from two reads are out of order
+    # across a second boundary, and the queue runs files in name order.
+    seconds, nanos = divmod(time.time_ns(), 10**9)
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime(seconds))
+    name = f"{stamp}-{nanos:09d}-{_slug(description)}{suffix}"
     queue_dir.mkdir(parents=True, exist_ok=True)
     # Written under a dot name (the queue skips those), then renamed: never read half-written.
     tmp = queue_dir / f".{name}.tmp"
