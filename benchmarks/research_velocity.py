@@ -282,7 +282,10 @@ def main() -> None:
             print(_report(sessions[-1]), flush=True)
     else:  # spawn: each session is a fresh process with its own supervisor and signal handlers
         ctx = multiprocessing.get_context("spawn")
-        with concurrent.futures.ProcessPoolExecutor(args.jobs, mp_context=ctx) as pool:
+        # initializer: a session dies with this process, even when it is killed, not left to
+        # run on with no one to read its result.
+        with concurrent.futures.ProcessPoolExecutor(args.jobs, mp_context=ctx,
+                                                    initializer=runner.die_with_parent) as pool:
             futures = [pool.submit(run_session, arm, seed, args, data, root) for arm, seed in plan]
             for future in concurrent.futures.as_completed(futures):
                 sessions.append(future.result())
