@@ -28,6 +28,7 @@ configuration near the surface's optimum: the gains left are small and rare, the
 a long session or of autoresearch's own well-tuned train.py).
 
     python benchmarks/acceptance_sim.py --seeds 30 --runs 28
+    python benchmarks/acceptance_sim.py --arms judge,single --set judge.alpha=0.2  # another judge
 
 Arms (`--arms`; the first four by default): `judge` and `random`, the tuner and the random
 proposer with the task's judge; `single`, the tuner with the single-run rule, a fresh seed
@@ -98,7 +99,7 @@ from typing import Any
 from _common import paired_row, table
 
 from rsilab import paths
-from rsilab.config import JudgeSpec, load_task
+from rsilab.config import ConfigError, JudgeSpec, load_task, parse_override
 from rsilab.judge import judge
 from rsilab.proposers import create
 from rsilab.proposers.base import Context
@@ -233,8 +234,13 @@ def main() -> None:
                     help="share of the noise variance that is the harness seed's (see `session`)")
     ap.add_argument("--arms", default="", help=f"comma-separated, from {', '.join(ARM_KEYS)} "
                     f"(default: {', '.join(DEFAULT_ARMS)})")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a key of the gpt task for the judge arms, e.g. --set judge.alpha=0.2")
     args = ap.parse_args()
-    task = load_task(paths.bundled_tasks_dir() / "gpt")
+    try:
+        task = load_task(paths.bundled_tasks_dir() / "gpt", [parse_override(o) for o in args.overrides])
+    except ConfigError as e:
+        raise SystemExit(f"--set: {e}") from None
     shipped = {"train.py": (task.root / "train.py").read_text()}
     starts = {"defaults": shipped, "tuned": {**shipped, **set_knobs_in_files(shipped, TUNED, "cpu")}}
     light = dataclasses.replace(task.judge, noise_runs=1, max_runs=3, recheck_every=0)
