@@ -73,7 +73,7 @@ by seed, ± se):
   cost from the defaults at sigma 0.01 (+0.710 against the single-run rule's +0.711), but
   not at 0.05 (+0.638 against +0.689), and nothing from tuned (+0.010 and +0.002). So even a
   judge that knew the noise exactly would not lead the single-run rule clearly; none of the
-  shipped judge's settings tried (alpha 0.05-0.2, noise_runs 2-3, max_runs 2-4, re-checks
+  shipped judge's settings tried (alpha 0.05-0.2, noise_runs 2-3, max_runs 3-4, re-checks
   every 10 or never) did either (issue 3's notes).
 - With seed effects (`--rho 0.85`, 30 seeds at 28 runs), the single-run rule under one seed
   does better than under fresh seeds: +0.720 and +0.705 from the defaults (fresh: +0.715,
