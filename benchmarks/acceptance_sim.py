@@ -111,7 +111,6 @@ TUNED = {"WIDTH": 48, "DEPTH": 1, "MLP_RATIO": 2, "SEQ_LEN": 64, "BATCH_SIZE": 8
          "OPTIMIZER": "muon", "MATRIX_LR": 0.1, "BETA1": 0.8, "INIT_STD": 0.03}
 AUTORESEARCH = JudgeSpec(noise_runs=1, max_runs=1, min_runs=1, knob_min_runs=1, alpha=0.5, recheck_every=0)
 METRIC = Metric("val_bpb", "min")
-ARM_KEYS = ("judge", "random", "single", "single-one-seed", "known-noise", "oracle")
 DEFAULT_ARMS = ("judge", "random", "single", "oracle")
 
 
@@ -232,8 +231,8 @@ def main() -> None:
     ap.add_argument("--starts", default="defaults,tuned", help="defaults, tuned, or both")
     ap.add_argument("--rho", type=float, default=0.0,
                     help="share of the noise variance that is the harness seed's (see `session`)")
-    ap.add_argument("--arms", default="", help=f"comma-separated, from {', '.join(ARM_KEYS)} "
-                    f"(default: {', '.join(DEFAULT_ARMS)})")
+    ap.add_argument("--arms", default="", help="comma-separated, from judge, random, single, single-one-seed, "
+                    f"known-noise, oracle (default: {', '.join(DEFAULT_ARMS)})")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="override a key of the gpt task for the judge arms, e.g. --set judge.alpha=0.2")
     args = ap.parse_args()
@@ -244,16 +243,18 @@ def main() -> None:
     shipped = {"train.py": (task.root / "train.py").read_text()}
     starts = {"defaults": shipped, "tuned": {**shipped, **set_knobs_in_files(shipped, TUNED, "cpu")}}
     light = dataclasses.replace(task.judge, noise_runs=1, max_runs=3, recheck_every=0)
-    every = {"tuner + judge": Arm("tuner", task.judge), "random + judge": Arm("random", task.judge),
-             "tuner + single-run rule": Arm("tuner", AUTORESEARCH),
-             "tuner + single-run rule, one seed": Arm("tuner", AUTORESEARCH, fixed_seed=True),
-             "tuner + judge, noise known (1 noise run, max 3, no re-check)": Arm("tuner", light, known_noise=True),
-             "tuner + oracle (bound)": Arm("tuner", None)}
+    every = {"judge": ("tuner + judge", Arm("tuner", task.judge)),
+             "random": ("random + judge", Arm("random", task.judge)),
+             "single": ("tuner + single-run rule", Arm("tuner", AUTORESEARCH)),
+             "single-one-seed": ("tuner + single-run rule, one seed", Arm("tuner", AUTORESEARCH, fixed_seed=True)),
+             "known-noise": ("tuner + judge, noise known (1 noise run, max 3, no re-check)",
+                             Arm("tuner", light, known_noise=True)),
+             "oracle": ("tuner + oracle (bound)", Arm("tuner", None))}
     picked = [a.strip() for a in args.arms.split(",")] if args.arms else list(DEFAULT_ARMS)
-    unknown = [a for a in picked if a not in ARM_KEYS]
+    unknown = [a for a in picked if a not in every]
     if unknown:
-        raise SystemExit(f"--arms: unknown {', '.join(unknown)} (choose from {', '.join(ARM_KEYS)})")
-    arms = {name: arm for key, (name, arm) in zip(ARM_KEYS, every.items(), strict=True) if key in picked}
+        raise SystemExit(f"--arms: unknown {', '.join(unknown)} (choose from {', '.join(every)})")
+    arms = dict(every[key] for key in every if key in picked)
     print(f"synthetic surface (see docstring), {args.runs} runs per session, {args.seeds} seeds per cell, "
           f"rho {args.rho:g}; judge: {task.judge}")
     rows, pairs = [], []
