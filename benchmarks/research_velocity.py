@@ -49,10 +49,11 @@ with 27 experiments against 15-23 it found more of the rare large gains (two tun
 stopped at +0.14 and +0.38, one of them on the same path as the single-run session until its
 runs ran out). From tuned, 3 seeds: +0.026 against +0.009. Claimed minus confirmed, per
 session: single-run rule up to +0.097, judge arms within 0.06 either way. Re-measured from
-tuned with the tuner of fed122e (2 seeds, `--arms tuner,autoresearch --seeds 2`, 39 min):
-single-run rule +0.023 confirmed (claimed +0.074), tuner + judge +0.011 (claimed +0.031),
-paired -0.013 ± 0.016; one single-run session claimed +0.111 for a gain that confirmed at
-+0.018 (WARMUP_FRAC 0.05 -> 0.34).
+tuned with the tuner of fed122e (3 seeds, `--arms tuner,autoresearch`, about 20 min per
+seed): single-run rule +0.026 confirmed (claimed +0.050), tuner + judge +0.007 (claimed
++0.021; it kept one change in three sessions), paired -0.019 ± 0.011. The single-run
+sessions' claims missed by -0.029 to +0.093 each: +0.111 claimed for +0.018
+(WARMUP_FRAC 0.05 -> 0.34), +0.0015 for +0.030 (swiglu).
 
 Workspaces (ledgers, logs; model artifacts are deleted) stay under `--out` (default:
 <RSILAB_HOME>/benchmarks/research_velocity-<time>). Nothing is asserted.
