@@ -72,7 +72,8 @@ def _isolation(require_sandbox: bool, task: TaskSpec | None = None) -> tuple[str
 def main(verbose: bool) -> None:
     """rsilab: AI agents (or an offline tuner) do ML research on a real training script.
 
-    Start with `rsilab run --dir lab` (bundled `gpt` task, offline tuner, CPU is fine).
+    Start with `rsilab run lab --max-experiments 4` (creates the workspace `lab` from the
+    bundled `gpt` task; offline tuner; CPU is fine).
     """
     logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
