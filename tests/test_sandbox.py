@@ -438,6 +438,24 @@ def test_sandboxed_python_can_import_the_harness(tmp_path: Path) -> None:
     assert level == "bwrap" and out.stdout.strip() == "ok", out.stderr
 
 
+@needs_bwrap
+def test_private_tmp_stays_writable_when_the_supervisor_runs_a_script_from_tmp(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A script in /tmp puts /tmp on sys.path; binding it read-only over the sandbox's
+    private /tmp made torch's import fail there ("No usable temporary directory")."""
+    monkeypatch.setattr(sys, "path", ["/tmp", *sys.path])
+    # A hidden path below /tmp (the tests' RSILAB_HOME) would keep /tmp out by another rule.
+    monkeypatch.setenv("RSILAB_HOME", str(Path.home() / ".cache" / "rsilab"))
+    probe = "import tempfile; print(tempfile.gettempdir())"
+    cmd, _ = sandbox.wrap([sys.executable, "-c", probe], workdir=tmp_path, readonly=[], writable=[tmp_path],
+                          hidden=[], max_procs=64)
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    finally:
+        sandbox.reclaim([tmp_path])
+    assert out.returncode == 0 and out.stdout.strip() == "/tmp", out.stderr[-500:]
+
+
 def test_logs_planted_as_links_are_never_followed(lab: Lab, tmp_path: Path) -> None:
     """A run may write its run folder: a link in place of a log would make the runner read
     (into the ledger and the next prompt) or append to a file of the supervisor's user."""

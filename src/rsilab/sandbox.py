@@ -235,7 +235,10 @@ def python_paths() -> list[Path]:
     cwd = _real(os.getcwd())
     found += [p for p in sys.path if p and os.path.isabs(p) and _real(p) != cwd]
     dirs = {_real(p) for p in found}
-    dirs = {d for d in dirs if d.is_dir() and d != Path("/")}
+    # Never /tmp or a folder above it: bound read-only, it would cover the sandbox's private
+    # /tmp (torch needs a writable one) and show the host's. A script run from /tmp puts it
+    # on sys.path; the sandboxed commands do not import from there.
+    dirs = {d for d in dirs if d.is_dir() and not _inside(_real("/tmp"), d)}
     # Only the outermost folders: a folder inside another one is visible through it.
     return sorted(d for d in dirs if not any(o != d and _inside(d, o) for o in dirs))
 
