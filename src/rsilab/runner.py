@@ -13,7 +13,10 @@ taken before training, and the folder is put back to that copy after the run.
 
 The metric never comes from train.py's output (unless the task chose the unsealed
 `in-process` evaluator): a separate evaluator process reads the artifact and writes its
-own metrics file.
+own metrics file, into a private folder no run can reach; the runner copies that file and
+the evaluator's log into the run folder. When a core is spare, the sealed evaluator is
+started together with training and waits, its imports done (about 2.4 s of the 5.3 s an
+evaluation took on a 2-core CPU), until training has ended and been checked.
 """
 
 from __future__ import annotations
@@ -24,8 +27,11 @@ import hashlib
 import json
 import math
 import os
+import shutil
 import signal
+import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -214,18 +220,30 @@ def run_process(cmd: list[str], *, cwd: Path, env: dict[str, str], log: Path, ti
                 memory_cap_gb: float = 0.0, max_procs: int = 0) -> ProcessOutcome:
     """Run `cmd` in its own session with output to `log`; enforce wall time, memory (RSS
     summed over the run's processes) and, when `max_procs` > 0, the number of its tasks."""
-    import subprocess
-
-    log.parent.mkdir(parents=True, exist_ok=True)
     start = time.monotonic()
+    proc = _spawn(cmd, cwd=cwd, env=env, log=log)
+    if isinstance(proc, ProcessOutcome):
+        return proc
+    return _watch(proc, start=start, timeout=timeout, memory_cap_gb=memory_cap_gb, max_procs=max_procs)
+
+
+def _spawn(cmd: list[str], *, cwd: Path, env: dict[str, str], log: Path,
+           stdin: int = subprocess.DEVNULL) -> subprocess.Popen[bytes] | ProcessOutcome:
+    """Start `cmd` in its own session, output appended to `log`; an outcome if it cannot start."""
+    log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "ab") as out:
         try:
-            proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                    stdin=subprocess.DEVNULL, start_new_session=True,
-                                    preexec_fn=die_with_parent)
+            return subprocess.Popen(cmd, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                    stdin=stdin, start_new_session=True, preexec_fn=die_with_parent)
         except OSError as e:  # no such command, or its folder (a worktree) is gone: a result
             out.write(f"rsilab: cannot start {cmd[0]} in {cwd}: {e.strerror or e}\n".encode())
-            return ProcessOutcome(127, time.monotonic() - start, False, False, 0.0)
+            return ProcessOutcome(127, 0.0, False, False, 0.0)
+
+
+def _watch(proc: subprocess.Popen[bytes], *, start: float, timeout: float, memory_cap_gb: float = 0.0,
+           max_procs: int = 0) -> ProcessOutcome:
+    """Wait for `proc` (a session leader from `_spawn`), enforcing `timeout` seconds from
+    `start` (a time.monotonic() reading) and the watchdogs; then kill what is left of it."""
     pgid = proc.pid
     timed_out = oom = too_many = False
     peak = 0
@@ -335,25 +353,40 @@ def _base_env(task: TaskSpec) -> dict[str, str]:
 
 
 def run(task: TaskSpec, workdir: Path, run_dir: Path, *, seed: int, train_data: Path | None,
-        val_data: Path | None, preset: str | None = None, isolation: str = "auto") -> RunResult:
+        val_data: Path | None, preset: str | None = None, isolation: str = "auto",
+        prestart: bool | None = None) -> RunResult:
     """Train `workdir` (a checkout of the task) with `seed`, then evaluate. Never raises for
     a failure of the task's code.
 
     `isolation` (rsilab.sandbox.CHOICES) picks the sandbox; `require`, or a level that does
     not work here, raises RsilabError before anything runs. The result records the level.
+    `prestart`: start the sealed evaluator with training, so that its imports overlap it
+    (see `_start_evaluator`); None: when this machine has a core beyond the run's threads
+    (right for one run at a time; an executor with several slots decides for them).
     """
     level = sandbox.resolve(isolation)
+    if prestart is None:
+        prestart = usable_cores() > task.threads
     # The folder as it was checked out: the evaluator runs from this copy, and the folder is
     # put back to it afterwards, so what a run writes there reaches neither the evaluator
     # nor the next run of the same commit.
     pristine = sandbox.Pristine.take(workdir)
     try:
-        result = _run(task, workdir, run_dir, seed=seed, train_data=train_data, val_data=val_data,
-                      preset=preset, level=level, pristine=pristine)
+        with contextlib.ExitStack() as cleanup:  # a started evaluator never outlives the run
+            result = _run(task, workdir, run_dir, seed=seed, train_data=train_data, val_data=val_data,
+                          preset=preset, level=level, pristine=pristine, prestart=prestart, cleanup=cleanup)
     finally:
         pristine.restore()
         pristine.drop()
     return dataclasses.replace(result, isolation=level)
+
+
+def usable_cores() -> int:
+    """CPU cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
 
 
 def _hidden(workdir: Path, val_data: Path | None) -> list[Path]:
@@ -367,7 +400,8 @@ def _hidden(workdir: Path, val_data: Path | None) -> list[Path]:
 
 
 def _run(task: TaskSpec, workdir: Path, run_dir: Path, *, seed: int, train_data: Path | None,
-         val_data: Path | None, preset: str | None, level: str, pristine: sandbox.Pristine) -> RunResult:
+         val_data: Path | None, preset: str | None, level: str, pristine: sandbox.Pristine,
+         prestart: bool, cleanup: contextlib.ExitStack) -> RunResult:
     paths = RunPaths(run_dir)
     paths.artifact.mkdir(parents=True, exist_ok=True)
     # The guard: real, hash-locked validation data; generated training data only when the
@@ -394,6 +428,12 @@ def _run(task: TaskSpec, workdir: Path, run_dir: Path, *, seed: int, train_data:
     # (git run later in this folder must not follow a git dir the run chose).
     readonly = [workdir / rel for rel in frozen] + [p for p in [workdir / ".git"] if p.is_file()]
     readonly += [train_data] if train_data is not None else []
+    eval_hidden = [*hidden, *([train_data] if train_data is not None else [])]
+    waiting = None
+    if prestart and task.evaluator == "sealed" and val_data is not None:
+        waiting = _start_evaluator(task, pristine.copy, paths, env, seed, val_data, level=level,
+                                   hidden=eval_hidden, wait=True)
+        cleanup.callback(waiting.close)
     cmd, _ = sandbox.wrap(_command(task), workdir=workdir, readonly=readonly, writable=[workdir, run_dir],
                           hidden=hidden, max_procs=task.max_procs, isolation=level)
     try:
@@ -459,8 +499,8 @@ def _run(task: TaskSpec, workdir: Path, run_dir: Path, *, seed: int, train_data:
     if paths.artifact.is_symlink():  # the evaluator would be shown whatever it points to
         return result(Status.INVALID, "invalid: the run replaced its artifact folder with a link")
 
-    ev, figures = _evaluate(task, pristine.copy, paths, env, seed, val_data, level=level,
-                            hidden=[*hidden, *([train_data] if train_data is not None else [])])
+    ev, figures = _evaluate(task, pristine.copy, paths, env, seed, val_data, level=level, hidden=eval_hidden,
+                            waiting=waiting)
     value = figures.get(task.metric.name)
     if ev.timed_out:
         return result(Status.TIMEOUT, f"timeout: evaluation took over {task.eval_timeout:.0f} s",
@@ -476,48 +516,126 @@ def _run(task: TaskSpec, workdir: Path, run_dir: Path, *, seed: int, train_data:
                   eval_seconds=ev.seconds)
 
 
-def _evaluate(task: TaskSpec, workdir: Path, paths: RunPaths, env: dict[str, str], seed: int,
-              val_data: Path | None, *, level: str = "none",
-              hidden: list[Path] | None = None) -> tuple[ProcessOutcome, dict[str, Any]]:
-    """Run the task's evaluator on the artifact; its outcome and the figures it wrote.
+@dataclass
+class _Evaluator:
+    """A started evaluator and its private folder: its metrics file and log, out of any run's
+    reach (a sandboxed run has its own /tmp); `_evaluate` copies both into the run folder."""
+
+    proc: subprocess.Popen[bytes] | ProcessOutcome  # an outcome: it could not start
+    folder: Path
+    artifact: tuple[int, int]  # (st_dev, st_ino) of the artifact folder bound into its sandbox
+    waiting: bool  # started with --wait: it needs `go` on stdin
+
+    @property
+    def metrics(self) -> Path:
+        return self.folder / "metrics.json"
+
+    @property
+    def log(self) -> Path:
+        return self.folder / "eval.log"
+
+    def close(self) -> None:
+        """Kill it if it still runs (a waiting one also exits at the end of its input) and
+        delete its folder. Idempotent."""
+        if isinstance(self.proc, subprocess.Popen) and self.proc.returncode is None:
+            root = self.proc.pid
+            seen = {m.pid: m.start for m in _members(_scan(), root)}  # inside its sandbox too
+            with contextlib.suppress(OSError):
+                if self.proc.stdin is not None:
+                    self.proc.stdin.close()
+            kill_group(root, signal.SIGKILL)
+            with contextlib.suppress(ChildProcessError):
+                os.wait4(root, 0)
+            self.proc.returncode = -9
+            _finish(root, seen, time.monotonic() + GRACE_SECONDS)
+        sandbox.reclaim([self.folder])
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def _identity(path: Path) -> tuple[int, int]:
+    st = os.stat(path)
+    return st.st_dev, st.st_ino
+
+
+def _start_evaluator(task: TaskSpec, workdir: Path, paths: RunPaths, env: dict[str, str], seed: int,
+                     val_data: Path | None, *, level: str, hidden: list[Path], wait: bool) -> _Evaluator:
+    """Start the task's evaluator on the run's artifact folder; `_evaluate` finishes it.
 
     `workdir` is the pristine copy of the task folder. The evaluator gets the same sandbox
-    as training, with only the run folder writable (the artifact in it read-only) and the
-    validation split, not the training split, visible. `-I` (sealed) and `-s` (a script)
-    keep the user's site folder and the working folder off its import path, so no module a
-    run could plant there shadows one the evaluator imports.
+    as training, with only its private folder writable, the artifact folder and the
+    validation split read-only, and not the training split. `-I` (sealed) and `-s` (a
+    script) keep the user's site folder and the working folder off its import path, so no
+    module a run could plant there shadows one the evaluator imports.
+
+    `wait` (the sealed evaluator only): started before training, it imports and then waits
+    for `go`. What it is shown cannot change under it: the pristine copy and the validation
+    split are the runner's, and its artifact binding is the folder as it was when it
+    started (`_evaluate` falls back to a fresh evaluator if training replaced that folder).
+    Training cannot reach its folder, and it reads the artifact only after training ended.
     """
+    folder = Path(tempfile.mkdtemp(prefix="rsilab-eval-"))
+    out = folder / "metrics.json"
     args = ["--artifact", str(paths.artifact.resolve()), "--val", str(val_data or ""),
-            "--out", str(paths.metrics.resolve()), "--seed", str(seed), "--threads", str(task.threads)]
+            "--out", str(out), "--seed", str(seed), "--threads", str(task.threads)]
     if task.evaluator == "sealed":
         cmd = [sys.executable, "-I", "-B", "-m", "rsilab.harness.evaluate", *args,
-               "--bytes", str(task.eval.bytes), "--probes", str(task.eval.probes)]
+               "--bytes", str(task.eval.bytes), "--probes", str(task.eval.probes), *(["--wait"] if wait else [])]
     else:
         cmd = [sys.executable, "-s", "-B", str(workdir / task.evaluator.removeprefix("script:")), *args]
     # The evaluator never sees the path of the training split.
     eval_env = {k: v for k, v in env.items() if k != harness.ENV_TRAIN_DATA}
+    readonly = [workdir, paths.artifact] + ([val_data] if val_data is not None else [])
+    cmd, _ = sandbox.wrap(cmd, workdir=workdir, readonly=readonly, writable=[folder], hidden=hidden,
+                          max_procs=task.max_procs, isolation=level)
+    proc = _spawn(cmd, cwd=workdir, env=eval_env, log=folder / "eval.log",
+                  stdin=subprocess.PIPE if wait else subprocess.DEVNULL)
+    return _Evaluator(proc, folder, _identity(paths.artifact), wait)
+
+
+def _evaluate(task: TaskSpec, workdir: Path, paths: RunPaths, env: dict[str, str], seed: int,
+              val_data: Path | None, *, level: str = "none", hidden: list[Path] | None = None,
+              waiting: _Evaluator | None = None) -> tuple[ProcessOutcome, dict[str, Any]]:
+    """Run the task's evaluator on the artifact; its outcome and the figures it wrote (with
+    `eval_prestarted`). `waiting`: one started with training (`_start_evaluator`, wait)."""
     # Provenance: the metrics file must be this evaluator's. One already in the run folder
     # (planted by train.py, which can reach the folder, or left by an earlier attempt) goes.
-    # So is a log the runner would open (as its own user) and append to: a link planted
-    # there would make it write into any file. Removed whatever they are, never followed.
+    # So does a log there: a link planted in its place would make the runner write through it.
+    # Removed whatever they are, never followed.
     for planted in (paths.metrics, paths.eval_log):
         sandbox.remove(planted)
-    readonly = [workdir, paths.artifact] + ([val_data] if val_data is not None else [])
-    cmd, _ = sandbox.wrap(cmd, workdir=workdir, readonly=readonly, writable=[paths.run_dir],
-                          hidden=hidden or [], max_procs=task.max_procs, isolation=level)
+    ev = waiting
+    if ev is not None and (isinstance(ev.proc, ProcessOutcome) or _identity(paths.artifact) != ev.artifact):
+        ev.close()  # training swapped the artifact folder for another one: start afresh
+        ev = None
+    if ev is None:
+        ev = _start_evaluator(task, workdir, paths, env, seed, val_data, level=level, hidden=hidden or [],
+                              wait=False)
     try:
-        ev = run_process(cmd, cwd=workdir, env=eval_env, log=paths.eval_log, timeout=task.eval_timeout,
-                         max_procs=task.max_procs)
+        start = time.monotonic()
+        if isinstance(ev.proc, ProcessOutcome):
+            outcome = ev.proc
+        else:
+            if ev.waiting:
+                assert ev.proc.stdin is not None
+                with contextlib.suppress(OSError):  # it died waiting: its exit status says why
+                    ev.proc.stdin.write(b"go\n")
+                    ev.proc.stdin.close()
+            outcome = _watch(ev.proc, start=start, timeout=task.eval_timeout, max_procs=task.max_procs)
+        sandbox.reclaim([ev.folder])
+        if ev.log.is_file() and not ev.log.is_symlink():
+            shutil.copyfile(ev.log, paths.eval_log)
+        if ev.metrics.is_symlink() or not ev.metrics.is_file():  # the evaluator writes a file
+            return outcome, {}
+        raw = ev.metrics.read_bytes()
     finally:
-        sandbox.reclaim([paths.run_dir])
-    if paths.metrics.is_symlink():  # the evaluator writes a file; a link is not its output
-        return ev, {}
+        ev.close()
+    # The run folder keeps the file byte for byte: `rsilab audit` checks it against the
+    # sha256 in the ledger.
+    paths.metrics.write_bytes(raw)
     try:
-        raw = paths.metrics.read_bytes()
         figures = json.loads(raw)
-    except (OSError, ValueError):
-        return ev, {}
+    except ValueError:
+        return outcome, {}
     if not isinstance(figures, dict):
-        return ev, {}
-    # The sha256 of what was read goes into the ledger: `rsilab audit` checks the file later.
-    return ev, {**figures, METRICS_DIGEST: hashlib.sha256(raw).hexdigest()}
+        return outcome, {}
+    return outcome, {**figures, METRICS_DIGEST: hashlib.sha256(raw).hexdigest(), "eval_prestarted": ev.waiting}

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
+from rsilab import runner
 from rsilab.config import TaskSpec
 from rsilab.errors import ConfigError
 from rsilab.registry import Registry
@@ -58,6 +59,9 @@ class RunRequest:
     isolation: str | None = None  # the runner's sandbox choice; None: the runner's default
     label: str = ""  # what a person sees: "experiment 7 run 2"
     env: Mapping[str, str] = field(default_factory=dict)  # extra environment for the run
+    # Start the sealed evaluator with training (runner.run's `prestart`); the executor sets
+    # it from what else shares the machine; None: the runner's guess for a lone run.
+    prestart_eval: bool | None = None
 
 
 @runtime_checkable
@@ -129,8 +133,4 @@ def local_gpus() -> list[str]:
 
 def cpu_slots(threads: int) -> int:
     """Runs that fit this machine's CPUs side by side: usable cores // threads per run."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        cores = os.cpu_count() or 1
-    return max(1, cores // max(1, threads))
+    return max(1, runner.usable_cores() // max(1, threads))

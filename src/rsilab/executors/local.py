@@ -3,7 +3,10 @@
 Slots come from the resources: one per GPU, each run pinned to its GPU through
 `CUDA_VISIBLE_DEVICES` (which the runner passes through); without GPUs, usable cores //
 the task's threads per run. `workers` asks for a number of slots instead (more than the
-GPUs shares them round-robin).
+GPUs shares them round-robin). When the slots leave a core free (slots x threads < cores,
+e.g. one run on a GPU box or the default single slot on a CPU), each run starts its sealed
+evaluator with training, so the evaluator's imports overlap training (runner.run's
+`prestart`); when the slots take every core, they would take CPU from training instead.
 
 Each run executes in a short-lived worker process, `python -m rsilab.executors.local`,
 that reads a pickled `RunRequest` on stdin, calls `runner.run` and writes the pickled
@@ -19,6 +22,7 @@ Not covered: other machines (executors/ray.py).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import pickle
 import signal
@@ -75,6 +79,7 @@ class LocalExecutor:
 
     def __init__(self, task: TaskSpec, workers: int | None = None, gpus: list[str] | None = None) -> None:
         self._slots = slots_for(task, workers, gpus)
+        self._prestart = runner.usable_cores() > len(self._slots) * task.threads
         self._free = list(self._slots)
         self._cond = threading.Condition()
         self._jobs: dict[RunFuture, _Job] = {}
@@ -158,6 +163,8 @@ class LocalExecutor:
             job.proc = subprocess.Popen([sys.executable, "-m", "rsilab.executors.local"], env=env,
                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                         stderr=subprocess.PIPE, start_new_session=True)
+        if req.prestart_eval is None:
+            req = dataclasses.replace(req, prestart_eval=self._prestart)
         out, err = job.proc.communicate(pickle.dumps(req))
         if job.proc.returncode == 0:
             with contextlib.suppress(Exception):
@@ -181,7 +188,7 @@ def run_request(req: RunRequest) -> RunResult:
     if req.isolation is not None:
         options["isolation"] = req.isolation
     return runner.run(req.task, req.workdir, req.run_dir, seed=req.seed, train_data=req.train_data,
-                      val_data=req.val_data, preset=req.preset, **options)
+                      val_data=req.val_data, preset=req.preset, prestart=req.prestart_eval, **options)
 
 
 def _interrupt(signum: int, frame: Any) -> None:

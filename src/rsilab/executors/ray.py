@@ -5,6 +5,8 @@ and only when a `RayExecutor` is built, so registering it costs nothing.
 
 A run becomes one Ray task with the task's resource request: `num_gpus=1` when the
 cluster has GPUs (Ray then sets `CUDA_VISIBLE_DEVICES` for it), else `num_cpus=threads`.
+A GPU run starts its sealed evaluator with training (GPU nodes have cores to spare); a CPU
+run does not, since Ray packs CPU tasks onto every core it has.
 Ray retries it (`max_retries`) when its worker process or node is lost; `cancel` is
 `ray.cancel` (the task's KeyboardInterrupt makes the run worker kill its processes; a
 forced cancel follows after a grace). The supervisor stays on the head node.
@@ -306,7 +308,8 @@ def _node_run(payload: dict[str, Any], channel: Any) -> dict[str, Any]:
         except Exception as e:  # e.g. a local data path this node does not have
             result = RunResult(Status.CRASH, req.seed, reason=f"crash: no data on node {node}: {e}")
             return {"result": result, "logs": {}, "node": where}
-        local = dataclasses.replace(req, workdir=work, run_dir=run_dir, train_data=train, val_data=val)
+        local = dataclasses.replace(req, workdir=work, run_dir=run_dir, train_data=train, val_data=val,
+                                    prestart_eval=bool(gpus) if req.prestart_eval is None else req.prestart_eval)
         result = _run_worker(local, Path(tmp), channel, key)
         logs = {name: (run_dir / name).read_bytes() for name in SHIPPED_LOGS if (run_dir / name).is_file()}
         return {"result": result, "logs": logs, "node": where}

@@ -20,12 +20,18 @@ validation slice (evenly spaced windows across the whole split) and writes `val_
 (bits per byte; tokens are bytes, so no tokenizer correction) to its own metrics file.
 
 Exit codes: 0 scored, 3 refused (reason in the metrics file), anything else: crashed.
+
+With `--wait` it is started before training ends (the runner does that when a core is
+spare): it does its slow imports (torch, and the torch.export deserializer, which pulls in
+torch._dynamo: about 2.5 s on a 2-core CPU), then reads one line on stdin. `go` starts the
+evaluation as above; anything else, or end of input, exits 0 having written nothing.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib
 import json
 import math
 import pickle
@@ -252,8 +258,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--probes", type=int, default=4)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--wait", action="store_true", help="import, then wait for `go` on stdin")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.wait:
+        importlib.import_module("torch._export.serde.serialize")  # what torch.export.load imports
+
+        if sys.stdin.readline().strip() != "go":
+            return 0
     try:
         result = evaluate(args.artifact, args.val, args.bytes, args.probes, args.seed)
     except Refused as e:
