@@ -41,7 +41,7 @@ def main() -> None:
     print(machine_line())
     print(f"gpt task, cpu preset, {task.threads} thread(s), {args.budget_flops:g} FLOPs per run, "
           f"{args.repeats} pairs; usable cores {runner.usable_cores()}")
-    arms: dict[bool, list[tuple[float, float, float, float | None]]] = {False: [], True: []}
+    arms: dict[bool, list[tuple[float, float, float]]] = {False: [], True: []}
     agree = True
     for k in range(args.repeats):
         metrics = {}
@@ -56,7 +56,7 @@ def main() -> None:
             wall = time.monotonic() - t0
             if not r.ok:
                 raise SystemExit(f"run {run_dir} failed: {r.reason}")
-            arms[prestart].append((wall, r.train_seconds, r.eval_seconds, r.metric))
+            arms[prestart].append((wall, r.train_seconds, r.eval_seconds))
             metrics[prestart] = r.metric
             shutil.rmtree(run_dir / "artifact", ignore_errors=True)
             print(f"pair {k} {'pre-started' if prestart else 'cold':>11}: wall {wall:6.2f} s, train "
