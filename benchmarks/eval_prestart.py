@@ -10,10 +10,16 @@ agree (they must: same seed, same program, same bytes scored).
 
     RSILAB_HOME=/tmp/bench-home python benchmarks/eval_prestart.py [--repeats 5] [--budget-flops 2e11]
 
-Measured (2-core AMD Zen 3 VM, torch 2.13.0 CPU, 2026-11-26; 5 pairs at 2e11 FLOPs):
-see issue 3's notes and the README. Nothing is asserted. Not covered: GPUs (there the
-evaluator also pays for CUDA's start-up, which a pre-start does not yet move), several
-slots (the executor turns pre-starts off when its slots take every core).
+Measured (2-core AMD Zen 3 VM, torch 2.13.0 CPU, 2026-11-26; 5 pairs at 2e11 FLOPs, about
+9 s of training): run wall 14.37 s cold against 11.71 s pre-started (medians; saved 2.09 to
+3.13 s per pair, median 2.66 s), evaluator 5.65 s against 3.13 s, training 8.69 s against
+8.65 s (the waiting evaluator's imports ran on the spare core and did not slow it), val_bpb
+identical in every pair. At the task's 60 s budget that is about 4% more runs per hour; at
+the README's 20 s, about 9%.
+
+Nothing is asserted. Not covered: GPUs (there the evaluator also pays for CUDA's start-up,
+which a pre-start does not move), several slots (the local executor turns pre-starts off
+when its slots take every core).
 """
 
 from __future__ import annotations
