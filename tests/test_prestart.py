@@ -166,3 +166,18 @@ def test_an_interrupted_run_leaves_no_evaluator_behind(tmp_path: Path, data: Pre
     assert seen, "the evaluator was not waiting beside training"
     assert _evaluators_of(run_dir) == []
     assert list(private_tmp.iterdir()) == []
+
+
+@pytest.mark.parametrize("prestart", [False, True])
+def test_training_that_deletes_the_artifact_folder_is_invalid_not_an_error(
+        tmp_path: Path, data: PreparedData, private_tmp: Path, prestart: bool) -> None:
+    gone = """\
+    import shutil
+    harness.save_model(model, torch.zeros(4, 16, dtype=torch.long))
+    shutil.rmtree(harness.artifact_dir())
+    harness.print_summary({"training_seconds": 0.1})
+    sys.exit(0)
+    """
+    r = _run(_task(tmp_path, before_save=gone), tmp_path / "run", data, prestart=prestart)
+    assert r.status is Status.INVALID and "no exported model" in r.reason, (r.reason, r.log_tail)
+    assert list(private_tmp.iterdir()) == []

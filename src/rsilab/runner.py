@@ -39,6 +39,7 @@ from typing import Any
 
 from rsilab import harness, provenance, sandbox
 from rsilab.config import TaskSpec
+from rsilab.fsio import atomic_write
 from rsilab.types import RunResult, Status
 
 GRACE_SECONDS = 5.0
@@ -523,7 +524,7 @@ class _Evaluator:
 
     proc: subprocess.Popen[bytes] | ProcessOutcome  # an outcome: it could not start
     folder: Path
-    artifact: tuple[int, int]  # (st_dev, st_ino) of the artifact folder bound into its sandbox
+    artifact: tuple[int, int] | None  # (st_dev, st_ino) of the artifact folder in its sandbox
     waiting: bool  # started with --wait: it needs `go` on stdin
 
     @property
@@ -552,8 +553,12 @@ class _Evaluator:
         shutil.rmtree(self.folder, ignore_errors=True)
 
 
-def _identity(path: Path) -> tuple[int, int]:
-    st = os.stat(path)
+def _identity(path: Path) -> tuple[int, int] | None:
+    """(st_dev, st_ino) of what `path` names now; None when nothing does."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
     return st.st_dev, st.st_ino
 
 
@@ -622,16 +627,17 @@ def _evaluate(task: TaskSpec, workdir: Path, paths: RunPaths, env: dict[str, str
                     ev.proc.stdin.close()
             outcome = _watch(ev.proc, start=start, timeout=task.eval_timeout, max_procs=task.max_procs)
         sandbox.reclaim([ev.folder])
+        # Into the run folder by rename (atomic_write), never through whatever path a run
+        # may have put there since; the metrics file byte for byte, as `rsilab audit`
+        # checks it against the sha256 in the ledger.
         if ev.log.is_file() and not ev.log.is_symlink():
-            shutil.copyfile(ev.log, paths.eval_log)
+            atomic_write(paths.eval_log, ev.log.read_bytes())
         if ev.metrics.is_symlink() or not ev.metrics.is_file():  # the evaluator writes a file
             return outcome, {}
         raw = ev.metrics.read_bytes()
     finally:
         ev.close()
-    # The run folder keeps the file byte for byte: `rsilab audit` checks it against the
-    # sha256 in the ledger.
-    paths.metrics.write_bytes(raw)
+    atomic_write(paths.metrics, raw)
     try:
         figures = json.loads(raw)
     except ValueError:
