@@ -14,9 +14,10 @@ and the repository disagree. Two entry points:
 `AcceptanceGate` wraps `check_acceptance` as the supervisor's keep gate (a keep with a
 problem becomes invalid).
 
-Evaluator provenance: the runner deletes any `metrics.json` before the evaluator starts
-and records the sha256 of the file the evaluator left, so a run's figures are trusted only
-while that file is still in its run folder, byte for byte, and agrees with the ledger.
+Evaluator provenance: the runner removes any `metrics.json` a run left in its folder, puts
+the evaluator's own file there (written in a private folder no run can reach) and records
+its sha256, so a run's figures are trusted only while that file is still in its run
+folder, byte for byte, and agrees with the ledger.
 
 Not covered: whether a kept change is a real improvement (the judge's job; the audit only
 checks that the recorded decision metric is the mean of the recorded runs), and repairing
