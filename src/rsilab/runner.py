@@ -294,6 +294,7 @@ def _watch(proc: subprocess.Popen[bytes], *, start: float, timeout: float, memor
         kill_group(pgid, signal.SIGKILL)
         with contextlib.suppress(ChildProcessError):
             os.wait4(proc.pid, 0)
+        proc.returncode = -9  # reaped: its pid may be reused, nobody must signal it again
         _finish(pgid, seen, time.monotonic() + GRACE_SECONDS)
         raise
     # Kill leftovers (a grandchild that outlived its parent) and wait for them to be gone.
