@@ -5,6 +5,7 @@ training fails or the supervisor is interrupted."""
 from __future__ import annotations
 
 import _thread
+import hashlib
 import os
 import shutil
 import tempfile
@@ -104,8 +105,6 @@ def test_a_prestarted_evaluator_scores_exactly_like_a_cold_one(tmp_path: Path, d
     assert warm.evaluation["eval_prestarted"] is True and cold.evaluation["eval_prestarted"] is False
     for run_dir, result in ((tmp_path / "cold", cold), (tmp_path / "warm", warm)):
         # The evaluator's own file and log land in the run folder, byte for byte what was read.
-        import hashlib
-
         raw = (run_dir / "metrics.json").read_bytes()
         assert hashlib.sha256(raw).hexdigest() == result.evaluation[runner.METRICS_DIGEST]
         assert "val_bpb" in (run_dir / "eval.log").read_text()
