@@ -20,7 +20,7 @@ from rsilab import runner
 from rsilab.config import TaskSpec, load_task
 from rsilab.data import PreparedData, prepare
 from rsilab.paths import bundled_tasks_dir
-from rsilab.types import Status
+from rsilab.types import RunResult, Status
 
 TRAIN = """\
 import os, sys, time
@@ -66,7 +66,7 @@ def _task(tmp_path: Path, before_save: str = "") -> TaskSpec:
     return load_task(work, [("budget", 60), ("eval.bytes", 2048), ("eval_timeout", 120)])
 
 
-def _run(task: TaskSpec, run_dir: Path, data: PreparedData, prestart: bool):
+def _run(task: TaskSpec, run_dir: Path, data: PreparedData, prestart: bool) -> RunResult:
     return runner.run(task, task.root, run_dir, seed=3, train_data=data.train_path, val_data=data.val_path,
                       preset="cpu", prestart=prestart)
 
