@@ -47,7 +47,10 @@ tuner before fed122e): the single-run rule out-gained the judge in both. From th
 6 seeds: confirmed +0.970 against +0.727 (tuner) and +0.757 (random), paired -0.243 ± 0.137;
 with 27 experiments against 15-23 it found more of the rare large gains (two tuner sessions
 stopped at +0.14 and +0.38, one of them on the same path as the single-run session until its
-runs ran out). From tuned, 3 seeds: +0.026 against +0.009. Claimed minus confirmed, per
+runs ran out). Re-measured from the defaults with the tuner of fed122e (3 seeds, `--arms
+tuner,autoresearch`, 59 min): single-run rule +0.967 confirmed (claimed +0.984, 27
+experiments, 7.7 kept), tuner + judge +0.933 (claimed +0.945, 19 experiments, 4.7 kept),
+paired -0.034 ± 0.038, the judge ahead in 1 of 3. From tuned, 3 seeds: +0.026 against +0.009. Claimed minus confirmed, per
 session: single-run rule up to +0.097, judge arms within 0.06 either way. Re-measured from
 tuned with the tuner of fed122e (3 seeds, `--arms tuner,autoresearch`, about 20 min per
 seed): single-run rule +0.026 confirmed (claimed +0.050), tuner + judge +0.007 (claimed
