@@ -7,7 +7,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -203,15 +202,6 @@ def test_kill_9_during_a_run_then_resume(tmp_path: Path) -> None:
     # The interrupted idea is recorded, then run again (and times out: it sleeps).
     assert [e.status for e in exps] == ["keep", "interrupted", "timeout", "keep"]
     assert exps[1].description == exps[2].description == "a slow"
-
-
-@pytest.fixture
-def sigint_handler() -> Iterator[None]:
-    """Python's own SIGINT handler, whatever this process inherited (a test suite started as a
-    background job of a script has SIGINT ignored)."""
-    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
-    yield
-    signal.signal(signal.SIGINT, previous)
 
 
 def test_interrupt_once_raises_for_the_first_sigint_and_absorbs_the_rest(sigint_handler: None) -> None:

@@ -141,7 +141,7 @@ def test_a_failed_training_run_leaves_no_evaluator_behind(tmp_path: Path, data: 
 
 
 def test_an_interrupted_run_leaves_no_evaluator_behind(tmp_path: Path, data: PreparedData,
-                                                       private_tmp: Path) -> None:
+                                                       private_tmp: Path, sigint_handler: None) -> None:
     """Ctrl-C in the supervisor while training runs (the evaluator waiting beside it)."""
     task = _task(tmp_path, before_save="print('training-is-running', flush=True)\ntime.sleep(120)")
     run_dir = tmp_path / "run"
