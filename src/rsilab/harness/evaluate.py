@@ -263,7 +263,6 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     if args.wait:
         importlib.import_module("torch._export.serde.serialize")  # what torch.export.load imports
-
         if sys.stdin.readline().strip() != "go":
             return 0
     try:
