@@ -291,17 +291,22 @@ def _watch(proc: subprocess.Popen[bytes], *, start: float, timeout: float, memor
             time.sleep(POLL_SECONDS)
     except BaseException:
         # Ctrl-C (or any error) in the supervisor: the run must not outlive it.
-        kill_group(pgid, signal.SIGKILL)
-        with contextlib.suppress(ChildProcessError):
-            os.wait4(proc.pid, 0)
-        proc.returncode = -9  # reaped: its pid may be reused, nobody must signal it again
-        _finish(pgid, seen, time.monotonic() + GRACE_SECONDS)
+        _kill(proc, seen)
         raise
     # Kill leftovers (a grandchild that outlived its parent) and wait for them to be gone.
     _finish(pgid, seen, time.monotonic() + GRACE_SECONDS)
     proc.returncode = os.waitstatus_to_exitcode(status) if status is not None else -9
     rc = None if (timed_out or oom or too_many) else proc.returncode
     return ProcessOutcome(rc, time.monotonic() - start, timed_out, oom, peak / 2**30, too_many)
+
+
+def _kill(proc: subprocess.Popen[bytes], seen: dict[int, int]) -> None:
+    """SIGKILL the session `proc` leads, reap it, and wait for `seen` members to be gone."""
+    kill_group(proc.pid, signal.SIGKILL)
+    with contextlib.suppress(ChildProcessError):
+        os.wait4(proc.pid, 0)
+    proc.returncode = -9  # reaped: its pid may be reused, nobody must signal it again
+    _finish(proc.pid, seen, time.monotonic() + GRACE_SECONDS)
 
 
 def parse_summary(text: str) -> dict[str, float]:
@@ -524,34 +529,21 @@ class _Evaluator:
     reach (a sandboxed run has its own /tmp); `_evaluate` copies both into the run folder."""
 
     proc: subprocess.Popen[bytes] | ProcessOutcome  # an outcome: it could not start
-    folder: Path
+    files: RunPaths  # the private folder; its metrics file and eval log, named as a run's
     artifact: tuple[int, int] | None  # (st_dev, st_ino) of the artifact folder in its sandbox
     waiting: bool  # started with --wait: it needs `go` on stdin
-
-    @property
-    def metrics(self) -> Path:
-        return self.folder / "metrics.json"
-
-    @property
-    def log(self) -> Path:
-        return self.folder / "eval.log"
 
     def close(self) -> None:
         """Kill it if it still runs (a waiting one also exits at the end of its input) and
         delete its folder. Idempotent."""
         if isinstance(self.proc, subprocess.Popen) and self.proc.returncode is None:
-            root = self.proc.pid
-            seen = {m.pid: m.start for m in _members(_scan(), root)}  # inside its sandbox too
+            seen = {m.pid: m.start for m in _members(_scan(), self.proc.pid)}  # inside its sandbox too
             with contextlib.suppress(OSError):
                 if self.proc.stdin is not None:
                     self.proc.stdin.close()
-            kill_group(root, signal.SIGKILL)
-            with contextlib.suppress(ChildProcessError):
-                os.wait4(root, 0)
-            self.proc.returncode = -9
-            _finish(root, seen, time.monotonic() + GRACE_SECONDS)
-        sandbox.reclaim([self.folder])
-        shutil.rmtree(self.folder, ignore_errors=True)
+            _kill(self.proc, seen)
+        sandbox.reclaim([self.files.run_dir])
+        shutil.rmtree(self.files.run_dir, ignore_errors=True)
 
 
 def _identity(path: Path) -> tuple[int, int] | None:
@@ -579,10 +571,9 @@ def _start_evaluator(task: TaskSpec, workdir: Path, paths: RunPaths, env: dict[s
     started (`_evaluate` falls back to a fresh evaluator if training replaced that folder).
     Training cannot reach its folder, and it reads the artifact only after training ended.
     """
-    folder = Path(tempfile.mkdtemp(prefix="rsilab-eval-"))
-    out = folder / "metrics.json"
+    files = RunPaths(Path(tempfile.mkdtemp(prefix="rsilab-eval-")))
     args = ["--artifact", str(paths.artifact.resolve()), "--val", str(val_data or ""),
-            "--out", str(out), "--seed", str(seed), "--threads", str(task.threads)]
+            "--out", str(files.metrics), "--seed", str(seed), "--threads", str(task.threads)]
     if task.evaluator == "sealed":
         cmd = [sys.executable, "-I", "-B", "-m", "rsilab.harness.evaluate", *args,
                "--bytes", str(task.eval.bytes), "--probes", str(task.eval.probes), *(["--wait"] if wait else [])]
@@ -591,11 +582,11 @@ def _start_evaluator(task: TaskSpec, workdir: Path, paths: RunPaths, env: dict[s
     # The evaluator never sees the path of the training split.
     eval_env = {k: v for k, v in env.items() if k != harness.ENV_TRAIN_DATA}
     readonly = [workdir, paths.artifact] + ([val_data] if val_data is not None else [])
-    cmd, _ = sandbox.wrap(cmd, workdir=workdir, readonly=readonly, writable=[folder], hidden=hidden,
+    cmd, _ = sandbox.wrap(cmd, workdir=workdir, readonly=readonly, writable=[files.run_dir], hidden=hidden,
                           max_procs=task.max_procs, isolation=level)
-    proc = _spawn(cmd, cwd=workdir, env=eval_env, log=folder / "eval.log",
+    proc = _spawn(cmd, cwd=workdir, env=eval_env, log=files.eval_log,
                   stdin=subprocess.PIPE if wait else subprocess.DEVNULL)
-    return _Evaluator(proc, folder, _identity(paths.artifact), wait)
+    return _Evaluator(proc, files, _identity(paths.artifact), wait)
 
 
 def _evaluate(task: TaskSpec, workdir: Path, paths: RunPaths, env: dict[str, str], seed: int,
@@ -627,15 +618,16 @@ def _evaluate(task: TaskSpec, workdir: Path, paths: RunPaths, env: dict[str, str
                     ev.proc.stdin.write(b"go\n")
                     ev.proc.stdin.close()
             outcome = _watch(ev.proc, start=start, timeout=task.eval_timeout, max_procs=task.max_procs)
-        sandbox.reclaim([ev.folder])
+        sandbox.reclaim([ev.files.run_dir])
         # Into the run folder by rename (atomic_write), never through whatever path a run
         # may have put there since; the metrics file byte for byte, as `rsilab audit`
         # checks it against the sha256 in the ledger.
-        if ev.log.is_file() and not ev.log.is_symlink():
-            atomic_write(paths.eval_log, ev.log.read_bytes())
-        if ev.metrics.is_symlink() or not ev.metrics.is_file():  # the evaluator writes a file
+        log, metrics = ev.files.eval_log, ev.files.metrics
+        if log.is_file() and not log.is_symlink():
+            atomic_write(paths.eval_log, log.read_bytes())
+        if metrics.is_symlink() or not metrics.is_file():  # the evaluator writes a file
             return outcome, {}
-        raw = ev.metrics.read_bytes()
+        raw = metrics.read_bytes()
     finally:
         ev.close()
     atomic_write(paths.metrics, raw)
