@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from rsilab.config import resolve_task_dir
@@ -98,6 +99,29 @@ def test_run_status_report_and_tsv_round_trip(tmp_path: Path) -> None:
     assert [p.status for p in points][0] == "keep"
     rows = [line.split("\t") for line in tsv[1:]]
     assert [round(p.metric or 0.0, 6) for p in points] == [float(r[1]) for r in rows]
+
+
+def test_baseline_measures_the_noise_floor_and_run_goes_on_from_it(tmp_path: Path) -> None:
+    out = rsilab("baseline", "lab", "--task", "toy", cwd=tmp_path)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "baseline run 1/3" in out.stdout and "stopped: baseline measured" in out.stdout
+    from rsilab.ledger import Ledger
+
+    with Ledger(tmp_path / "lab" / ".rsilab" / "ledger.db") as ledger:
+        exps, values = ledger.experiments(), ledger.incumbent_values()
+    assert len(exps) == 1 and len(values) == 3  # the baseline only, under judge.noise_runs seeds
+    lines = out.stdout.splitlines()
+    mean, sd = sum(values) / 3, float(np.std(values, ddof=1))
+    assert f"baseline val_loss {mean:.4f}, sd {sd:.4f} over 3 seeds" in out.stdout
+    bar = next(line for line in lines if line.startswith("to be kept"))
+    assert "on its first run (knob values only)" in bar and "over 4 runs (judge.max_runs)" in bar
+    # Asked again, it only reports; `rsilab run` then researches from the same baseline.
+    again = rsilab("baseline", "lab", cwd=tmp_path)
+    assert again.returncode == 0 and bar in again.stdout and "baseline run" not in again.stdout
+    out = rsilab("run", "lab", "--max-experiments", "1", cwd=tmp_path)
+    assert out.returncode == 0, out.stdout + out.stderr
+    with Ledger(tmp_path / "lab" / ".rsilab" / "ledger.db") as ledger:
+        assert len(ledger.experiments()) == 2 and len(ledger.runs(exps[0].id)) == 3
 
 
 def test_an_incumbent_over_a_memory_cap_stops_the_run_and_keeps_the_baseline(tmp_path: Path) -> None:

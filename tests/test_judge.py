@@ -7,9 +7,10 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+from scipy import stats
 
 from rsilab.config import JudgeSpec
-from rsilab.judge import Judgement, cap_breach, judge, noise_sigma, seed_schedule
+from rsilab.judge import Judgement, cap_breach, judge, keep_threshold, noise_sigma, seed_schedule
 from rsilab.types import Metric, RunResult, Status, Verdict
 
 MIN = Metric("val_bpb", "min")
@@ -349,3 +350,27 @@ def test_seed_schedule_is_deterministic_distinct_and_in_range() -> None:
     assert len(firsts) == 1000
     with pytest.raises(ValueError):
         seed_schedule(0, 0, -1)
+
+
+@pytest.mark.parametrize("metric", [MIN, MAX])
+def test_keep_threshold_is_the_judges_own_bar(metric: Metric) -> None:
+    # One knob-only run against a 3-run noise floor: the pooled t-test has df 2 and its level
+    # is alpha split over the 4 looks, so the bar is t(1 - 0.05/4, 2) * sd * sqrt(1 + 1/3).
+    sd = float(np.std(INCUMBENT, ddof=1))
+    first = keep_threshold(INCUMBENT, metric, SPEC, 1, min_runs=1)
+    assert first == pytest.approx(float(stats.t.ppf(1 - 0.05 / 4, 2)) * sd * (4 / 3) ** 0.5, rel=1e-4)
+    sign = -1 if metric is MIN else 1
+    mean = float(np.mean(INCUMBENT))
+    assert first is not None
+    assert judge([ok(mean + sign * first * 1.001)], INCUMBENT, metric, SPEC, min_runs=1).verdict is Verdict.KEEP
+    assert judge([ok(mean + sign * first * 0.999)], INCUMBENT, metric, SPEC, min_runs=1).verdict is not Verdict.KEEP
+    # More runs lower the bar; with the default min_runs (2) one run can never be kept.
+    last = keep_threshold(INCUMBENT, metric, SPEC, SPEC.max_runs, min_runs=1)
+    assert last is not None and last < first / 2
+    assert keep_threshold(INCUMBENT, metric, SPEC, 1) is None
+    assert keep_threshold(INCUMBENT, metric, SPEC, 99, min_runs=1) == last  # capped at max_runs
+
+
+def test_keep_threshold_without_noise_is_none() -> None:
+    assert keep_threshold([1.0], MIN, SPEC, 4) is None
+    assert keep_threshold([1.0, 1.0, 1.0], MIN, SPEC, 4) is None

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import statistics
 import sys
 import time
 from collections.abc import Callable
@@ -222,10 +223,48 @@ def run(directory: Path, task_name: str, tag: str | None, proposer: str | None, 
         ladder: str | None, workers: str | None, executor_name: str, address: str | None,
         sets: tuple[str, ...], require_sandbox: bool) -> None:
     """Do research in a workspace until a stop rule (creates it on first use; resumes after a stop)."""
+    from rsilab.orchestrator import Limits
+
+    _research(directory, task_name, tag, proposer, Limits(max_experiments, hours, max_cost, max_tokens),
+              preset, ladder, workers, executor_name, address, sets, require_sandbox)
+
+
+@main.command()
+@click.argument("directory", type=click.Path(path_type=Path), default=".")
+@click.option("--task", "task_name", default="gpt", show_default=True,
+              help="Task to copy in when DIRECTORY is not a workspace yet.")
+@click.option("--tag", default=None, help="Research tag when creating the workspace.")
+@click.option("--preset", type=click.Choice(["cpu", "gpu"]), default=None, help="Knob preset (default: by device).")
+@set_option
+@require_sandbox_option
+@_friendly
+def baseline(directory: Path, task_name: str, tag: str | None, preset: str | None, sets: tuple[str, ...],
+             require_sandbox: bool) -> None:
+    """Measure the baseline under judge.noise_runs seeds and say what a change must gain to be kept.
+
+    Creates the workspace on first use, like `rsilab run`, and stops after the baseline (a
+    workspace that has one is only reported). `rsilab run` then goes on from it.
+    """
+    from rsilab.ledger import Ledger
+    from rsilab.orchestrator import Limits
+    from rsilab.workspace import open_workspace
+
+    task = _research(directory, task_name, tag, DEFAULT_PROPOSER, Limits(max_experiments=0), preset, None,
+                     None, "local", None, sets, require_sandbox, baseline_only=True)
+    with Ledger(open_workspace(directory).ledger_path) as ledger:
+        _print_noise_floor(ledger, task)
+
+
+def _research(directory: Path, task_name: str, tag: str | None, proposer: str | None, limits: Any,
+              preset: str | None, ladder: str | None, workers: str | None, executor_name: str,
+              address: str | None, sets: tuple[str, ...], require_sandbox: bool,
+              baseline_only: bool = False) -> TaskSpec:
+    """`rsilab run` (and, with `baseline_only`, `rsilab baseline`): open or create the
+    workspace, record the overrides, run the supervisor until a stop rule; returns the task."""
     from rsilab import harness, sandbox
     from rsilab.executors import create as create_executor
     from rsilab.ledger import Ledger
-    from rsilab.orchestrator import Limits, Supervisor
+    from rsilab.orchestrator import Supervisor
     from rsilab.proposers import create
     from rsilab.report.live import LiveView
     from rsilab.workspace import STATE_DIR, init_workspace, open_workspace
@@ -259,7 +298,8 @@ def run(directory: Path, task_name: str, tag: str | None, proposer: str | None, 
     shares = {c.label: c.share for c in choices}
     follower = create("tuner", **_proposer_options("tuner", task)) if follow else None
     shown = ", ".join(c.label + (f" (share {c.share})" if len(choices) > 1 else "") for c in choices)
-    click.echo(f"proposer: {shown}" + (" (+ tuner after its kept changes)" if follow else ""))
+    if not baseline_only:
+        click.echo(f"proposer: {shown}" + (" (+ tuner after its kept changes)" if follow else ""))
     if address and executor_name != "ray":
         raise ConfigError("--address is for --executor ray")
     executor = create_executor(executor_name, task=task, workers=_workers(workers, executor_name),
@@ -269,7 +309,7 @@ def run(directory: Path, task_name: str, tag: str | None, proposer: str | None, 
         try:
             with LiveView(task.metric.name, str(ws.root), isolation=sandbox.describe(level)) as view:
                 sup = Supervisor(ws, task, ledger, proposers, train_data=train_data, val_data=val_data,
-                                 preset=preset, limits=Limits(max_experiments, hours, max_cost, max_tokens),
+                                 preset=preset, limits=limits,
                                  notify=view, follower=follower, isolation=isolation, executor=executor,
                                  shares=shares)
                 if gate is not None:
@@ -280,8 +320,44 @@ def run(directory: Path, task_name: str, tag: str | None, proposer: str | None, 
         finally:  # also on Ctrl-C: results.tsv always matches the ledger
             executor.close()
             ledger.export_tsv(ws.root / "results.tsv", task.metric.name)
-        click.echo(f"stopped: {reason}")
-        _print_status(ledger, task.metric.name, ws.root)
+        if not baseline_only:
+            click.echo(f"stopped: {reason}")
+            _print_status(ledger, task.metric.name, ws.root)
+    return task
+
+
+def _print_noise_floor(ledger: Any, task: TaskSpec) -> None:
+    """The incumbent's values (the baseline's, at first) and what the judge asks of a
+    change against them."""
+    from rsilab.judge import keep_threshold
+
+    inc = ledger.incumbent()
+    values = ledger.incumbent_values()
+    if inc is None or not values:
+        click.echo("no baseline: its runs did not finish (see `rsilab status`)")
+        return
+    name, spec = task.metric.name, task.judge
+    who = "baseline" if inc.id == ledger.experiments()[0].id else f"incumbent #{inc.id} ({inc.description})"
+    if len(values) < 2:
+        click.echo(f"{who} {name} {values[0]:.4f} (1 run: no noise estimate; judge.noise_runs="
+                   f"{spec.noise_runs}); a candidate is compared value to value")
+        return
+    sd = statistics.stdev(values)
+    shown = " ".join(f"{v:.4f}" for v in values)
+    click.echo(f"{who} {name} {statistics.fmean(values):.4f}, sd {sd:.4f} over {len(values)} seeds ({shown})")
+    first = keep_threshold(values, task.metric_obj, spec, 1, min_runs=spec.knob_min_runs)
+    last = keep_threshold(values, task.metric_obj, spec, spec.max_runs, min_runs=spec.knob_min_runs)
+    if last is None:
+        click.echo(f"the baseline did not move across seeds: any gain > judge.min_effect ({spec.min_effect:g}) is kept")
+        return
+    def gain(g: float) -> str:
+        return f"{g:.4f} ({g / sd:.1f} sd)"
+
+    # The first look of a knob-only change (judge.knob_min_runs); the last look of any change.
+    click.echo(f"to be kept (judge.alpha {spec.alpha:g}), a change must beat it by "
+               + (f"{gain(first)} on its first run (knob values only), or " if first is not None else "")
+               + f"{gain(last)} on average over {spec.max_runs} runs (judge.max_runs); the bar falls "
+               "as the session pools its repeated runs into the noise estimate")
 
 
 def _check_before_creating(directory: Path, task_name: str, proposer: str | None, sets: tuple[str, ...],

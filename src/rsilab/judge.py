@@ -244,6 +244,43 @@ def judge(
     return _decide(st, spec, least, candidate_size, incumbent_size, out)
 
 
+def keep_threshold(
+    incumbent: Sequence[float], metric: Metric, spec: JudgeSpec, runs: int, min_runs: int | None = None
+) -> float | None:
+    """The smallest gain that `judge` keeps from a candidate of `runs` ok runs (capped at
+    spec.max_runs) against `incumbent`, with no other noise groups: what a change must buy
+    at the start of a session. The candidate's values are the incumbent's, shifted by the
+    gain (its first `runs` values, cycled), so its runs spread like the incumbent's.
+
+    None when the judge has no noise to test against (fewer than 2 incumbent values, or
+    identical ones: any gain > min_effect is kept there) or when `runs` is below the runs a
+    keep needs (`min_runs`, None: spec.min_runs). Found by bisection on `judge` itself, so
+    it is exactly the rule's threshold, not a formula beside it (to 1e-6 of the noise sd).
+    """
+    runs = min(runs, spec.max_runs)
+    sd = noise_sigma(incumbent)
+    if not sd or runs < min(spec.min_runs if min_runs is None else min_runs, spec.max_runs):
+        return None
+    spread = [incumbent[i % len(incumbent)] for i in range(runs)]
+    centre = statistics.fmean(incumbent) - statistics.fmean(spread)
+    sign = -1.0 if metric.direction == "min" else 1.0
+
+    def kept(gain: float) -> bool:
+        values = [v + centre + sign * gain for v in spread]
+        cand = [RunResult(Status.OK, seed, v) for seed, v in enumerate(values)]
+        return judge(cand, incumbent, metric, spec, min_runs=min_runs).verdict is Verdict.KEEP
+
+    lo, hi = 0.0, sd
+    while not kept(hi):
+        lo, hi = hi, hi * 2
+        if hi > 1e6 * sd:
+            return None  # cannot happen with a finite level; a guard, not a result
+    while hi - lo > 1e-6 * sd:
+        mid = (lo + hi) / 2
+        lo, hi = (lo, mid) if kept(mid) else (mid, hi)
+    return hi
+
+
 def _futile(st: _Stats, spec: JudgeSpec, level: float) -> bool:
     """True when more runs are very unlikely to make the candidate significant: even an
     optimistic gain (the estimate plus FUTILITY_SE standard errors) would not pass the test

@@ -578,6 +578,8 @@ class Supervisor:
     # ---- the loop ---------------------------------------------------------------------
     def _stop_reason(self) -> str | None:
         lim = self.limits
+        if lim.max_experiments == 0:
+            return "baseline measured; no experiments asked for"
         if lim.max_experiments is not None and self._started >= lim.max_experiments:
             return f"reached --max-experiments {lim.max_experiments}"
         if lim.hours is not None and time.time() - self.progress.started >= lim.hours * 3600:
