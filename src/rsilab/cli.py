@@ -14,13 +14,16 @@ import time
 from collections.abc import Callable
 from functools import wraps
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
 from rsilab import __version__
 from rsilab.config import TaskSpec, parse_override, resolve_task_dir
 from rsilab.errors import ConfigError, RsilabError
+
+if TYPE_CHECKING:  # imported lazily at run time: `rsilab --help` stays fast
+    from rsilab.orchestrator import Limits
 
 F = TypeVar("F", bound=Callable[..., Any])
 DEFAULT_PROPOSER = "tuner"
@@ -255,7 +258,7 @@ def baseline(directory: Path, task_name: str, tag: str | None, preset: str | Non
         _print_noise_floor(ledger, task)
 
 
-def _research(directory: Path, task_name: str, tag: str | None, proposer: str | None, limits: Any,
+def _research(directory: Path, task_name: str, tag: str | None, proposer: str | None, limits: Limits,
               preset: str | None, ladder: str | None, workers: str | None, executor_name: str,
               address: str | None, sets: tuple[str, ...], require_sandbox: bool,
               baseline_only: bool = False) -> TaskSpec:
