@@ -468,6 +468,14 @@ def _print_status(ledger: Any, metric: str, root: Path, recent: int = 10) -> Non
         best = sum(vals) / len(vals) if vals else inc.metric
         click.echo(f"baseline {metric} {base.metric:.4f} -> incumbent #{inc.id} {best:.4f} "
                    f"({inc.commit[:7]}: {inc.description})")
+    end = max(e.decided_at or e.started_at for e in exps)
+    hours = (end - base.started_at) / 3600
+    per_hour = (len(exps) - 1) / hours if hours > 0 else 0.0
+    rate = f", {per_hour:.{0 if per_hour >= 10 else 1}f} experiments/h" if per_hour else ""
+    day = "%Y-%m-%d %H:%M"
+    click.echo(f"time: {time.strftime(day, time.localtime(base.started_at))} -> "
+               f"{time.strftime(day if hours >= 24 else '%H:%M', time.localtime(end))} "
+               f"({f'{hours:.1f} h' if hours >= 1 else f'{hours * 60:.0f} min'}{rate})")
     costs = ledger.costs()
     if "compute" in costs:
         click.echo(f"compute: {costs['compute'] / 3600:.2f} h")
