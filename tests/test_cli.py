@@ -117,7 +117,15 @@ def test_baseline_measures_the_noise_floor_and_run_goes_on_from_it(tmp_path: Pat
     mean, sd = sum(values) / 3, float(np.std(values, ddof=1))
     assert f"baseline val_loss {mean:.4f}, sd {sd:.4f} over 3 seeds" in out.stdout
     bar = next(line for line in lines if line.startswith("to be kept"))
-    assert "on its first run (knob values only)" in bar and "over 4 runs (judge.max_runs)" in bar
+    from rsilab.config import JudgeSpec
+    from rsilab.judge import keep_threshold
+    from rsilab.types import Metric
+
+    first = keep_threshold(values, Metric("val_loss"), JudgeSpec(), 1, min_runs=1)
+    assert first is not None and f"beat it by {first:.4f} ({first / sd:.1f} sd) on its first run" in bar
+    assert "over 4 runs (judge.max_runs)" in bar
+    # The live view says the same when the baseline lands.
+    assert f"a knob change that beats it by {first:.4g} is kept on its first run" in out.stdout
     # Asked again, it only reports; `rsilab run` then researches from the same baseline.
     again = rsilab("baseline", "lab", cwd=tmp_path)
     assert again.returncode == 0 and bar in again.stdout and "baseline run" not in again.stdout

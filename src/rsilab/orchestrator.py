@@ -54,7 +54,7 @@ from rsilab.controls import Controls
 from rsilab.errors import RsilabError
 from rsilab.executors.base import Executor, RunFuture, RunRequest
 from rsilab.executors.base import create as create_executor
-from rsilab.judge import Judgement, cap_breach, judge, seed_schedule
+from rsilab.judge import Judgement, cap_breach, judge, keep_threshold, seed_schedule
 from rsilab.ledger import Experiment, Ledger
 from rsilab.merge import Merge, reapply
 from rsilab.proposers.base import Context, HistoryItem, Proposer
@@ -297,7 +297,11 @@ class Supervisor:
         sd = math.sqrt(sum((v - mean) ** 2 for v in ok) / (len(ok) - 1)) if len(ok) > 1 else 0.0
         self.ledger.add_decision(exp_id, verdict=Verdict.KEEP, metric=mean, source="supervisor",
                                  reason=f"baseline: {len(ok)} runs, mean {mean:.4f}, sd {sd:.4f} (the noise floor)")
-        self._event("baseline", f"baseline {self.metric.name} {mean:.4f} ± {sd:.4f} over {len(ok)} seeds")
+        spec = self.task.judge
+        bar = keep_threshold(ok, self.metric, spec, 1, min_runs=spec.knob_min_runs)
+        self._event("baseline", f"baseline {self.metric.name} {mean:.4f} ± {sd:.4f} over {len(ok)} seeds"
+                    + (f"; a knob change that beats it by {bar:.4g} is kept on its first run, a smaller "
+                       f"gain is confirmed with more runs (up to {spec.max_runs})" if bar is not None else ""))
         return self.ledger.experiment(exp_id)
 
     def _check_caps(self) -> None:
