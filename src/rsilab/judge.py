@@ -249,8 +249,10 @@ def keep_threshold(
 ) -> float | None:
     """The smallest gain that `judge` keeps from a candidate of `runs` ok runs (capped at
     spec.max_runs) against `incumbent`, with no other noise groups: what a change must buy
-    at the start of a session. The candidate's values are the incumbent's, shifted by the
-    gain (its first `runs` values, cycled), so its runs spread like the incumbent's.
+    at the start of a session. The candidate's values are the incumbent's first `runs`
+    values (cycled), moved so that their mean is the incumbent's mean improved by the gain:
+    its runs spread like the incumbent's. Assumes, as the t-test gives, that a larger gain
+    is never kept less.
 
     None when the judge has no noise to test against (fewer than 2 incumbent values, or
     identical ones: any gain > min_effect is kept there) or when `runs` is below the runs a
