@@ -79,7 +79,7 @@ def test_run_status_report_and_tsv_round_trip(tmp_path: Path) -> None:
     assert "stopped: reached --max-experiments 3" in out.stdout
     status = rsilab("status", "lab", cwd=tmp_path)
     assert status.returncode == 0 and "4 experiments" in status.stdout
-    assert re.search(r"^time: \d{4}-\d\d-\d\d \d\d:\d\d -> \d\d:\d\d \(\d+ min, [\d.]+ experiments/h\)$",
+    assert re.search(r"^time: \d{4}-\d\d-\d\d \d\d:\d\d -> (\d{4}-\d\d-\d\d )?\d\d:\d\d \(\d+ min, [\d.]+ experiments/h\)$",
                      status.stdout, re.MULTILINE), status.stdout
     rep = rsilab("report", "lab", cwd=tmp_path)
     assert rep.returncode == 0, rep.stderr

@@ -351,8 +351,9 @@ def _print_noise_floor(ledger: Any, task: TaskSpec) -> None:
     first = keep_threshold(values, task.metric_obj, spec, 1, min_runs=spec.knob_min_runs)
     last = keep_threshold(values, task.metric_obj, spec, spec.max_runs, min_runs=spec.knob_min_runs)
     if last is None:
-        click.echo(f"the baseline did not move across seeds: any gain > judge.min_effect ({spec.min_effect:g}) is kept")
+        click.echo(f"{who} did not move across seeds: any gain > judge.min_effect ({spec.min_effect:g}) is kept")
         return
+
     def gain(g: float) -> str:
         return f"{g:.4f} ({g / sd:.1f} sd)"
 
@@ -472,9 +473,9 @@ def _print_status(ledger: Any, metric: str, root: Path, recent: int = 10) -> Non
     hours = (end - base.started_at) / 3600
     per_hour = (len(exps) - 1) / hours if hours > 0 else 0.0
     rate = f", {per_hour:.{0 if per_hour >= 10 else 1}f} experiments/h" if per_hour else ""
-    day = "%Y-%m-%d %H:%M"
-    click.echo(f"time: {time.strftime(day, time.localtime(base.started_at))} -> "
-               f"{time.strftime(day if hours >= 24 else '%H:%M', time.localtime(end))} "
+    day, first, last = "%Y-%m-%d %H:%M", time.localtime(base.started_at), time.localtime(end)
+    same_day = first[:3] == last[:3]
+    click.echo(f"time: {time.strftime(day, first)} -> {time.strftime('%H:%M' if same_day else day, last)} "
                f"({f'{hours:.1f} h' if hours >= 1 else f'{hours * 60:.0f} min'}{rate})")
     costs = ledger.costs()
     if "compute" in costs:
