@@ -74,6 +74,26 @@ def test_pause_is_a_level_and_stop_an_edge(ws: Workspace) -> None:
     assert not Controls(ws, Ledger(ws.ledger_path)).stop_requested()
 
 
+def test_a_resume_posted_between_the_poll_and_the_pause_check_is_taken_and_told(ws: Workspace) -> None:
+    # The race CI hit under load: another process posts "resume" just after `handle` polled.
+    # Read fresh, the pause was already over, so `handle` returned without taking the resume
+    # (it never said "resumed"); now the pause check is as of what the poll delivered.
+    led = Ledger(ws.ledger_path)
+    controls.post(led, "pause", {"reason": "look"}, source="dashboard@127.0.0.1")
+
+    class ResumedRightAfterThePoll(Controls):
+        def poll(self) -> list[controls.Action]:
+            new = super().poll()
+            if [a.action for a in new] == ["pause"]:
+                controls.post(Ledger(ws.ledger_path), "resume", source="other")
+            return new
+
+    said: list[str] = []
+    taken = ResumedRightAfterThePoll(ws, led).handle(said.append, interval=0.01)
+    assert [a.action for a in taken] == ["pause", "resume"]
+    assert len(said) == 2 and said[0].startswith("paused: ") and "look" in said[0] and said[1] == "resumed", said
+
+
 def test_handle_waits_while_paused_until_another_process_resumes(ws: Workspace) -> None:
     led = Ledger(ws.ledger_path)
     sup = Controls(ws, led)

@@ -217,9 +217,12 @@ class Controls:
         """True while the latest pause/resume action is a pause (read fresh from the ledger)."""
         return self.pause_action() is not None
 
-    def pause_action(self) -> Action | None:
-        """The pause in force, if any (who paused, when, why)."""
+    def pause_action(self, upto: int | None = None) -> Action | None:
+        """The pause in force, if any (who paused, when, why); with `upto`, as of the action
+        with that id (later actions are not looked at)."""
         for a in reversed(actions(self.ledger)):
+            if upto is not None and a.id > upto:
+                continue
             if a.action in ("pause", "resume"):
                 return a if a.action == "pause" else None
         return None
@@ -248,7 +251,9 @@ class Controls:
                 taken.append(a)
                 if a.action not in ("pause", "resume"):  # those are told below, once
                     tell(self.apply(a))
-            pause = self.pause_action()
+            # As of what poll() delivered, not a fresh read: a resume posted after the poll
+            # would end the wait without being taken (or told); the next turn takes it.
+            pause = self.pause_action(upto=self._cursor)
             if pause is None or self.stop_requested() or (should_stop is not None and should_stop()):
                 if waiting:
                     tell("resumed" if pause is None else "stop requested during the pause")
