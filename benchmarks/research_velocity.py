@@ -52,8 +52,13 @@ tuner,autoresearch`, 59 min): single-run rule +0.967 confirmed (claimed +0.984, 
 experiments, 7.7 kept), tuner + judge +0.933 (claimed +0.945, 19 experiments, 4.7 kept),
 paired -0.034 ± 0.038, the judge ahead in 1 of 3; the random arm on the same seeds (`--arms
 random`, 41 min): +0.954 confirmed (claimed +0.968, 18 experiments, 4.3 kept), tuner - random
--0.021 ± 0.042, the tuner ahead in 1 of 3. So from the defaults the three arms are level
-within the noise of 3 sessions (sessions of one arm differ by sd 0.03-0.11). From tuned, 3 seeds: +0.026 against +0.009. Claimed minus confirmed, per
+-0.021 ± 0.042, the tuner ahead in 1 of 3. Three more seeds of tuner and autoresearch
+(`--first-seed 3 --seeds 3`, same settings): +1.006/+1.006, +0.144/+0.855, +0.361/+0.818
+(autoresearch seed 5 confirmed on 1 run: 2 of its 3 confirmation runs timed out while a CI
+run loaded the machine). Over the 6 seeds: judge +0.718, single-run rule +0.930, paired
+-0.211 ± 0.123, the judge ahead in 1 of 6. Two judge sessions stalled (+0.144, +0.361: 16
+experiments each, never proposing the large moves, shorter context and smaller batch, that the
+others found); no single-run session did, with 27 experiments each. From tuned, 3 seeds: +0.026 against +0.009. Claimed minus confirmed, per
 session: single-run rule up to +0.097, judge arms within 0.06 either way. Re-measured from
 tuned with the tuner of fed122e (3 seeds, `--arms tuner,autoresearch`, about 20 min per
 seed): single-run rule +0.026 confirmed (claimed +0.050), tuner + judge +0.007 (claimed
