@@ -53,7 +53,7 @@ experiments, 7.7 kept), tuner + judge +0.933 (claimed +0.945, 19 experiments, 4.
 paired -0.034 ± 0.038, the judge ahead in 1 of 3; the random arm on the same seeds (`--arms
 random`, 41 min): +0.954 confirmed (claimed +0.968, 18 experiments, 4.3 kept), tuner - random
 -0.021 ± 0.042, the tuner ahead in 1 of 3. Three more seeds of tuner and autoresearch
-(`--first-seed 3 --seeds 3`, same settings): +1.006/+1.006, +0.144/+0.855, +0.361/+0.818
+(seeds 3-5: `--first-seed 3`, same settings): +1.006/+1.006, +0.144/+0.855, +0.361/+0.818
 (autoresearch seed 5 confirmed on 1 run: 2 of its 3 confirmation runs timed out while a CI
 run loaded the machine). Over the 6 seeds: judge +0.718, single-run rule +0.930, paired
 -0.211 ± 0.123, the judge ahead in 1 of 6. Two judge sessions stalled (+0.144, +0.361: 16
