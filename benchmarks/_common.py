@@ -21,10 +21,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rsilab import paths, runner
+from rsilab import paths
 from rsilab.config import TaskSpec, load_task
 from rsilab.data import PreparedData, prepare
-from rsilab.types import RunResult
+from rsilab.results import RunResult
+from rsilab.run import runner
 
 
 def gpt_task(budget: float | None, overrides: Sequence[tuple[str, Any]] = ()) -> TaskSpec:

@@ -4,7 +4,7 @@ research_velocity.py answers the question on the real task, but a session there 
 minutes, so it affords 3 seeds, and sessions differ by about 0.14 val_bpb. This script asks
 the same question of a synthetic loss surface, where a session takes a second and the true
 value of every configuration is known, so tens of seeds give tight means and "confirmed gain"
-is exact. What is real: the proposers (`tuner`, `random`), the judge (`rsilab.judge.judge`,
+is exact. What is real: the proposers (`tuner`, `random`), the judge (`rsilab.loop.judge.judge`,
 the task's JudgeSpec), and the supervisor's order of runs (the baseline's noise runs, a
 candidate's runs until the judge decides, the knob-only shortcut, the pooled noise groups,
 a re-check of the incumbent every `recheck_every` experiments), all at equal runs per session.
@@ -111,11 +111,11 @@ from _common import paired_row, table
 
 from rsilab import paths
 from rsilab.config import ConfigError, JudgeSpec, load_task, parse_override
-from rsilab.judge import judge
+from rsilab.loop.judge import judge
 from rsilab.proposers import create
 from rsilab.proposers.base import Context
 from rsilab.proposers.knobs import collect_knobs, set_knobs_in_files
-from rsilab.types import Metric, RunResult, Status, Verdict
+from rsilab.results import Metric, RunResult, Status, Verdict
 
 COMPUTE = 6e11  # training FLOPs per run
 TUNED = {"WIDTH": 48, "DEPTH": 1, "MLP_RATIO": 2, "SEQ_LEN": 64, "BATCH_SIZE": 8, "LR": 0.003,

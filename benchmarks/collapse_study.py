@@ -1,6 +1,6 @@
 """Model collapse at CPU scale: does `replace` degrade while `accumulate` holds?
 
-Runs a collapse study (`rsilab.collapse`, the same code as `rsilab collapse`) on the
+Runs a collapse study (`rsilab.studies.collapse`, the same code as `rsilab collapse`) on the
 bundled `gpt` task: Shakespeare, the cpu preset, one thread, one training at a time, the
 sealed evaluator on the real validation split. Then prints the study's table (mean and 95%
 band over seeds), the paired differences replace - accumulate per generation (the same
@@ -32,9 +32,9 @@ from typing import Any
 
 from _common import fmt, machine_line, table
 
-from rsilab.collapse import open_study, write_report
-from rsilab.collapse.report import ci95, latest_ok
-from rsilab.collapse.study import SHARED, parse_size
+from rsilab.studies.collapse import open_study, write_report
+from rsilab.studies.collapse.report import ci95, latest_ok
+from rsilab.studies.collapse.study import SHARED, parse_size
 
 PAIRED = ("val_bpb", "word_entropy", "distinct_2", "tail_types", "tail_mass", "nonwords", "rep8")
 

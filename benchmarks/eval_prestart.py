@@ -32,7 +32,7 @@ from pathlib import Path
 
 from _common import gpt_task, machine_line, out_dir, shakespeare, table
 
-from rsilab import runner
+from rsilab.run import runner
 
 
 def main() -> None:

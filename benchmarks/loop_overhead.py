@@ -26,9 +26,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         os.environ["RSILAB_HOME"] = str(Path(tmp) / "home")
         from rsilab.config import resolve_task_dir
-        from rsilab.ledger import Ledger
-        from rsilab.orchestrator import Limits, Supervisor
+        from rsilab.loop.supervisor import Limits, Supervisor
         from rsilab.proposers import create
+        from rsilab.record.ledger import Ledger
         from rsilab.workspace import init_workspace
 
         ws = init_workspace(Path(tmp) / "ws", resolve_task_dir("toy"), "bench")

@@ -89,13 +89,13 @@ from typing import Any
 
 from _common import busy_cores, cpu_jiffies, fmt, machine_line, out_dir, paired_row, table
 
-from rsilab import runner
 from rsilab.config import resolve_task_dir
 from rsilab.data import PreparedData, prepare
-from rsilab.ledger import Ledger
-from rsilab.orchestrator import Supervisor
+from rsilab.loop.supervisor import Supervisor
 from rsilab.proposers import create
 from rsilab.proposers.knobs import set_knobs_in_files
+from rsilab.record.ledger import Ledger
+from rsilab.run import runner
 from rsilab.workspace import init_workspace
 
 ARMS: dict[str, tuple[str, list[tuple[str, Any]]]] = {

@@ -36,7 +36,7 @@ class NoteProposer:
         self.count = 0
 
     def propose(self, ctx: Any) -> Any:
-        from rsilab.types import Proposal
+        from rsilab.results import Proposal
 
         self.count += 1
         src = ctx.files["train.py"]
@@ -57,9 +57,9 @@ def sleepy_task(root: Path, seconds: float) -> Path:
 
 
 def measure(root: Path, name: str, executor_name: str, workers: int, experiments: int, seconds: float) -> dict[str, Any]:
-    from rsilab.executors import create as create_executor
-    from rsilab.ledger import Ledger
-    from rsilab.orchestrator import Limits, Supervisor
+    from rsilab.loop.supervisor import Limits, Supervisor
+    from rsilab.record.ledger import Ledger
+    from rsilab.run.executors import create as create_executor
     from rsilab.workspace import init_workspace
 
     ws = init_workspace(root / name, sleepy_task(root / f"{name}-task", seconds), "scaling")

@@ -38,9 +38,9 @@ from _common import fmt, machine_line, out_dir
 
 from rsilab.config import resolve_task_dir
 from rsilab.data import prepare
-from rsilab.meta import Meta, format_table, summary
-from rsilab.score import format_table as score_table
-from rsilab.score import score_workspace
+from rsilab.studies.score import format_table as score_table
+from rsilab.studies.score import score_workspace
+from rsilab.studies.strategy import Meta, format_table, summary
 from rsilab.workspace import open_workspace
 
 

@@ -5,7 +5,7 @@ tuner`, running until killed), sends it SIGKILL after a random delay, then resta
 with `--max-experiments 0` (it recovers and stops) and checks the workspace: every
 experiment recorded before the kill is still there unchanged (none lost), ids run
 1..n with one final decision each (none duplicated), every experiment is decided and every
-run has its compute cost (none half-recorded), and `rsilab.audit` finds git, the ledger
+run has its compute cost (none half-recorded), and `rsilab.record.audit` finds git, the ledger
 and the run folders in agreement. Every fifth cycle the recovering restart is itself
 killed once at a random moment, so recovery is tested against a kill too.
 
@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # rsilab is imported late, after RSILAB_HOME is set
-    from rsilab.ledger import Experiment
+    from rsilab.record.ledger import Experiment
 
 WORK_WINDOW_S = 8.0  # kills land up to this long after start-up (a toy experiment: 1-3 s)
 STARTUP_SHARE = 0.2  # share of kills that land during start-up (imports, recovery)
@@ -72,7 +72,7 @@ def kill_after(proc: subprocess.Popen[bytes], delay: float) -> bool:
 
 def snapshot(ws_dir: Path) -> dict[int, tuple[object, ...]]:
     """Every decided experiment: what must never change once recorded."""
-    from rsilab.ledger import Ledger
+    from rsilab.record.ledger import Ledger
 
     with Ledger(ws_dir / ".rsilab" / "ledger.db") as ledger:
         return decided(ledger.experiments())
@@ -86,9 +86,9 @@ def decided(exps: Sequence[Experiment]) -> dict[int, tuple[object, ...]]:
 
 def check(ws_dir: Path, before: dict[int, tuple[object, ...]], tally: Tally) -> dict[int, tuple[object, ...]]:
     """The checks after a recovering restart; returns the new snapshot."""
-    from rsilab.audit import audit
-    from rsilab.ledger import Ledger
-    from rsilab.types import Verdict
+    from rsilab.record.audit import audit
+    from rsilab.record.ledger import Ledger
+    from rsilab.results import Verdict
     from rsilab.workspace import open_workspace
 
     ws = open_workspace(ws_dir)
@@ -169,7 +169,7 @@ def main() -> None:
         if tally.problems:
             break
     wall = time.monotonic() - t0
-    from rsilab.ledger import Ledger
+    from rsilab.record.ledger import Ledger
 
     with Ledger(ws_dir / ".rsilab" / "ledger.db") as ledger:
         exps = ledger.experiments()

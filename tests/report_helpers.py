@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 
-from rsilab import controls
-from rsilab.ledger import Ledger
-from rsilab.types import RunResult, Status
+from rsilab.loop import controls
+from rsilab.record.ledger import Ledger
+from rsilab.results import RunResult, Status
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts"
 CHROMIUM = "/usr/bin/chromium"

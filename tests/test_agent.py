@@ -20,7 +20,7 @@ from rsilab.config import resolve_task_dir
 from rsilab.errors import ConfigError
 from rsilab.proposers.agent import AgentProposer, build_prompt, parse_codex
 from rsilab.proposers.base import Context, HistoryItem, create
-from rsilab.types import Metric
+from rsilab.results import Metric
 from rsilab.workspace import Workspace, init_workspace
 
 # Shared by the fakes: find the two paths, edit train.py, misbehave on request.

@@ -17,13 +17,13 @@ import pytest
 from click.testing import CliRunner
 from test_loop import make_ws, queue_knobs, queue_patch, supervise
 
-from rsilab import runner
-from rsilab.audit import AcceptanceGate, audit, check_acceptance
 from rsilab.cli import main
 from rsilab.config import load_task, resolve_task_dir
-from rsilab.judge import Judgement
-from rsilab.ledger import Ledger
-from rsilab.types import Verdict
+from rsilab.loop.judge import Judgement
+from rsilab.record.audit import AcceptanceGate, audit, check_acceptance
+from rsilab.record.ledger import Ledger
+from rsilab.results import Verdict
+from rsilab.run import runner
 from rsilab.workspace import Workspace, git, open_workspace
 
 

@@ -108,7 +108,7 @@ def test_baseline_measures_the_noise_floor_and_run_goes_on_from_it(tmp_path: Pat
     out = rsilab("baseline", "lab", "--task", "toy", cwd=tmp_path)
     assert out.returncode == 0, out.stdout + out.stderr
     assert "baseline run 1/3" in out.stdout and "stopped: baseline measured" in out.stdout
-    from rsilab.ledger import Ledger
+    from rsilab.record.ledger import Ledger
 
     with Ledger(tmp_path / "lab" / ".rsilab" / "ledger.db") as ledger:
         exps, values = ledger.experiments(), ledger.incumbent_values()
@@ -118,8 +118,8 @@ def test_baseline_measures_the_noise_floor_and_run_goes_on_from_it(tmp_path: Pat
     assert f"baseline val_loss {mean:.4f}, sd {sd:.4f} over 3 seeds" in out.stdout
     bar = next(line for line in lines if line.startswith("to be kept"))
     from rsilab.config import JudgeSpec
-    from rsilab.judge import keep_threshold
-    from rsilab.types import Metric
+    from rsilab.loop.judge import keep_threshold
+    from rsilab.results import Metric
 
     first = keep_threshold(values, Metric("val_loss"), JudgeSpec(), 1, min_runs=1)
     assert first is not None and f"beat it by {first:.4f} ({first / sd:.1f} sd) on its first run" in bar

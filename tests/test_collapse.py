@@ -1,4 +1,4 @@
-"""Tests for the collapse study (rsilab.collapse), the frozen sampler and the data guard.
+"""Tests for the collapse study (rsilab.studies.collapse), the frozen sampler and the data guard.
 
 Fast tests drive the real generation loop, datasets, manifests, ledger and report with an
 injected trainer and sampler that need no torch: the fake "model" is a copy of its
@@ -24,10 +24,16 @@ from pathlib import Path
 
 import pytest
 
-from rsilab import provenance, runner
-from rsilab.collapse import open_study, write_report
-from rsilab.collapse.check import verify
-from rsilab.collapse.metrics import (
+from rsilab import provenance
+from rsilab.config import TaskSpec, load_task
+from rsilab.data import prepare
+from rsilab.errors import ConfigError
+from rsilab.paths import bundled_tasks_dir
+from rsilab.results import RunResult, Status
+from rsilab.run import runner
+from rsilab.studies.collapse import open_study, write_report
+from rsilab.studies.collapse.check import verify
+from rsilab.studies.collapse.metrics import (
     Reference,
     distinct_n,
     entropy,
@@ -36,14 +42,9 @@ from rsilab.collapse.metrics import (
     sample_metrics,
     words,
 )
-from rsilab.collapse.mixes import Part, compose, parse_policies, parse_policy, real_slice
-from rsilab.collapse.report import ci95, summarize
-from rsilab.collapse.study import SHARED, Cell, SampleResult, Study, finished, parse_size
-from rsilab.config import TaskSpec, load_task
-from rsilab.data import prepare
-from rsilab.errors import ConfigError
-from rsilab.paths import bundled_tasks_dir
-from rsilab.types import RunResult, Status
+from rsilab.studies.collapse.mixes import Part, compose, parse_policies, parse_policy, real_slice
+from rsilab.studies.collapse.report import ci95, summarize
+from rsilab.studies.collapse.study import SHARED, Cell, SampleResult, Study, finished, parse_size
 
 TESTS = Path(__file__).parent
 VOCAB = ["the", "king", "and", "queen", "of", "my", "lord", "sweet", "night", "thou", "art", "fair",
@@ -380,7 +381,7 @@ def test_kill_9_mid_generation_then_resume(tmp_path: Path) -> None:
 
 
 def _rows(study: Study) -> list[dict[str, object]]:
-    from rsilab.ledger import Ledger
+    from rsilab.record.ledger import Ledger
 
     with Ledger(study.ledger_path) as ledger:
         return ledger.collapse_cells()
@@ -575,7 +576,7 @@ def test_real_study_resumes_after_kill_9(tmp_path: Path) -> None:
     os.kill(child.pid, signal.SIGKILL)
     child.wait()
     study_ledger = out / ".rsilab" / "ledger.db"
-    from rsilab.ledger import Ledger
+    from rsilab.record.ledger import Ledger
 
     with Ledger(study_ledger) as ledger:
         before = ledger.collapse_cells()

@@ -1,4 +1,4 @@
-"""Tests for rsilab.controls: human actions recorded in the ledger and read by the supervisor,
+"""Tests for rsilab.loop.controls: human actions recorded in the ledger and read by the supervisor,
 across processes (two ledger connections), and vetoes on a real toy workspace."""
 
 from __future__ import annotations
@@ -14,13 +14,13 @@ from pathlib import Path
 import pytest
 from report_helpers import TOY_OVERRIDES, real_workspace, synthetic_ledger
 
-from rsilab import controls
-from rsilab.controls import ControlError, Controls
-from rsilab.ledger import Ledger
-from rsilab.orchestrator import Supervisor
+from rsilab.loop import controls
+from rsilab.loop.controls import ControlError, Controls
+from rsilab.loop.supervisor import Supervisor
 from rsilab.proposers.base import Context
 from rsilab.proposers.queue import QueueProposer, _patch_description
-from rsilab.types import Metric
+from rsilab.record.ledger import Ledger
+from rsilab.results import Metric
 from rsilab.workspace import Workspace, git, open_workspace
 
 TRAIN = 'LR = 0.001               # peak learning rate\nACT = "gelu"             # activation\n'
@@ -101,7 +101,7 @@ def test_handle_waits_while_paused_until_another_process_resumes(ws: Workspace) 
     controls.post(led, "pause", {"reason": "check the diff"}, source="dashboard@127.0.0.1")
     said: list[str] = []
     # The note and the resume come from a real second process, through the ledger file only.
-    code = ("import sys; from pathlib import Path; from rsilab.ledger import Ledger; from rsilab import controls; "
+    code = ("import sys; from pathlib import Path; from rsilab.record.ledger import Ledger; from rsilab import controls; "
             "led = Ledger(Path(sys.argv[1])); controls.post(led, 'note', {'text': 'hi'}, source='other'); "
             "controls.post(led, 'resume', source='other')")
     timer = threading.Timer(0.3, lambda: subprocess.run([sys.executable, "-c", code, str(ws.ledger_path)],

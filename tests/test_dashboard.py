@@ -28,11 +28,11 @@ from report_helpers import (
 )
 
 from rsilab.cli import main
-from rsilab.controls import Controls
-from rsilab.ledger import Ledger
+from rsilab.loop.controls import Controls
 from rsilab.proposers.queue import QueueProposer
+from rsilab.record.ledger import Ledger
 from rsilab.report.dashboard import create_app
-from rsilab.types import RunResult, Status
+from rsilab.results import RunResult, Status
 from rsilab.workspace import open_workspace
 
 

@@ -1,4 +1,4 @@
-"""Tests for rsilab.export: MLflow (a local SQLite store) and W&B (offline mode), no network."""
+"""Tests for rsilab.record.export: MLflow (a local SQLite store) and W&B (offline mode), no network."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from click.testing import CliRunner
 from report_helpers import DIFF, EVIL, synthetic_ledger
 
 from rsilab.cli import main
-from rsilab.ledger import Ledger
+from rsilab.record.ledger import Ledger
 from rsilab.workspace import Workspace, open_workspace
 
 
@@ -49,7 +49,7 @@ def test_mlflow_one_run_per_experiment_with_metrics_params_and_diff(ws: Workspac
     assert Path(local).read_text() == DIFF
     # Again: nothing new. After a later decision (a veto), only that run is made anew.
     with Ledger(ws.ledger_path) as led:
-        from rsilab import export
+        from rsilab.record import export
 
         again = export.to_mlflow(led, ws)
         assert (again.runs, again.skipped) == (0, 5)

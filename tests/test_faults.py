@@ -2,7 +2,7 @@
 deleted under the supervisor, a damaged ledger, two processes opening a new ledger.
 
 Each must end as a recorded result or a one-line error that says how to recover, never
-as a lost or half-recorded experiment; `rsilab.audit` checks git and the ledger after.
+as a lost or half-recorded experiment; `rsilab.record.audit` checks git and the ledger after.
 A full disk is real here: RLIMIT_FSIZE makes the kernel refuse a write past the limit
 (EFBIG, as ENOSPC would), for the supervisor and every process it starts.
 """
@@ -21,10 +21,10 @@ from pathlib import Path
 import pytest
 from test_loop import _rsilab, _wait_for, make_ws, queue_knobs, queue_patch, supervise
 
-from rsilab.audit import audit
 from rsilab.config import resolve_task_dir
 from rsilab.errors import RsilabError
-from rsilab.ledger import Ledger
+from rsilab.record.audit import audit
+from rsilab.record.ledger import Ledger
 from rsilab.workspace import init_workspace, open_workspace
 
 TOY_TRAIN = "train.py"

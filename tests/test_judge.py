@@ -1,4 +1,4 @@
-"""Tests for rsilab.judge: verdict rules, the statistics, and the false-keep rate on pure noise."""
+"""Tests for rsilab.loop.judge: verdict rules, the statistics, and the false-keep rate on pure noise."""
 
 from __future__ import annotations
 
@@ -10,8 +10,15 @@ import pytest
 from scipy import stats
 
 from rsilab.config import JudgeSpec
-from rsilab.judge import Judgement, cap_breach, judge, keep_threshold, noise_sigma, seed_schedule
-from rsilab.types import Metric, RunResult, Status, Verdict
+from rsilab.loop.judge import (
+    Judgement,
+    cap_breach,
+    judge,
+    keep_threshold,
+    noise_sigma,
+    seed_schedule,
+)
+from rsilab.results import Metric, RunResult, Status, Verdict
 
 MIN = Metric("val_bpb", "min")
 MAX = Metric("accuracy", "max")

@@ -11,10 +11,10 @@ import pytest
 from rsilab import harness
 from rsilab.config import load_task
 from rsilab.errors import ConfigError
-from rsilab.judge import Judgement
-from rsilab.ladder import Ladder, at_budget, confirm_on_ladder, parse_ladder, transfers
-from rsilab.ledger import Ledger
-from rsilab.types import Verdict
+from rsilab.loop.judge import Judgement
+from rsilab.loop.ladder import Ladder, at_budget, confirm_on_ladder, parse_ladder, transfers
+from rsilab.record.ledger import Ledger
+from rsilab.results import Verdict
 from rsilab.workspace import init_workspace
 
 # A task whose quality depends on the budget the runner gives: BIG_STEP stands for a
@@ -151,7 +151,7 @@ def test_harness_budget_flops(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_the_supervisor_discards_a_win_that_does_not_transfer(tmp_path: Path, task_dir: Path) -> None:
     """End to end, once the supervisor calls `Ladder.gate` at its keep site (`self.ladder`)."""
-    from rsilab.orchestrator import Limits, Supervisor
+    from rsilab.loop.supervisor import Limits, Supervisor
     from rsilab.proposers import create
 
     ws = init_workspace(tmp_path / "ws", task_dir, "t")
@@ -161,7 +161,7 @@ def test_the_supervisor_discards_a_win_that_does_not_transfer(tmp_path: Path, ta
         sup = Supervisor(ws, ws.load_task(), ledger, [create("queue", queue_dir=ws.queue_dir)], train_data=None,
                          val_data=None, limits=Limits(max_experiments=1))
         if not hasattr(sup, "ladder"):
-            pytest.skip("the supervisor has no ladder hook yet (see rsilab/ladder.py)")
+            pytest.skip("the supervisor has no ladder hook yet (see rsilab/loop/ladder.py)")
         sup.ladder = Ladder([1, 2])
         sup.run()
         exp = ledger.experiments()[-1]
@@ -175,9 +175,9 @@ def test_the_supervisor_discards_a_win_that_does_not_transfer(tmp_path: Path, ta
 def test_gpt_scripts_stop_on_a_flops_budget_and_pass_the_sealed_evaluator(tmp_path: Path, script: str) -> None:
     """The task's train.py and both human references: a FLOPs budget ends training (not the
     clock), and the exported model passes the sealed evaluator (causal, stateless)."""
-    from rsilab import runner
     from rsilab.data import prepare
     from rsilab.paths import bundled_tasks_dir
+    from rsilab.run import runner
 
     gpt = bundled_tasks_dir() / "gpt"
     work = tmp_path / "gpt"

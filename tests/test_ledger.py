@@ -1,4 +1,4 @@
-"""Tests for rsilab.ledger: schema, round-trips, status rules, concurrency, kill-safety, exports."""
+"""Tests for rsilab.record.ledger: schema, round-trips, status rules, concurrency, kill-safety, exports."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from rsilab.errors import RsilabError
-from rsilab.ledger import MIGRATIONS, Ledger
-from rsilab.types import RunResult, Status
+from rsilab.record.ledger import MIGRATIONS, Ledger
+from rsilab.results import RunResult, Status
 
 
 @pytest.fixture
@@ -233,8 +233,8 @@ _CHILD = textwrap.dedent(
     """
     import os, signal, sys
     from pathlib import Path
-    from rsilab.ledger import Ledger
-    from rsilab.types import RunResult, Status
+    from rsilab.record.ledger import Ledger
+    from rsilab.results import RunResult, Status
     led = Ledger(Path(sys.argv[1]))
     for i in range(5):
         with led.transaction():

@@ -9,10 +9,10 @@ from fake_llm import FakeLLM, Scripted
 
 from rsilab.config import LLMSpec, resolve_task_dir
 from rsilab.errors import ConfigError
-from rsilab.ledger import Ledger
-from rsilab.orchestrator import Limits, Supervisor
+from rsilab.loop.supervisor import Limits, Supervisor
 from rsilab.proposers import create
 from rsilab.proposers.llm import LLMProposer
+from rsilab.record.ledger import Ledger
 from rsilab.workspace import init_workspace
 
 SECRET = "sk-test-DO-NOT-LEAK-4242"
@@ -181,7 +181,7 @@ def test_missing_key_for_a_vendor_is_a_clear_error() -> None:
 
 
 def test_a_persons_free_text_idea_reaches_the_model_once(tmp_path: Path) -> None:
-    from rsilab.controls import queue_idea
+    from rsilab.loop.controls import queue_idea
 
     ws_dir = tmp_path / "ws"
     init_workspace(ws_dir, resolve_task_dir("toy"), "llm")

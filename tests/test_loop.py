@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 
 from rsilab.config import resolve_task_dir
-from rsilab.ledger import Ledger
-from rsilab.orchestrator import Limits, Supervisor, interrupt_once
+from rsilab.loop.supervisor import Limits, Supervisor, interrupt_once
 from rsilab.proposers import create
 from rsilab.proposers.base import Context
-from rsilab.types import Proposal
+from rsilab.record.ledger import Ledger
+from rsilab.results import Proposal
 from rsilab.workspace import git, init_workspace, open_workspace
 
 TOY_TRAIN = "train.py"

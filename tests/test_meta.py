@@ -8,7 +8,14 @@ from pathlib import Path
 import pytest
 from fake_llm import FakeLLM
 
-from rsilab.meta import META_FILE, Meta, Strategy, format_table, parse_program, tuner_neighbours
+from rsilab.studies.strategy import (
+    META_FILE,
+    Meta,
+    Strategy,
+    format_table,
+    parse_program,
+    tuner_neighbours,
+)
 
 # Two flags that only help together: each alone makes things worse. A tuner that changes
 # one knob per proposal (the task's setting, max_knobs = 1) can never find the gain; one
@@ -70,7 +77,7 @@ def test_meta_finds_a_faster_tuner_strategy(tmp_path: Path, task_dir: Path,
                                            monkeypatch: pytest.MonkeyPatch) -> None:
     # The premise below: TPE's random start-up outlasts a 3-experiment session even after one
     # halving (8 -> 4). With the tuner's own default (5 -> 2) n_startup could matter too.
-    monkeypatch.setattr("rsilab.meta.N_STARTUP", 8)
+    monkeypatch.setattr("rsilab.studies.strategy.N_STARTUP", 8)
     lines: list[str] = []
     root = tmp_path / "meta"
     state = Meta(root, task_dir=task_dir, session_experiments=3, confirm_seeds=2, say=lines.append).run(2, 3)

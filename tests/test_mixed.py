@@ -10,11 +10,11 @@ from pathlib import Path
 from fake_llm import FakeLLM
 
 from rsilab.config import resolve_task_dir
-from rsilab.ledger import Ledger
-from rsilab.orchestrator import Limits, Supervisor
+from rsilab.loop.supervisor import Limits, Supervisor
 from rsilab.proposers import create
 from rsilab.proposers.base import Context
-from rsilab.types import Proposal
+from rsilab.record.ledger import Ledger
+from rsilab.results import Proposal
 from rsilab.workspace import init_workspace
 
 

@@ -22,11 +22,11 @@ import pytest
 from test_loop import _assert_consistent, _wait_for, queue_knobs
 
 from rsilab.config import resolve_task_dir
-from rsilab.executors import create as create_executor
-from rsilab.ledger import Ledger
-from rsilab.orchestrator import Limits, Supervisor
+from rsilab.loop.scheduler import parse_proposers
+from rsilab.loop.supervisor import Limits, Supervisor
 from rsilab.proposers import create
-from rsilab.scheduler import parse_proposers
+from rsilab.record.ledger import Ledger
+from rsilab.run.executors import create as create_executor
 from rsilab.workspace import git, init_workspace, open_workspace
 
 KNOBS = """SHIFT_A = 0.5        # error put into weight 0 (costs SHIFT_A**2 of val loss)
@@ -277,7 +277,7 @@ def test_kill_9_with_two_workers_then_resume(tmp_path: Path) -> None:
 
 
 def test_status_reads_the_runs_in_flight_from_the_ledger(tmp_path: Path) -> None:
-    from rsilab.scheduler import running
+    from rsilab.loop.scheduler import running
 
     ledger = Ledger(tmp_path / "ledger.db")
     done = ledger.add_experiment(parent=None, commit="a" * 40, proposer="baseline", description="baseline", diff="")
@@ -293,7 +293,7 @@ def test_status_reads_the_runs_in_flight_from_the_ledger(tmp_path: Path) -> None
 
 
 def test_a_knob_level_merge_refuses_a_knob_both_sides_changed() -> None:
-    from rsilab.merge import knob_merge
+    from rsilab.loop.merge import knob_merge
 
     base = {"train.py": "LR = 0.1    # rate\nWD = 0.5    # decay\n"}
     mine = {"train.py": "LR = 0.2    # rate\nWD = 0.5    # decay\n"}

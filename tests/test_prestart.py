@@ -16,11 +16,11 @@ from pathlib import Path
 
 import pytest
 
-from rsilab import runner
 from rsilab.config import TaskSpec, load_task
 from rsilab.data import PreparedData, prepare
 from rsilab.paths import bundled_tasks_dir
-from rsilab.types import RunResult, Status
+from rsilab.results import RunResult, Status
+from rsilab.run import runner
 
 TRAIN = """\
 import os, sys, time

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 
 from rsilab.errors import RsilabError
-from rsilab.ledger import Ledger
+from rsilab.record.ledger import Ledger
 from rsilab.report.progress import Point, plot_progress, points_from_ledger, read_results_tsv
-from rsilab.types import RunResult, Status
+from rsilab.results import RunResult, Status
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

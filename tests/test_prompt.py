@@ -17,7 +17,7 @@ from rsilab.proposers.prompt import (
     estimate_tokens,
     history_block,
 )
-from rsilab.types import Metric, Proposal
+from rsilab.results import Metric, Proposal
 
 TASK = Path(__file__).resolve().parents[1] / "src" / "rsilab" / "tasks" / "gpt"
 PROGRAM = (TASK / "program.md").read_text()

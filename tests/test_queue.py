@@ -10,7 +10,7 @@ import pytest
 from rsilab.proposers.base import Context, create
 from rsilab.proposers.knobs import parse_knobs
 from rsilab.proposers.queue import PatchError, QueueProposer, apply_patch
-from rsilab.types import Metric
+from rsilab.results import Metric
 
 TRAIN = """\
 LR = 0.001               # peak learning rate

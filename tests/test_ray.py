@@ -16,10 +16,10 @@ import pytest
 from test_loop import _assert_consistent, _wait_for
 from test_parallel import make_ws, overlap, queue_patch, spans
 
-from rsilab.executors import create as create_executor
-from rsilab.ledger import Ledger
-from rsilab.orchestrator import Supervisor
+from rsilab.loop.supervisor import Supervisor
 from rsilab.proposers import create
+from rsilab.record.ledger import Ledger
+from rsilab.run.executors import create as create_executor
 from rsilab.workspace import open_workspace
 
 ray = pytest.importorskip("ray", reason="Ray is not installed (the optional extra: pip install 'rsilab[ray]')")

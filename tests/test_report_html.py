@@ -10,11 +10,11 @@ from click.testing import CliRunner
 from report_helpers import ARTIFACTS, DIFF, EVIL, chromium, save_artifact, synthetic_ledger
 
 from rsilab.cli import main
-from rsilab.ledger import Ledger
+from rsilab.record.ledger import Ledger
 from rsilab.report.html import lineage_needed, render_report, snapshot, write_report
 from rsilab.report.progress import Point
 from rsilab.report.svg import chart_svg, nice_ticks
-from rsilab.types import RunResult, Status
+from rsilab.results import RunResult, Status
 
 
 def fake_workspace(tmp_path: Path) -> Path:

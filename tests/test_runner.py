@@ -1,4 +1,4 @@
-"""Tests for rsilab.runner: real task folders, real train processes, real evaluators.
+"""Tests for rsilab.run.runner: real task folders, real train processes, real evaluators.
 
 Each test writes a small task (rsilab.toml + train.py) into tmp_path and loads it with
 `config.load_task`, so the runner sees exactly what a user's task gives it. Most tasks
@@ -17,10 +17,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rsilab import runner
 from rsilab.config import TaskSpec, load_task
 from rsilab.paths import bundled_tasks_dir
-from rsilab.types import RunResult, Status
+from rsilab.results import RunResult, Status
+from rsilab.run import runner
 
 TOY = bundled_tasks_dir() / "toy"
 

@@ -1,4 +1,4 @@
-"""Tests for rsilab.sandbox through the real runner: real bubblewrap, real processes, a real
+"""Tests for rsilab.run.sandbox through the real runner: real bubblewrap, real processes, a real
 workspace (git worktrees, a ledger file, prepared data under RSILAB_HOME).
 
 A probe task's train.py and its frozen evaluator try what a cheating run would try (open
@@ -26,12 +26,12 @@ from click.testing import CliRunner
 from hostnet import tcp_listener
 
 import rsilab
-from rsilab import runner, sandbox
 from rsilab.cli import main
 from rsilab.config import TaskSpec
 from rsilab.data import prepare
 from rsilab.errors import RsilabError
-from rsilab.types import RunResult, Status
+from rsilab.results import RunResult, Status
+from rsilab.run import runner, sandbox
 from rsilab.workspace import Workspace, git, init_workspace
 
 needs_bwrap = pytest.mark.skipif(sandbox.bwrap_problem() is not None,

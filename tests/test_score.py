@@ -17,8 +17,9 @@ from click.testing import CliRunner
 
 from rsilab.cli import main
 from rsilab.config import resolve_task_dir
-from rsilab.ledger import Ledger
-from rsilab.score import (
+from rsilab.record.ledger import Ledger
+from rsilab.results import Metric
+from rsilab.studies.score import (
     SCORE_FILE,
     Arm,
     Autonomy,
@@ -30,7 +31,6 @@ from rsilab.score import (
     format_table,
     normalized_score,
 )
-from rsilab.types import Metric
 from rsilab.workspace import Workspace, init_workspace
 
 MIN = Metric("val_loss", "min")

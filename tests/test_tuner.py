@@ -23,7 +23,7 @@ from rsilab.proposers import base
 from rsilab.proposers.base import Context, HistoryItem, available, create, warm_start
 from rsilab.proposers.knobs import format_value, parse_knobs
 from rsilab.proposers.tuner import RandomSearch, Tuner
-from rsilab.types import Metric, Proposal
+from rsilab.results import Metric, Proposal
 
 TRAIN = """\
 import math

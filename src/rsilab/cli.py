@@ -23,7 +23,7 @@ from rsilab.config import TaskSpec, parse_override, resolve_task_dir
 from rsilab.errors import ConfigError, RsilabError
 
 if TYPE_CHECKING:  # imported lazily at run time: `rsilab --help` stays fast
-    from rsilab.orchestrator import Limits
+    from rsilab.loop.supervisor import Limits
 
 F = TypeVar("F", bound=Callable[..., Any])
 DEFAULT_PROPOSER = "tuner"
@@ -64,7 +64,7 @@ require_sandbox_option = click.option(
 
 def _isolation(require_sandbox: bool, task: TaskSpec | None = None) -> tuple[str, str]:
     """(setting for the runner, the level it gives here); refuses early under --require-sandbox."""
-    from rsilab import sandbox
+    from rsilab.run import sandbox
 
     setting = "require" if require_sandbox else (task.sandbox if task is not None else "auto")
     return setting, sandbox.resolve(setting)
@@ -121,8 +121,9 @@ def train(task_name: str | None, seed: int, preset: str | None, sets: tuple[str,
     """Train and evaluate a task's current code once, and print the summary."""
     import shutil
 
-    from rsilab import paths, runner, sandbox
+    from rsilab import paths
     from rsilab.config import load_task
+    from rsilab.run import runner, sandbox
 
     task_dir = resolve_task_dir(task_name)
     task = load_task(task_dir, _overrides(sets))
@@ -226,7 +227,7 @@ def run(directory: Path, task_name: str, tag: str | None, proposer: str | None, 
         ladder: str | None, workers: str | None, executor_name: str, address: str | None,
         sets: tuple[str, ...], require_sandbox: bool) -> None:
     """Do research in a workspace until a stop rule (creates it on first use; resumes after a stop)."""
-    from rsilab.orchestrator import Limits
+    from rsilab.loop.supervisor import Limits
 
     _research(directory, task_name, tag, proposer, Limits(max_experiments, hours, max_cost, max_tokens),
               preset, ladder, workers, executor_name, address, sets, require_sandbox)
@@ -248,8 +249,8 @@ def baseline(directory: Path, task_name: str, tag: str | None, preset: str | Non
     Creates the workspace on first use, like `rsilab run`, and stops after the baseline (a
     workspace that has one is only reported). `rsilab run` then goes on from it.
     """
-    from rsilab.ledger import Ledger
-    from rsilab.orchestrator import Limits
+    from rsilab.loop.supervisor import Limits
+    from rsilab.record.ledger import Ledger
     from rsilab.workspace import open_workspace
 
     task = _research(directory, task_name, tag, DEFAULT_PROPOSER, Limits(max_experiments=0), preset, None,
@@ -264,12 +265,13 @@ def _research(directory: Path, task_name: str, tag: str | None, proposer: str | 
               baseline_only: bool = False) -> TaskSpec:
     """`rsilab run` (and, with `baseline_only`, `rsilab baseline`): open or create the
     workspace, record the overrides, run the supervisor until a stop rule; returns the task."""
-    from rsilab import harness, sandbox
-    from rsilab.executors import create as create_executor
-    from rsilab.ledger import Ledger
-    from rsilab.orchestrator import Supervisor
+    from rsilab import harness
+    from rsilab.loop.supervisor import Supervisor
     from rsilab.proposers import create
+    from rsilab.record.ledger import Ledger
     from rsilab.report.live import LiveView
+    from rsilab.run import sandbox
+    from rsilab.run.executors import create as create_executor
     from rsilab.workspace import STATE_DIR, init_workspace, open_workspace
 
     if require_sandbox:  # before anything is created or run
@@ -317,7 +319,7 @@ def _research(directory: Path, task_name: str, tag: str | None, proposer: str | 
                                  shares=shares)
                 if gate is not None:
                     if not hasattr(sup, "ladder"):
-                        raise ConfigError("--ladder: this supervisor has no ladder hook (see rsilab/ladder.py)")
+                        raise ConfigError("--ladder: this supervisor has no ladder hook (see rsilab/loop/ladder.py)")
                     sup.ladder = gate
                 reason = sup.run()
         finally:  # also on Ctrl-C: results.tsv always matches the ledger
@@ -332,7 +334,7 @@ def _research(directory: Path, task_name: str, tag: str | None, proposer: str | 
 def _print_noise_floor(ledger: Any, task: TaskSpec) -> None:
     """The incumbent's values (the baseline's, at first) and what the judge asks of a
     change against them."""
-    from rsilab.judge import keep_threshold
+    from rsilab.loop.judge import keep_threshold
 
     inc = ledger.incumbent()
     values = ledger.incumbent_values()
@@ -385,7 +387,7 @@ def _check_before_creating(directory: Path, task_name: str, proposer: str | None
 
 
 def _ladder(rungs: str, task: TaskSpec) -> Any:
-    from rsilab.ladder import Ladder, parse_ladder
+    from rsilab.loop.ladder import Ladder, parse_ladder
 
     gate = Ladder(parse_ladder(rungs))
     gate.check_task(task)
@@ -395,8 +397,8 @@ def _ladder(rungs: str, task: TaskSpec) -> Any:
 def _choose_proposers(given: str | None, task: TaskSpec) -> tuple[list[Any], bool]:
     """(the proposers with their shares, whether the tuner follows) from --proposer,
     rsilab.toml or the env."""
+    from rsilab.loop.scheduler import parse_proposers
     from rsilab.proposers.llmclient import configured
-    from rsilab.scheduler import parse_proposers
 
     choice = given or task.proposer or ("llm" if configured() else DEFAULT_PROPOSER)
     for item in choice.split(","):
@@ -481,7 +483,7 @@ def _print_status(ledger: Any, metric: str, root: Path, recent: int = 10) -> Non
     if "compute" in costs:
         click.echo(f"compute: {costs['compute'] / 3600:.2f} h")
     click.echo(f"results: {root / 'results.tsv'}")
-    from rsilab.scheduler import running
+    from rsilab.loop.scheduler import running
 
     flying = running(ledger)
     if flying:
@@ -501,7 +503,7 @@ def _print_status(ledger: Any, metric: str, root: Path, recent: int = 10) -> Non
 @_friendly
 def status(directory: Path) -> None:
     """Summary and recent experiments of a workspace (safe while `rsilab run` works)."""
-    from rsilab.ledger import Ledger
+    from rsilab.record.ledger import Ledger
     from rsilab.workspace import open_workspace
 
     ws = open_workspace(directory)
@@ -515,8 +517,8 @@ def status(directory: Path) -> None:
 @_friendly
 def audit(directory: Path, live: bool) -> None:
     """Re-verify the ledger against git and the run folders; one line per inconsistency (exit 1 if any)."""
-    from rsilab.audit import audit as do_audit
-    from rsilab.ledger import Ledger
+    from rsilab.record.audit import audit as do_audit
+    from rsilab.record.ledger import Ledger
     from rsilab.workspace import open_workspace
 
     ws = open_workspace(directory)
@@ -580,7 +582,7 @@ def report(directory: Path, tsv: Path | None, out: Path | None, html: bool) -> N
         plot_progress(points, target, metric=metric, title=f"rsilab · {tsv.name}")
         click.echo(f"wrote {target} ({len(points)} experiments)")
         return
-    from rsilab.ledger import Ledger
+    from rsilab.record.ledger import Ledger
     from rsilab.workspace import open_workspace
 
     ws = open_workspace(directory)
@@ -630,8 +632,8 @@ def serve(directory: Path, host: str, port: int, token: str | None) -> None:
 def export(directory: Path, to_mlflow: bool, to_wandb: bool, uri: str | None, project: str | None,
            online: bool) -> None:
     """Export every experiment as a tracking run: metrics, knobs as params, the diff."""
-    from rsilab import export as exporter
-    from rsilab.ledger import Ledger
+    from rsilab.record import export as exporter
+    from rsilab.record.ledger import Ledger
     from rsilab.workspace import open_workspace
 
     if not (to_mlflow or to_wandb):
@@ -667,11 +669,11 @@ def collapse(directory: Path | None, task_name: str | None, generations: int | N
     Resumes like `rsilab run`: run it again on DIRECTORY (default ./collapse) to finish."""
     import tempfile
 
-    from rsilab.collapse import open_study, write_report
-    from rsilab.collapse.study import finished, parse_size
+    from rsilab.studies.collapse import open_study, write_report
+    from rsilab.studies.collapse.study import finished, parse_size
 
     if check:
-        from rsilab.collapse.check import run_check
+        from rsilab.studies.collapse.check import run_check
 
         out = directory or Path(tempfile.mkdtemp(prefix="rsilab-collapse-check-"))
         t = time.perf_counter()
@@ -713,8 +715,8 @@ def score(directory: Path, references: str, seeds: int, commit: str | None, comp
           reference_dir: Path | None, preset: str | None, sets: tuple[str, ...]) -> None:
     """Score the incumbent against the baseline (0) and human reference solutions (1), with milestones."""
     from rsilab import harness
-    from rsilab.ledger import Ledger
-    from rsilab.score import SCORE_FILE, format_table, score_workspace
+    from rsilab.record.ledger import Ledger
+    from rsilab.studies.score import SCORE_FILE, format_table, score_workspace
     from rsilab.workspace import open_workspace
 
     ws = open_workspace(directory)
@@ -752,7 +754,7 @@ def meta(directory: Path, task_name: str, generations: int, strategies: int, ses
     """Improve the research strategy by research: sessions under competing strategies, by velocity."""
     from rsilab import harness
     from rsilab.config import load_task
-    from rsilab.meta import META_FILE, Meta, format_table
+    from rsilab.studies.strategy import META_FILE, Meta, format_table
 
     task_dir = resolve_task_dir(task_name)
     train_data, val_data = _task_data(load_task(task_dir, _overrides(sets)))

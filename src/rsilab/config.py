@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 from rsilab.errors import ConfigError
 from rsilab.harness import ENV_BUDGET_FLOPS
-from rsilab.types import Metric
+from rsilab.results import Metric
 
 CONFIG_NAME = "rsilab.toml"
 
@@ -111,7 +111,7 @@ class TaskSpec:
     # Peak GPU memory a kept run may use: what train.py reports as `peak_memory_gb:` (the
     # bundled task: torch.cuda.max_memory_allocated). A run over it is discarded. 0: no cap.
     gpu_memory_gb: float = 0.0
-    # Isolation of runs (rsilab.sandbox): "auto" (the best that works here), "require"
+    # Isolation of runs (rsilab.run.sandbox): "auto" (the best that works here), "require"
     # (bubblewrap or refuse to run), or a level: "bwrap", "netns", "none".
     sandbox: Literal["auto", "require", "bwrap", "netns", "none"] = "auto"
     max_procs: int = 512  # processes + threads a run may have (a fork bomb ends here); 0: no limit

@@ -50,7 +50,7 @@ def checks(task: TaskSpec, env: Mapping[str, str] = os.environ, *, ping: bool = 
         out.append(Check("torch", False, f"not importable: {e}"))
     git = _version(["git", "--version"])
     out.append(Check("git", git is not None, git or "not found: install git"))
-    from rsilab import sandbox
+    from rsilab.run import sandbox
 
     level = sandbox.resolve()
     out.append(Check("sandbox", level == "bwrap", sandbox.describe(level)))

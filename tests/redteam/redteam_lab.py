@@ -17,10 +17,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rsilab.ledger import Experiment, Ledger
-from rsilab.orchestrator import Supervisor
+from rsilab.loop.supervisor import Supervisor
 from rsilab.proposers.base import Context
-from rsilab.types import Proposal
+from rsilab.record.ledger import Experiment, Ledger
+from rsilab.results import Proposal
 from rsilab.workspace import Workspace
 
 ROWS: list[tuple[str, str, str, bool]] = []  # class, expected, outcome, caught

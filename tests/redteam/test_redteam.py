@@ -24,8 +24,8 @@ import numpy as np
 import pytest
 from redteam_lab import Attack, Lab, check, row, run_attacks, with_marker
 
-from rsilab import runner, sandbox
 from rsilab.paths import bundled_tasks_dir
+from rsilab.run import runner, sandbox
 from rsilab.workspace import Workspace, git, init_workspace
 
 SANDBOX = sandbox.bwrap_problem() is None

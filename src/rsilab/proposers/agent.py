@@ -51,8 +51,8 @@ from typing import Any
 
 from rsilab.errors import ConfigError
 from rsilab.proposers.base import Context, HistoryItem, register
-from rsilab.runner import GRACE_SECONDS, die_with_parent, kill_group, kill_session
-from rsilab.types import Proposal
+from rsilab.results import Proposal
+from rsilab.run.runner import GRACE_SECONDS, die_with_parent, kill_group, kill_session
 
 CLIS = ("claude", "codex", "command")
 CLAUDE_TOOLS = "Read,Edit,Write,Glob,Grep"

@@ -19,7 +19,7 @@ from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from rsilab.errors import ConfigError
 from rsilab.registry import Registry, qualname
-from rsilab.types import Metric, Proposal
+from rsilab.results import Metric, Proposal
 
 log = logging.getLogger(__name__)
 

@@ -28,7 +28,7 @@ from rsilab.proposers.base import Context, HistoryItem, register
 from rsilab.proposers.edits import EditError, apply_answer, parse_answer
 from rsilab.proposers.llmclient import ChatClient, Reply, Stopped, configured, from_spec
 from rsilab.proposers.prompt import Fix, build_messages
-from rsilab.types import Proposal
+from rsilab.results import Proposal
 
 FAILED = ("crash", "timeout")
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from rsilab.proposers.base import Context, HistoryItem
 from rsilab.proposers.edits import FORMAT_INSTRUCTIONS
-from rsilab.types import Metric
+from rsilab.results import Metric
 
 HARNESS_API = """\
 ## The harness API (`from rsilab import harness`; frozen, do not reimplement it)

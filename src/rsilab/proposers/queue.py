@@ -34,7 +34,7 @@ from pathlib import Path
 
 from rsilab.proposers.base import Context, register
 from rsilab.proposers.knobs import set_knobs_in_files
-from rsilab.types import Proposal
+from rsilab.results import Proposal
 
 SUFFIXES = (".toml", ".patch", ".diff")
 _SEP = "~"  # taken/<unique>~<original name>

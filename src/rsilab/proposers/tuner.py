@@ -56,7 +56,7 @@ from optuna.trial import TrialState
 from rsilab.errors import ConfigError
 from rsilab.proposers.base import Context, register
 from rsilab.proposers.knobs import Knob, collect_knobs, format_value, in_choices, set_knobs_in_files
-from rsilab.types import Metric, Proposal, Verdict
+from rsilab.results import Metric, Proposal, Verdict
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 

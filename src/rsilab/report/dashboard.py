@@ -31,12 +31,12 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
 
-from rsilab.controls import CURSOR_KEY, IDEA_SUFFIX, ControlError, actions, parse_knobs, post
 from rsilab.errors import ConfigError, RsilabError
-from rsilab.ledger import Ledger
+from rsilab.loop.controls import CURSOR_KEY, IDEA_SUFFIX, ControlError, actions, parse_knobs, post
+from rsilab.record.ledger import Ledger
 from rsilab.report import html as H
 from rsilab.report.templates import CSS, DASHBOARD_PAGE, TABLE_JS
-from rsilab.types import Verdict
+from rsilab.results import Verdict
 from rsilab.workspace import Workspace
 
 COOKIE = "rsilab_token"

@@ -20,13 +20,13 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
-from rsilab.controls import Action, actions
 from rsilab.fsio import atomic_write
-from rsilab.ledger import DecisionRow, Event, Experiment, Ledger, Run
+from rsilab.loop.controls import Action, actions
+from rsilab.record.ledger import DecisionRow, Event, Experiment, Ledger, Run
 from rsilab.report.progress import Point, points_from_ledger
 from rsilab.report.svg import chart_svg
 from rsilab.report.templates import CSS, REPORT_PAGE, TABLE_JS
-from rsilab.types import Metric, Verdict
+from rsilab.results import Metric, Verdict
 
 FAILED = ("crash", "invalid", "timeout", "interrupted")
 STATUSES = ("keep", "discard", *FAILED, "running")

@@ -13,7 +13,7 @@ import time
 from types import TracebackType
 from typing import TYPE_CHECKING
 
-from rsilab.orchestrator import Progress
+from rsilab.loop.supervisor import Progress
 
 if TYPE_CHECKING:
     from rich.live import Live
@@ -31,7 +31,7 @@ class LiveView:
                  isolation: str = "") -> None:
         self.metric = metric
         self.workspace = workspace
-        # The sandbox of the runs (rsilab.sandbox.describe): one level per supervisor, since
+        # The sandbox of the runs (rsilab.run.sandbox.describe): one level per supervisor, since
         # the CLI resolves it once before the first run and every run uses that level.
         self.isolation = isolation
         self.rich_ui = sys.stdout.isatty() if rich_ui is None else rich_ui

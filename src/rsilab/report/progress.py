@@ -19,8 +19,8 @@ from pathlib import Path
 
 from rsilab.errors import RsilabError
 from rsilab.fsio import atomic_write
-from rsilab.ledger import Ledger
-from rsilab.types import Metric, Verdict
+from rsilab.record.ledger import Ledger
+from rsilab.results import Metric, Verdict
 
 LABEL_CHARS = 45  # kept points are labelled with their description cut to this length
 _SCORED = ("keep", "discard")  # statuses whose 0.000000 in a results.tsv is a real value

@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from html import escape
 
 from rsilab.report.progress import Point
-from rsilab.types import Metric, Verdict
+from rsilab.results import Metric, Verdict
 
 WIDTH, HEIGHT = 960, 400
 _LEFT, _RIGHT, _TOP, _BOTTOM = 72, 24, 24, 48

@@ -24,9 +24,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from rsilab.collapse.metrics import DISTINCT_NS
-from rsilab.collapse.study import OK, SHARED
 from rsilab.fsio import atomic_write
+from rsilab.studies.collapse.metrics import DISTINCT_NS
+from rsilab.studies.collapse.study import OK, SHARED
 
 METRICS = ("val_bpb", "byte_entropy", "word_entropy", *(f"distinct_{n}" for n in DISTINCT_NS),
            "rep8", "tail_types", "tail_mass", "tail_bytes_mass", "nonwords")

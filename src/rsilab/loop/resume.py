@@ -13,9 +13,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from rsilab.ledger import Ledger
 from rsilab.proposers.base import HistoryItem, Proposer
-from rsilab.types import Proposal, Verdict
+from rsilab.record.ledger import Ledger
+from rsilab.results import Proposal, Verdict
 from rsilab.workspace import Workspace
 
 Event = Callable[..., None]  # (kind, message, **data): records an event and shows it

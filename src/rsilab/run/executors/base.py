@@ -8,7 +8,7 @@ a crash, a timeout, a lost worker or a cancelled run is a result, never an excep
 flight. `where(future)` says where a run executes (a node, a GPU), for the live view.
 
 Every executor, built-in or plugin, is registered here under a name, the built-ins with
-`@register(...)` like the proposers, plugins through the `rsilab.executors` entry-point
+`@register(...)` like the proposers, plugins through the `rsilab.run.executors` entry-point
 group. `create(name, task=..., workers=..., **options)` is the one way to get one.
 
 Not covered: which runs to start or what their results mean (the supervisor's job), and
@@ -27,11 +27,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
-from rsilab import runner
 from rsilab.config import TaskSpec
 from rsilab.errors import ConfigError
 from rsilab.registry import Registry
-from rsilab.types import RunResult
+from rsilab.results import RunResult
+from rsilab.run import runner
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +90,7 @@ class Executor(Protocol):
         ...
 
 
-REGISTRY: Registry[Executor] = Registry("executor", "rsilab.executors", _BUILTIN_MODULES, ENTRY_POINT_GROUP)
+REGISTRY: Registry[Executor] = Registry("executor", "rsilab.run.executors", _BUILTIN_MODULES, ENTRY_POINT_GROUP)
 F = TypeVar("F", bound=Callable[..., Executor])
 
 

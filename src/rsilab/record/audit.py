@@ -41,10 +41,10 @@ from typing import Any
 
 from rsilab.config import CONFIG_NAME, TaskSpec, load_task, parse_override
 from rsilab.errors import RsilabError
-from rsilab.judge import Judgement
-from rsilab.ledger import Experiment, Ledger, Run
-from rsilab.runner import METRICS_DIGEST, RunPaths, parse_summary
-from rsilab.types import RunResult, Verdict
+from rsilab.loop.judge import Judgement
+from rsilab.record.ledger import Experiment, Ledger, Run
+from rsilab.results import RunResult, Verdict
+from rsilab.run.runner import METRICS_DIGEST, RunPaths, parse_summary
 from rsilab.workspace import STATE_DIR, Workspace, git
 
 REL_TOL = 1e-9  # a decision metric is a mean recomputed in floating point

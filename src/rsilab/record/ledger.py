@@ -31,7 +31,7 @@ from typing import Any
 
 from rsilab.errors import RsilabError
 from rsilab.fsio import atomic_write
-from rsilab.types import RunResult, Status, Verdict
+from rsilab.results import RunResult, Status, Verdict
 
 BUSY_TIMEOUT_S = 30.0  # how long a writer waits for another process's lock
 EXPERIMENT_KINDS = ("baseline", "candidate")

@@ -39,8 +39,8 @@ from pathlib import Path
 from typing import Any
 
 from rsilab.errors import RsilabError
-from rsilab.ledger import Event, Experiment, Ledger
-from rsilab.types import Verdict
+from rsilab.record.ledger import Event, Experiment, Ledger
+from rsilab.results import Verdict
 from rsilab.workspace import Workspace
 
 KIND = "control"  # the ledger event kind of every control action

@@ -54,18 +54,18 @@ from typing import Any
 
 import optuna
 
-from rsilab import runner
 from rsilab.config import TaskSpec, load_task, parse_override
 from rsilab.errors import ConfigError
 from rsilab.fsio import atomic_write
-from rsilab.judge import seed_schedule
-from rsilab.ledger import Ledger
-from rsilab.orchestrator import Limits, Supervisor
+from rsilab.loop.judge import seed_schedule
+from rsilab.loop.supervisor import Limits, Supervisor
 from rsilab.proposers import create
 from rsilab.proposers.base import Context, Proposer
 from rsilab.proposers.tuner import N_STARTUP, RandomSearch, Tuner
-from rsilab.score import comparable_settings, export_commit
-from rsilab.types import Proposal
+from rsilab.record.ledger import Ledger
+from rsilab.results import Proposal
+from rsilab.run import runner
+from rsilab.studies.score import comparable_settings, export_commit
 from rsilab.workspace import git, init_workspace
 
 CONFIRM_SEED_BASE = 3_000_017  # seeds of confirmation runs (research: task.seed; score/ladder: their own)

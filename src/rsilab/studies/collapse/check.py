@@ -16,7 +16,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rsilab.collapse.study import SHARED, Notify, Sampler, Study, Trainer, finished, open_study
+from rsilab.studies.collapse.study import (
+    SHARED,
+    Notify,
+    Sampler,
+    Study,
+    Trainer,
+    finished,
+    open_study,
+)
 
 CHECK_OVERRIDES: list[tuple[str, Any]] = [("budget", 2), ("eval.bytes", 8192)]
 CHECK_SIZE = 2048

@@ -47,20 +47,21 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
-from rsilab import provenance, resume
-from rsilab.audit import AcceptanceGate
+from rsilab import provenance
 from rsilab.config import TaskSpec
-from rsilab.controls import Controls
 from rsilab.errors import RsilabError
-from rsilab.executors.base import Executor, RunFuture, RunRequest
-from rsilab.executors.base import create as create_executor
-from rsilab.judge import Judgement, cap_breach, judge, keep_threshold, seed_schedule
-from rsilab.ledger import Experiment, Ledger
-from rsilab.merge import Merge, reapply
+from rsilab.loop import resume
+from rsilab.loop.controls import Controls
+from rsilab.loop.judge import Judgement, cap_breach, judge, keep_threshold, seed_schedule
+from rsilab.loop.merge import Merge, reapply
+from rsilab.loop.scheduler import Flight, Progress, ProposalJob, ProposerPool, Worker
 from rsilab.proposers.base import Context, HistoryItem, Proposer
 from rsilab.proposers.knobs import only_knobs_differ
-from rsilab.scheduler import Flight, Progress, ProposalJob, ProposerPool, Worker
-from rsilab.types import Proposal, RunResult, Status, Verdict
+from rsilab.record.audit import AcceptanceGate
+from rsilab.record.ledger import Experiment, Ledger
+from rsilab.results import Proposal, RunResult, Status, Verdict
+from rsilab.run.executors.base import Executor, RunFuture, RunRequest
+from rsilab.run.executors.base import create as create_executor
 from rsilab.workspace import Workspace
 
 __all__ = ["Limits", "Notify", "Progress", "Supervisor", "Worker"]
@@ -84,7 +85,7 @@ Notify = Callable[[str, Progress], None]
 
 
 class KeepGate(Protocol):
-    """A last check of a keep before it is recorded (the fidelity ladder, rsilab/ladder.py)."""
+    """A last check of a keep before it is recorded (the fidelity ladder, rsilab/loop/ladder.py)."""
 
     def gate(self, j: Judgement, *, ws: Workspace, task: TaskSpec, ledger: Ledger, experiment_id: int,
              candidate: Path, incumbent_commit: str, train_data: Path | None, val_data: Path | None,

@@ -5,6 +5,6 @@ machine (one slot per GPU, or cores // threads), `ray` on a Ray cluster (the onl
 that imports ray). Backends are imported on first `create`/`available`.
 """
 
-from rsilab.executors.base import Executor, RunFuture, RunRequest, available, create, register
+from rsilab.run.executors.base import Executor, RunFuture, RunRequest, available, create, register
 
 __all__ = ["Executor", "RunFuture", "RunRequest", "available", "create", "register"]

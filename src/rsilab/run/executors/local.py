@@ -8,7 +8,7 @@ e.g. one run on a GPU box or the default single slot on a CPU), each run starts 
 evaluator with training, so the evaluator's imports overlap training (runner.run's
 `prestart`); when the slots take every core, they would take CPU from training instead.
 
-Each run executes in a short-lived worker process, `python -m rsilab.executors.local`,
+Each run executes in a short-lived worker process, `python -m rsilab.run.executors.local`,
 that reads a pickled `RunRequest` on stdin, calls `runner.run` and writes the pickled
 `RunResult` on stdout. A separate process rather than a thread calling the runner,
 because it can be cancelled (SIGTERM makes the runner kill its process group; SIGKILL
@@ -34,10 +34,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rsilab import runner
 from rsilab.config import TaskSpec
-from rsilab.executors.base import RunFuture, RunRequest, cpu_slots, local_gpus, register
-from rsilab.types import RunResult, Status
+from rsilab.results import RunResult, Status
+from rsilab.run import runner
+from rsilab.run.executors.base import RunFuture, RunRequest, cpu_slots, local_gpus, register
 
 GRACE_SECONDS = 10.0  # after SIGTERM, how long a cancelled worker gets before SIGKILL
 _PARENT_ENV = "RSILAB_WORKER_PARENT"  # the pid a worker must still have as its parent
@@ -160,7 +160,7 @@ class LocalExecutor:
             if job.cancelled:
                 return _interrupted(req)
             # Its own session: a cancel signals the worker's whole group, never ours.
-            job.proc = subprocess.Popen([sys.executable, "-m", "rsilab.executors.local"], env=env,
+            job.proc = subprocess.Popen([sys.executable, "-m", "rsilab.run.executors.local"], env=env,
                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                         stderr=subprocess.PIPE, start_new_session=True)
         if req.prestart_eval is None:
@@ -196,7 +196,7 @@ def _interrupt(signum: int, frame: Any) -> None:
 
 
 def worker_main() -> int:
-    """`python -m rsilab.executors.local`: one run, request on stdin, result on stdout."""
+    """`python -m rsilab.run.executors.local`: one run, request on stdin, result on stdout."""
     runner.die_with_parent()
     parent = os.environ.get(_PARENT_ENV)
     if parent is not None and os.getppid() != int(parent):

@@ -48,13 +48,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rsilab import provenance, runner
-from rsilab.collapse.metrics import Reference, sample_metrics
-from rsilab.collapse.mixes import Part, Policy, compose, parse_policies, real_slice
+from rsilab import provenance
 from rsilab.config import TaskSpec, load_task, resolve_task_dir
 from rsilab.errors import ConfigError, DataError
-from rsilab.ledger import Ledger
-from rsilab.types import RunResult
+from rsilab.record.ledger import Ledger
+from rsilab.results import RunResult
+from rsilab.run import runner
+from rsilab.studies.collapse.metrics import Reference, sample_metrics
+from rsilab.studies.collapse.mixes import Part, Policy, compose, parse_policies, real_slice
 
 STATE_DIR = ".rsilab"
 SHARED = "real"  # the policy label of generation 0, shared by every policy

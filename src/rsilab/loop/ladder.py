@@ -28,12 +28,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rsilab import runner
 from rsilab.config import TaskSpec
 from rsilab.errors import ConfigError
-from rsilab.judge import Judgement, judge, seed_schedule
-from rsilab.ledger import Ledger
-from rsilab.types import RunResult, Verdict
+from rsilab.loop.judge import Judgement, judge, seed_schedule
+from rsilab.record.ledger import Ledger
+from rsilab.results import RunResult, Verdict
+from rsilab.run import runner
 from rsilab.workspace import Workspace
 
 LADDER_SEED_BASE = 5_000_011  # seeds of ladder runs (research: task.seed; score: 7_000_003)

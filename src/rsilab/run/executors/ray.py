@@ -15,7 +15,7 @@ On the node, the task materialises the checkout it was sent (every file of the w
 the candidate's editable files and the frozen task) in a temporary folder, prepares the
 task's data once per node (`rsilab.data.prepare` is cached on disk and hash-checked; a
 file lock keeps two tasks of one node from building it twice), and runs the very worker
-the local executor uses (`python -m rsilab.executors.local`: the runner, its sandbox and
+the local executor uses (`python -m rsilab.run.executors.local`: the runner, its sandbox and
 the evaluator). While it runs, the task reports its node and streams the train log to the
 head through a small Ray queue; at the end it returns the RunResult with train.log,
 eval.log and metrics.json, which the head writes into the run's folder byte for byte (the
@@ -45,8 +45,8 @@ from typing import Any
 
 from rsilab.config import TaskSpec
 from rsilab.errors import ConfigError
-from rsilab.executors.base import RunFuture, RunRequest, register
-from rsilab.types import RunResult, Status
+from rsilab.results import RunResult, Status
+from rsilab.run.executors.base import RunFuture, RunRequest, register
 
 GRACE_SECONDS = 10.0  # after a polite cancel, how long before a forced one
 STREAM_SECONDS = 1.0  # how often a node sends new train-log bytes to the head
@@ -320,7 +320,7 @@ def _run_worker(req: RunRequest, tmp: Path, channel: Any, key: str) -> RunResult
     env = {**os.environ, **req.env, "RSILAB_WORKER_PARENT": str(os.getpid())}
     out_path, err_path = tmp / "worker.out", tmp / "worker.err"
     with open(out_path, "wb") as out, open(err_path, "wb") as err:
-        proc = subprocess.Popen([sys.executable, "-m", "rsilab.executors.local"], env=env,
+        proc = subprocess.Popen([sys.executable, "-m", "rsilab.run.executors.local"], env=env,
                                 stdin=subprocess.PIPE, stdout=out, stderr=err, start_new_session=True)
     assert proc.stdin is not None
     proc.stdin.write(pickle.dumps(req))

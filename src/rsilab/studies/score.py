@@ -61,13 +61,14 @@ from typing import Any
 
 from scipy import stats
 
-from rsilab import paths, runner
+from rsilab import paths
 from rsilab.config import TaskSpec
 from rsilab.errors import ConfigError, WorkspaceError
 from rsilab.fsio import atomic_write
-from rsilab.judge import seed_schedule
-from rsilab.ledger import Ledger
-from rsilab.types import Metric
+from rsilab.loop.judge import seed_schedule
+from rsilab.record.ledger import Ledger
+from rsilab.results import Metric
+from rsilab.run import runner
 from rsilab.workspace import Workspace, git, open_workspace
 
 SCORE_SEED_BASE = 7_000_003  # seeds of score runs; research uses task.seed (0 by default)

@@ -12,7 +12,7 @@ et al., Nature 2024); keeping the real data and accumulating the synthetic data 
     report.py   mean and 95% bands over seeds, the table, CSV/JSON, the plot
     check.py    `rsilab collapse --check`: a short smoke test of the whole pipeline
 
-    from rsilab.collapse import open_study, write_report
+    from rsilab.studies.collapse import open_study, write_report
     study = open_study(Path("study"), task_name="gpt", policies="replace,accumulate", seeds=2)
     rows = study.run()
     print(write_report(study, rows))
@@ -22,13 +22,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from rsilab.collapse.study import Study, open_study
+from rsilab.studies.collapse.study import Study, open_study
 
 
 def write_report(study: Study, rows: list[dict[str, Any]]) -> str:
     """Write the study's CSV/JSON/PNG into its folder and return the table."""
-    from rsilab.collapse.report import summarize, table, write_all
-    from rsilab.ledger import Ledger
+    from rsilab.record.ledger import Ledger
+    from rsilab.studies.collapse.report import summarize, table, write_all
 
     with Ledger(study.ledger_path) as ledger:
         settings = ledger.get_meta("collapse") or {}

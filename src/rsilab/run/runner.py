@@ -7,7 +7,7 @@ tasks of the run's whole process tree (its session and every descendant, in or o
 sandbox) and kill it past `memory_gb` (`oom`) or `max_procs` (a fork bomb: `crash`). Every
 expected failure comes back as a `RunResult` value, never as an exception.
 
-Both processes run in the sandbox of `rsilab.sandbox` (bubblewrap when it works; the
+Both processes run in the sandbox of `rsilab.run.sandbox` (bubblewrap when it works; the
 result records the level). The evaluator runs from a private copy of the task folder
 taken before training, and the folder is put back to that copy after the run.
 
@@ -37,10 +37,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rsilab import harness, provenance, sandbox
+from rsilab import harness, provenance
 from rsilab.config import TaskSpec
 from rsilab.fsio import atomic_write
-from rsilab.types import RunResult, Status
+from rsilab.results import RunResult, Status
+from rsilab.run import sandbox
 
 GRACE_SECONDS = 5.0
 POLL_SECONDS = 0.05
@@ -365,7 +366,7 @@ def run(task: TaskSpec, workdir: Path, run_dir: Path, *, seed: int, train_data: 
     """Train `workdir` (a checkout of the task) with `seed`, then evaluate. Never raises for
     a failure of the task's code.
 
-    `isolation` (rsilab.sandbox.CHOICES) picks the sandbox; `require`, or a level that does
+    `isolation` (rsilab.run.sandbox.CHOICES) picks the sandbox; `require`, or a level that does
     not work here, raises RsilabError before anything runs. The result records the level.
     `prestart`: start the sealed evaluator with training, so that its imports overlap it
     (see `_start_evaluator`); None: when this machine has a core beyond the run's threads

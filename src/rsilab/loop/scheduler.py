@@ -30,10 +30,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from rsilab.errors import ConfigError
-from rsilab.executors.base import RunFuture
-from rsilab.ledger import Experiment, Ledger
 from rsilab.proposers.base import Context, Proposer
-from rsilab.types import Proposal, RunResult
+from rsilab.record.ledger import Experiment, Ledger
+from rsilab.results import Proposal, RunResult
+from rsilab.run.executors.base import RunFuture
 
 MAX_DUPLICATES = 5  # duplicates in a row before a proposer waits for the next decision
 QUEUE = "queue"  # the human queue's name: it always goes first

@@ -48,7 +48,7 @@ from dataclasses import dataclass
 from scipy import stats
 
 from rsilab.config import JudgeSpec
-from rsilab.types import Metric, RunResult, Status, Verdict
+from rsilab.results import Metric, RunResult, Status, Verdict
 
 REL_TOL = 1e-12  # values this close (relative) count as identical
 # The futility stop (see `_futile`). The margin, in standard errors of the current gain: 1

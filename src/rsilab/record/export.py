@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from rsilab.errors import ConfigError, RsilabError
-from rsilab.ledger import Experiment, Ledger, Run
+from rsilab.record.ledger import Experiment, Ledger, Run
 from rsilab.workspace import Workspace
 
 PARAM_CHARS = 500  # MLflow's oldest servers cap a param value at 500 characters

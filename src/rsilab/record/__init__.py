@@ -1,0 +1,2 @@
+"""The research record. Owns nothing itself: ledger (SQLite), audit (ledger against git),
+export (MLflow / W&B)."""
