@@ -12,7 +12,7 @@
 #
 # Needs `rsilab` on PATH and the data prepared (`rsilab prepare`, or RSILAB_HOME pointing at
 # a cache that has it: the machine may have no network). Writes to $OUT (default
-# /tmp/gpu-check-out). The README's "On a GPU" figures come from this script on an H200.
+# /tmp/gpu-check-out). The "On a GPU" figures of docs/quickstart.md come from this script on an H200.
 set -u
 TB=${1:-60}; LB=${2:-30}; LS=${3:-300}
 OUT=${OUT:-/tmp/gpu-check-out}; WS=/tmp/rsilab-gpu-check

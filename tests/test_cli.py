@@ -162,13 +162,16 @@ def test_commands_outside_a_workspace_explain_themselves(tmp_path: Path) -> None
 
 
 def _documented_commands() -> list[str]:
-    """The rsilab command lines a newcomer copies: README code blocks and `rsilab --help`."""
+    """The rsilab command lines a newcomer copies: the code blocks of the README and of the
+    docs site (docs/**/*.md), and `rsilab --help`."""
     import re
 
     from rsilab.cli import main
 
-    readme = (Path(__file__).parents[1] / "README.md").read_text()
-    blocks = re.findall(r"^```[a-z]*\n(.*?)^```", readme, flags=re.S | re.M)
+    root = Path(__file__).parents[1]
+    pages = [root / "README.md", *sorted((root / "docs").rglob("*.md"))]
+    blocks = [block for page in pages
+              for block in re.findall(r"^```[a-z]*\n(.*?)^```", page.read_text(), flags=re.S | re.M)]
     lines = [line for block in blocks for line in block.splitlines()]
     lines += re.findall(r"`(rsilab [^`]+)`", main.help or "")
     commands = []
