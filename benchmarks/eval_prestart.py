@@ -32,7 +32,7 @@ from pathlib import Path
 
 from _common import gpt_task, machine_line, out_dir, shakespeare, table
 
-from rsilab.run import runner
+from rsilab.run import process, runner
 
 
 def main() -> None:
@@ -46,7 +46,7 @@ def main() -> None:
     where = out_dir("eval_prestart", args.out)
     print(machine_line())
     print(f"gpt task, cpu preset, {task.threads} thread(s), {args.budget_flops:g} FLOPs per run, "
-          f"{args.repeats} pairs; usable cores {runner.usable_cores()}")
+          f"{args.repeats} pairs; usable cores {process.usable_cores()}")
     arms: dict[bool, list[tuple[float, float, float]]] = {False: [], True: []}
     agree = True
     for k in range(args.repeats):

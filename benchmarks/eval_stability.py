@@ -37,7 +37,8 @@ import torch
 from _common import fmt, gpt_task, machine_line, out_dir, run_baseline, shakespeare, table
 
 from rsilab.harness import evaluate
-from rsilab.run.runner import RunPaths, run_process
+from rsilab.run.process import run_process
+from rsilab.run.runner import RunPaths
 
 SIZES = (16384, 32768, 65536, 131072, 262144, 0)  # 0: the whole validation split
 

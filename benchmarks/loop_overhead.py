@@ -29,12 +29,13 @@ def main() -> None:
         from rsilab.loop.supervisor import Limits, Supervisor
         from rsilab.proposers import create
         from rsilab.record.ledger import Ledger
+        from rsilab.run.bench import Bench
         from rsilab.workspace import init_workspace
 
         ws = init_workspace(Path(tmp) / "ws", resolve_task_dir("toy"), "bench")
         task = ws.load_task([("judge.recheck_every", 0)])
         ledger = Ledger(ws.ledger_path)
-        sup = Supervisor(ws, task, ledger, [create("tuner", seed=0)], train_data=None, val_data=None,
+        sup = Supervisor(ws, ledger, Bench(task), [create("tuner", seed=0)],
                          limits=Limits(max_experiments=args.experiments))
         t0 = time.time()
         sup.run()

@@ -95,7 +95,8 @@ from rsilab.loop.supervisor import Supervisor
 from rsilab.proposers import create
 from rsilab.proposers.knobs import set_knobs_in_files
 from rsilab.record.ledger import Ledger
-from rsilab.run import runner
+from rsilab.run import process, runner
+from rsilab.run.bench import Bench
 from rsilab.workspace import init_workspace
 
 ARMS: dict[str, tuple[str, list[tuple[str, Any]]]] = {
@@ -168,12 +169,11 @@ def run_session(arm: str, seed: int, args: argparse.Namespace, data: PreparedDat
         if message.startswith(("#", "baseline val", "stopped")):
             print(f"{tag} {message}", flush=True)
 
-    proposer = create(proposer_name, seed=task.tuner.seed, max_knobs=task.tuner.max_knobs,
-                      exclude=task.tuner.exclude)
+    proposer = create(proposer_name, task=task)
     before, t0 = cpu_jiffies(), time.time()
     with Ledger(ws.ledger_path) as ledger:
-        sup = RunCapped(ws, task, ledger, [proposer], train_data=data.train_path, val_data=data.val_path,
-                        preset="cpu", notify=notify)
+        bench = Bench(task, train_data=data.train_path, val_data=data.val_path, preset="cpu")
+        sup = RunCapped(ws, ledger, bench, [proposer], view=notify)
         sup.run_limit = args.runs
         s.stop = sup.run()
         s.wall_s = time.time() - t0
@@ -301,7 +301,7 @@ def main() -> None:
         # initializer: a session dies with this process, even when it is killed, not left to
         # run on with no one to read its result.
         with concurrent.futures.ProcessPoolExecutor(args.jobs, mp_context=ctx,
-                                                    initializer=runner.die_with_parent) as pool:
+                                                    initializer=process.die_with_parent) as pool:
             futures = [pool.submit(run_session, arm, seed, args, data, root) for arm, seed in plan]
             for future in concurrent.futures.as_completed(futures):
                 sessions.append(future.result())

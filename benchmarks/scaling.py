@@ -59,6 +59,7 @@ def sleepy_task(root: Path, seconds: float) -> Path:
 def measure(root: Path, name: str, executor_name: str, workers: int, experiments: int, seconds: float) -> dict[str, Any]:
     from rsilab.loop.supervisor import Limits, Supervisor
     from rsilab.record.ledger import Ledger
+    from rsilab.run.bench import Bench
     from rsilab.run.executors import create as create_executor
     from rsilab.workspace import init_workspace
 
@@ -66,11 +67,9 @@ def measure(root: Path, name: str, executor_name: str, workers: int, experiments
     task = ws.load_task([("judge.noise_runs", 2), ("judge.max_runs", 1), ("judge.alpha", 1e-12),
                          ("judge.recheck_every", 0)])
     executor = create_executor(executor_name, task=task, workers=workers)
-    with Ledger(ws.ledger_path) as ledger:
-        sup = Supervisor(ws, task, ledger, [NoteProposer()], train_data=None, val_data=None,
-                         executor=executor, limits=Limits(max_experiments=experiments))
+    with Ledger(ws.ledger_path) as ledger, Bench(task, executor=executor, owns_executor=True) as bench:
+        sup = Supervisor(ws, ledger, bench, [NoteProposer()], limits=Limits(max_experiments=experiments))
         sup.run()
-        executor.close()
         exps = [e for e in ledger.experiments() if e.kind == "candidate"]
         runs = [r for r in ledger.runs() if r.experiment_id in {e.id for e in exps}]
         span = max(e.decided_at or 0.0 for e in exps) - min(e.started_at for e in exps)

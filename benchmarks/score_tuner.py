@@ -38,6 +38,7 @@ from _common import fmt, machine_line, out_dir
 
 from rsilab.config import resolve_task_dir
 from rsilab.data import prepare
+from rsilab.run.bench import Bench
 from rsilab.studies.score import format_table as score_table
 from rsilab.studies.score import score_workspace
 from rsilab.studies.strategy import Meta, format_table, summary
@@ -69,7 +70,7 @@ def main() -> None:
     t0 = time.time()
     meta = Meta(root / "meta", task_dir=task_dir, overrides=overrides, preset="cpu", proposer="tuner",
                 session_experiments=args.session_experiments, confirm_seeds=args.confirm_seeds,
-                train_data=train, val_data=val, say=lambda line: print(line, flush=True))
+                train_data=train, val_data=val, notify=lambda line: print(line, flush=True))
     state = meta.run(args.generations, args.strategies)
     meta_min = (time.time() - t0) / 60
 
@@ -77,8 +78,8 @@ def main() -> None:
     start_session = next(s for s in state.session_list() if s.strategy == "s0" and s.generation == 0)
     ws = open_workspace(Path(start_session.dir))
     task = ws.load_task([("budget", args.budget)])
-    report = score_workspace(ws, task, preset="cpu", seeds=args.seeds, train_data=train, val_data=val,
-                             notify=lambda line: print(line, flush=True))
+    with Bench(task, train_data=train, val_data=val, preset="cpu") as bench:
+        report = score_workspace(ws, bench, seeds=args.seeds, notify=lambda line: print(line, flush=True))
     score_min = (time.time() - t1) / 60
 
     print()

@@ -21,6 +21,7 @@ from rsilab.proposers.base import Context
 from rsilab.proposers.queue import QueueProposer, _patch_description
 from rsilab.record.ledger import Ledger
 from rsilab.results import Metric
+from rsilab.run.bench import Bench
 from rsilab.workspace import Workspace, git, open_workspace
 
 TRAIN = 'LR = 0.001               # peak learning rate\nACT = "gelu"             # activation\n'
@@ -224,7 +225,7 @@ def test_veto_of_the_incumbent_reverts_the_branch(toy_lab: Path, tmp_path: Path)
     assert led.incumbent() is not None and led.incumbent().id == first.id  # type: ignore[union-attr]
     # A new supervisor finds ledger and git in agreement (nothing for recover() to fix).
     task = ws.load_task(list(TOY_OVERRIDES))
-    Supervisor(ws, task, led, [], train_data=None, val_data=None).recover()
+    Supervisor(ws, led, Bench(task), []).recover()
     assert ws.incumbent_commit() == first.commit
     assert not [ev for ev in led.events() if ev.kind == "recover"]
     with pytest.raises(ControlError, match="not kept"):

@@ -15,6 +15,7 @@ from rsilab.loop.judge import Judgement
 from rsilab.loop.ladder import Ladder, at_budget, confirm_on_ladder, parse_ladder, transfers
 from rsilab.record.ledger import Ledger
 from rsilab.results import Verdict
+from rsilab.run.bench import Bench
 from rsilab.workspace import init_workspace
 
 # A task whose quality depends on the budget the runner gives: BIG_STEP stands for a
@@ -78,8 +79,7 @@ def variant(tmp_path: Path, task_dir: Path, name: str, **knobs: bool) -> Path:
 def test_a_win_that_does_not_hold_at_the_longer_budget_is_rejected(tmp_path: Path, task_dir: Path) -> None:
     task = load_task(task_dir)
     cand = variant(tmp_path, task_dir, "cand", BIG_STEP=True)
-    out = confirm_on_ladder(task, [1, 2], cand, task_dir, run_root=tmp_path / "runs", train_data=None,
-                            val_data=None, preset=None, experiment_id=1)
+    out = confirm_on_ladder(Bench(task), [1, 2], cand, task_dir, run_root=tmp_path / "runs", experiment_id=1)
     assert not out.ok
     assert out.reason.startswith("did not transfer to 2 s")
     (rung,) = out.rungs
@@ -92,8 +92,8 @@ def test_a_win_that_holds_is_confirmed(tmp_path: Path, task_dir: Path) -> None:
     task = load_task(task_dir)
     cand = variant(tmp_path, task_dir, "cand", SMALL_WIN=True)
     cache: dict[float, list[float]] = {}
-    out = confirm_on_ladder(task, [1, 2, 3], cand, task_dir, run_root=tmp_path / "runs", train_data=None,
-                            val_data=None, preset=None, experiment_id=1, incumbent_cache=cache)
+    out = confirm_on_ladder(Bench(task), [1, 2, 3], cand, task_dir, run_root=tmp_path / "runs", experiment_id=1,
+                            incumbent_cache=cache)
     assert out.ok and out.reason.startswith("transferred")
     assert [r.budget for r in out.rungs] == [2, 3] and all(r.verdict == "keep" for r in out.rungs)
     assert set(cache) == {2, 3}  # the incumbent's runs are kept for the next candidate
@@ -113,7 +113,7 @@ def test_gate_turns_a_keep_into_a_discard_and_records_it(tmp_path: Path, task_di
     with Ledger(ws.ledger_path) as ledger:
         exp = ledger.add_experiment(parent=base, commit=commit, proposer="tuner", description="big step", diff="")
         out = ladder.gate(keep, ws=ws, task=task, ledger=ledger, experiment_id=exp, candidate=tree,
-                          incumbent_commit=base, train_data=None, val_data=None, preset=None)
+                          incumbent_commit=base, bench=Bench(task))
         assert out.verdict is Verdict.DISCARD and "ladder" in out.flags
         assert "kept at 1 s" in out.reason and "did not transfer to 2 s" in out.reason
         (t,) = transfers(ledger)
@@ -123,7 +123,7 @@ def test_gate_turns_a_keep_into_a_discard_and_records_it(tmp_path: Path, task_di
         # Anything but a keep passes through untouched, at no cost.
         discard = Judgement(Verdict.DISCARD, "no gain", -0.1, None, None, None, 1, 2)
         assert ladder.gate(discard, ws=ws, task=task, ledger=ledger, experiment_id=exp, candidate=tree,
-                           incumbent_commit=base, train_data=None, val_data=None, preset=None) is discard
+                           incumbent_commit=base, bench=Bench(task)) is discard
     ws.remove_worktree(tree)
 
 
@@ -158,8 +158,7 @@ def test_the_supervisor_discards_a_win_that_does_not_transfer(tmp_path: Path, ta
     ws.queue_dir.mkdir(parents=True, exist_ok=True)
     (ws.queue_dir / "big.toml").write_text('description = "big step"\n[knobs]\nBIG_STEP = true\n')
     with Ledger(ws.ledger_path) as ledger:
-        sup = Supervisor(ws, ws.load_task(), ledger, [create("queue", queue_dir=ws.queue_dir)], train_data=None,
-                         val_data=None, limits=Limits(max_experiments=1))
+        sup = Supervisor(ws, ledger, Bench(ws.load_task()), [create("queue", queue_dir=ws.queue_dir)], limits=Limits(max_experiments=1))
         if not hasattr(sup, "ladder"):
             pytest.skip("the supervisor has no ladder hook yet (see rsilab/loop/ladder.py)")
         sup.ladder = Ladder([1, 2])

@@ -13,6 +13,7 @@ from rsilab.loop.supervisor import Limits, Supervisor
 from rsilab.proposers import create
 from rsilab.proposers.llm import LLMProposer
 from rsilab.record.ledger import Ledger
+from rsilab.run.bench import Bench
 from rsilab.workspace import init_workspace
 
 SECRET = "sk-test-DO-NOT-LEAK-4242"
@@ -93,8 +94,7 @@ def run_loop(tmp_path: Path, fake: FakeLLM, api: str, n: int, env: dict[str, str
     waits: list[float] = []
     proposer = LLMProposer(llm_spec, env=env, sleep=waits.append)
     ledger = Ledger(ws.ledger_path)
-    sup = Supervisor(ws, task, ledger, [create("queue", queue_dir=ws.queue_dir), proposer], train_data=None,
-                     val_data=None, limits=Limits(max_experiments=n))
+    sup = Supervisor(ws, ledger, Bench(task), [create("queue", queue_dir=ws.queue_dir), proposer], limits=Limits(max_experiments=n))
     sup.run()
     return ledger
 
@@ -204,6 +204,5 @@ def run_loop_in(ws_dir: Path, fake: FakeLLM, n: int) -> Ledger:
     spec = LLMSpec(base_url=fake.url_openai, model="test-model")
     proposer = LLMProposer(spec, env={}, sleep=lambda s: None)
     ledger = Ledger(ws.ledger_path)
-    Supervisor(ws, ws.load_task(), ledger, [create("queue", queue_dir=ws.queue_dir), proposer], train_data=None,
-               val_data=None, limits=Limits(max_experiments=n)).run()
+    Supervisor(ws, ledger, Bench(ws.load_task()), [create("queue", queue_dir=ws.queue_dir), proposer], limits=Limits(max_experiments=n)).run()
     return ledger

@@ -17,6 +17,7 @@ from rsilab.proposers import create
 from rsilab.proposers.base import Context
 from rsilab.record.ledger import Ledger
 from rsilab.results import Proposal
+from rsilab.run.bench import Bench
 from rsilab.workspace import git, init_workspace, open_workspace
 
 TOY_TRAIN = "train.py"
@@ -51,8 +52,7 @@ def supervise(ws_dir: Path, *overrides: tuple[str, object], max_experiments: int
     ws = open_workspace(ws_dir)
     task = ws.load_task(list(overrides))
     ledger = Ledger(ws.ledger_path)
-    sup = Supervisor(ws, task, ledger, [create("queue", queue_dir=ws.queue_dir)], train_data=None,
-                     val_data=None, limits=Limits(max_experiments=max_experiments))
+    sup = Supervisor(ws, ledger, Bench(task), [create("queue", queue_dir=ws.queue_dir)], limits=Limits(max_experiments=max_experiments))
     return sup.run(), ledger
 
 
@@ -112,7 +112,7 @@ def test_editing_a_frozen_file_is_invalid_and_changes_nothing(tmp_path: Path) ->
     ])
     tip = ws.incumbent_commit()
     ledger = Ledger(ws.ledger_path)
-    Supervisor(ws, ws.load_task(), ledger, [outside], train_data=None, val_data=None).run()
+    Supervisor(ws, ledger, Bench(ws.load_task()), [outside]).run()
     exps = ledger.experiments()[1:]
     assert [e.status for e in exps] == ["invalid"] * 3
     assert "evaluate.py" in exps[0].reason and "helper.py" in exps[1].reason and "outside" in exps[2].reason

@@ -15,6 +15,7 @@ from rsilab.proposers import create
 from rsilab.proposers.base import Context
 from rsilab.record.ledger import Ledger
 from rsilab.results import Proposal
+from rsilab.run.bench import Bench
 from rsilab.workspace import init_workspace
 
 
@@ -41,9 +42,7 @@ def test_tuner_retunes_after_a_kept_idea(tmp_path: Path) -> None:
     ws = init_workspace(tmp_path / "ws", resolve_task_dir("toy"), "mix")
     task = ws.load_task([("tuner.follow", 2)])
     ledger = Ledger(ws.ledger_path)
-    sup = Supervisor(ws, task, ledger, [create("queue", queue_dir=ws.queue_dir), IdeaProposer()],
-                     train_data=None, val_data=None, limits=Limits(max_experiments=3),
-                     follower=create("tuner", seed=1))
+    sup = Supervisor(ws, ledger, Bench(task), [create("queue", queue_dir=ws.queue_dir), IdeaProposer()], limits=Limits(max_experiments=3), follower=create("tuner", seed=1))
     sup.run()
     exps = ledger.experiments()
     assert [e.proposer for e in exps] == ["baseline", "llm", "tuner", "tuner"]

@@ -22,10 +22,11 @@ import pytest
 from test_loop import _assert_consistent, _wait_for, queue_knobs
 
 from rsilab.config import resolve_task_dir
-from rsilab.loop.scheduler import parse_proposers
 from rsilab.loop.supervisor import Limits, Supervisor
 from rsilab.proposers import create
+from rsilab.proposers.choice import parse_proposers
 from rsilab.record.ledger import Ledger
+from rsilab.run.bench import Bench
 from rsilab.run.executors import create as create_executor
 from rsilab.workspace import git, init_workspace, open_workspace
 
@@ -76,9 +77,7 @@ def supervise(ws_dir: Path, workers: int = 2, proposers: list[object] | None = N
     ledger = Ledger(ws.ledger_path)
     executor = create_executor("local", task=task, workers=workers)
     try:
-        Supervisor(ws, task, ledger, proposers or [create("queue", queue_dir=ws.queue_dir)],  # type: ignore[arg-type]
-                   train_data=None, val_data=None, executor=executor,
-                   limits=Limits(max_experiments=max_experiments)).run()
+        Supervisor(ws, ledger, Bench(task, executor=executor), proposers or [create("queue", queue_dir=ws.queue_dir)], limits=Limits(max_experiments=max_experiments)).run()
     finally:
         executor.close()
     return ledger
@@ -207,8 +206,7 @@ def test_stop_now_cancels_the_runs_in_flight(tmp_path: Path) -> None:
     task = ws.load_task()
     ledger = Ledger(ws.ledger_path)
     executor = create_executor("local", task=task, workers=2)
-    sup = Supervisor(ws, task, ledger, [create("queue", queue_dir=ws.queue_dir)], train_data=None,
-                     val_data=None, executor=executor)
+    sup = Supervisor(ws, ledger, Bench(task, executor=executor), [create("queue", queue_dir=ws.queue_dir)])
     started = ws.run_dir(2, 0) / "artifact" / "started"
     seen: list[list[int]] = []
 
@@ -277,7 +275,7 @@ def test_kill_9_with_two_workers_then_resume(tmp_path: Path) -> None:
 
 
 def test_status_reads_the_runs_in_flight_from_the_ledger(tmp_path: Path) -> None:
-    from rsilab.loop.scheduler import running
+    from rsilab.loop.progress import running
 
     ledger = Ledger(tmp_path / "ledger.db")
     done = ledger.add_experiment(parent=None, commit="a" * 40, proposer="baseline", description="baseline", diff="")

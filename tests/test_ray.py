@@ -19,6 +19,7 @@ from test_parallel import make_ws, overlap, queue_patch, spans
 from rsilab.loop.supervisor import Supervisor
 from rsilab.proposers import create
 from rsilab.record.ledger import Ledger
+from rsilab.run.bench import Bench
 from rsilab.run.executors import create as create_executor
 from rsilab.workspace import open_workspace
 
@@ -42,8 +43,7 @@ def supervise(ws_dir: Path, executor_name: str, *, workers: int | None, override
     task = ws.load_task(overrides)
     ledger = Ledger(ws.ledger_path)
     executor = create_executor(executor_name, task=task, workers=workers)
-    sup = Supervisor(ws, task, ledger, [create("queue", queue_dir=ws.queue_dir)], train_data=None,
-                     val_data=None, executor=executor)
+    sup = Supervisor(ws, ledger, Bench(task, executor=executor), [create("queue", queue_dir=ws.queue_dir)])
     if on_start is not None:
         threading.Thread(target=on_start, args=(sup,), daemon=True).start()
     try:

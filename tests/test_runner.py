@@ -20,7 +20,7 @@ import pytest
 from rsilab.config import TaskSpec, load_task
 from rsilab.paths import bundled_tasks_dir
 from rsilab.results import RunResult, Status
-from rsilab.run import runner
+from rsilab.run import process, runner
 
 TOY = bundled_tasks_dir() / "toy"
 
@@ -173,8 +173,8 @@ def test_train_past_the_budget_is_killed_with_its_children(tmp_path: Path) -> No
     limit = task.budget + task.overhead
     assert result.status is Status.TIMEOUT
     assert "timeout: killed after 3 s" in result.reason
-    assert limit <= elapsed < limit + runner.GRACE_SECONDS + 3.0
-    assert limit <= result.train_seconds < limit + runner.GRACE_SECONDS + 1.0
+    assert limit <= elapsed < limit + process.GRACE_SECONDS + 3.0
+    assert limit <= result.train_seconds < limit + process.GRACE_SECONDS + 1.0
     child = int(_pid_file(tmp_path, "child.pid").read_text())
     assert not _running(child)
 

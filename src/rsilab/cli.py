@@ -26,7 +26,6 @@ if TYPE_CHECKING:  # imported lazily at run time: `rsilab --help` stays fast
     from rsilab.loop.supervisor import Limits
 
 F = TypeVar("F", bound=Callable[..., Any])
-DEFAULT_PROPOSER = "tuner"
 
 
 def _friendly(fn: F) -> F:
@@ -60,6 +59,13 @@ set_option = click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
 require_sandbox_option = click.option(
     "--require-sandbox", is_flag=True,
     help="Refuse to run unless bubblewrap isolates the runs (no network, no validation data or ledger in sight).")
+
+
+def executor_options(fn: F) -> F:
+    """--executor and --address: where the runs of a command execute."""
+    fn = click.option("--address", default=None, help="With --executor ray: the cluster's address (default: a local Ray).")(fn)
+    return click.option("--executor", "executor_name", default="local", show_default=True,
+                        help="Where runs execute: local or ray.")(fn)
 
 
 def _isolation(require_sandbox: bool, task: TaskSpec | None = None) -> tuple[str, str]:
@@ -123,19 +129,18 @@ def train(task_name: str | None, seed: int, preset: str | None, sets: tuple[str,
 
     from rsilab import paths
     from rsilab.config import load_task
-    from rsilab.run import runner, sandbox
+    from rsilab.run import sandbox
 
     task_dir = resolve_task_dir(task_name)
     task = load_task(task_dir, _overrides(sets))
     isolation, level = _isolation(require_sandbox, task)
-    train_data, val_data = _task_data(task)
-    run_dir = paths.stamped_dir(paths.home() / "runs", f"{task.name}-")
-    work = run_dir / "work"
-    shutil.copytree(task_dir, work, ignore=shutil.ignore_patterns("__pycache__", ".rsilab", ".git"))
-    click.echo(f"training {task.name} for {task.budget:g} s (seed {seed}); log: {run_dir / 'train.log'}")
-    click.echo(f"sandbox: {sandbox.describe(level)}")
-    r = runner.run(task, work, run_dir, seed=seed, train_data=train_data, val_data=val_data, preset=preset,
-                   isolation=isolation)
+    with _bench(task, "local", None, None, preset=preset, isolation=isolation) as bench:
+        run_dir = paths.stamped_dir(paths.home() / "runs", f"{task.name}-")
+        work = run_dir / "work"
+        shutil.copytree(task_dir, work, ignore=shutil.ignore_patterns("__pycache__", ".rsilab", ".git"))
+        click.echo(f"training {task.name} for {task.budget:g} s (seed {seed}); log: {run_dir / 'train.log'}")
+        click.echo(f"sandbox: {sandbox.describe(level)}")
+        r = bench.run(work, run_dir, seed, label="training")
     click.echo("---")
     click.echo(f"status:            {r.status}")
     if r.metric is not None:
@@ -173,29 +178,6 @@ def init(directory: Path, task_name: str, tag: str | None, resume: bool) -> None
 
 def _default_tag() -> str:
     return time.strftime("%b%d").lower()
-
-
-# Settings that make results comparable; a workspace refuses to mix runs made under others.
-_COMPARABLE = ("budget", "budget_flops", "evaluator", "data", "seed", "threads", "eval.bytes", "metric.name",
-               "metric.direction", "allow_generated_data")
-
-
-def _check_comparable(ledger: Any, task: TaskSpec, preset: str) -> None:
-    current = {"preset": preset}
-    for key in _COMPARABLE:
-        obj: Any = task
-        for part in key.split("."):
-            obj = getattr(obj, part)
-        current[key] = obj
-    recorded = ledger.get_meta("comparable")
-    if recorded is None:
-        ledger.set_meta("comparable", current)
-        ledger.set_meta("metric", task.metric.name)
-        return
-    for key, value in current.items():
-        if key in recorded and recorded[key] != value:
-            raise ConfigError(f"{key} = {value!r} differs from this workspace's {recorded[key]!r}: results would "
-                              "not be comparable; start a new workspace (or --tag) for other settings")
 
 
 @main.command()
@@ -250,10 +232,11 @@ def baseline(directory: Path, task_name: str, tag: str | None, preset: str | Non
     workspace that has one is only reported). `rsilab run` then goes on from it.
     """
     from rsilab.loop.supervisor import Limits
+    from rsilab.proposers import choice as proposer_choice
     from rsilab.record.ledger import Ledger
     from rsilab.workspace import open_workspace
 
-    task = _research(directory, task_name, tag, DEFAULT_PROPOSER, Limits(max_experiments=0), preset, None,
+    task = _research(directory, task_name, tag, proposer_choice.DEFAULT, Limits(max_experiments=0), preset, None,
                      None, "local", None, sets, require_sandbox, baseline_only=True)
     with Ledger(open_workspace(directory).ledger_path) as ledger:
         _print_noise_floor(ledger, task)
@@ -267,11 +250,11 @@ def _research(directory: Path, task_name: str, tag: str | None, proposer: str | 
     workspace, record the overrides, run the supervisor until a stop rule; returns the task."""
     from rsilab import harness
     from rsilab.loop.supervisor import Supervisor
+    from rsilab.proposers import choice as proposer_choice
     from rsilab.proposers import create
     from rsilab.record.ledger import Ledger
     from rsilab.report.live import LiveView
     from rsilab.run import sandbox
-    from rsilab.run.executors import create as create_executor
     from rsilab.workspace import STATE_DIR, init_workspace, open_workspace
 
     if require_sandbox:  # before anything is created or run
@@ -281,49 +264,33 @@ def _research(directory: Path, task_name: str, tag: str | None, proposer: str | 
         ws = init_workspace(directory, resolve_task_dir(task_name), tag or _default_tag())
         click.echo(f"created workspace {ws.root} on branch {ws.branch}")
     ws = open_workspace(directory)
+    preset = preset or harness.preset()
     with Ledger(ws.ledger_path) as ledger:
-        # --set overrides stick to the workspace, so a plain `rsilab run DIR` resumes alike.
-        recorded = ledger.get_meta("overrides", [])
-        if not sets and recorded:
-            sets = tuple(recorded)
-            click.echo(f"using this workspace's overrides: {' '.join(sets)}")
-        task = ws.load_task(_overrides(sets))
-        preset = preset or harness.preset()
-        _check_comparable(ledger, task, preset)
-        if list(sets) != recorded:
-            ledger.set_meta("overrides", list(sets))
-            ledger.add_event("config", f"overrides: {' '.join(sets) or '(none)'}", source="cli")
+        task, in_force = ws.research_task(ledger, sets, preset)
+    if in_force and not sets:
+        click.echo(f"using this workspace's overrides: {' '.join(in_force)}")
     gate = _ladder(ladder, task) if ladder else None
     isolation, level = _isolation(require_sandbox, task)
     train_data, val_data = _task_data(task)
-    choices, follow = _choose_proposers(proposer, task)
+    choices, follow = proposer_choice.choose(proposer, task)
     # Queued human ideas always go first; then the chosen proposers, with their shares.
     proposers = [create("queue", queue_dir=ws.queue_dir)]
     proposers += [_make_proposer(c, task) for c in choices if c.name != "queue"]
     shares = {c.label: c.share for c in choices}
-    follower = create("tuner", **_proposer_options("tuner", task)) if follow else None
+    follower = create("tuner", task=task) if follow else None
     shown = ", ".join(c.label + (f" (share {c.share})" if len(choices) > 1 else "") for c in choices)
     if not baseline_only:
         click.echo(f"proposer: {shown}" + (" (+ tuner after its kept changes)" if follow else ""))
-    if address and executor_name != "ray":
-        raise ConfigError("--address is for --executor ray")
-    executor = create_executor(executor_name, task=task, workers=_workers(workers, executor_name),
-                               **({"address": address} if address else {}))
-    click.echo(f"executor: {getattr(executor, 'describe', lambda: executor.name)()}")
+    bench = _bench(task, executor_name, address, workers, preset=preset, isolation=isolation)
+    click.echo(f"executor: {bench.describe()}")
     with Ledger(ws.ledger_path) as ledger:
         try:
-            with LiveView(task.metric.name, str(ws.root), isolation=sandbox.describe(level)) as view:
-                sup = Supervisor(ws, task, ledger, proposers, train_data=train_data, val_data=val_data,
-                                 preset=preset, limits=limits,
-                                 notify=view, follower=follower, isolation=isolation, executor=executor,
+            with bench, LiveView(task.metric.name, str(ws.root), isolation=sandbox.describe(level)) as view:
+                sup = Supervisor(ws, ledger, bench, proposers, limits=limits, view=view, follower=follower,
                                  shares=shares)
-                if gate is not None:
-                    if not hasattr(sup, "ladder"):
-                        raise ConfigError("--ladder: this supervisor has no ladder hook (see rsilab/loop/ladder.py)")
-                    sup.ladder = gate
+                sup.ladder = gate
                 reason = sup.run()
         finally:  # also on Ctrl-C: results.tsv always matches the ledger
-            executor.close()
             ledger.export_tsv(ws.root / "results.tsv", task.metric.name)
         if not baseline_only:
             click.echo(f"stopped: {reason}")
@@ -372,12 +339,13 @@ def _check_before_creating(directory: Path, task_name: str, proposer: str | None
     """A mistake in the options of a first `rsilab run` must not leave a workspace behind:
     what can be checked is checked before anything is created (and again afterwards)."""
     from rsilab.config import CONFIG_NAME, load_task
+    from rsilab.proposers import choice as proposer_choice
 
     adopted = (directory / ".git").exists() and (directory / CONFIG_NAME).is_file()
     task = load_task(directory if adopted else resolve_task_dir(task_name), _overrides(sets))
     if ladder:
         _ladder(ladder, task)
-    choices, _ = _choose_proposers(proposer, task)
+    choices, _ = proposer_choice.choose(proposer, task)
     for choice in choices:
         if choice.name != "queue":
             _make_proposer(choice, task)
@@ -394,35 +362,13 @@ def _ladder(rungs: str, task: TaskSpec) -> Any:
     return gate
 
 
-def _choose_proposers(given: str | None, task: TaskSpec) -> tuple[list[Any], bool]:
-    """(the proposers with their shares, whether the tuner follows) from --proposer,
-    rsilab.toml or the env."""
-    from rsilab.loop.scheduler import parse_proposers
-    from rsilab.proposers.llmclient import configured
-
-    choice = given or task.proposer or ("llm" if configured() else DEFAULT_PROPOSER)
-    for item in choice.split(","):
-        _, plus, follower = item.partition("+")
-        if plus and follower != "tuner":
-            raise ConfigError(f"--proposer {choice!r}: only the tuner can follow (X+tuner)")
-    return parse_proposers(choice)
-
-
 def _make_proposer(choice: Any, task: TaskSpec) -> Any:
     """A proposer for one --proposer item; `NAME@MODEL` picks the model and names it so."""
-    import dataclasses
-
     from rsilab.proposers import create
 
-    options = _proposer_options(choice.name, task)
-    if choice.model:
-        if choice.name == "llm":
-            options["spec"] = dataclasses.replace(task.llm, model=choice.model)
-        elif choice.name == "agent":
-            options["model"] = choice.model
-        else:
-            raise ConfigError(f"--proposer {choice.label}: @MODEL is for llm and agent")
-    proposer = create(choice.name, **options)
+    if choice.model and choice.name not in ("llm", "agent"):
+        raise ConfigError(f"--proposer {choice.label}: @MODEL is for llm and agent")
+    proposer = create(choice.name, task=task, **({"model": choice.model} if choice.model else {}))
     proposer.name = choice.label  # the ledger's proposer column tells the models apart
     return proposer
 
@@ -438,15 +384,20 @@ def _workers(text: str | None, executor: str) -> int | None:
     return int(text)
 
 
-def _proposer_options(name: str, task: TaskSpec) -> dict[str, Any]:
-    if name in ("tuner", "random"):
-        return {"seed": task.tuner.seed, "max_knobs": task.tuner.max_knobs, "exclude": task.tuner.exclude}
-    if name == "llm":
-        return {"spec": task.llm}
-    if name == "agent":
-        a = task.agent
-        return {"cli": a.cli, "command": a.command, "model": a.model, "timeout": a.timeout}
-    return {}
+def _bench(task: TaskSpec, executor_name: str, address: str | None, workers: str | None, *,
+           preset: str | None = None, isolation: str | None = None) -> Any:
+    """The Bench every run of a command goes through: the task's data (prepared on first
+    use), the preset and sandbox, on the executor --executor/--address/--workers name."""
+    from rsilab.run.bench import Bench
+    from rsilab.run.executors import create as create_executor
+
+    if address and executor_name != "ray":
+        raise ConfigError("--address is for --executor ray")
+    count = _workers(workers, executor_name)
+    train_data, val_data = _task_data(task)
+    executor = create_executor(executor_name, task=task, workers=count, **({"address": address} if address else {}))
+    return Bench(task, train_data=train_data, val_data=val_data, preset=preset, isolation=isolation,
+                 executor=executor, owns_executor=True)
 
 
 def _print_status(ledger: Any, metric: str, root: Path, recent: int = 10) -> None:
@@ -483,7 +434,7 @@ def _print_status(ledger: Any, metric: str, root: Path, recent: int = 10) -> Non
     if "compute" in costs:
         click.echo(f"compute: {costs['compute'] / 3600:.2f} h")
     click.echo(f"results: {root / 'results.tsv'}")
-    from rsilab.loop.scheduler import running
+    from rsilab.loop.progress import running
 
     flying = running(ledger)
     if flying:
@@ -710,9 +661,11 @@ def collapse(directory: Path | None, task_name: str | None, generations: int | N
 @click.option("--preset", type=click.Choice(["cpu", "gpu"]), default=None,
               help="Knob preset (default: the workspace's).")
 @set_option
+@executor_options
 @_friendly
 def score(directory: Path, references: str, seeds: int, commit: str | None, compare_dirs: tuple[Path, ...],
-          reference_dir: Path | None, preset: str | None, sets: tuple[str, ...]) -> None:
+          reference_dir: Path | None, preset: str | None, sets: tuple[str, ...], executor_name: str,
+          address: str | None) -> None:
     """Score the incumbent against the baseline (0) and human reference solutions (1), with milestones."""
     from rsilab import harness
     from rsilab.record.ledger import Ledger
@@ -724,11 +677,10 @@ def score(directory: Path, references: str, seeds: int, commit: str | None, comp
         sets = sets or tuple(ledger.get_meta("overrides", []))
         preset = preset or (ledger.get_meta("comparable") or {}).get("preset") or harness.preset()
     task = ws.load_task(_overrides(sets))
-    train_data, val_data = _task_data(task)
     names = None if references.strip() == "all" else [n.strip() for n in references.split(",") if n.strip()]
-    report = score_workspace(ws, task, preset=preset, references=names, seeds=seeds, commit=commit,
-                             compare_dirs=list(compare_dirs), train_data=train_data, val_data=val_data,
-                             reference_folder=reference_dir, notify=click.echo)
+    with _bench(task, executor_name, address, None, preset=preset) as bench:
+        report = score_workspace(ws, bench, references=names, seeds=seeds, commit=commit,
+                                 compare_dirs=list(compare_dirs), reference_folder=reference_dir, notify=click.echo)
     click.echo(format_table(report))
     click.echo(f"wrote {ws.root / SCORE_FILE}")
 
@@ -747,21 +699,23 @@ def score(directory: Path, references: str, seeds: int, commit: str | None, comp
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the strategy search.")
 @click.option("--preset", type=click.Choice(["cpu", "gpu"]), default=None, help="Knob preset (default: by device).")
 @set_option
+@executor_options
 @_friendly
 def meta(directory: Path, task_name: str, generations: int, strategies: int, session_experiments: int | None,
          session_minutes: float | None, proposer: str, confirm_seeds: int, seed: int, preset: str | None,
-         sets: tuple[str, ...]) -> None:
+         sets: tuple[str, ...], executor_name: str, address: str | None) -> None:
     """Improve the research strategy by research: sessions under competing strategies, by velocity."""
     from rsilab import harness
     from rsilab.config import load_task
     from rsilab.studies.strategy import META_FILE, Meta, format_table
 
     task_dir = resolve_task_dir(task_name)
-    train_data, val_data = _task_data(load_task(task_dir, _overrides(sets)))
-    m = Meta(directory, task_dir=task_dir, overrides=list(sets), preset=preset or harness.preset(),
-             proposer=proposer, session_experiments=session_experiments, session_minutes=session_minutes,
-             confirm_seeds=confirm_seeds, seed=seed, train_data=train_data, val_data=val_data, say=click.echo)
-    state = m.run(generations, strategies)
+    with _bench(load_task(task_dir, _overrides(sets)), executor_name, address, None) as bench:
+        m = Meta(directory, task_dir=task_dir, overrides=list(sets), preset=preset or harness.preset(),
+                 proposer=proposer, session_experiments=session_experiments, session_minutes=session_minutes,
+                 confirm_seeds=confirm_seeds, seed=seed, train_data=bench.train_data, val_data=bench.val_data,
+                 executor=bench.executor, notify=click.echo)
+        state = m.run(generations, strategies)
     click.echo(format_table(state))
     click.echo(f"wrote {directory / META_FILE}")
 

@@ -84,6 +84,14 @@ class AgentSpec:
     timeout: float = 900.0  # seconds per proposal
 
 
+# Settings that make results comparable: a workspace refuses to mix runs made under other
+# values, `rsilab score --compare` skips runs made under others (all but the research
+# `seed`, which differs legitimately between workspaces), and `rsilab meta` records them
+# for each session like `rsilab run` does. The one list: see TaskSpec.comparable.
+COMPARABLE_KEYS = ("budget", "budget_flops", "evaluator", "data", "seed", "threads", "eval.bytes", "metric.name",
+                   "metric.direction", "allow_generated_data")
+
+
 @dataclass(frozen=True)
 class TaskSpec:
     """A validated `rsilab.toml` plus the folder it was read from."""
@@ -154,6 +162,17 @@ class TaskSpec:
 
     def is_editable(self, rel: str) -> bool:
         return any(_glob_match(rel, g) for g in self.editable)
+
+    def comparable(self, preset: str) -> dict[str, Any]:
+        """The settings that give this task's metric values their meaning (COMPARABLE_KEYS and
+        the knob preset): results made under other values must not be compared or mixed."""
+        out: dict[str, Any] = {"preset": preset}
+        for key in COMPARABLE_KEYS:
+            obj: Any = self
+            for part in key.split("."):
+                obj = getattr(obj, part)
+            out[key] = obj
+        return out
 
     def limits(self) -> list[str]:
         """What one run may use, one line each, for the researcher's prompt: a proposal

@@ -73,18 +73,28 @@ class Registry(Generic[T]):
         self._load()
         return sorted(self._factories)
 
-    def factory(self, name: str, *args: Any, **options: Any) -> Callable[..., T]:
-        """The factory of `name`, checked against its arguments; ConfigError names what is wrong."""
+    def get(self, name: str) -> Callable[..., T]:
+        """The factory registered as `name`; ConfigError when there is none or it failed to load."""
         self._load()
         factory = self._factories.get(name)
         if factory is None:
             if name in self._errors:
                 raise ConfigError(f"{self.kind} {name!r} failed to load: {self._errors[name]}")
             raise ConfigError(f"unknown {self.kind} {name!r} (known: {', '.join(self.available())})")
-        try:
-            inspect.signature(factory).bind(*args, **options)
-        except TypeError as e:
-            raise ConfigError(f"{self.kind} {name!r}: bad options {sorted(options)}: {e}") from None
-        except ValueError:  # no signature to check (some builtins); let the call decide
-            pass
         return factory
+
+    def factory(self, name: str, *args: Any, **options: Any) -> Callable[..., T]:
+        """The factory of `name`, checked against its arguments; ConfigError names what is wrong."""
+        factory = self.get(name)
+        return check_call(self.kind, name, factory, *args, **options)
+
+
+def check_call(kind: str, name: str, fn: Callable[..., T], *args: Any, **options: Any) -> Callable[..., T]:
+    """`fn` if it accepts these arguments; else a ConfigError that names `kind` `name`."""
+    try:
+        inspect.signature(fn).bind(*args, **options)
+    except TypeError as e:
+        raise ConfigError(f"{kind} {name!r}: bad options {sorted(options)}: {e}") from None
+    except ValueError:  # no signature to check (some builtins); let the call decide
+        pass
+    return fn

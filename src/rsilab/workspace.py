@@ -15,14 +15,22 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 import subprocess
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from rsilab.config import CONFIG_NAME, TaskSpec, load_task
-from rsilab.errors import WorkspaceError
+from rsilab.config import CONFIG_NAME, TaskSpec, load_task, parse_override
+from rsilab.errors import ConfigError, WorkspaceError
+
+if TYPE_CHECKING:
+    from rsilab.record.ledger import Ledger
+
+log = logging.getLogger(__name__)
 
 STATE_DIR = ".rsilab"
 META_FILE = "workspace.json"
@@ -36,6 +44,7 @@ _GIT_ENV = {
 def git(cwd: Path, *args: str, check: bool = True, stdin: str | None = None) -> str:
     """Run git in `cwd`; its stdout. A failure raises WorkspaceError with git's message."""
     env = {**os.environ, **_GIT_ENV}
+    log.debug("git %s (in %s)", " ".join(args), cwd)
     try:
         proc = subprocess.run(["git", *args], cwd=cwd, env=env, input=stdin, capture_output=True, text=True)
     except (FileNotFoundError, NotADirectoryError):  # `cwd` is gone (a deleted worktree), or no git
@@ -94,6 +103,32 @@ class Workspace:
 
     def load_task(self, overrides: list[tuple[str, object]] | None = None) -> TaskSpec:
         return load_task(self.root, overrides)
+
+    def research_task(self, ledger: Ledger, sets: Sequence[str], preset: str) -> tuple[TaskSpec, list[str]]:
+        """The task research runs under, and the `--set` overrides in force.
+
+        Overrides stick to the workspace: with none given, the ones recorded by the last run
+        apply, so a plain `rsilab run DIR` resumes alike. The task's comparable settings
+        (TaskSpec.comparable) are recorded on first use and must match afterwards: a
+        ConfigError names the first that differs. A change of overrides is an event.
+        """
+        recorded = ledger.get_meta("overrides", [])
+        in_force = list(sets) or list(recorded)
+        task = self.load_task([parse_override(o) for o in in_force])
+        current = task.comparable(preset)
+        settled = ledger.get_meta("comparable")
+        if settled is None:
+            ledger.set_meta("comparable", current)
+            ledger.set_meta("metric", task.metric.name)
+        else:
+            for key, value in current.items():
+                if key in settled and settled[key] != value:
+                    raise ConfigError(f"{key} = {value!r} differs from this workspace's {settled[key]!r}: results "
+                                      "would not be comparable; start a new workspace (or --tag) for other settings")
+        if in_force != recorded:
+            ledger.set_meta("overrides", in_force)
+            ledger.add_event("config", f"overrides: {' '.join(in_force) or '(none)'}", source="cli")
+        return task, in_force
 
     # ---- refs -------------------------------------------------------------------------
     def incumbent_commit(self) -> str:

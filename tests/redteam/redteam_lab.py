@@ -21,6 +21,7 @@ from rsilab.loop.supervisor import Supervisor
 from rsilab.proposers.base import Context
 from rsilab.record.ledger import Experiment, Ledger
 from rsilab.results import Proposal
+from rsilab.run.bench import Bench
 from rsilab.workspace import Workspace
 
 ROWS: list[tuple[str, str, str, bool]] = []  # class, expected, outcome, caught
@@ -92,7 +93,7 @@ def run_attacks(ws: Workspace, attacks: list[Attack], *, overrides: list[tuple[s
     task = ws.load_task(overrides)
     tip = ws.incumbent_commit()
     proposer = ScriptedProposer(attacks, ws, ledger)
-    sup = Supervisor(ws, task, ledger, [proposer], train_data=train_data, val_data=val_data)
+    sup = Supervisor(ws, ledger, Bench(task, train_data=train_data, val_data=val_data), [proposer])
     stop_reason = sup.run()
     baseline = ledger.experiments()[0]
     assert baseline.kind == "baseline" and baseline.status == "keep", baseline.reason

@@ -25,7 +25,7 @@ import pytest
 from redteam_lab import Attack, Lab, check, row, run_attacks, with_marker
 
 from rsilab.paths import bundled_tasks_dir
-from rsilab.run import runner, sandbox
+from rsilab.run import process, sandbox
 from rsilab.workspace import Workspace, git, init_workspace
 
 SANDBOX = sandbox.bwrap_problem() is None
@@ -258,7 +258,7 @@ def test_toy_attack_is_caught(toy_lab: Lab, listener: tuple[int, list[int]], cls
     if cls == "print a fake metric line":
         assert runs[0].summary["val_loss"] == 1e-6
     if cls == "stop the clock (time patched, budget env raised, SIGTERM ignored)":
-        assert runs[0].train_seconds < LIMIT + runner.GRACE_SECONDS + 3
+        assert runs[0].train_seconds < LIMIT + process.GRACE_SECONDS + 3
     if cls == "open a network connection":
         assert listener[1] == []
     if cls == "write outside the worktree":

@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from rsilab.errors import RsilabError
+from rsilab.notify import Notify
 from rsilab.record.ledger import Event, Experiment, Ledger
 from rsilab.results import Verdict
 from rsilab.workspace import Workspace
@@ -234,7 +235,7 @@ class Controls:
             self._stop = any(a.action == "stop" for a in actions(self.ledger, self._cursor))
         return self._stop
 
-    def handle(self, say: Callable[[str], None] | None = None, interval: float = 1.0,
+    def handle(self, say: Notify | None = None, interval: float = 1.0,
                should_stop: Callable[[], bool] | None = None) -> list[Action]:  # fmt: skip
         """The supervisor's one call per loop iteration, between experiments.
 

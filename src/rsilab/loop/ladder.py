@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import statistics
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,14 +31,14 @@ from typing import Any
 from rsilab.config import TaskSpec
 from rsilab.errors import ConfigError
 from rsilab.loop.judge import Judgement, judge, seed_schedule
+from rsilab.notify import Notify, silent
 from rsilab.record.ledger import Ledger
 from rsilab.results import RunResult, Verdict
-from rsilab.run import runner
+from rsilab.run.bench import Bench
 from rsilab.workspace import Workspace
 
 LADDER_SEED_BASE = 5_000_011  # seeds of ladder runs (research: task.seed; score: 7_000_003)
 
-Notify = Callable[[str], None]
 
 
 def parse_ladder(text: str) -> list[float]:
@@ -92,24 +92,21 @@ class LadderOutcome:
 
 @dataclass(frozen=True)
 class _Rung:
-    """How the runs of one rung are made: its task (budget), folder and seeds."""
+    """How the runs of one rung are made: its bench (the task at the rung's budget), folder
+    and seeds."""
 
-    task: TaskSpec
+    bench: Bench
     where: Path
     level: int
     experiment_id: int
-    train_data: Path | None
-    val_data: Path | None
-    preset: str | None
     notify: Notify
 
     def run(self, workdir: Path, name: str, k: int, label: str) -> RunResult:
         # The incumbent's seeds are the same for every experiment (its runs are cached per
         # commit); the candidate's are fresh per experiment.
         seed = seed_schedule(LADDER_SEED_BASE + self.level, self.experiment_id if name == "candidate" else 0, k)
-        self.notify(f"ladder {self.task.budget:g} s: {label} (seed {seed})")
-        return runner.run(self.task, workdir, self.where / f"{name}-{k}", seed=seed, train_data=self.train_data,
-                          val_data=self.val_data, preset=self.preset, isolation=self.task.sandbox)
+        self.notify(f"ladder {self.bench.task.budget:g} s: {label} (seed {seed})")
+        return self.bench.run(workdir, self.where / f"{name}-{k}", seed, label=f"ladder {label}")
 
 
 def _size(task: TaskSpec, workdir: Path) -> int:
@@ -122,9 +119,8 @@ def _ok_values(results: Sequence[RunResult]) -> list[float]:
     return [float(r.metric) for r in results if r.ok and r.metric is not None]
 
 
-def confirm_on_ladder(task: TaskSpec, rungs: Sequence[float], candidate_workdir: Path, incumbent_workdir: Path,
-                      *, run_root: Path, train_data: Path | None, val_data: Path | None, preset: str | None,
-                      experiment_id: int, notify: Notify = lambda message: None,
+def confirm_on_ladder(bench: Bench, rungs: Sequence[float], candidate_workdir: Path, incumbent_workdir: Path,
+                      *, run_root: Path, experiment_id: int, notify: Notify = silent,
                       incumbent_cache: dict[float, list[float]] | None = None) -> LadderOutcome:
     """Run the candidate and the incumbent at every rung above the first and judge each.
 
@@ -132,12 +128,13 @@ def confirm_on_ladder(task: TaskSpec, rungs: Sequence[float], candidate_workdir:
     by budget, when the same incumbent was measured before); the candidate gets runs until
     the judge stops asking for more. The first rung that does not keep ends the climb.
     """
+    task = bench.task
     results: list[RungResult] = []
     metric = task.metric_obj
     cand_size, inc_size = _size(task, candidate_workdir), _size(task, incumbent_workdir)
     for level, seconds in enumerate(rungs[1:], start=1):
-        rung = _Rung(at_budget(task, seconds), run_root / f"rung-{seconds:g}s", level, experiment_id,
-                     train_data, val_data, preset, notify)
+        rung = _Rung(bench.derive(task=at_budget(task, seconds)), run_root / f"rung-{seconds:g}s", level,
+                     experiment_id, notify)
         run = rung.run
         spent = 0.0
 
@@ -193,8 +190,8 @@ class Ladder:
                               f"use --set budget={self.rungs[0]:g}")
 
     def gate(self, j: Judgement, *, ws: Workspace, task: TaskSpec, ledger: Ledger, experiment_id: int,
-             candidate: Path, incumbent_commit: str, train_data: Path | None, val_data: Path | None,
-             preset: str | None, notify: Notify = lambda message: None) -> Judgement:
+             candidate: Path, incumbent_commit: str, bench: Bench,
+             notify: Notify = silent) -> Judgement:
         """`j` when it is not a keep or the win holds on every higher rung (its reason then
         says so); else a DISCARD whose reason says at which rung the win did not hold."""
         if j.verdict is not Verdict.KEEP:
@@ -202,8 +199,8 @@ class Ladder:
         worktree = ws.create_worktree(f"ladder-{experiment_id:04d}", incumbent_commit)
         try:
             outcome = confirm_on_ladder(
-                task, self.rungs, candidate, worktree, run_root=ws.run_dir(experiment_id, 0).parent / "ladder",
-                train_data=train_data, val_data=val_data, preset=preset, experiment_id=experiment_id,
+                bench, self.rungs, candidate, worktree, run_root=ws.run_dir(experiment_id, 0).parent / "ladder",
+                experiment_id=experiment_id,
                 notify=notify, incumbent_cache=self._cache.setdefault(incumbent_commit, {}))
         finally:
             ws.remove_worktree(worktree)

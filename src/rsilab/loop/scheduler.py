@@ -1,11 +1,10 @@
 """Slots and in-flight bookkeeping for the supervisor. Owns: who proposes next, and where.
 
-- `parse_proposers("llm@model-a:2,tuner:1")`: the proposers a run uses and their shares of
-  the slots (`NAME[@MODEL][:SHARE]`, comma-separated; `X+tuner` lets the tuner re-tune after
-  X's kept changes, as before).
-- `Flight`: one experiment (or a re-check of the incumbent) with a run in flight;
-  `Progress` and `Worker`: what the live view shows of them; `running(ledger)`: what
-  `rsilab status` (another process) can tell of them from the ledger's "run" events.
+Which proposers a run uses and their shares (`--proposer llm:2,tuner:1`) is parsed by
+rsilab.proposers.choice; this module only schedules them.
+
+- `Flight`: one experiment (or a re-check of the incumbent) with a run in flight (what the
+  live view shows of it is in progress.py).
 - `ProposerPool`: the proposers of one supervisor. A free slot goes to the queue first (a
   person's ideas), then to the follower while it has turns, then to the proposer with the
   fewest experiments in flight per share (ties: the fewest started per share), and to the
@@ -21,7 +20,6 @@ Not covered: deciding or recording anything (the supervisor), running (the execu
 from __future__ import annotations
 
 import concurrent.futures
-import re
 import threading
 import time
 from collections import Counter
@@ -29,79 +27,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from rsilab.errors import ConfigError
 from rsilab.proposers.base import Context, Proposer
-from rsilab.record.ledger import Experiment, Ledger
+from rsilab.record.ledger import Experiment
 from rsilab.results import Proposal, RunResult
 from rsilab.run.executors.base import RunFuture
 
 MAX_DUPLICATES = 5  # duplicates in a row before a proposer waits for the next decision
 QUEUE = "queue"  # the human queue's name: it always goes first
-_ITEM = re.compile(r"^(?P<name>[A-Za-z_][\w.-]*)(?:@(?P<model>[^:+,]+))?(?::(?P<share>\d+))?(?P<follow>\+tuner)?$")
-
-
-@dataclass(frozen=True)
-class ProposerChoice:
-    """One proposer of a run: its registered name, an optional model, its share of the slots."""
-
-    name: str
-    model: str = ""
-    share: int = 1
-
-    @property
-    def label(self) -> str:
-        """The name its experiments carry in the ledger (`llm@model` when a model is given)."""
-        return f"{self.name}@{self.model}" if self.model else self.name
-
-
-def parse_proposers(text: str) -> tuple[list[ProposerChoice], bool]:
-    """The proposers in `text` and whether the tuner follows (`X+tuner`); ConfigError if bad."""
-    choices: list[ProposerChoice] = []
-    follow = False
-    for raw in text.split(","):
-        item = raw.strip()
-        m = _ITEM.match(item)
-        if m is None:
-            raise ConfigError(f"--proposer {text!r}: {item!r} is not NAME[@MODEL][:SHARE][+tuner] "
-                              "(e.g. llm:2,tuner:1 or llm+tuner)")
-        share = int(m["share"] or 1)
-        if share < 1:
-            raise ConfigError(f"--proposer {text!r}: a share must be >= 1")
-        follow = follow or (bool(m["follow"]) and m["name"] != "tuner")
-        choices.append(ProposerChoice(m["name"], m["model"] or "", share))
-    labels = [c.label for c in choices]
-    if len(set(labels)) != len(labels):
-        raise ConfigError(f"--proposer {text!r}: a proposer is named twice; give each its own @MODEL")
-    if follow and "tuner" in labels:
-        raise ConfigError(f"--proposer {text!r}: the tuner is already a proposer; it cannot also follow")
-    return choices, follow
-
-
-@dataclass(frozen=True)
-class Worker:
-    """One run in flight: what it runs, since when, where."""
-
-    label: str
-    since: float
-    node: str
-
-
-@dataclass
-class Progress:
-    """What the live view shows; updated by the supervisor as it goes."""
-
-    started: float = field(default_factory=time.time)
-    experiments: int = 0  # decided in this invocation
-    kept: int = 0
-    discarded: int = 0
-    failed: int = 0
-    best: float | None = None
-    baseline: float | None = None
-    current: str = ""  # the first run in flight (see `workers` for all of them)
-    current_since: float = 0.0
-    last: str = ""  # the last decision, one line
-    workers: list[Worker] = field(default_factory=list)  # every run in flight
-    proposing: list[str] = field(default_factory=list)  # proposers thinking now, with since
 
 
 @dataclass
@@ -229,37 +161,3 @@ class ProposerPool:
         """A decision changed the history or the incumbent: every proposer may try again."""
         self._empty.clear()
         self._duplicates.clear()
-
-
-@dataclass(frozen=True)
-class Running:
-    """An experiment in flight as the ledger tells it (for `rsilab status`, another process)."""
-
-    experiment_id: int
-    proposer: str
-    description: str
-    label: str  # "experiment 7 run 2"
-    since: float  # when that run started
-    node: str
-
-
-def running(ledger: Ledger) -> list[Running]:
-    """Experiments without a decision, each with where and since when its latest run runs
-    (from the supervisor's "run" events). After a `kill -9` they stay here until the next
-    `rsilab run` recovers them."""
-    undecided = {e.id: e for e in ledger.experiments() if not e.decided}
-    latest: dict[int, tuple[int, float, str, str]] = {}  # experiment -> run, since, node, label
-    for ev in ledger.events() if undecided else []:
-        exp, run = ev.data.get("experiment"), ev.data.get("run")
-        if ev.kind != "run" or exp not in undecided or not isinstance(run, int):
-            continue
-        prev = latest.get(exp)
-        if prev is None or run > prev[0]:
-            latest[exp] = (run, ev.created_at, str(ev.data.get("node", "")), str(ev.data.get("label", "")))
-        elif run == prev[0]:  # the run was placed on a node later (a Ray task starting)
-            latest[exp] = (run, prev[1], str(ev.data.get("node", prev[2])), prev[3])
-    out = []
-    for exp_id, e in undecided.items():
-        run, since, node, label = latest.get(exp_id, (0, e.started_at, "", "proposed"))
-        out.append(Running(exp_id, e.proposer, e.description, label, since, node))
-    return out

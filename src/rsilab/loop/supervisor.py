@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import logging
 import math
 import signal
 import threading
@@ -54,17 +55,21 @@ from rsilab.loop import resume
 from rsilab.loop.controls import Controls
 from rsilab.loop.judge import Judgement, cap_breach, judge, keep_threshold, seed_schedule
 from rsilab.loop.merge import Merge, reapply
-from rsilab.loop.scheduler import Flight, Progress, ProposalJob, ProposerPool, Worker
+from rsilab.loop.progress import Progress, Worker
+from rsilab.loop.scheduler import Flight, ProposalJob, ProposerPool
+from rsilab.notify import Notify
 from rsilab.proposers.base import Context, HistoryItem, Proposer
 from rsilab.proposers.knobs import only_knobs_differ
 from rsilab.record.audit import AcceptanceGate
 from rsilab.record.ledger import Experiment, Ledger
 from rsilab.results import Proposal, RunResult, Status, Verdict
-from rsilab.run.executors.base import Executor, RunFuture, RunRequest
-from rsilab.run.executors.base import create as create_executor
+from rsilab.run.bench import Bench
+from rsilab.run.executors.base import RunFuture, RunRequest
 from rsilab.workspace import Workspace
 
-__all__ = ["Limits", "Notify", "Progress", "Supervisor", "Worker"]
+__all__ = ["Limits", "Progress", "Supervisor", "View", "Worker"]
+
+log = logging.getLogger(__name__)
 
 POLL_SECONDS = 0.25  # how often the loop looks at the stop file while runs are in flight
 MAX_REAPPLY = 3  # re-applications of one change before it is given up
@@ -81,15 +86,15 @@ class Limits:
     max_tokens: int | None = None  # tokens in + out spent on proposals, whole workspace
 
 
-Notify = Callable[[str, Progress], None]
+# The live view (rsilab.report.live): each progress line together with the loop's state.
+View = Callable[[str, Progress], None]
 
 
 class KeepGate(Protocol):
     """A last check of a keep before it is recorded (the fidelity ladder, rsilab/loop/ladder.py)."""
 
     def gate(self, j: Judgement, *, ws: Workspace, task: TaskSpec, ledger: Ledger, experiment_id: int,
-             candidate: Path, incumbent_commit: str, train_data: Path | None, val_data: Path | None,
-             preset: str | None, notify: Callable[[str], None]) -> Judgement: ...
+             candidate: Path, incumbent_commit: str, bench: Bench, notify: Notify) -> Judgement: ...
 
 
 def _no_view(message: str, progress: Progress) -> None:
@@ -141,25 +146,23 @@ def interrupt_once() -> Iterator[None]:
 class Supervisor:
     """Runs experiments on one workspace until a stop rule fires."""
 
-    def __init__(self, ws: Workspace, task: TaskSpec, ledger: Ledger, proposers: Sequence[Proposer], *,
-                 train_data: Path | None, val_data: Path | None, preset: str | None = None,
-                 limits: Limits | None = None, notify: Notify | None = None,
-                 follower: Proposer | None = None, executor: Executor | None = None,
-                 shares: Mapping[str, int] | None = None, isolation: str | None = None) -> None:
-        self.ws, self.task, self.ledger = ws, task, ledger
+    def __init__(self, ws: Workspace, ledger: Ledger, bench: Bench, proposers: Sequence[Proposer], *,
+                 limits: Limits | None = None, view: View | None = None,
+                 follower: Proposer | None = None, shares: Mapping[str, int] | None = None) -> None:
+        """`bench` runs every training run (its task is the research task); the caller owns it
+        and closes it."""
+        self.ws, self.ledger, self.bench = ws, ledger, bench
+        self.task = task = bench.task
         # The follower (the tuner) re-tunes the knobs of new code: after a structural change
         # by another proposer is kept, it gets the next `tuner.follow` proposals.
         self.follower = follower
         self.pool = ProposerPool(proposers, follower, shares)
         self.proposers = self.pool.proposers
-        self.train_data, self.val_data, self.preset = train_data, val_data, preset
+        self.preset = bench.preset
         self.limits = limits or Limits()
-        self.notify = notify or _no_view
+        self.view = view or _no_view
         self.progress = Progress()
         self.metric = task.metric_obj
-        self.executor = executor  # None: one local slot, made (and closed) by run()
-        # The runner's sandbox choice, passed with every run: the task's `sandbox` unless given.
-        self.isolation = isolation if isolation is not None else getattr(task, "sandbox", None)
         self._flights: list[Flight] = []
         self._batch: list[Flight] = []  # the baseline's runs in flight (judged together)
         self._trees: dict[str, int] | None = None  # files tried or in flight -> experiment
@@ -176,7 +179,7 @@ class Supervisor:
     # ---- bookkeeping ------------------------------------------------------------------
     def _say(self, message: str) -> None:
         with self._say_lock:  # proposers report from their own threads
-            self.notify(message, self.progress)
+            self.view(message, self.progress)
 
     def _event(self, kind: str, message: str, **data: Any) -> None:
         self.ledger.add_event(kind, message, data=data)
@@ -219,6 +222,25 @@ class Supervisor:
                 groups.setdefault(r.experiment_id, []).append(r.metric)
         return [g for g in groups.values() if len(g) >= 2]
 
+    def _open_experiment(self, proposal: Proposal, *, parent: str | None, commit: str, diff: str,
+                         lineage_parent: int | None, kind: str = "candidate", merged_onto: int | None = None,
+                         worktree: Path | None = None, then: Callable[[int], None] | None = None) -> int:
+        """Record a new experiment of `proposal` at `commit` (with its data-provenance flags and
+        its place in the lineage) and tag the commit; returns its id. `then` runs inside the
+        same transaction with the new id, so both are recorded or neither."""
+        meta = {k: v for k, v in proposal.meta.items() if k not in ("log", "usage")}
+        meta |= provenance.experiment_flags(self.task.allow_generated_data)  # marked in reports
+        with self.ledger.transaction():
+            exp_id = self.ledger.add_experiment(parent=parent, commit=commit, proposer=proposal.proposer,
+                                                description=proposal.description, diff=diff, kind=kind,
+                                                knobs=proposal.knobs, meta=meta,
+                                                worktree=str(worktree) if worktree is not None else "")
+            self.ledger.add_lineage(exp_id, parent=lineage_parent, merged_onto=merged_onto)
+            if then is not None:
+                then(exp_id)
+        self.ws.tag_experiment(exp_id, commit)
+        return exp_id
+
     def _record_run(self, exp_id: int, result: RunResult, kind: str = "trial") -> None:
         with self.ledger.transaction():
             self.ledger.add_run(exp_id, result, kind=kind)
@@ -227,23 +249,21 @@ class Supervisor:
         self._say(f"  #{exp_id} run seed={result.seed}: {shown}")
 
     def _request(self, exp_id: int, k: int, worktree: Path, commit: str, label: str) -> RunRequest:
-        return RunRequest(f"exp-{exp_id:04d}/run-{k}", self.task, worktree, commit, self.ws.run_dir(exp_id, k),
-                          seed_schedule(self.task.seed, exp_id, k), self.train_data, self.val_data,
-                          self.preset, self.isolation, label)
+        return self.bench.request(worktree, self.ws.run_dir(exp_id, k), seed_schedule(self.task.seed, exp_id, k),
+                                  label=label, key=f"exp-{exp_id:04d}/run-{k}", commit=commit)
 
     def _submitted(self, exp_id: int, req: RunRequest, future: RunFuture) -> str:
-        node = self.executor.where(future) if self.executor is not None else ""
+        node = self.bench.where(future)
         self._event("run", f"{req.label} on {node} (seed {req.seed})", experiment=exp_id,
                     run=int(req.key.rsplit("-", 1)[1]), node=node, seed=req.seed, label=req.label)
         return node
 
     def _show(self) -> None:
         """Refresh the workers in the live view (and write where a run landed, once known)."""
-        assert self.executor is not None
         flying = [f for f in self._batch + self._flights if f.future is not None and not f.future.done()]
         for f in flying:
             assert f.future is not None
-            if (node := self.executor.where(f.future)) != f.node:
+            if (node := self.bench.where(f.future)) != f.node:
                 f.node = node
                 self._event("run", f"{f.label} on {node}", experiment=f.exp_id, run=f.run_index, node=node,
                             label=f.label)
@@ -260,21 +280,16 @@ class Supervisor:
         inc = self.ledger.incumbent()
         if inc is not None:
             return inc
-        assert self.executor is not None
         commit = self.ws.incumbent_commit()
-        with self.ledger.transaction():
-            exp_id = self.ledger.add_experiment(parent=None, commit=commit, proposer="baseline",
-                                                description="baseline", diff="", kind="baseline",
-                                                meta=provenance.experiment_flags(self.task.allow_generated_data))
-            self.ledger.add_lineage(exp_id, parent=None)
-        self.ws.tag_experiment(exp_id, commit)
+        exp_id = self._open_experiment(Proposal("baseline", {}, "baseline"), parent=None, commit=commit, diff="",
+                                       lineage_parent=None, kind="baseline")
         worktree = self.ws.create_worktree(f"exp-{exp_id:04d}", commit)
         n = self.task.judge.noise_runs
         try:
             row = self.ledger.experiment(exp_id)
             for k in range(n):  # side by side when there are slots for them
                 req = self._request(exp_id, k, worktree, commit, f"baseline run {k + 1}/{n}")
-                future = self.executor.submit(req)
+                future = self.bench.submit(req)
                 self._batch.append(Flight(exp_id, Proposal("baseline", {}, "baseline"), row, commit, worktree,
                                           kind="baseline", future=future, run_index=k, label=req.label,
                                           since=time.time(), node=self._submitted(exp_id, req, future)))
@@ -390,14 +405,8 @@ class Supervisor:
             return
         self.pool.proposed(proposer)
         diff = self.ws.diff(parent, commit) if commit != parent else ""
-        meta = {k: v for k, v in proposal.meta.items() if k not in ("log", "usage")}
-        meta |= provenance.experiment_flags(self.task.allow_generated_data)  # marked in reports
-        with self.ledger.transaction():
-            exp_id = self.ledger.add_experiment(parent=parent, commit=commit, proposer=proposal.proposer,
-                                                description=proposal.description, diff=diff,
-                                                knobs=proposal.knobs, meta=meta, worktree=str(worktree))
-            self.ledger.add_lineage(exp_id, parent=inc.id)
-        self.ws.tag_experiment(exp_id, commit)
+        exp_id = self._open_experiment(proposal, parent=parent, commit=commit, diff=diff, lineage_parent=inc.id,
+                                       worktree=worktree)
         self._record_proposal_costs(exp_id, proposal)
         self._started += 1
         self._say(f"experiment {exp_id} [{proposal.proposer}]: {proposal.description}")
@@ -435,12 +444,11 @@ class Supervisor:
 
     def _submit(self, flight: Flight) -> None:
         """Start the flight's next run on the executor."""
-        assert self.executor is not None
         k = len(flight.runs) if flight.kind == "trial" else flight.run_index
         label = (f"experiment {flight.exp_id} run {k + 1}" if flight.kind == "trial"
                  else f"recheck of incumbent #{flight.exp_id}")
         req = self._request(flight.exp_id, k, flight.worktree, flight.commit, label)
-        flight.future, flight.run_index, flight.label, flight.since = self.executor.submit(req), k, label, time.time()
+        flight.future, flight.run_index, flight.label, flight.since = self.bench.submit(req), k, label, time.time()
         flight.node = self._submitted(flight.exp_id, req, flight.future)
         self._show()
 
@@ -486,12 +494,12 @@ class Supervisor:
         if j.verdict is Verdict.KEEP:  # runs here, in this thread
             # Every keep is re-checked at acceptance (diff confined, frozen hashes, evaluator
             # provenance), then re-tested on the fidelity ladder when there is one.
-            j = AcceptanceGate(then=self.ladder).gate(j, ws=self.ws, task=self.task, ledger=self.ledger, experiment_id=flight.exp_id,
-                                 candidate=flight.worktree, incumbent_commit=flight.parent.commit,
-                                 train_data=self.train_data, val_data=self.val_data, preset=self.preset,
-                                 notify=self._say)
+            j = AcceptanceGate(then=self.ladder).gate(
+                j, ws=self.ws, task=self.task, ledger=self.ledger, experiment_id=flight.exp_id,
+                candidate=flight.worktree, incumbent_commit=flight.parent.commit, bench=self.bench, notify=self._say)
             reason = j.reason if not j.flags else f"{j.reason} [{', '.join(j.flags)}]"
         # The decision is durable before the branch moves (see recover()).
+        log.debug("experiment %d: %s after %d run(s): %s", flight.exp_id, j.verdict, len(flight.runs), reason)
         self.ledger.add_decision(flight.exp_id, verdict=j.verdict, reason=reason, effect=j.effect,
                                  ci_low=j.ci_low, ci_high=j.ci_high, p_value=j.p_value, metric=mean)
         if j.verdict is Verdict.KEEP:
@@ -544,17 +552,13 @@ class Supervisor:
             knobs = {n: now[n][1].value if n in now else v for n, v in knobs.items()}
         proposal = replace(flight.proposal, knobs=knobs, meta={**flight.proposal.meta, "reapply_of": flight.exp_id,
                                                               "merged_onto": inc.id, "merge": merged.how})
-        meta = {k: v for k, v in proposal.meta.items() if k not in ("log", "usage")}
-        meta |= provenance.experiment_flags(self.task.allow_generated_data)  # marked in reports
-        with self.ledger.transaction():  # the new experiment and the winner's decision: both or neither
-            new_id = self.ledger.add_experiment(parent=inc.commit, commit=commit, proposer=proposal.proposer,
-                                                description=proposal.description,
-                                                diff=self.ws.diff(inc.commit, commit), knobs=knobs, meta=meta,
-                                                worktree=str(worktree))
-            self.ledger.add_lineage(new_id, parent=flight.exp_id, merged_onto=inc.id)
+        def decide_winner(new_id: int) -> None:  # with the new experiment: both or neither
             self.ledger.add_decision(flight.exp_id, verdict=Verdict.DISCARD, **figures, reason=(
                 f"re-applied: {won}; the incumbent moved to #{inc.id}, so it is confirmed there as #{new_id}"))
-        self.ws.tag_experiment(new_id, commit)
+
+        new_id = self._open_experiment(proposal, parent=inc.commit, commit=commit, diff=self.ws.diff(inc.commit, commit),
+                                       lineage_parent=flight.exp_id, merged_onto=inc.id, worktree=worktree,
+                                       then=decide_winner)
         self._event("reapply", f"experiment {flight.exp_id} won against #{flight.parent.id}; re-applied onto "
                     f"the incumbent #{inc.id} as experiment {new_id}", experiment=flight.exp_id,
                     reapplied_as=new_id, merged_onto=inc.id)
@@ -637,8 +641,7 @@ class Supervisor:
 
     def _fill(self) -> None:
         """Give every free slot work: a re-check of the incumbent when due, else a proposal."""
-        assert self.executor is not None
-        while self.executor.slots - len(self._flights) - len(self.pool.jobs) > 0:
+        while self.bench.slots - len(self._flights) - len(self.pool.jobs) > 0:
             inc = self.ledger.incumbent()
             assert inc is not None
             every = self.task.judge.recheck_every
@@ -675,10 +678,9 @@ class Supervisor:
         self._show()
 
     def _cancel_all(self) -> None:
-        assert self.executor is not None
         futures = [f.future for f in self._flights + self._batch if f.future is not None]
         for fut in futures:
-            self.executor.cancel(fut)
+            self.bench.cancel(fut)
         concurrent.futures.wait(futures, timeout=CANCEL_WAIT_SECONDS)
 
     def _loop(self) -> str:
@@ -696,8 +698,7 @@ class Supervisor:
                 self._stopping = True
                 for f in self._flights:
                     if f.future is not None:
-                        assert self.executor is not None
-                        self.executor.cancel(f.future)
+                        self.bench.cancel(f.future)
             if reason is None and not paused:
                 self._fill()
             if not self._flights and not self.pool.jobs:
@@ -716,9 +717,6 @@ class Supervisor:
         return reason
 
     def _run(self) -> str:
-        own = self.executor is None
-        if self.executor is None:
-            self.executor = create_executor("local", task=self.task, workers=1)
         self.recover()
         try:
             self.ensure_baseline()
@@ -732,7 +730,3 @@ class Supervisor:
             self._cancel_all()
             self.recover()  # marks the experiments in flight interrupted, drops their worktrees
             raise
-        finally:
-            if own:
-                self.executor.close()
-                self.executor = None

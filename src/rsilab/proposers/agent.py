@@ -47,12 +47,15 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rsilab.errors import ConfigError
 from rsilab.proposers.base import Context, HistoryItem, register
 from rsilab.results import Proposal
-from rsilab.run.runner import GRACE_SECONDS, die_with_parent, kill_group, kill_session
+from rsilab.run.process import GRACE_SECONDS, die_with_parent, kill_group, kill_session
+
+if TYPE_CHECKING:
+    from rsilab.config import TaskSpec
 
 CLIS = ("claude", "codex", "command")
 CLAUDE_TOOLS = "Read,Edit,Write,Glob,Grep"
@@ -98,6 +101,12 @@ class AgentProposer:
             raise ConfigError(f"{exe} not found on PATH; {hint} or use --proposer llm/tuner")
         self.cli, self.model, self.timeout = cli, model, float(timeout)
         self.command = [found, *command[1:]] if cli == "command" else [found]
+
+    @classmethod
+    def from_task(cls, task: TaskSpec, **options: Any) -> AgentProposer:
+        """The agent of `task`'s `[agent]` section; `options` override its keys."""
+        a = task.agent
+        return cls(**{"cli": a.cli, "command": a.command, "model": a.model, "timeout": a.timeout, **options})
 
     def argv(self, prompt_file: Path, description_file: Path, workdir: Path) -> list[str]:
         """The command line for one run."""

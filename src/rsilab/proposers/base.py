@@ -4,7 +4,9 @@ A proposer turns a `Context` (the incumbent's editable files, the metric, what w
 into a `Proposal`, and learns from every judged result through `observe`. Every proposer,
 built-in or plugin, is registered here under a name: the built-ins with `@register(...)`,
 plugins through the `rsilab.proposers` entry-point group (a factory, or a module that calls
-`register` when imported). `create(name, **options)` is the one way to get a proposer.
+`register` when imported). `create(name, task=..., **options)` is the one way to get a
+proposer: a factory with a `from_task(task, **options)` classmethod reads its own settings
+from the task (its `rsilab.toml` section, like executors do), `options` overriding them.
 
 Not covered here: deciding, recording or applying anything (the supervisor does that).
 """
@@ -15,11 +17,15 @@ import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, TypeVar, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
 
 from rsilab.errors import ConfigError
-from rsilab.registry import Registry, qualname
+from rsilab.notify import Notify, silent
+from rsilab.registry import Registry, check_call, qualname
 from rsilab.results import Metric, Proposal
+
+if TYPE_CHECKING:
+    from rsilab.config import TaskSpec
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +75,7 @@ class Context:
     # first: (path, text). A proposer that uses one moves its file to `queue/done/`.
     ideas: Sequence[tuple[Path, str]] = ()
     # Tells the person watching what the proposer waits for (an API outage, say).
-    notify: Callable[[str], None] = field(default=lambda message: None)
+    notify: Notify = field(default=silent)
     # True once the supervisor wants to stop: a proposer waiting on something gives up.
     should_stop: Callable[[], bool] = field(default=lambda: False)
 
@@ -101,10 +107,16 @@ def available() -> list[str]:
     return REGISTRY.available()
 
 
-def create(name: str, **options: Any) -> Proposer:
-    """Build the proposer registered as `name` with `options` (its constructor's keywords)."""
-    factory = REGISTRY.factory(name, **options)
-    proposer = factory(**options)
+def create(name: str, *, task: TaskSpec | None = None, **options: Any) -> Proposer:
+    """Build the proposer registered as `name`. With `task`, a factory that has a `from_task`
+    classmethod builds it from the task's settings, `options` overriding them; otherwise
+    `options` are the factory's keywords."""
+    factory = REGISTRY.get(name)
+    from_task = getattr(factory, "from_task", None) if task is not None else None
+    if from_task is not None:
+        proposer = check_call("proposer", name, from_task, task, **options)(task, **options)
+    else:
+        proposer = check_call("proposer", name, factory, **options)(**options)
     if not isinstance(proposer, Proposer):
         raise ConfigError(f"proposer {name!r}: {qualname(factory)} did not build a proposer")
     return proposer

@@ -23,7 +23,7 @@ from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any
 
-from rsilab.config import LLMSpec
+from rsilab.config import LLMSpec, TaskSpec
 from rsilab.proposers.base import Context, HistoryItem, register
 from rsilab.proposers.edits import EditError, apply_answer, parse_answer
 from rsilab.proposers.llmclient import ChatClient, Reply, Stopped, configured, from_spec
@@ -50,6 +50,13 @@ class LLMProposer:
         self.spec, self.env, self.client_options = spec, env, client_options
         from_spec(spec, env, **client_options).close()  # a missing key fails now, not at 3 am
         self._proposed: dict[str, dict[str, str]] = {}  # description -> full files it proposed
+
+    @classmethod
+    def from_task(cls, task: TaskSpec, model: str = "", **options: Any) -> LLMProposer:
+        """The proposer of `task`'s `[llm]` section (`model`: another model than its own);
+        `options` are the constructor's (a `spec` replaces the section)."""
+        spec = dataclasses.replace(task.llm, model=model) if model else task.llm
+        return cls(**{"spec": spec, **options})
 
     def _client(self, ctx: Context) -> ChatClient:
         options = {"notify": ctx.notify, "should_stop": ctx.should_stop, **self.client_options}

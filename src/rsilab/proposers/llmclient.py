@@ -32,6 +32,7 @@ import httpx
 
 from rsilab.config import LLMSpec
 from rsilab.errors import ConfigError, RsilabError
+from rsilab.notify import Notify, silent
 
 log = logging.getLogger(__name__)
 
@@ -131,7 +132,7 @@ class ChatClient:
         timeout: float = 180.0,
         max_attempts: int | None = None,  # None: retry forever (an outage pauses, then resumes by itself)
         sleep: Callable[[float], object] | None = None,  # None: sleep in slices, watching should_stop
-        notify: Callable[[str], None] = lambda m: None,
+        notify: Notify = silent,
         should_stop: Callable[[], bool] = lambda: False,
         transport: httpx.BaseTransport | None = None,
         key_env: str = "",  # named in "check $VAR" hints ("" -> OPENAI_API_KEY / ANTHROPIC_API_KEY)

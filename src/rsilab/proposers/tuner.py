@@ -41,7 +41,7 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any, Self
 
 import optuna
 from optuna.distributions import (
@@ -57,6 +57,9 @@ from rsilab.errors import ConfigError
 from rsilab.proposers.base import Context, register
 from rsilab.proposers.knobs import Knob, collect_knobs, format_value, in_choices, set_knobs_in_files
 from rsilab.results import Metric, Proposal, Verdict
+
+if TYPE_CHECKING:
+    from rsilab.config import TaskSpec
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -138,6 +141,12 @@ class Tuner:
         self._observed: list[_Observation] = []
         self._learned = 0  # observations already told to the study
         self._tried: set[Key] = set()
+
+    @classmethod
+    def from_task(cls, task: TaskSpec, **options: Any) -> Self:
+        """The tuner of `task`'s `[tuner]` section; `options` override its keys."""
+        t = task.tuner
+        return cls(**{"seed": t.seed, "max_knobs": t.max_knobs, "exclude": t.exclude, **options})
 
     def sampler(self, seed: int) -> optuna.samplers.BaseSampler:
         return optuna.samplers.TPESampler(seed=seed, n_startup_trials=N_STARTUP)

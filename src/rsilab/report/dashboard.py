@@ -33,6 +33,7 @@ from urllib.parse import parse_qs
 
 from rsilab.errors import ConfigError, RsilabError
 from rsilab.loop.controls import CURSOR_KEY, IDEA_SUFFIX, ControlError, actions, parse_knobs, post
+from rsilab.notify import Notify
 from rsilab.record.ledger import Ledger
 from rsilab.report import html as H
 from rsilab.report.templates import CSS, DASHBOARD_PAGE, TABLE_JS
@@ -353,7 +354,7 @@ async def _plain(send: Send, status: int, text: str) -> None:
 
 
 def serve(ws: Workspace, host: str = "127.0.0.1", port: int = 8765, token: str | None = None,
-          announce: Callable[[str], None] = print) -> None:  # fmt: skip
+          announce: Notify = print) -> None:  # fmt: skip
     """Run the dashboard until Ctrl-C."""
     check_binding(host, token)
     try:

@@ -25,7 +25,7 @@ def _fmt(v: float | None) -> str:
 
 
 class LiveView:
-    """A `Notify` callable for the supervisor; use as a context manager."""
+    """The supervisor's `View` (a progress line and the loop state); use as a context manager."""
 
     def __init__(self, metric: str, workspace: str, *, rich_ui: bool | None = None,
                  isolation: str = "") -> None:

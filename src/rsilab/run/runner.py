@@ -28,7 +28,6 @@ import json
 import math
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -42,12 +41,18 @@ from rsilab.config import TaskSpec
 from rsilab.fsio import atomic_write
 from rsilab.results import RunResult, Status
 from rsilab.run import sandbox
+from rsilab.run.process import (
+    ProcessOutcome,
+    kill_and_reap,
+    members_of,
+    run_process,
+    scan,
+    spawn,
+    tail,
+    usable_cores,
+    watch,
+)
 
-GRACE_SECONDS = 5.0
-POLL_SECONDS = 0.05
-TAIL_LINES = 25
-TAIL_LINE_CHARS = 500  # a log line longer than this is cut in a log tail
-TAIL_BYTES = 256 * 1024  # how much of the end of a log is read for its tail and summary
 SUMMARY_LINES = 1000
 METRICS_DIGEST = "metrics_sha256"  # key in RunResult.evaluation: sha256 of the metrics file
 
@@ -75,241 +80,6 @@ class RunPaths:
         return self.run_dir / "metrics.json"
 
 
-@dataclass(frozen=True)
-class ProcessOutcome:
-    returncode: int | None  # None: killed by us
-    seconds: float
-    timed_out: bool
-    oom: bool
-    peak_rss_gb: float
-    too_many_procs: bool = False  # past the task's max_procs (a fork bomb)
-
-
-WATCH_SECONDS = 0.5  # how often the watchdogs read /proc
-
-
-@dataclass(frozen=True)
-class _Proc:
-    """One line of /proc/<pid>/stat, the fields the watchdogs use."""
-
-    pid: int
-    ppid: int
-    sid: int
-    state: str
-    threads: int  # tasks: what RLIMIT_NPROC counts
-    rss: int  # bytes
-    start: int  # start time in clock ticks after boot: tells a pid from a reused one
-
-
-def _scan() -> dict[int, _Proc]:
-    """Every process on the machine, in one pass over /proc (empty without /proc)."""
-    page = os.sysconf("SC_PAGE_SIZE")
-    out: dict[int, _Proc] = {}
-    try:
-        entries = list(os.scandir("/proc"))
-    except OSError:
-        return out
-    for entry in entries:
-        if not entry.name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry.name}/stat") as f:
-                stat = f.read()
-            fields = stat[stat.rindex(")") + 2 :].split()  # fields[i] is field i + 3 of proc(5)
-            pid = int(entry.name)
-            out[pid] = _Proc(pid, int(fields[1]), int(fields[3]), fields[0], int(fields[17]),
-                             int(fields[21]) * page, int(fields[19]))
-        except (OSError, ValueError, IndexError):
-            continue  # the process ended while we looked
-    return out
-
-
-def _members(procs: dict[int, _Proc], root: int) -> list[_Proc]:
-    """The live processes of the run started as `root`: its session (without a sandbox) and
-    every descendant (a sandbox puts the run in sessions and a PID namespace of its own, but
-    the tree stays below `root`; orphans there are adopted by the sandbox's PID 1)."""
-    children: dict[int, list[int]] = {}
-    for p in procs.values():
-        children.setdefault(p.ppid, []).append(p.pid)
-    found = {pid for pid, p in procs.items() if p.sid == root}
-    stack = [root]
-    while stack:
-        for child in children.get(stack.pop(), []):
-            if child not in found:
-                found.add(child)
-                stack.append(child)
-    found.add(root)
-    return [procs[pid] for pid in found if pid in procs and procs[pid].state not in ("Z", "X")]
-
-
-def _finish(root: int, seen: dict[int, int], deadline: float) -> None:
-    """SIGKILL what is left of the run (its session, and every member a watchdog saw, if
-    still the same process) and wait, until `deadline`, for it to be gone: a killed process
-    keeps its memory (and its GPU) until its exit completes, and a run must not overlap the
-    next one on its slot."""
-    kill_group(root, signal.SIGKILL)
-    while time.monotonic() < deadline:
-        alive = [p for p in _scan().values() if p.state not in ("Z", "X")
-                 and (p.sid == root or seen.get(p.pid) == p.start)]
-        if not alive:
-            return
-        for p in alive:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(p.pid, signal.SIGKILL)
-        time.sleep(POLL_SECONDS / 5)
-
-
-def kill_group(pgid: int, sig: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, sig)
-
-
-def _live_members(sid: int) -> list[int]:
-    """Pids in session `sid` that have not exited (a zombie has; its parent reaps it)."""
-    try:
-        entries = list(os.scandir("/proc"))
-    except OSError:
-        return []  # no /proc (macOS): the group kill is all we can do
-    pids = []
-    for entry in entries:
-        if not entry.name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry.name}/stat") as f:
-                stat = f.read()
-            fields = stat[stat.rindex(")") + 2 :].split()
-            if int(fields[3]) == sid and fields[0] not in ("Z", "X"):  # field 3: state
-                pids.append(int(entry.name))
-        except (OSError, ValueError, IndexError):
-            continue
-    return pids
-
-
-def kill_session(sid: int, deadline: float) -> None:
-    """SIGKILL what is left of the run's session and wait, until `deadline`, for it to be
-    gone: a killed process keeps its memory (and its GPU) until its exit completes, and a
-    run must not overlap the next one on its slot."""
-    kill_group(sid, signal.SIGKILL)
-    while (alive := _live_members(sid)) and time.monotonic() < deadline:
-        for pid in alive:  # also any that moved to another process group of the session
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(pid, signal.SIGKILL)
-        time.sleep(POLL_SECONDS / 5)
-
-
-def _wait_until(pid: int, deadline: float) -> int | None:
-    """Poll for `pid` to exit until `deadline`; its wait status, or None if still running."""
-    while time.monotonic() < deadline:
-        done, status, _ = os.wait4(pid, os.WNOHANG)
-        if done == pid:
-            return status
-        time.sleep(POLL_SECONDS)
-    return None
-
-
-def die_with_parent() -> None:
-    """In the child, before exec: get SIGKILL when the supervisor dies (even by kill -9),
-    so no training process outlives the supervisor that owns its budget (Linux only)."""
-    try:
-        import ctypes
-
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass  # not Linux: the process group is still killed when the run ends
-
-
-def run_process(cmd: list[str], *, cwd: Path, env: dict[str, str], log: Path, timeout: float,
-                memory_cap_gb: float = 0.0, max_procs: int = 0) -> ProcessOutcome:
-    """Run `cmd` in its own session with output to `log`; enforce wall time, memory (RSS
-    summed over the run's processes) and, when `max_procs` > 0, the number of its tasks."""
-    start = time.monotonic()
-    proc = _spawn(cmd, cwd=cwd, env=env, log=log)
-    if isinstance(proc, ProcessOutcome):
-        return proc
-    return _watch(proc, start=start, timeout=timeout, memory_cap_gb=memory_cap_gb, max_procs=max_procs)
-
-
-def _spawn(cmd: list[str], *, cwd: Path, env: dict[str, str], log: Path,
-           stdin: int = subprocess.DEVNULL) -> subprocess.Popen[bytes] | ProcessOutcome:
-    """Start `cmd` in its own session, output appended to `log`; an outcome if it cannot start."""
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with open(log, "ab") as out:
-        try:
-            return subprocess.Popen(cmd, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                    stdin=stdin, start_new_session=True, preexec_fn=die_with_parent)
-        except OSError as e:  # no such command, or its folder (a worktree) is gone: a result
-            out.write(f"rsilab: cannot start {cmd[0]} in {cwd}: {e.strerror or e}\n".encode())
-            return ProcessOutcome(127, 0.0, False, False, 0.0)
-
-
-def _watch(proc: subprocess.Popen[bytes], *, start: float, timeout: float, memory_cap_gb: float = 0.0,
-           max_procs: int = 0) -> ProcessOutcome:
-    """Wait for `proc` (a session leader from `_spawn`), enforcing `timeout` seconds from
-    `start` (a time.monotonic() reading) and the watchdogs; then kill what is left of it."""
-    pgid = proc.pid
-    timed_out = oom = too_many = False
-    peak = 0
-    next_check = 0.0
-    seen: dict[int, int] = {}  # pid -> start time of every member the watchdogs saw
-    status: int | None = None
-
-    def look() -> list[_Proc]:
-        members = _members(_scan(), pgid)
-        seen.update((m.pid, m.start) for m in members)
-        return members
-
-    try:
-        while True:
-            pid, wait_status, usage = os.wait4(proc.pid, os.WNOHANG)
-            if pid == proc.pid:
-                status = wait_status
-                peak = max(peak, usage.ru_maxrss * 1024)
-                break
-            now = time.monotonic()
-            if now - start > timeout:
-                timed_out = True
-                look()  # so that _finish also gets what runs in the sandbox's own sessions
-                kill_group(pgid, signal.SIGTERM)
-                status = _wait_until(proc.pid, now + GRACE_SECONDS)
-                if status is None:
-                    kill_group(pgid, signal.SIGKILL)
-                    _, status, _ = os.wait4(proc.pid, 0)
-                break
-            if (memory_cap_gb > 0 or max_procs > 0) and now >= next_check:
-                next_check = now + WATCH_SECONDS
-                members = look()
-                rss = sum(m.rss for m in members)
-                peak = max(peak, rss)
-                oom = memory_cap_gb > 0 and rss > memory_cap_gb * 2**30
-                too_many = not oom and max_procs > 0 and sum(m.threads for m in members) >= max_procs
-                if oom or too_many:
-                    kill_group(pgid, signal.SIGKILL)
-                    for m in members:
-                        with contextlib.suppress(ProcessLookupError, PermissionError):
-                            os.kill(m.pid, signal.SIGKILL)
-                    _, status, usage = os.wait4(proc.pid, 0)
-                    break
-            time.sleep(POLL_SECONDS)
-    except BaseException:
-        # Ctrl-C (or any error) in the supervisor: the run must not outlive it.
-        _kill(proc, seen)
-        raise
-    # Kill leftovers (a grandchild that outlived its parent) and wait for them to be gone.
-    _finish(pgid, seen, time.monotonic() + GRACE_SECONDS)
-    proc.returncode = os.waitstatus_to_exitcode(status) if status is not None else -9
-    rc = None if (timed_out or oom or too_many) else proc.returncode
-    return ProcessOutcome(rc, time.monotonic() - start, timed_out, oom, peak / 2**30, too_many)
-
-
-def _kill(proc: subprocess.Popen[bytes], seen: dict[int, int]) -> None:
-    """SIGKILL the session `proc` leads, reap it, and wait for `seen` members to be gone."""
-    kill_group(proc.pid, signal.SIGKILL)
-    with contextlib.suppress(ChildProcessError):
-        os.wait4(proc.pid, 0)
-    proc.returncode = -9  # reaped: its pid may be reused, nobody must signal it again
-    _finish(proc.pid, seen, time.monotonic() + GRACE_SECONDS)
-
-
 def parse_summary(text: str) -> dict[str, float]:
     """The numeric `key: value` lines after the last `---` line (autoresearch's format)."""
     lines = text.splitlines()
@@ -327,20 +97,6 @@ def parse_summary(text: str) -> dict[str, float]:
         except ValueError:
             continue
     return out
-
-
-def tail(path: Path, n: int = TAIL_LINES) -> str:
-    """The last `n` lines of a log, each cut to TAIL_LINE_CHARS. Only the end of the file is
-    read: a run may print gigabytes (until the disk is full), and the tail goes into the
-    ledger and into proposers' prompts."""
-    try:
-        with open(path, "rb") as f:
-            f.seek(max(0, f.seek(0, os.SEEK_END) - TAIL_BYTES))
-            lines = f.read().decode(errors="replace").splitlines()
-    except OSError:
-        return ""
-    return "\n".join(line if len(line) <= TAIL_LINE_CHARS else line[:TAIL_LINE_CHARS] + " [...]"
-                     for line in lines[-n:])
 
 
 def _command(task: TaskSpec) -> list[str]:
@@ -387,14 +143,6 @@ def run(task: TaskSpec, workdir: Path, run_dir: Path, *, seed: int, train_data: 
         pristine.restore()
         pristine.drop()
     return dataclasses.replace(result, isolation=level)
-
-
-def usable_cores() -> int:
-    """CPU cores this process may run on."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
 
 
 def _hidden(workdir: Path, val_data: Path | None) -> list[Path]:
@@ -538,11 +286,11 @@ class _Evaluator:
         """Kill it if it still runs (a waiting one also exits at the end of its input) and
         delete its folder. Idempotent."""
         if isinstance(self.proc, subprocess.Popen) and self.proc.returncode is None:
-            seen = {m.pid: m.start for m in _members(_scan(), self.proc.pid)}  # inside its sandbox too
+            seen = {m.pid: m.start for m in members_of(scan(), self.proc.pid)}  # inside its sandbox too
             with contextlib.suppress(OSError):
                 if self.proc.stdin is not None:
                     self.proc.stdin.close()
-            _kill(self.proc, seen)
+            kill_and_reap(self.proc, seen)
         sandbox.reclaim([self.files.run_dir])
         shutil.rmtree(self.files.run_dir, ignore_errors=True)
 
@@ -585,7 +333,7 @@ def _start_evaluator(task: TaskSpec, workdir: Path, paths: RunPaths, env: dict[s
     readonly = [workdir, paths.artifact] + ([val_data] if val_data is not None else [])
     cmd, _ = sandbox.wrap(cmd, workdir=workdir, readonly=readonly, writable=[files.run_dir], hidden=hidden,
                           max_procs=task.max_procs, isolation=level)
-    proc = _spawn(cmd, cwd=workdir, env=eval_env, log=files.eval_log,
+    proc = spawn(cmd, cwd=workdir, env=eval_env, log=files.eval_log,
                   stdin=subprocess.PIPE if wait else subprocess.DEVNULL)
     return _Evaluator(proc, files, _identity(paths.artifact), wait)
 
@@ -618,7 +366,7 @@ def _evaluate(task: TaskSpec, workdir: Path, paths: RunPaths, env: dict[str, str
                 with contextlib.suppress(OSError):  # it died waiting: its exit status says why
                     ev.proc.stdin.write(b"go\n")
                     ev.proc.stdin.close()
-            outcome = _watch(ev.proc, start=start, timeout=task.eval_timeout, max_procs=task.max_procs)
+            outcome = watch(ev.proc, start=start, timeout=task.eval_timeout, max_procs=task.max_procs)
         sandbox.reclaim([ev.files.run_dir])
         # Into the run folder by rename (atomic_write), never through whatever path a run
         # may have put there since; the metrics file byte for byte, as `rsilab audit`

@@ -54,7 +54,7 @@ import subprocess
 import tarfile
 import tempfile
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -62,25 +62,25 @@ from typing import Any
 from scipy import stats
 
 from rsilab import paths
-from rsilab.config import TaskSpec
+from rsilab.config import COMPARABLE_KEYS, TaskSpec
 from rsilab.errors import ConfigError, WorkspaceError
 from rsilab.fsio import atomic_write
 from rsilab.loop.judge import seed_schedule
+from rsilab.notify import Notify, silent
 from rsilab.record.ledger import Ledger
 from rsilab.results import Metric
-from rsilab.run import runner
+from rsilab.run.bench import Bench
 from rsilab.workspace import Workspace, git, open_workspace
 
 SCORE_SEED_BASE = 7_000_003  # seeds of score runs; research uses task.seed (0 by default)
 REFERENCE_DIR = "reference"  # a task's folder of human reference solutions
 SCORE_FILE = "score.json"
 MILESTONES = ("adequacy", "parity", "supremacy")
-# Settings that must match for results of two workspaces to be compared (cli's `comparable`
-# meta minus the research seed, which legitimately differs between runs).
-COMPARABLE_KEYS = ("budget", "budget_flops", "evaluator", "data", "threads", "eval.bytes",
-                   "metric.name", "metric.direction", "preset")
+# Settings that must match for results of two workspaces to be compared: the task's
+# comparable settings (config.COMPARABLE_KEYS) and the preset, but the research seed, which
+# differs legitimately between runs.
+ACROSS_WORKSPACES = (*(k for k in COMPARABLE_KEYS if k != "seed"), "preset")
 
-Notify = Callable[[str], None]
 
 
 # ---- contenders and their results ------------------------------------------------------
@@ -267,25 +267,12 @@ def autonomy(ledger: Ledger, experiment_ids: set[int] | None = None) -> Autonomy
     return Autonomy(controls == 0 and queued == 0 and human == 0, controls, queued, human)
 
 
-def comparable_settings(task: TaskSpec, preset: str) -> dict[str, Any]:
-    """The settings of `task` that must match between two runs for their results to compare."""
-    out: dict[str, Any] = {"preset": preset}
-    for key in COMPARABLE_KEYS:
-        if key == "preset":
-            continue
-        obj: Any = task
-        for part in key.split("."):
-            obj = getattr(obj, part)
-        out[key] = obj
-    return out
-
-
 def _mismatch(ours: Mapping[str, Any], theirs: Mapping[str, Any] | None) -> str | None:
     """Why two runs' settings do not compare, or None. Unknown settings count as the same
     (the report says so); a ledger older than the FLOPs budget had none."""
     if theirs is None:
         return None
-    for key in COMPARABLE_KEYS:
+    for key in ACROSS_WORKSPACES:
         if key not in theirs and key != "budget_flops":
             continue
         mine, other = ours.get(key), theirs.get(key, 0.0)
@@ -414,10 +401,10 @@ def export_commit(repo: Path, commit: str, dest: Path) -> Path:
     return dest
 
 
-def evaluate(contenders: Sequence[Contender], task: TaskSpec, seeds: Sequence[int], run_root: Path, *,
-             train_data: Path | None, val_data: Path | None, preset: str | None,
-             notify: Notify = lambda message: None) -> list[Arm]:
-    """Run every contender under every seed (seed-major order); identical code runs once."""
+def evaluate(contenders: Sequence[Contender], bench: Bench, seeds: Sequence[int], run_root: Path, *,
+             notify: Notify = silent) -> list[Arm]:
+    """Run every contender on `bench` under every seed (seed-major order, one run at a time,
+    so a change of machine load hits every contender alike); identical code runs once."""
     arms = [Arm(c.name, c.kind, c.commit, c.source) for c in contenders]
     unique: dict[Any, int] = {}
     workdirs: dict[int, Path] = {}
@@ -434,8 +421,7 @@ def evaluate(contenders: Sequence[Contender], task: TaskSpec, seeds: Sequence[in
         for i, arm in workdirs.items():
             name = contenders[i].name
             notify(f"score: {name} seed {seed} ({k + 1}/{len(seeds)})")
-            r = runner.run(task, arm, run_root / _slug(name) / f"seed-{k}", seed=seed, train_data=train_data,
-                           val_data=val_data, preset=preset, isolation=task.sandbox)
+            r = bench.run(arm, run_root / _slug(name) / f"seed-{k}", seed, label=f"score: {name} seed {seed}")
             target = arms[i]
             target.seeds.append(seed)
             target.compute_s += r.train_seconds + r.eval_seconds
@@ -626,12 +612,13 @@ def baseline_commit(ws: Workspace, ledger: Ledger) -> str:
     return str(ws.meta().get("base_commit") or ws.incumbent_commit())
 
 
-def score_workspace(ws: Workspace, task: TaskSpec, *, preset: str, references: Sequence[str] | None = None,
+def score_workspace(ws: Workspace, bench: Bench, *, references: Sequence[str] | None = None,
                     seeds: int = 3, commit: str | None = None, compare_dirs: Sequence[Path] = (),
-                    train_data: Path | None = None, val_data: Path | None = None,
-                    reference_folder: Path | None = None, notify: Notify = lambda message: None) -> dict[str, Any]:
-    """Evaluate and score the incumbent (or `commit`) of `ws`; writes score.json, records a
-    "score" event in the ledger, returns the report."""
+                    reference_folder: Path | None = None, notify: Notify = silent) -> dict[str, Any]:
+    """Evaluate and score the incumbent (or `commit`) of `ws` on `bench` (the research task,
+    data and preset); writes score.json, records a "score" event in the ledger, returns the
+    report."""
+    task, preset = bench.task, bench.preset or "cpu"
     if seeds < 1:
         raise ConfigError(f"--seeds must be >= 1, got {seeds}")
     folder = reference_folder or reference_dir(ws.root, task.name)
@@ -651,7 +638,7 @@ def score_workspace(ws: Workspace, task: TaskSpec, *, preset: str, references: S
     refs = load_references(folder, task, sorted(editable), references)
     if not refs:
         raise ConfigError(f"{folder}: no reference solutions")
-    settings = comparable_settings(task, preset)
+    settings = task.comparable(preset)
     steered, skipped = steered_runs(ws, task.name, settings, compare_dirs)
     contenders = [Contender("baseline", "baseline", ws.root, base, {}, "the ledger's baseline")]
     contenders += [Contender(name, "reference", ws.root, base, files, src) for name, (files, src) in refs.items()]
@@ -659,8 +646,7 @@ def score_workspace(ws: Workspace, task: TaskSpec, *, preset: str, references: S
     contenders += [s.contender for s in steered]
     seed_list = [seed_schedule(SCORE_SEED_BASE, 0, k) for k in range(seeds)]
     run_root = paths.stamped_dir(ws.state / "score")
-    arms = evaluate(contenders, task, seed_list, run_root, train_data=train_data, val_data=val_data,
-                    preset=preset, notify=notify)
+    arms = evaluate(contenders, bench, seed_list, run_root, notify=notify)
     notes = [f"{s.contender.name}: {s.note}" for s in steered if s.note]
     if target.commit == base:
         notes.append("the incumbent is the baseline commit (nothing was kept): its score is 0 by definition")

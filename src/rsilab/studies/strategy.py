@@ -47,7 +47,7 @@ import shutil
 import statistics
 import subprocess
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -59,13 +59,15 @@ from rsilab.errors import ConfigError
 from rsilab.fsio import atomic_write
 from rsilab.loop.judge import seed_schedule
 from rsilab.loop.supervisor import Limits, Supervisor
+from rsilab.notify import Notify
 from rsilab.proposers import create
 from rsilab.proposers.base import Context, Proposer
 from rsilab.proposers.tuner import N_STARTUP, RandomSearch, Tuner
 from rsilab.record.ledger import Ledger
 from rsilab.results import Proposal
-from rsilab.run import runner
-from rsilab.studies.score import comparable_settings, export_commit
+from rsilab.run.bench import Bench
+from rsilab.run.executors.base import Executor
+from rsilab.studies.score import export_commit
 from rsilab.workspace import git, init_workspace
 
 CONFIRM_SEED_BASE = 3_000_017  # seeds of confirmation runs (research: task.seed; score/ladder: their own)
@@ -74,7 +76,6 @@ MAX_KNOBS_CAP = 8
 N_STARTUP_RANGE = (1, 64)
 TEMPERATURE_STEP = 0.3
 
-Say = Callable[[str], None]
 
 
 # ---- strategies --------------------------------------------------------------------------
@@ -131,16 +132,15 @@ def make_proposer(strategy: Strategy, task: TaskSpec, seed: int) -> Proposer:
     """The proposer a strategy describes, seeded with `seed`."""
     s = strategy.settings
     if strategy.proposer == "tuner":
-        options: dict[str, Any] = {"seed": seed, "max_knobs": int(s["max_knobs"]), "exclude": task.tuner.exclude}
+        options: dict[str, Any] = {"seed": seed, "max_knobs": int(s["max_knobs"])}
         if s.get("sampler") == "random":
-            return RandomSearch(**options)
-        return StrategyTuner(n_startup=int(s.get("n_startup", N_STARTUP)), **options)
+            return RandomSearch.from_task(task, **options)
+        return StrategyTuner.from_task(task, n_startup=int(s.get("n_startup", N_STARTUP)), **options)
     if strategy.proposer == "llm":
         spec = dataclasses.replace(task.llm, temperature=float(s.get("temperature", task.llm.temperature)))
-        inner = create("llm", spec=spec)
+        inner = create("llm", task=task, spec=spec)
     elif strategy.proposer == "agent":
-        a = task.agent
-        inner = create("agent", cli=a.cli, command=a.command, model=a.model, timeout=a.timeout)
+        inner = create("agent", task=task)
     else:
         raise ConfigError(f"meta: unknown proposer {strategy.proposer!r} (tuner, random, llm or agent)")
     return ProgramOverride(inner, strategy.program) if strategy.program is not None else inner
@@ -300,13 +300,15 @@ class Meta:
     def __init__(self, root: Path, *, task_dir: Path, overrides: Sequence[str] = (), preset: str = "cpu",
                  proposer: str = "tuner", session_experiments: int | None = None,
                  session_minutes: float | None = None, confirm_seeds: int = 3, seed: int = 0,
-                 train_data: Path | None = None, val_data: Path | None = None, say: Say = print) -> None:
+                 train_data: Path | None = None, val_data: Path | None = None, executor: Executor | None = None,
+                 notify: Notify = print) -> None:
+        """`executor`: where the runs execute (None: one local slot, closed by `run`)."""
         if (session_experiments is None) == (session_minutes is None):
             raise ConfigError("meta: give one session size: --session-experiments N or --session-minutes M")
         if confirm_seeds < 2:
             raise ConfigError("meta: --confirm-seeds must be >= 2 (the gain needs a noise estimate)")
         self.root = root.resolve()
-        self.train_data, self.val_data, self.say = train_data, val_data, say
+        self.say = notify
         self.n_confirm = confirm_seeds
         self.task = load_task(task_dir, [parse_override(o) for o in overrides])
         path = self.root / META_FILE
@@ -318,12 +320,14 @@ class Meta:
             if wanted != have:
                 raise ConfigError(f"{path}: made with task/overrides/proposer/session {have}, not {wanted}; "
                                   "use another folder to change them")
-            say(f"resuming {path}: {len(self.state.sessions)} sessions done")
+            notify(f"resuming {path}: {len(self.state.sessions)} sessions done")
         else:
             self.state = MetaState(self.task.name, str(task_dir.resolve()), list(overrides), preset, proposer,
                                    session_experiments=session_experiments, session_minutes=session_minutes,
                                    seed=seed)
         self.metric = self.task.metric_obj
+        self.bench = Bench(self.task, train_data=train_data, val_data=val_data, preset=self.state.preset,
+                           executor=executor)
 
     # ---- bookkeeping ------------------------------------------------------------------
     def save(self) -> None:
@@ -370,9 +374,8 @@ class Meta:
     def _confirm(self, repo: Path, commit: str, where: Path) -> tuple[list[float], list[str]]:
         work = export_commit(repo, commit, where / "work")
         values, failures = [], []
-        for k, seed in enumerate(self.state.confirm_seeds):
-            r = runner.run(self.task, work, where / f"seed-{k}", seed=seed, train_data=self.train_data,
-                           val_data=self.val_data, preset=self.state.preset, isolation=self.task.sandbox)
+        runs = [(seed, where / f"seed-{k}") for k, seed in enumerate(self.state.confirm_seeds)]
+        for r in self.bench.measure(work, runs, label="confirmation run", commit=commit):
             if r.ok and r.metric is not None:
                 values.append(float(r.metric))
             else:
@@ -399,7 +402,7 @@ class Meta:
                   else Limits(hours=(self.state.session_minutes or 0) / 60))
         tag = f"[{name}]"
 
-        def notify(message: str, progress: Any) -> None:
+        def view(message: str, progress: Any) -> None:
             if message.startswith(("#", "baseline ", "stopped")):
                 self.say(f"{tag} {message}")
 
@@ -407,12 +410,11 @@ class Meta:
         with Ledger(ws.ledger_path) as ledger:
             # What `rsilab run` records, so `rsilab status/score/report` work on a session too.
             ledger.set_meta("overrides", list(self.state.overrides))
-            ledger.set_meta("comparable", comparable_settings(task, self.state.preset) | {"seed": task.seed})
+            ledger.set_meta("comparable", task.comparable(self.state.preset))
             ledger.set_meta("metric", task.metric.name)
             ledger.set_meta("meta_strategy", dataclasses.asdict(strategy))
-            sup = Supervisor(ws, task, ledger, [make_proposer(strategy, task, tuner_seed)],
-                             train_data=self.train_data, val_data=self.val_data, preset=self.state.preset,
-                             limits=limits, notify=notify)
+            sup = Supervisor(ws, ledger, self.bench.derive(task=task), [make_proposer(strategy, task, tuner_seed)],
+                             limits=limits, view=view)
             session.stop = sup.run()
             session.wall_s = time.time() - t0
             exps = ledger.experiments()
@@ -542,6 +544,10 @@ class Meta:
         """Run until `generations` generations are done (resuming a previous invocation)."""
         if strategies < 1 or generations < 1:
             raise ConfigError("meta: --generations and --strategies must be >= 1")
+        with self.bench:  # closes the executor if the bench made it
+            return self._run(generations, strategies)
+
+    def _run(self, generations: int, strategies: int) -> MetaState:
         self.prepare()
         if not self.state.strategies:
             program_path = Path(self.state.task_dir) / self.task.program

@@ -31,7 +31,7 @@ from rsilab.config import TaskSpec
 from rsilab.errors import ConfigError
 from rsilab.registry import Registry
 from rsilab.results import RunResult
-from rsilab.run import runner
+from rsilab.run import process
 
 log = logging.getLogger(__name__)
 
@@ -133,4 +133,4 @@ def local_gpus() -> list[str]:
 
 def cpu_slots(threads: int) -> int:
     """Runs that fit this machine's CPUs side by side: usable cores // threads per run."""
-    return max(1, runner.usable_cores() // max(1, threads))
+    return max(1, process.usable_cores() // max(1, threads))

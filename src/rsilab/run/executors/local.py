@@ -36,7 +36,7 @@ from typing import Any
 
 from rsilab.config import TaskSpec
 from rsilab.results import RunResult, Status
-from rsilab.run import runner
+from rsilab.run import process, runner
 from rsilab.run.executors.base import RunFuture, RunRequest, cpu_slots, local_gpus, register
 
 GRACE_SECONDS = 10.0  # after SIGTERM, how long a cancelled worker gets before SIGKILL
@@ -79,7 +79,7 @@ class LocalExecutor:
 
     def __init__(self, task: TaskSpec, workers: int | None = None, gpus: list[str] | None = None) -> None:
         self._slots = slots_for(task, workers, gpus)
-        self._prestart = runner.usable_cores() > len(self._slots) * task.threads
+        self._prestart = process.usable_cores() > len(self._slots) * task.threads
         self._free = list(self._slots)
         self._cond = threading.Condition()
         self._jobs: dict[RunFuture, _Job] = {}
@@ -114,8 +114,8 @@ class LocalExecutor:
         with self._cond:
             self._cond.notify_all()  # a job waiting for a slot gives up
         if proc is not None and proc.poll() is None:
-            runner.kill_group(proc.pid, signal.SIGTERM)  # the runner unwinds and kills its runs
-            timer = threading.Timer(GRACE_SECONDS, runner.kill_group, (proc.pid, signal.SIGKILL))
+            process.kill_group(proc.pid, signal.SIGTERM)  # the runner unwinds and kills its runs
+            timer = threading.Timer(GRACE_SECONDS, process.kill_group, (proc.pid, signal.SIGKILL))
             timer.daemon = True
             timer.start()
 
@@ -197,7 +197,7 @@ def _interrupt(signum: int, frame: Any) -> None:
 
 def worker_main() -> int:
     """`python -m rsilab.run.executors.local`: one run, request on stdin, result on stdout."""
-    runner.die_with_parent()
+    process.die_with_parent()
     parent = os.environ.get(_PARENT_ENV)
     if parent is not None and os.getppid() != int(parent):
         return 3  # the supervisor died before we could ask to die with it

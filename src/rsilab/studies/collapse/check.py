@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from rsilab.notify import Notify
 from rsilab.studies.collapse.study import (
     SHARED,
-    Notify,
     Sampler,
     Study,
     Trainer,

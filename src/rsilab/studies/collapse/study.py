@@ -1,7 +1,7 @@
 """The collapse study. Owns: the generation loop, its resume, and its ledger records.
 
 One chain per (policy, seed): generation 0 trains the task's train.py on the real corpus R
-(through `runner.run`, sealed evaluation on the real hash-locked val.bin), its model is
+(through a `Bench`, sealed evaluation on the real hash-locked val.bin), its model is
 sampled into S_1 (`python -m rsilab.harness.sample`, a separate process), generation 1
 trains on the policy's mix (`mixes.compose`), and so on. Generation 0 and S_1 do not depend
 on the policy, so they are shared by every policy of a seed (stored under policy "real").
@@ -51,9 +51,12 @@ from typing import Any
 from rsilab import provenance
 from rsilab.config import TaskSpec, load_task, resolve_task_dir
 from rsilab.errors import ConfigError, DataError
+from rsilab.notify import Notify
 from rsilab.record.ledger import Ledger
 from rsilab.results import RunResult
-from rsilab.run import runner
+from rsilab.run import process
+from rsilab.run.bench import Bench
+from rsilab.run.executors.base import Executor
 from rsilab.studies.collapse.metrics import Reference, sample_metrics
 from rsilab.studies.collapse.mixes import Part, Policy, compose, parse_policies, real_slice
 
@@ -96,7 +99,6 @@ class SampleResult:
 Trainer = Callable[[Path, Path, int], RunResult]
 # (artifact folder, output file, bytes, temperature, seed) -> whether it wrote the file.
 Sampler = Callable[[Path, Path, int, float, int], SampleResult]
-Notify = Callable[[str], None]
 
 
 @dataclass(frozen=True)
@@ -158,14 +160,13 @@ def parse_size(text: str | None) -> int | None:
     return value
 
 
-def runner_trainer(task: TaskSpec, workdir: Path, val: Path, preset: str | None) -> Trainer:
-    """Train with the task's train.py through the runner; this task may train on generated
+def bench_trainer(bench: Bench, workdir: Path) -> Trainer:
+    """Train `workdir` (the task's train.py) on `bench`; this task may train on generated
     data (the study's point), and every run records so in its data provenance."""
-    allowed = dataclasses.replace(task, allow_generated_data=True)
+    allowed = bench.derive(task=dataclasses.replace(bench.task, allow_generated_data=True))
 
     def train(train_data: Path, run_dir: Path, seed: int) -> RunResult:
-        return runner.run(allowed, workdir, run_dir, seed=seed, train_data=train_data,
-                          val_data=val, preset=preset)
+        return allowed.derive(train_data=train_data).run(workdir, run_dir, seed, label=f"collapse {run_dir.name}")
 
     return train
 
@@ -181,11 +182,11 @@ def process_sampler(threads: int = 1, min_rate: float = 20.0) -> Sampler:
         env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
         log = out.with_name("sample.log")
         limit = 120 + n_bytes / min_rate
-        got = runner.run_process(cmd, cwd=out.parent, env=env, log=log, timeout=limit)
+        got = process.run_process(cmd, cwd=out.parent, env=env, log=log, timeout=limit)
         if got.timed_out:
             return SampleResult(False, f"sampler timed out after {limit:.0f} s", got.seconds)
         if got.returncode != 0:
-            last = runner.tail(log, 1).strip() or f"exit code {got.returncode}"
+            last = process.tail(log, 1).strip() or f"exit code {got.returncode}"
             return SampleResult(False, f"sampler failed: {last[:200]}", got.seconds)
         return SampleResult(True, seconds=got.seconds)
 
@@ -359,10 +360,12 @@ def open_study(out: Path, *, task_name: str | None = None, overrides: Sequence[t
                policies: str | None = None, seeds: int | None = None, generations: int | None = None,
                temperature: float | None = None, size: int | None = None, preset: str | None = None,
                trainer: Trainer | None = None, sampler: Sampler | None = None,
-               notify: Notify = print) -> Study:
+               executor: Executor | None = None, notify: Notify = print) -> Study:
     """Set up (or reopen) the study in `out`. An option left as None takes the value recorded
     by an earlier invocation, else its default; settings that would make results
-    incomparable (code, overrides, size, temperature, preset, data) must match the record."""
+    incomparable (code, overrides, size, temperature, preset, data) must match the record.
+    Without a `trainer`, runs execute on `executor` (None: one local slot; it holds nothing
+    between runs, so nothing needs closing)."""
     from rsilab import harness
     from rsilab.data import prepare
 
@@ -437,7 +440,8 @@ def open_study(out: Path, *, task_name: str | None = None, overrides: Sequence[t
     reference = Reference.of(body)
     return Study(out=out, settings=settings, task=task, real=real, real_path=real_path,
                  val_path=prepared.val_path, reference=reference, code=code,
-                 trainer=trainer or runner_trainer(task, workdir, prepared.val_path, settings.preset),
+                 trainer=trainer or bench_trainer(Bench(task, val_data=prepared.val_path, preset=settings.preset,
+                                                        executor=executor), workdir),
                  sampler=sampler or process_sampler(task.threads), notify=notify)
 
 
