@@ -102,14 +102,15 @@ def test_handle_waits_while_paused_until_another_process_resumes(ws: Workspace) 
     controls.post(led, "pause", {"reason": "check the diff"}, source="dashboard@127.0.0.1")
     said: list[str] = []
     # The note and the resume come from a real second process, through the ledger file only.
-    code = ("import sys; from pathlib import Path; from rsilab.record.ledger import Ledger; from rsilab import controls; "
+    code = ("import sys; from pathlib import Path; from rsilab.record.ledger import Ledger; from rsilab.loop import controls; "
             "led = Ledger(Path(sys.argv[1])); controls.post(led, 'note', {'text': 'hi'}, source='other'); "
             "controls.post(led, 'resume', source='other')")
     timer = threading.Timer(0.3, lambda: subprocess.run([sys.executable, "-c", code, str(ws.ledger_path)],
                                                         check=True))
     timer.start()
     t = time.monotonic()
-    taken = sup.handle(said.append, interval=0.05)
+    # A deadline, so a second process that fails ends the test instead of pausing it forever.
+    taken = sup.handle(said.append, interval=0.05, should_stop=lambda: time.monotonic() - t > 30)
     timer.join()
     assert time.monotonic() - t < 15
     assert [a.action for a in taken] == ["pause", "note", "resume"] and not sup.paused()
