@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+import math
+import os
 from pathlib import Path
 from typing import Any, cast
 
 import pytest
 
-from rsilab.fsio import atomic_write
+from rsilab.fsio import atomic_path, atomic_write, json_safe, sha256_bytes, sha256_file
 
 
 def test_atomic_write_creates_replaces_and_sets_mode(tmp_path: Path) -> None:
@@ -26,3 +30,37 @@ def test_failed_write_keeps_the_old_file_and_no_temporary(tmp_path: Path) -> Non
         atomic_write(target, cast(Any, 12345))  # not str or bytes: the write itself fails
     assert target.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["report.html"]
+
+
+def test_atomic_path_replaces_on_success_and_leaves_nothing_on_error(tmp_path: Path) -> None:
+    target = tmp_path / "model.pt2"
+    with atomic_path(target, suffix=".pt2") as tmp:
+        assert tmp.name.endswith(".pt2") and tmp.parent == tmp_path
+        tmp.write_bytes(b"new")
+    assert target.read_bytes() == b"new" and target.stat().st_mode & 0o777 == 0o644
+    with pytest.raises(RuntimeError), atomic_path(target) as tmp:
+        tmp.write_bytes(b"half")
+        raise RuntimeError("the writer failed")
+    assert target.read_bytes() == b"new"
+    assert [p.name for p in tmp_path.iterdir()] == ["model.pt2"]
+
+
+def test_sha256_file_equals_hashlib_over_several_chunks(tmp_path: Path) -> None:
+    data = os.urandom(3 * (1 << 20) + 12345)  # three full chunks and a partial one
+    path = tmp_path / "train.bin"
+    path.write_bytes(data)
+    assert sha256_file(path) == sha256_file(str(path)) == hashlib.sha256(data).hexdigest()
+    assert sha256_bytes(data) == hashlib.sha256(data).hexdigest()
+    empty = tmp_path / "empty"
+    empty.write_bytes(b"")
+    assert sha256_file(empty) == hashlib.sha256(b"").hexdigest()
+
+
+def test_json_safe_replaces_non_finite_floats_at_any_depth() -> None:
+    obj = {"a": math.nan, "b": [1.5, math.inf, {"c": -math.inf, "d": (2.0, math.nan)}], "e": "nan", "f": 3,
+           "g": None, "h": True, "i": 0.0}
+    assert json_safe(obj) == {"a": None, "b": [1.5, None, {"c": None, "d": [2.0, None]}], "e": "nan", "f": 3,
+                              "g": None, "h": True, "i": 0.0}
+    assert obj["a"] != obj["a"]  # the input is left as it was
+    json.dumps(json_safe(obj), allow_nan=False)  # strict JSON now
+    assert json_safe(2.5) == 2.5 and json_safe(math.nan) is None
