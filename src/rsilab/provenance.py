@@ -28,7 +28,6 @@ the sandbox decides what else a run can read.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -39,23 +38,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from rsilab.fsio import fsync_dir, write_synced
+from rsilab.fsio import fsync_dir, sha256_bytes, sha256_file, write_synced
 
 MANIFEST = "manifest.json"
 FORMAT = 1  # the manifest format of rsilab.data (a provenance entry is an optional addition)
 KINDS = ("real", "generated", "mixed")
-
-
-def sha256_bytes(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def kind_of(segments: list[dict[str, Any]]) -> str:
@@ -227,6 +214,7 @@ def write_dataset(root: Path, train: bytes, segments: list[dict[str, Any]], *, d
     try:
         write_synced(tmp / "train.bin", train)
         write_synced(tmp / MANIFEST, json.dumps(manifest, indent=1).encode() + b"\n")
+        # A folder renamed into place: more than one file, so not fsio.atomic_write's job.
         if root.exists():  # a leftover of an interrupted attempt: never trusted, replaced
             old = root.parent / f".old-{root.name}-{uuid.uuid4().hex[:8]}"
             os.rename(root, old)

@@ -39,7 +39,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import glob
-import hashlib
 import itertools
 import os
 import shutil
@@ -52,6 +51,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from rsilab.errors import RsilabError
+from rsilab.fsio import sha256_file
 
 LEVELS = ("bwrap", "netns", "none")  # best first
 CHOICES = ("auto", "require", *LEVELS)
@@ -402,14 +402,6 @@ def reclaim(paths: Iterable[Path]) -> None:
 # ---- between runs ---------------------------------------------------------------------
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 @dataclass
 class Pristine:
     """A private copy of a task folder as it was before a run (a `.git` folder left out; a
@@ -446,7 +438,7 @@ class Pristine:
                 elif name in files:
                     shutil.copy2(path, target)
                     os.chmod(target, os.stat(target).st_mode | 0o444)
-                    out.hashes[rel] = _sha256(target)
+                    out.hashes[rel] = sha256_file(target)
             dirs[:] = [d for d in dirs if not (here / d).is_symlink()]
         for top, dirs, _ in os.walk(copy):
             for d in dirs:
@@ -458,7 +450,7 @@ class Pristine:
         try:
             if rel in self.links:
                 return path.is_symlink() and os.readlink(path) == self.links[rel]
-            return not path.is_symlink() and path.is_file() and _sha256(path) == self.hashes.get(rel)
+            return not path.is_symlink() and path.is_file() and sha256_file(path) == self.hashes.get(rel)
         except OSError:
             return False
 
