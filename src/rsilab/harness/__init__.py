@@ -21,6 +21,8 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from rsilab.fsio import atomic_path
+
 if TYPE_CHECKING:
     import torch
 
@@ -167,9 +169,8 @@ def save_model(model: torch.nn.Module, example_input: torch.Tensor) -> Path:
     with torch.no_grad():
         program = torch.export.export(model, (example_input,))
     out = artifact_dir() / MODEL_FILE
-    tmp = out.with_name("model.tmp.pt2")
-    torch.export.save(program, str(tmp))
-    os.replace(tmp, out)
+    with atomic_path(out, suffix=".pt2") as tmp:  # torch.export.save wants a .pt2 name
+        torch.export.save(program, str(tmp))
     model.train(was_training)
     return out
 
