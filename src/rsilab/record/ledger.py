@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from rsilab.errors import RsilabError
-from rsilab.fsio import atomic_write
+from rsilab.fsio import atomic_write, json_safe
 from rsilab.results import RunResult, Status, Verdict
 
 BUSY_TIMEOUT_S = 30.0  # how long a writer waits for another process's lock
@@ -530,7 +530,7 @@ class Ledger:
             "lineage": [asdict(row) for row in self.lineage()],
             "costs": self.costs(),
         }
-        text = json.dumps(_json_safe(dump), indent=2, allow_nan=False)
+        text = json.dumps(json_safe(dump), indent=2, allow_nan=False)
         atomic_write(path, text + "\n")
 
     def export_csv(self, path: Path) -> None:
@@ -641,14 +641,3 @@ def _flat(row: dict[str, Any], prefix: str, skip: set[str]) -> dict[str, Any]:
     return {
         prefix + k: _dumps(v) if isinstance(v, dict) else v for k, v in row.items() if k not in skip
     }
-
-
-def _json_safe(obj: Any) -> Any:
-    """Replace NaN/inf by None so the JSON export is strict JSON."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_json_safe(v) for v in obj]
-    return obj

@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from rsilab.fsio import atomic_write
+from rsilab.fsio import atomic_write, json_safe
 from rsilab.studies.collapse.metrics import DISTINCT_NS
 from rsilab.studies.collapse.study import OK, SHARED
 
@@ -132,7 +132,7 @@ def write_all(out: Path, rows: Sequence[dict[str, Any]], summary: Sequence[dict[
     atomic_write(out / "collapse_summary.csv", buf.getvalue())
 
     dump = {"settings": settings, "reference": reference, "summary": list(summary), "cells": cells}
-    atomic_write(out / "collapse.json", json.dumps(_json_safe(dump), indent=1, allow_nan=False) + "\n")
+    atomic_write(out / "collapse.json", json.dumps(json_safe(dump), indent=1, allow_nan=False) + "\n")
     paths = [out / "collapse_cells.csv", out / "collapse_summary.csv", out / "collapse.json"]
     if summary:
         plot(summary, reference, out / "collapse.png", title=f"rsilab collapse · {settings.get('task', '')}")
@@ -184,13 +184,3 @@ def plot(summary: Sequence[dict[str, Any]], reference: dict[str, dict[str, float
     fig.savefig(buf, format="png", dpi=110)
     plt.close(fig)
     atomic_write(path, buf.getvalue())
-
-
-def _json_safe(obj: Any) -> Any:
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {str(k): _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_json_safe(v) for v in obj]
-    return obj
