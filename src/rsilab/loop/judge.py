@@ -104,6 +104,12 @@ def _prefixed(status: str, reason: str) -> str:
     return reason if reason.startswith(f"{status}:") else f"{status}: {reason}"
 
 
+def mean_or_none(values: Sequence[float]) -> float | None:
+    """The mean of `values` (sum / n: the audit recomputes a decision metric so); None when
+    there are none."""
+    return sum(values) / len(values) if values else None
+
+
 def noise_sigma(values: Sequence[float]) -> float | None:
     """Sample standard deviation of `values`; None when there are fewer than 2."""
     return statistics.stdev(values) if len(values) >= 2 else None
