@@ -26,7 +26,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         os.environ["RSILAB_HOME"] = str(Path(tmp) / "home")
         from rsilab.config import resolve_task_dir
-        from rsilab.loop.supervisor import Limits, Supervisor
+        from rsilab.loop.limits import Limits
+        from rsilab.loop.supervisor import Supervisor
         from rsilab.proposers import create
         from rsilab.record.ledger import Ledger
         from rsilab.run.bench import Bench

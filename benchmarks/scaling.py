@@ -57,7 +57,8 @@ def sleepy_task(root: Path, seconds: float) -> Path:
 
 
 def measure(root: Path, name: str, executor_name: str, workers: int, experiments: int, seconds: float) -> dict[str, Any]:
-    from rsilab.loop.supervisor import Limits, Supervisor
+    from rsilab.loop.limits import Limits
+    from rsilab.loop.supervisor import Supervisor
     from rsilab.record.ledger import Ledger
     from rsilab.run.bench import Bench
     from rsilab.run.executors import create as create_executor

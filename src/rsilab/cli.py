@@ -23,7 +23,7 @@ from rsilab.config import TaskSpec, parse_override, resolve_task_dir
 from rsilab.errors import ConfigError, RsilabError
 
 if TYPE_CHECKING:  # imported lazily at run time: `rsilab --help` stays fast
-    from rsilab.loop.supervisor import Limits
+    from rsilab.loop.limits import Limits
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -209,7 +209,7 @@ def run(directory: Path, task_name: str, tag: str | None, proposer: str | None, 
         ladder: str | None, workers: str | None, executor_name: str, address: str | None,
         sets: tuple[str, ...], require_sandbox: bool) -> None:
     """Do research in a workspace until a stop rule (creates it on first use; resumes after a stop)."""
-    from rsilab.loop.supervisor import Limits
+    from rsilab.loop.limits import Limits
 
     _research(directory, task_name, tag, proposer, Limits(max_experiments, hours, max_cost, max_tokens),
               preset, ladder, workers, executor_name, address, sets, require_sandbox)
@@ -231,7 +231,7 @@ def baseline(directory: Path, task_name: str, tag: str | None, preset: str | Non
     Creates the workspace on first use, like `rsilab run`, and stops after the baseline (a
     workspace that has one is only reported). `rsilab run` then goes on from it.
     """
-    from rsilab.loop.supervisor import Limits
+    from rsilab.loop.limits import Limits
     from rsilab.proposers import choice as proposer_choice
     from rsilab.record.ledger import Ledger
     from rsilab.workspace import open_workspace

@@ -13,19 +13,21 @@ excluded through `.git/info/exclude` rather than the user's `.gitignore`.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
 import shutil
 import subprocess
-from collections.abc import Sequence
+import tarfile
+import tempfile
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from rsilab.config import CONFIG_NAME, TaskSpec, load_task, parse_override
 from rsilab.errors import ConfigError, WorkspaceError
+from rsilab.fsio import atomic_write, sha256_file
 
 if TYPE_CHECKING:
     from rsilab.record.ledger import Ledger
@@ -43,23 +45,64 @@ _GIT_ENV = {
 
 def git(cwd: Path, *args: str, check: bool = True, stdin: str | None = None) -> str:
     """Run git in `cwd`; its stdout. A failure raises WorkspaceError with git's message."""
-    env = {**os.environ, **_GIT_ENV}
     log.debug("git %s (in %s)", " ".join(args), cwd)
     try:
-        proc = subprocess.run(["git", *args], cwd=cwd, env=env, input=stdin, capture_output=True, text=True)
+        proc = git_process(cwd, *args, stdin=stdin)
     except (FileNotFoundError, NotADirectoryError):  # `cwd` is gone (a deleted worktree), or no git
         if not check:
             return ""
-        what = "git is not installed" if shutil.which("git") is None else f"{cwd} does not exist"
-        raise WorkspaceError(f"git {' '.join(args[:3])}: {what}") from None
+        raise _not_run(cwd, args) from None
     if check and proc.returncode != 0:
-        msg = (proc.stderr or proc.stdout).strip().splitlines()
-        raise WorkspaceError(f"git {' '.join(args[:3])} in {cwd}: {msg[-1] if msg else proc.returncode}")
+        raise _failed(cwd, args, proc.returncode, proc.stderr or proc.stdout)
     return proc.stdout
 
 
-def sha256_file(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+def git_process(cwd: Path | None, *args: str, stdin: str | None = None, env: Mapping[str, str] | None = None,
+                timeout: float | None = None) -> subprocess.CompletedProcess[str]:
+    """Run git in `cwd` (None: here) and return it finished, whatever its exit code, for a
+    caller that reads the code itself; `env` adds variables. Not caught: OSError (no git,
+    no `cwd`) and subprocess.TimeoutExpired."""
+    return subprocess.run(["git", *args], cwd=cwd, env={**os.environ, **_GIT_ENV, **(env or {})}, input=stdin,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def git_bytes(cwd: Path, *args: str) -> bytes:
+    """Like `git`, for output that is bytes (a blob's content)."""
+    try:
+        proc = subprocess.run(["git", *args], cwd=cwd, env={**os.environ, **_GIT_ENV}, capture_output=True)
+    except (FileNotFoundError, NotADirectoryError):
+        raise _not_run(cwd, args) from None
+    if proc.returncode != 0:
+        raise _failed(cwd, args, proc.returncode, (proc.stderr or proc.stdout).decode(errors="replace"))
+    return proc.stdout
+
+
+def export_tree(repo: Path, commit: str, dest: Path) -> None:
+    """Write the files of `commit` into the folder `dest` (via `git archive`: no worktree,
+    ref or index of `repo` is touched, so a supervisor working there is not disturbed).
+    The archive goes through a temporary file, not memory."""
+    args = ("archive", "--format=tar", commit)
+    with tempfile.TemporaryFile() as tar:
+        try:
+            proc = subprocess.run(["git", *args], cwd=repo, env={**os.environ, **_GIT_ENV}, stdout=tar,
+                                  stderr=subprocess.PIPE)
+        except (FileNotFoundError, NotADirectoryError):
+            raise _not_run(repo, args) from None
+        if proc.returncode != 0:
+            raise _failed(repo, args, proc.returncode, proc.stderr.decode(errors="replace"))
+        tar.seek(0)
+        with tarfile.open(fileobj=tar) as archive:
+            archive.extractall(dest, filter="data")
+
+
+def _not_run(cwd: Path | None, args: Sequence[str]) -> WorkspaceError:
+    what = "git is not installed" if shutil.which("git") is None else f"{cwd} does not exist"
+    return WorkspaceError(f"git {' '.join(args[:3])}: {what}")
+
+
+def _failed(cwd: Path | None, args: Sequence[str], returncode: int, output: str) -> WorkspaceError:
+    msg = output.strip().splitlines()
+    return WorkspaceError(f"git {' '.join(args[:3])} in {cwd}: {msg[-1] if msg else returncode}")
 
 
 @dataclass(frozen=True)
@@ -142,8 +185,7 @@ class Workspace:
         git(self.root, "update-ref", "-m", "rsilab: reconcile with ledger", f"refs/heads/{self.branch}", commit)
 
     def is_ancestor(self, a: str, b: str) -> bool:
-        return subprocess.run(["git", "merge-base", "--is-ancestor", a, b], cwd=self.root,
-                              capture_output=True).returncode == 0
+        return git_process(self.root, "merge-base", "--is-ancestor", a, b).returncode == 0
 
     def tag_experiment(self, experiment_id: int, commit: str) -> None:
         git(self.root, "update-ref", f"refs/rsilab/{self.tag}/exp-{experiment_id:04d}", commit)
@@ -227,9 +269,7 @@ class Workspace:
         """Re-apply `commit`'s change (against its parent) onto the worktree's checkout, as a
         three-way merge, without committing. None when it applied; else git's conflict
         lines, and the worktree is left as it was."""
-        env = {**os.environ, **_GIT_ENV}
-        proc = subprocess.run(["git", "cherry-pick", "--no-commit", commit], cwd=worktree, env=env,
-                              capture_output=True, text=True)
+        proc = git_process(worktree, "cherry-pick", "--no-commit", commit)
         if proc.returncode == 0:
             return None
         lines = (proc.stdout + proc.stderr).strip().splitlines()
@@ -253,8 +293,7 @@ def check_tag(tag: str) -> None:
     """A research tag must make valid git refs: `rsilab/<tag>` and `refs/rsilab/<tag>/exp-N`."""
     if (not tag or tag.startswith("-") or any(c in tag for c in " ~^:?*[\\")
             or any(ord(c) < 32 or ord(c) == 127 for c in tag)
-            or subprocess.run(["git", "check-ref-format", f"refs/heads/rsilab/{tag}"],
-                              capture_output=True).returncode != 0):
+            or git_process(None, "check-ref-format", f"refs/heads/rsilab/{tag}").returncode != 0):
         raise WorkspaceError(f"tag {tag!r}: not usable in a git branch name; use letters, digits, '-', '_' or '.'")
 
 
@@ -330,9 +369,7 @@ def _init_workspace(directory: Path, task_dir: Path | None, tag: str, *, resume:
         head = ws.incumbent_commit()
         frozen = {rel: sha256_file(directory / rel) for rel in task.frozen_files(directory)}
         meta = {"tag": tag, "branch": ws.branch, "task": task.name, "base_commit": head, "frozen": frozen}
-        tmp = meta_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(meta, indent=1))
-        os.replace(tmp, meta_path)
+        atomic_write(meta_path, json.dumps(meta, indent=1))
     return ws
 
 

@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from rsilab.errors import RsilabError
+from rsilab.fsio import atomic_write
 from rsilab.notify import Notify
 from rsilab.record.ledger import Event, Experiment, Ledger
 from rsilab.results import Verdict
@@ -184,9 +185,7 @@ def queue_idea(queue_dir: Path, idea: str | dict[str, Any]) -> Path:
     name = f"{stamp}-{nanos:09d}-{_slug(description)}{suffix}"
     queue_dir.mkdir(parents=True, exist_ok=True)
     # Written under a dot name (the queue skips those), then renamed: never read half-written.
-    tmp = queue_dir / f".{name}.tmp"
-    tmp.write_text(body, encoding="utf-8")
-    tmp.replace(queue_dir / name)
+    atomic_write(queue_dir / name, body)
     return queue_dir / name
 
 

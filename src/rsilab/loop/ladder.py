@@ -22,7 +22,6 @@ before the research branch moves. Not covered: choosing rungs (the user's `--lad
 from __future__ import annotations
 
 import dataclasses
-import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +29,7 @@ from typing import Any
 
 from rsilab.config import TaskSpec
 from rsilab.errors import ConfigError
-from rsilab.loop.judge import Judgement, judge, seed_schedule
+from rsilab.loop.judge import Judgement, judge, mean_or_none, seed_schedule
 from rsilab.notify import Notify, silent
 from rsilab.record.ledger import Ledger
 from rsilab.results import RunResult, Verdict
@@ -221,11 +220,7 @@ def transfers(ledger: Ledger) -> list[dict[str, Any]]:
     out = []
     for e in ledger.events():
         if e.kind == "ladder":
-            means = {r["budget"]: (_mean(r["incumbent"]), _mean(r["candidate"])) for r in e.data.get("rungs", [])}
+            means = {r["budget"]: (mean_or_none(r["incumbent"]), mean_or_none(r["candidate"])) for r in e.data.get("rungs", [])}
             out.append({"experiment": e.data.get("experiment"), "transferred": bool(e.data.get("transferred")),
                         "reason": e.data.get("reason", e.message), "means": means})
     return out
-
-
-def _mean(values: Sequence[float]) -> float | None:
-    return statistics.fmean(values) if values else None

@@ -44,7 +44,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -53,7 +53,15 @@ from rsilab.config import TaskSpec
 from rsilab.errors import RsilabError
 from rsilab.loop import resume
 from rsilab.loop.controls import Controls
-from rsilab.loop.judge import Judgement, cap_breach, judge, keep_threshold, seed_schedule
+from rsilab.loop.judge import (
+    Judgement,
+    cap_breach,
+    judge,
+    keep_threshold,
+    mean_or_none,
+    seed_schedule,
+)
+from rsilab.loop.limits import Limits, reached
 from rsilab.loop.merge import Merge, reapply
 from rsilab.loop.progress import Progress, Worker
 from rsilab.loop.scheduler import Flight, ProposalJob, ProposerPool
@@ -67,23 +75,13 @@ from rsilab.run.bench import Bench
 from rsilab.run.executors.base import RunFuture, RunRequest
 from rsilab.workspace import Workspace
 
-__all__ = ["Limits", "Progress", "Supervisor", "View", "Worker"]
+__all__ = ["Progress", "Supervisor", "View", "Worker"]
 
 log = logging.getLogger(__name__)
 
 POLL_SECONDS = 0.25  # how often the loop looks at the stop file while runs are in flight
 MAX_REAPPLY = 3  # re-applications of one change before it is given up
 CANCEL_WAIT_SECONDS = 30.0  # how long a hard stop waits for cancelled runs to end
-
-
-@dataclass(frozen=True)
-class Limits:
-    """Stop rules of one `rsilab run` invocation (a stop file and Ctrl-C always work)."""
-
-    max_experiments: int | None = None  # new experiments in this invocation
-    hours: float | None = None
-    max_cost: float | None = None  # USD spent on proposals, whole workspace
-    max_tokens: int | None = None  # tokens in + out spent on proposals, whole workspace
 
 
 # The live view (rsilab.report.live): each progress line together with the loop's state.
@@ -104,10 +102,6 @@ def _no_view(message: str, progress: Progress) -> None:
 def _size(files: dict[str, str]) -> int:
     """Size of the editable files for the simplicity rule: non-blank lines."""
     return sum(1 for text in files.values() for line in text.splitlines() if line.strip())
-
-
-def _mean(values: Sequence[float]) -> float | None:
-    return sum(values) / len(values) if values else None
 
 
 @contextlib.contextmanager
@@ -349,7 +343,7 @@ class Supervisor:
         program = program_path.read_text() if program_path.is_file() else ""
         in_flight = [f.proposal for f in self._flights if f.kind == "trial"]
         ideas = [(path, path.read_text(errors="replace")) for path in sorted(self.ws.queue_dir.glob("*.idea.md"))]
-        return Context(files=files, metric=self.metric, incumbent_metric=_mean(self._values(inc.id)), ideas=ideas,
+        return Context(files=files, metric=self.metric, incumbent_metric=mean_or_none(self._values(inc.id)), ideas=ideas,
                        history=self.history(), in_flight=in_flight, preset=self.preset or "cpu",
                        program=program, editable=tuple(self.task.editable), limits=self.task.limits(),
                        workdir=workdir,
@@ -485,7 +479,7 @@ class Supervisor:
         self._settled(flight.exp_id, flight.proposal)
 
     def _decide(self, flight: Flight, j: Judgement) -> None:
-        mean = _mean([r.metric for r in flight.runs if r.ok and r.metric is not None])
+        mean = mean_or_none([r.metric for r in flight.runs if r.ok and r.metric is not None])
         reason = j.reason if not j.flags else f"{j.reason} [{', '.join(j.flags)}]"
         inc = self.ledger.incumbent()
         if j.verdict is Verdict.KEEP and inc is not None and inc.id != flight.parent.id:
@@ -586,19 +580,10 @@ class Supervisor:
 
     # ---- the loop ---------------------------------------------------------------------
     def _stop_reason(self) -> str | None:
-        lim = self.limits
-        if lim.max_experiments == 0:
-            return "baseline measured; no experiments asked for"
-        if lim.max_experiments is not None and self._started >= lim.max_experiments:
-            return f"reached --max-experiments {lim.max_experiments}"
-        if lim.hours is not None and time.time() - self.progress.started >= lim.hours * 3600:
-            return f"reached --hours {lim.hours}"
-        costs = self.ledger.costs()
-        if lim.max_cost is not None and costs.get("cost_usd", 0.0) >= lim.max_cost:
-            return f"reached --max-cost {lim.max_cost} (spent ${costs['cost_usd']:.4f})"
-        tokens = costs.get("tokens_in", 0.0) + costs.get("tokens_out", 0.0)
-        if lim.max_tokens is not None and tokens >= lim.max_tokens:
-            return f"reached --max-tokens {lim.max_tokens} (spent {tokens:.0f})"
+        limit = reached(self.limits, started=self._started, elapsed_s=time.time() - self.progress.started,
+                        costs=self.ledger.costs())
+        if limit is not None:
+            return limit
         if self.ws.stop_file.exists():
             now = self._stop_now_file()
             self.ws.stop_file.unlink(missing_ok=True)
@@ -634,7 +619,7 @@ class Supervisor:
             p.discarded += 1
         else:
             p.failed += 1
-        p.best = _mean(self.ledger.incumbent_values())
+        p.best = mean_or_none(self.ledger.incumbent_values())
         shown = f"{exp.metric:.4f}" if exp.metric is not None else "-"
         p.last = f"#{exp.id} {exp.status} {shown} {exp.description}: {exp.reason}"
         self._say(p.last)
@@ -722,7 +707,7 @@ class Supervisor:
             self.ensure_baseline()
             self._check_caps()
             self.progress.baseline = self.ledger.experiments()[0].metric
-            self.progress.best = _mean(self.ledger.incumbent_values())
+            self.progress.best = mean_or_none(self.ledger.incumbent_values())
             self.warm_start()
             return self._loop()
         except BaseException:

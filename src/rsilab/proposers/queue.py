@@ -22,7 +22,6 @@ changed) or good (the judge decides).
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import tempfile
@@ -35,6 +34,7 @@ from pathlib import Path
 from rsilab.proposers.base import Context, register
 from rsilab.proposers.knobs import set_knobs_in_files
 from rsilab.results import Proposal
+from rsilab.workspace import git_process
 
 SUFFIXES = (".toml", ".patch", ".diff")
 _SEP = "~"  # taken/<unique>~<original name>
@@ -188,11 +188,8 @@ def apply_patch(files: Mapping[str, str], patch: str) -> dict[str, str]:
 
 def _git(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
     # A ceiling keeps git from finding a repository above the temporary folder.
-    env = {**os.environ, "GIT_CEILING_DIRECTORIES": str(cwd.parent)}
     try:
-        return subprocess.run(
-            ["git", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=60
-        )
+        return git_process(cwd, *args, env={"GIT_CEILING_DIRECTORIES": str(cwd.parent)}, timeout=60)
     except FileNotFoundError:
         raise PatchError("git is not installed; it is needed to apply patches") from None
     except subprocess.TimeoutExpired:

@@ -27,12 +27,8 @@ anything (`rsilab run` recovers a workspace after a crash; the audit reports).
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import io
 import json
 import math
-import subprocess
-import tarfile
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -41,11 +37,12 @@ from typing import Any
 
 from rsilab.config import CONFIG_NAME, TaskSpec, load_task, parse_override
 from rsilab.errors import RsilabError
+from rsilab.fsio import sha256_bytes
 from rsilab.loop.judge import Judgement
 from rsilab.record.ledger import Experiment, Ledger, Run
 from rsilab.results import RunResult, Verdict
 from rsilab.run.runner import METRICS_DIGEST, RunPaths, parse_summary
-from rsilab.workspace import STATE_DIR, Workspace, git
+from rsilab.workspace import STATE_DIR, Workspace, export_tree, git, git_bytes
 
 REL_TOL = 1e-9  # a decision metric is a mean recomputed in floating point
 
@@ -101,17 +98,12 @@ class _Repo:
 
     def sha256(self, blob: str) -> str:
         if blob not in self._blobs:
-            data = subprocess.run(["git", "cat-file", "blob", blob], cwd=self.root,
-                                  capture_output=True, check=True).stdout
-            self._blobs[blob] = hashlib.sha256(data).hexdigest()
+            self._blobs[blob] = sha256_bytes(git_bytes(self.root, "cat-file", "blob", blob))
         return self._blobs[blob]
 
     def archive(self, commit: str, dest: Path) -> None:
         """Write the files of `commit` into `dest`."""
-        data = subprocess.run(["git", "archive", "--format=tar", commit], cwd=self.root,
-                              capture_output=True, check=True).stdout
-        with tarfile.open(fileobj=io.BytesIO(data)) as tar:
-            tar.extractall(dest, filter="data")
+        export_tree(self.root, commit, dest)
 
 
 # -- the checks of one change and one run --------------------------------------------------
@@ -179,7 +171,7 @@ def run_problems(task: TaskSpec, run: RunResult, run_dir: Path) -> list[str]:
     recorded = run.evaluation.get(METRICS_DIGEST)
     if recorded is None:
         return [f"no sha256 of {metrics.name} was recorded, so its provenance cannot be checked"]
-    if hashlib.sha256(raw).hexdigest() != recorded:
+    if sha256_bytes(raw) != recorded:
         return [f"{metrics} changed after the evaluator wrote it (sha256 differs from the ledger)"]
     try:
         figures: Any = json.loads(raw)

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import json
 import math
 import os
@@ -38,7 +37,7 @@ from typing import Any
 
 from rsilab import harness, provenance
 from rsilab.config import TaskSpec
-from rsilab.fsio import atomic_write
+from rsilab.fsio import atomic_write, sha256_bytes
 from rsilab.results import RunResult, Status
 from rsilab.run import sandbox
 from rsilab.run.process import (
@@ -386,4 +385,4 @@ def _evaluate(task: TaskSpec, workdir: Path, paths: RunPaths, env: dict[str, str
         return outcome, {}
     if not isinstance(figures, dict):
         return outcome, {}
-    return outcome, {**figures, METRICS_DIGEST: hashlib.sha256(raw).hexdigest(), "eval_prestarted": ev.waiting}
+    return outcome, {**figures, METRICS_DIGEST: sha256_bytes(raw), "eval_prestarted": ev.waiting}

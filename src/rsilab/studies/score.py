@@ -50,9 +50,6 @@ import math
 import re
 import shutil
 import statistics
-import subprocess
-import tarfile
-import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -64,13 +61,13 @@ from scipy import stats
 from rsilab import paths
 from rsilab.config import COMPARABLE_KEYS, TaskSpec
 from rsilab.errors import ConfigError, WorkspaceError
-from rsilab.fsio import atomic_write
+from rsilab.fsio import atomic_write, json_safe
 from rsilab.loop.judge import seed_schedule
 from rsilab.notify import Notify, silent
 from rsilab.record.ledger import Ledger
 from rsilab.results import Metric
 from rsilab.run.bench import Bench
-from rsilab.workspace import Workspace, git, open_workspace
+from rsilab.workspace import Workspace, export_tree, git, open_workspace
 
 SCORE_SEED_BASE = 7_000_003  # seeds of score runs; research uses task.seed (0 by default)
 REFERENCE_DIR = "reference"  # a task's folder of human reference solutions
@@ -392,12 +389,7 @@ def export_commit(repo: Path, commit: str, dest: Path) -> Path:
     if dest.exists():
         shutil.rmtree(dest)
     dest.mkdir(parents=True)
-    with tempfile.TemporaryFile() as tar:
-        subprocess.run(["git", "archive", "--format=tar", commit], cwd=repo, stdout=tar, check=True,
-                       stderr=subprocess.PIPE)
-        tar.seek(0)
-        with tarfile.open(fileobj=tar) as archive:
-            archive.extractall(dest, filter="data")
+    export_tree(repo, commit, dest)
     return dest
 
 
@@ -451,10 +443,6 @@ def _slug(name: str) -> str:
 # ---- the report --------------------------------------------------------------------------
 
 
-def _num(x: float | None) -> float | None:
-    return x if x is not None and math.isfinite(x) else None
-
-
 def build_report(arms: Sequence[Arm], metric: Metric, unattended: Autonomy, *, alpha: float,
                  settings: Mapping[str, Any], skipped: Sequence[str] = (), notes: Sequence[str] = ()
                  ) -> dict[str, Any]:
@@ -487,8 +475,8 @@ def build_report(arms: Sequence[Arm], metric: Metric, unattended: Autonomy, *, a
     else:
         milestones["adequacy"] = {
             "reached": significant,
-            "reason": (f"gain over the baseline {_fmt(improvement.gain)} (95% CI {_fmt(improvement.ci_low)}.."
-                       f"{_fmt(improvement.ci_high)}), p={_fmt(improvement.p_value, '.2g')}, "
+            "reason": (f"gain over the baseline {fmt(improvement.gain)} (95% CI {fmt(improvement.ci_low)}.."
+                       f"{fmt(improvement.ci_high)}), p={fmt(improvement.p_value, '.2g')}, "
                        f"{'significant' if significant else 'not significant'} at alpha {alpha:g}")}
     primary = scores.get(best_ref.name) if best_ref is not None else None
     if gate:
@@ -498,7 +486,7 @@ def build_report(arms: Sequence[Arm], metric: Metric, unattended: Autonomy, *, a
     else:
         low = primary["low"]
         reached = bool(primary["bounded"] and low is not None and low >= 1)
-        why = primary["note"] or f"score {_fmt(primary['estimate'], '.3f')}, 95% CI low {_fmt(low, '.3f')}"
+        why = primary["note"] or f"score {fmt(primary['estimate'], '.3f')}, 95% CI low {fmt(low, '.3f')}"
         milestones["parity"] = {"reached": reached, "reason": f"against {best_ref.name}: {why} "
                                 f"({'>=' if reached else 'not >='} 1)"}
     best_steered = _best(steered, metric)
@@ -513,11 +501,11 @@ def build_report(arms: Sequence[Arm], metric: Metric, unattended: Autonomy, *, a
         beat = vs.p_value is not None and vs.p_value < alpha and (vs.gain or 0) > 0
         milestones["supremacy"] = {
             "reached": beat, "against": best_steered.name,
-            "reason": (f"against {best_steered.name}: gain {_fmt(vs.gain)} (95% CI {_fmt(vs.ci_low)}.."
-                       f"{_fmt(vs.ci_high)}), p={_fmt(vs.p_value, '.2g')}, "
+            "reason": (f"against {best_steered.name}: gain {fmt(vs.gain)} (95% CI {fmt(vs.ci_low)}.."
+                       f"{fmt(vs.ci_high)}), p={fmt(vs.p_value, '.2g')}, "
                        f"{'significant' if beat else 'not significant'} at alpha {alpha:g}")}
     hit = [m for m in MILESTONES if milestones[m]["reached"]]
-    return _clean({
+    return json_safe({
         "version": 1,
         "created_at": time.time(),
         "metric": {"name": metric.name, "direction": metric.direction},
@@ -552,17 +540,8 @@ def _arm_json(a: Arm) -> dict[str, Any]:
             "compute_s": a.compute_s}
 
 
-def _clean(obj: Any) -> Any:
-    if isinstance(obj, float):
-        return _num(obj)
-    if isinstance(obj, dict):
-        return {k: _clean(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_clean(v) for v in obj]
-    return obj
-
-
-def _fmt(x: float | None, spec: str = "+.4g") -> str:
+def fmt(x: float | None, spec: str = "+.4g") -> str:
+    """`x` formatted by `spec` for a table or a reason; "-" when it is None, NaN or infinite."""
     return format(x, spec) if x is not None and math.isfinite(x) else "-"
 
 
@@ -584,7 +563,7 @@ def format_table(report: Mapping[str, Any]) -> str:
             shown = f"{s['estimate']:.3f} [unbounded]"
         fails = f" ({len(a['failures'])} failed)" if a["failures"] else ""
         rows.append((a["name"], a["kind"], a["commit"][:7], f"{a['n_ok']}/{len(a['seeds'])}{fails}",
-                     f"{_fmt(a['mean'], '.4f')} ± {_fmt(a['sd'], '.4f')}", shown))
+                     f"{fmt(a['mean'], '.4f')} ± {fmt(a['sd'], '.4f')}", shown))
     widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))

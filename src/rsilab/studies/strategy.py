@@ -45,7 +45,6 @@ import random
 import re
 import shutil
 import statistics
-import subprocess
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -56,9 +55,10 @@ import optuna
 
 from rsilab.config import TaskSpec, load_task, parse_override
 from rsilab.errors import ConfigError
-from rsilab.fsio import atomic_write
+from rsilab.fsio import atomic_write, json_safe
 from rsilab.loop.judge import seed_schedule
-from rsilab.loop.supervisor import Limits, Supervisor
+from rsilab.loop.limits import Limits
+from rsilab.loop.supervisor import Supervisor
 from rsilab.notify import Notify
 from rsilab.proposers import create
 from rsilab.proposers.base import Context, Proposer
@@ -67,7 +67,7 @@ from rsilab.record.ledger import Ledger
 from rsilab.results import Proposal
 from rsilab.run.bench import Bench
 from rsilab.run.executors.base import Executor
-from rsilab.studies.score import export_commit
+from rsilab.studies.score import export_commit, fmt
 from rsilab.workspace import git, init_workspace
 
 CONFIRM_SEED_BASE = 3_000_017  # seeds of confirmation runs (research: task.seed; score/ladder: their own)
@@ -331,7 +331,7 @@ class Meta:
 
     # ---- bookkeeping ------------------------------------------------------------------
     def save(self) -> None:
-        atomic_write(self.root / META_FILE, json.dumps(_finite(dataclasses.asdict(self.state)), indent=1) + "\n")
+        atomic_write(self.root / META_FILE, json.dumps(json_safe(dataclasses.asdict(self.state)), indent=1) + "\n")
 
     def _add_strategy(self, s: Strategy) -> Strategy:
         self.state.strategies.append(dataclasses.asdict(s))
@@ -392,7 +392,7 @@ class Meta:
         if sdir.exists():  # an unfinished session of an earlier invocation: start it again
             shutil.rmtree(sdir)
         sdir.parent.mkdir(parents=True, exist_ok=True)
-        subprocess.run(["git", "clone", "-q", str(self.base_repo), str(sdir)], check=True, capture_output=True)
+        git(sdir.parent, "clone", "-q", str(self.base_repo), str(sdir))
         ws = init_workspace(sdir, None, f"meta-{name}")
         task = ws.load_task([parse_override(o) for o in self.state.overrides])
         # The same tuner seed for every strategy of a generation: common random numbers.
@@ -452,8 +452,8 @@ class Meta:
         self.state.sessions.append(dataclasses.asdict(session))
         self.save()
         self.say(f"{tag} {strategy.label()}: {session.experiments} experiments, {session.kept} kept, compute "
-                 f"{session.compute_s / 60:.1f} min, confirmed gain {_fmt(session.gain)} ± {_fmt(session.gain_se)}, "
-                 f"velocity {_fmt(session.velocity)} per compute-hour")
+                 f"{session.compute_s / 60:.1f} min, confirmed gain {fmt(session.gain)} ± {fmt(session.gain_se)}, "
+                 f"velocity {fmt(session.velocity)} per compute-hour")
         return session
 
     # ---- variants ----------------------------------------------------------------------
@@ -524,11 +524,11 @@ class Meta:
             if v is None:
                 continue
             s = Strategy(**d)
-            lines.append(f"- {s.id} (from {s.parent or 'the start'}, {s.origin}): velocity {_fmt(v)} ± {_fmt(se)} "
+            lines.append(f"- {s.id} (from {s.parent or 'the start'}, {s.origin}): velocity {fmt(v)} ± {fmt(se)} "
                          f"over {len(self._sessions_of(s.id))} sessions")
         for sess in self.state.session_list()[-6:]:
             lines.append(f"\n## Session {Path(sess.dir).name} under strategy {sess.strategy}: "
-                         f"confirmed gain {_fmt(sess.gain)}, {sess.kept} of {sess.experiments} kept")
+                         f"confirmed gain {fmt(sess.gain)}, {sess.kept} of {sess.experiments} kept")
             ledger_path = Path(sess.dir) / ".rsilab" / "ledger.db"
             if not ledger_path.is_file():
                 continue
@@ -599,20 +599,6 @@ def run_meta(root: Path, *, task_dir: Path, generations: int, strategies: int, *
 # ---- output ------------------------------------------------------------------------------
 
 
-def _fmt(x: float | None, spec: str = "+.4g") -> str:
-    return format(x, spec) if x is not None and math.isfinite(x) else "-"
-
-
-def _finite(obj: Any) -> Any:
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_finite(v) for v in obj]
-    return obj
-
-
 def format_table(state: MetaState) -> str:
     """Strategies (lineage, sessions, velocity) and the generations, as plain text."""
     sessions = [Session(**d) for d in state.sessions]
@@ -626,15 +612,15 @@ def format_table(state: MetaState) -> str:
         champion = " *" if s.id == state.champion else ""
         rows.append((s.id + champion, s.parent or "-", str(s.generation), s.label(), s.origin[:40], str(len(mine)),
                      str(sum(x.experiments for x in mine)), str(sum(x.kept for x in mine)),
-                     f"{sum(x.compute_s for x in mine) / 60:.1f}", _fmt(statistics.fmean(gains)) if gains else "-",
-                     f"{_fmt(v)} ± {_fmt(se, '.3g')}"))
+                     f"{sum(x.compute_s for x in mine) / 60:.1f}", fmt(statistics.fmean(gains)) if gains else "-",
+                     f"{fmt(v)} ± {fmt(se, '.3g')}"))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
     for gen in state.generations:
         lines.append(f"generation {gen['generation']}: champion {gen['champion_before']} -> {gen['champion']}; "
-                     f"velocity change vs the starting strategy {_fmt(gen['velocity_change_vs_start'])} ± "
-                     f"{_fmt(gen['velocity_change_se'], '.3g')} per compute-hour")
+                     f"velocity change vs the starting strategy {fmt(gen['velocity_change_vs_start'])} ± "
+                     f"{fmt(gen['velocity_change_se'], '.3g')} per compute-hour")
     return "\n".join(lines)
 
 

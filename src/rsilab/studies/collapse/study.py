@@ -51,6 +51,7 @@ from typing import Any
 from rsilab import provenance
 from rsilab.config import TaskSpec, load_task, resolve_task_dir
 from rsilab.errors import ConfigError, DataError
+from rsilab.fsio import sha256_bytes, sha256_file
 from rsilab.notify import Notify
 from rsilab.record.ledger import Ledger
 from rsilab.results import RunResult
@@ -59,6 +60,7 @@ from rsilab.run.bench import Bench
 from rsilab.run.executors.base import Executor
 from rsilab.studies.collapse.metrics import Reference, sample_metrics
 from rsilab.studies.collapse.mixes import Part, Policy, compose, parse_policies, real_slice
+from rsilab.workspace import git_process
 
 STATE_DIR = ".rsilab"
 SHARED = "real"  # the policy label of generation 0, shared by every policy
@@ -129,15 +131,14 @@ def tree_sha256(root: Path) -> str:
         rel = path.relative_to(root)
         if rel.parts[0] in (".git", STATE_DIR) or "__pycache__" in rel.parts:
             continue
-        digest.update(rel.as_posix().encode() + b"\0" + hashlib.sha256(path.read_bytes()).digest())
+        digest.update(rel.as_posix().encode() + b"\0" + bytes.fromhex(sha256_file(path)))
     return digest.hexdigest()
 
 
 def git_commit(root: Path) -> str | None:
     """HEAD of the git repository holding `root`, if any (the code's commit, for provenance)."""
     try:
-        proc = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True,
-                              text=True, timeout=10)
+        proc = git_process(root, "rev-parse", "HEAD", timeout=10)
     except (OSError, subprocess.TimeoutExpired):
         return None
     return proc.stdout.strip() or None if proc.returncode == 0 else None
@@ -272,7 +273,7 @@ class Study:
             data = path.read_bytes()
         except OSError as e:
             raise DataError(f"{path} ({src}'s samples) is unreadable: {e}; delete {self.out} to start over") from e
-        if provenance.sha256_bytes(data) != s["sha256"]:
+        if sha256_bytes(data) != s["sha256"]:
             raise DataError(f"{path} does not match the sha256 in the ledger; delete {self.out} to start over")
         meta = {"kind": "generated", "generation": j, "model": s["model"],
                 "temperature": s["temperature"], "seed": s["seed"], "sampler": SAMPLER}
@@ -310,11 +311,11 @@ class Study:
             run = dataclasses.replace(run, reason=got.reason)
             return self._record(ledger, cell, "sample-failed", run, data, {}, {}, t0)
         body = samples.read_bytes()
-        info = {"path": samples.relative_to(self.out).as_posix(), "sha256": provenance.sha256_bytes(body),
+        info = {"path": samples.relative_to(self.out).as_posix(), "sha256": sha256_bytes(body),
                 "size": len(body), "temperature": self.settings.temperature, "seed": seed,
                 "seconds": round(got.seconds, 3),
                 "model": {"generation": g, "policy": cell.policy, "seed": cell.seed,
-                          "artifact_sha256": provenance.sha256_file(model), **self.code,
+                          "artifact_sha256": sha256_file(model), **self.code,
                           "run": (folder / "run").relative_to(self.out).as_posix(),
                           "trained_on_sha256": data["train"]["sha256"]}}
         return self._record(ledger, cell, OK, run, data, info, sample_metrics(body, self.reference), t0)
@@ -409,12 +410,13 @@ def open_study(out: Path, *, task_name: str | None = None, overrides: Sequence[t
         "source": prepared.manifest.get("source", {}), "slice": how}})
     real_path = out / "real" / "train.bin"
     rec = provenance.record(real_path) if real_path.is_file() else {}
-    if rec.get("sha256") != provenance.sha256_bytes(body) or rec.get("kind") != "real" or not rec.get("locked"):
+    if rec.get("sha256") != sha256_bytes(body) or rec.get("kind") != "real" or not rec.get("locked"):
         real_path = provenance.write_dataset(out / "real", body, [real.segment()],
                                              dataset_id=f"{prepared.dataset_id}-slice-{len(body)}",
                                              source=prepared.manifest.get("source", {}))
 
     if not workdir.is_dir():  # copied once, atomically: every generation trains this code
+        # A folder renamed into place (fsio.atomic_write replaces one file, not a folder).
         tmp = Path(tempfile.mkdtemp(prefix=".task-", dir=state))
         shutil.copytree(source_dir, tmp / "task", ignore=shutil.ignore_patterns("__pycache__", ".rsilab", ".git"))
         os.rename(tmp / "task", workdir)
@@ -427,7 +429,7 @@ def open_study(out: Path, *, task_name: str | None = None, overrides: Sequence[t
     current = {"task": task.name, "task_dir": str(source_dir), "code_sha256": code["code_sha256"],
                "commit": code["commit"], "overrides": [list(o) for o in settings.overrides],
                "preset": settings.preset, "size": len(body), "size_option": settings.size,
-               "temperature": settings.temperature, "real_sha256": provenance.sha256_bytes(body),
+               "temperature": settings.temperature, "real_sha256": sha256_bytes(body),
                "val_sha256": val_rec["sha256"], "budget": task.budget,
                "policies": ",".join(p.label for p in settings.policies),
                "seeds": len(settings.seeds), "generations": settings.generations}
