@@ -1,4 +1,4 @@
-"""rsilab: a recursive self-improvement lab.
+"""rsilab: a recursive self-improvement lab. Owns: the version; each module says what it owns.
 
 AI agents (or the offline tuner) edit a real training script; the runner trains it for a
 fixed budget; a sealed evaluator scores it; the supervisor keeps a change only when the

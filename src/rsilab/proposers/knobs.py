@@ -1,4 +1,4 @@
-"""Knobs of a Python source, read and written without disturbing anything else.
+"""Knobs of a Python source. Owns: reading and writing them without disturbing anything else.
 
 A knob is a top-level `UPPER_CASE_NAME = <literal>` (int, float, str or bool, also a
 negative number) on one line, with an optional trailing comment. `# one of: a, b, c` in

@@ -1,4 +1,4 @@
-"""`rsilab collapse --check`: a smoke test of the collapse pipeline for one task.
+"""`rsilab collapse --check`. Owns: the smoke test of the collapse pipeline for one task.
 
 Runs a short replace/accumulate comparison (1 seed, generations 0..2, a 2 s training budget,
 a small evaluation slice, 2 KiB corpora; a `--set` given by the user wins) and verifies
