@@ -79,7 +79,7 @@ def synthetic_ledger(path: Path) -> Ledger:
 
 def real_workspace(tmp_path: Path) -> Path:
     """A toy workspace after a real supervisor run: baseline, two kept changes, two discards."""
-    from test_loop import make_ws, queue_knobs, supervise
+    from loop_helpers import make_ws, queue_knobs, supervise
 
     ws_dir = make_ws(tmp_path)
     queue_knobs(ws_dir, "a", "less weight decay", L2=0.06)

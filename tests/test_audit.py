@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from test_loop import make_ws, queue_knobs, queue_patch, supervise
+from loop_helpers import make_ws, queue_knobs, queue_patch, supervise
 
 from rsilab.cli import main
 from rsilab.config import load_task, resolve_task_dir

@@ -1,12 +1,13 @@
 """Tests for the collapse study (rsilab.studies.collapse), the frozen sampler and the data guard.
 
 Fast tests drive the real generation loop, datasets, manifests, ledger and report with an
-injected trainer and sampler that need no torch: the fake "model" is a copy of its
-training bytes and "sampling" draws random windows of it (a bootstrap, which loses rare
-words the way a real model's samples do). The sampler is tested on small exported models
-whose outputs are known exactly; the guard through the real runner, which refuses before
-any training starts. The slow tests run the bundled gpt task for real (a few seconds of
-training per generation), including a kill -9 in the middle of a study.
+injected trainer and sampler that need no torch (tests/collapse_helpers.py): the fake
+"model" is a copy of its training bytes and "sampling" draws random windows of it (a
+bootstrap, which loses rare words the way a real model's samples do). The sampler is
+tested on small exported models whose outputs are known exactly; the guard through the
+real runner, which refuses before any training starts. The slow tests run the bundled gpt
+task for real (a few seconds of training per generation), including a kill -9 in the
+middle of a study.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ import hashlib
 import json
 import math
 import os
-import random
 import shutil
 import signal
 import subprocess
@@ -23,15 +23,16 @@ import sys
 from pathlib import Path
 
 import pytest
+from collapse_helpers import FakeTrainer, make_study, write_corpus, write_task
 
 from rsilab import provenance
 from rsilab.config import TaskSpec, load_task
 from rsilab.data import prepare
 from rsilab.errors import ConfigError
 from rsilab.paths import bundled_tasks_dir
-from rsilab.results import RunResult, Status
+from rsilab.results import Status
 from rsilab.run import runner
-from rsilab.studies.collapse import open_study, write_report
+from rsilab.studies.collapse import write_report
 from rsilab.studies.collapse.check import verify
 from rsilab.studies.collapse.metrics import (
     Reference,
@@ -44,96 +45,9 @@ from rsilab.studies.collapse.metrics import (
 )
 from rsilab.studies.collapse.mixes import Part, compose, parse_policies, parse_policy, real_slice
 from rsilab.studies.collapse.report import ci95, summarize
-from rsilab.studies.collapse.study import SHARED, Cell, SampleResult, Study, finished, parse_size
+from rsilab.studies.collapse.study import SHARED, Cell, Study, finished, parse_size
 
 TESTS = Path(__file__).parent
-VOCAB = ["the", "king", "and", "queen", "of", "my", "lord", "sweet", "night", "thou", "art", "fair",
-         "good", "sir", "come", "hence", "what", "say", "you", "to", "me"]
-
-
-# --- a tiny corpus, a tiny task, a fake trainer and sampler -------------------------------
-
-
-def write_corpus(path: Path, lines: int = 1500, seed: int = 0) -> Path:
-    """Zipf-like common words plus rare one-off words, so the rare tail is not empty."""
-    rng = random.Random(seed)
-    weights = [1 / (i + 1) for i in range(len(VOCAB))]
-    out = []
-    for i in range(lines):
-        line = rng.choices(VOCAB, weights, k=rng.randint(4, 9))
-        if i % 3 == 0:
-            line.append(f"rare{'abcdefghij'[i % 10]}{'klmnopqrst'[(i // 10) % 10]}x")
-        out.append(" ".join(line).capitalize() + ".")
-    path.write_text("\n".join(out) + "\n")
-    return path
-
-
-def write_task(root: Path, corpus: Path) -> Path:
-    root.mkdir(parents=True)
-    (root / "train.py").write_text("raise SystemExit('the fake trainer never runs this file')\n")
-    (root / "rsilab.toml").write_text(f'name = "tiny"\neditable = ["train.py"]\ndata = "{corpus}"\n'
-                                      "budget = 1\n")
-    return root
-
-
-class FakeTrainer:
-    """Its model is a copy of the training bytes; val_bpb rises with the generated share."""
-
-    def __init__(self, *, block_at: int | None = None, fifo: Path | None = None,
-                 fail: set[int] | None = None) -> None:
-        self.calls: list[tuple[Path, Path, int]] = []
-        self.val: Path | None = None
-        self.block_at, self.fifo = block_at, fifo
-        self.fail = fail or set()  # call numbers (1, 2, ...) that crash
-
-    def __call__(self, train: Path, run_dir: Path, seed: int) -> RunResult:
-        self.calls.append((train, run_dir, seed))
-        if self.block_at == len(self.calls):
-            (run_dir.parent / "half-done").write_text("a killed attempt left this")
-            print("BLOCKED", flush=True)
-            assert self.fifo is not None
-            self.fifo.read_text()  # blocks: nobody ever opens the other end; we get kill -9
-        if len(self.calls) in self.fail:
-            return RunResult(Status.CRASH, seed, reason="crash: injected", log_tail="boom")
-        art = run_dir / "artifact"
-        art.mkdir(parents=True)
-        (art / "model.pt2").write_bytes(train.read_bytes())
-        data, refusal = provenance.check_run_data(train, self.val, allow_generated=True)
-        assert refusal is None, refusal
-        rec = data["train"]
-        return RunResult(Status.OK, seed, metric=1.0 + rec["generated_bytes"] / rec["size"],
-                         evaluation={"data": data})
-
-
-def fake_sampler(artifact: Path, out: Path, n: int, temperature: float, seed: int) -> SampleResult:
-    """Random 40-byte windows of the 'model' (its training bytes), n bytes in all."""
-    model = (artifact / "model.pt2").read_bytes()
-    rng = random.Random(seed)
-    chunks, size = [], 0
-    while size < n:
-        start = rng.randrange(0, len(model) - 40)
-        chunks.append(model[start: start + 40])
-        size += 40
-    out.write_bytes(b"".join(chunks)[:n])
-    return SampleResult(True, seconds=0.0)
-
-
-def make_study(tmp_path: Path, trainer: FakeTrainer | None = None, **options: object) -> Study:
-    corpus = tmp_path / "corpus.txt"
-    if not corpus.exists():
-        write_corpus(corpus)
-    task = tmp_path / "task"
-    if not task.exists():
-        write_task(task, corpus)
-    settings = {"policies": "replace,accumulate,mix:0.5", "seeds": 2, "generations": 2, "size": 4096,
-                "preset": "cpu", **options}
-    study = open_study(tmp_path / "out", task_name=str(task), trainer=trainer or FakeTrainer(),
-                       sampler=fake_sampler, notify=lambda message: None, **settings)  # type: ignore[arg-type]
-    if isinstance(study.trainer, FakeTrainer):
-        study.trainer.val = study.val_path
-    return study
-
-
 def _sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
@@ -344,9 +258,9 @@ _CHILD = """
 import sys
 from pathlib import Path
 sys.path.insert(0, {tests!r})
-import test_collapse as t
-trainer = t.FakeTrainer(block_at={block_at}, fifo=Path({fifo!r}))
-study = t.make_study(Path({tmp!r}), trainer, policies="replace,accumulate", seeds=1)
+import collapse_helpers as h
+trainer = h.FakeTrainer(block_at={block_at}, fifo=Path({fifo!r}))
+study = h.make_study(Path({tmp!r}), trainer, policies="replace,accumulate", seeds=1)
 study.run()
 print("FINISHED", flush=True)
 """

@@ -19,7 +19,15 @@ import threading
 from pathlib import Path
 
 import pytest
-from test_loop import _rsilab, _wait_for, make_ws, queue_knobs, queue_patch, supervise
+from loop_helpers import (
+    TOY_TRAIN,
+    make_ws,
+    queue_knobs,
+    queue_patch,
+    start_rsilab,
+    supervise,
+    wait_for,
+)
 
 from rsilab.config import resolve_task_dir
 from rsilab.errors import RsilabError
@@ -27,7 +35,6 @@ from rsilab.record.audit import audit
 from rsilab.record.ledger import Ledger
 from rsilab.workspace import init_workspace, open_workspace
 
-TOY_TRAIN = "train.py"
 LIMIT = 4 << 20  # bytes any one file may grow to under the simulated full disk
 # Fewer runs per experiment: these tests are about faults, not about judging.
 QUICK = (("judge.noise_runs", 2), ("judge.max_runs", 2))
@@ -85,7 +92,7 @@ def test_a_full_disk_under_the_ledger_stops_with_one_line_and_a_restart_loses_no
     ws_dir = make_ws(tmp_path)
     for i, l2 in enumerate([0.05, 0.01]):
         queue_knobs(ws_dir, f"k{i}", f"L2 {l2}", L2=l2)
-    proc = _rsilab("run", str(ws_dir), "--proposer", "queue", *QUICK_SETS, cwd=tmp_path)
+    proc = start_rsilab("run", str(ws_dir), "--proposer", "queue", *QUICK_SETS, cwd=tmp_path)
     ledger_path = ws_dir / ".rsilab" / "ledger.db"
     wal = ledger_path.with_name("ledger.db-wal")
 
@@ -96,7 +103,7 @@ def test_a_full_disk_under_the_ledger_stops_with_one_line_and_a_restart_loses_no
             exps = ledger.experiments()
             return bool(exps) and exps[0].decided
 
-    _wait_for(baseline_decided, proc=proc)
+    wait_for(baseline_decided, proc=proc)
     # From now on no file of the supervisor may grow: the ledger's next write finds the disk full.
     size = wal.stat().st_size
     resource.prlimit(proc.pid, resource.RLIMIT_FSIZE, (size, size))
@@ -167,8 +174,8 @@ def test_a_worktree_deleted_mid_run_ends_that_experiment_and_the_loop_goes_on(tm
             "    time.sleep(0.02)\nrng = np.random")
     queue_patch(ws_dir, "a-wait", TOY_TRAIN, "rng = np.random", wait)
     queue_knobs(ws_dir, "b", "less weight decay", L2=0.01)
-    proc = _rsilab("run", str(ws_dir), "--proposer", "queue", *QUICK_SETS, cwd=tmp_path)
-    _wait_for(lambda: list(ws_dir.glob(".rsilab/runs/exp-0002/run-0/started")), proc=proc)
+    proc = start_rsilab("run", str(ws_dir), "--proposer", "queue", *QUICK_SETS, cwd=tmp_path)
+    wait_for(lambda: list(ws_dir.glob(".rsilab/runs/exp-0002/run-0/started")), proc=proc)
     (worktree,) = (ws_dir / ".rsilab" / "worktrees").iterdir()
     shutil.rmtree(worktree)
     (ws_dir / ".rsilab" / "runs" / "exp-0002" / "run-0" / "go").write_text("x")

@@ -2,58 +2,29 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
+from loop_helpers import (
+    TOY_TRAIN,
+    assert_consistent,
+    make_ws,
+    queue_knobs,
+    queue_patch,
+    start_rsilab,
+    supervise,
+    wait_for,
+)
 
-from rsilab.config import resolve_task_dir
-from rsilab.loop.supervisor import Limits, Supervisor, interrupt_once
-from rsilab.proposers import create
+from rsilab.loop.supervisor import Supervisor, interrupt_once
 from rsilab.proposers.base import Context
 from rsilab.record.ledger import Ledger
 from rsilab.results import Proposal
 from rsilab.run.bench import Bench
-from rsilab.workspace import git, init_workspace, open_workspace
-
-TOY_TRAIN = "train.py"
-
-
-def make_ws(tmp_path: Path, tag: str = "t") -> Path:
-    init_workspace(tmp_path / "ws", resolve_task_dir("toy"), tag)
-    return tmp_path / "ws"
-
-
-def queue_knobs(ws_dir: Path, name: str, description: str, **knobs: object) -> None:
-    q = ws_dir / ".rsilab" / "queue"
-    q.mkdir(parents=True, exist_ok=True)
-    body = "\n".join(f"{k} = {v!r}" for k, v in knobs.items())
-    (q / f"{name}.toml").write_text(f'description = "{description}"\n[knobs]\n{body}\n')
-
-
-def queue_patch(ws_dir: Path, name: str, rel: str, old: str, new: str) -> None:
-    """Queue a unified diff that replaces `old` by `new` in `rel` (made with real git)."""
-    src = (ws_dir / rel).read_text()
-    assert old in src
-    scratch = ws_dir.parent / f"scratch-{name}"
-    subprocess.run(["git", "clone", "-q", str(ws_dir), str(scratch)], check=True)
-    (scratch / rel).write_text(src.replace(old, new, 1))
-    diff = subprocess.run(["git", "diff"], cwd=scratch, capture_output=True, text=True, check=True).stdout
-    q = ws_dir / ".rsilab" / "queue"
-    q.mkdir(parents=True, exist_ok=True)
-    (q / f"{name}.patch").write_text(diff)
-
-
-def supervise(ws_dir: Path, *overrides: tuple[str, object], max_experiments: int | None = None) -> tuple[str, Ledger]:
-    ws = open_workspace(ws_dir)
-    task = ws.load_task(list(overrides))
-    ledger = Ledger(ws.ledger_path)
-    sup = Supervisor(ws, ledger, Bench(task), [create("queue", queue_dir=ws.queue_dir)], limits=Limits(max_experiments=max_experiments))
-    return sup.run(), ledger
+from rsilab.workspace import git, open_workspace
 
 
 def test_loop_keeps_a_real_gain_and_discards_noise(tmp_path: Path) -> None:
@@ -141,43 +112,6 @@ def test_a_crash_is_a_result_not_a_stop(tmp_path: Path) -> None:
     assert "RuntimeError" in ledger.runs(crash.id)[0].log_tail
 
 
-def _rsilab(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
-    # SIGINT back to its default in the child: a test suite started as a background job of
-    # a script inherits SIGINT ignored, and rsilab, like any program, keeps it ignored then.
-    return subprocess.Popen([sys.executable, "-m", "rsilab.cli", *args], cwd=cwd, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env or dict(os.environ),
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-
-
-def _wait_for(predicate: object, timeout: float = 60.0, proc: subprocess.Popen[str] | None = None) -> None:
-    """Poll a condition (not a fixed sleep): the test proceeds the moment it holds. With
-    `proc` (the supervisor), its exiting first fails the test at once, with its output."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():  # type: ignore[operator]
-            return
-        if proc is not None and proc.poll() is not None:
-            output = proc.stdout.read() if proc.stdout else ""
-            raise AssertionError(f"the supervisor exited ({proc.returncode}) before the condition held:\n{output}")
-        time.sleep(0.02)
-    raise AssertionError("condition not reached in time")
-
-
-def _assert_consistent(ws_dir: Path) -> Ledger:
-    ws = open_workspace(ws_dir)
-    ledger = Ledger(ws.ledger_path)
-    exps = ledger.experiments()
-    ids = [e.id for e in exps]
-    assert ids == list(range(1, len(ids) + 1))  # nothing lost, nothing duplicated
-    assert all(e.decided for e in exps)
-    inc = ledger.incumbent()
-    assert inc is not None and ws.incumbent_commit() == inc.commit
-    assert git(ws_dir, "worktree", "list").count("\n") == 1
-    for e in exps:  # every experiment's commit is kept reachable for reproduction
-        assert git(ws_dir, "rev-parse", f"refs/rsilab/{ws.tag}/exp-{e.id:04d}").strip() == e.commit
-    return ledger
-
-
 def test_kill_9_during_a_run_then_resume(tmp_path: Path) -> None:
     ws_dir = make_ws(tmp_path)
     marker = tmp_path / "started"
@@ -186,18 +120,18 @@ def test_kill_9_during_a_run_then_resume(tmp_path: Path) -> None:
     queue_knobs(ws_dir, "b", "less weight decay", L2=0.01)
     # The sleeper times out quickly when re-run; unsandboxed so it can leave its marker.
     fast = ("--set", "budget=1", "--set", "overhead=2", "--set", 'sandbox="none"')
-    proc = _rsilab("run", str(ws_dir), "--proposer", "queue", *fast, cwd=tmp_path)
-    _wait_for(marker.exists, proc=proc)
+    proc = start_rsilab("run", str(ws_dir), "--proposer", "queue", *fast, cwd=tmp_path)
+    wait_for(marker.exists, proc=proc)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     # The supervisor died mid-run: its training process must die with it.
     pids = subprocess.run(["pgrep", "-f", "time.sleep\\(60\\)"], capture_output=True, text=True).stdout.split()
-    _wait_for(lambda: not any(Path(f"/proc/{p}").exists() for p in pids), timeout=10)
+    wait_for(lambda: not any(Path(f"/proc/{p}").exists() for p in pids), timeout=10)
 
     out = subprocess.run([sys.executable, "-m", "rsilab.cli", "run", str(ws_dir), "--proposer", "queue", *fast],
                          capture_output=True, text=True, cwd=tmp_path)
     assert out.returncode == 0, out.stdout + out.stderr
-    ledger = _assert_consistent(ws_dir)
+    ledger = assert_consistent(ws_dir)
     exps = ledger.experiments()
     # The interrupted idea is recorded, then run again (and times out: it sleeps).
     assert [e.status for e in exps] == ["keep", "interrupted", "timeout", "keep"]
@@ -238,14 +172,14 @@ def test_ctrl_c_during_a_run_stops_cleanly_even_when_pressed_twice(tmp_path: Pat
     queue_patch(ws_dir, "a-slow", TOY_TRAIN, "rng = np.random",
                 f"import pathlib, time\npathlib.Path({str(marker)!r}).write_text('x')\ntime.sleep(60)\nrng = np.random")
     fast = ("--set", "budget=1", "--set", "overhead=2", "--set", 'sandbox="none"')
-    proc = _rsilab("run", str(ws_dir), "--proposer", "queue", *fast, cwd=tmp_path)
-    _wait_for(marker.exists, proc=proc)
+    proc = start_rsilab("run", str(ws_dir), "--proposer", "queue", *fast, cwd=tmp_path)
+    wait_for(marker.exists, proc=proc)
     for _ in range(signals):
         proc.send_signal(signal.SIGINT)
     output, _ = proc.communicate(timeout=60)
     assert proc.returncode == 130, output
     assert "Traceback" not in output and output.rstrip().endswith("`rsilab run` resumes"), output
-    ledger = _assert_consistent(ws_dir)
+    ledger = assert_consistent(ws_dir)
     assert [e.status for e in ledger.experiments()] == ["keep", "interrupted"]
 
 
@@ -254,7 +188,7 @@ def test_kill_9_at_other_moments_leaves_ledger_and_git_consistent(tmp_path: Path
     ws_dir = make_ws(tmp_path)
     for i, l2 in enumerate([0.05, 0.02, 0.01, 0.005]):
         queue_knobs(ws_dir, f"k{i}", f"L2 {l2}", L2=l2)
-    proc = _rsilab("run", str(ws_dir), "--proposer", "queue", cwd=tmp_path)
+    proc = start_rsilab("run", str(ws_dir), "--proposer", "queue", cwd=tmp_path)
     ledger_path = ws_dir / ".rsilab" / "ledger.db"
 
     def decided() -> bool:
@@ -263,13 +197,13 @@ def test_kill_9_at_other_moments_leaves_ledger_and_git_consistent(tmp_path: Path
         with Ledger(ledger_path) as ledger:
             return sum(e.decided for e in ledger.experiments()) >= decisions_before_kill
 
-    _wait_for(decided, proc=proc)
+    wait_for(decided, proc=proc)
     proc.send_signal(signal.SIGKILL)  # lands wherever the supervisor happens to be
     proc.wait()
     out = subprocess.run([sys.executable, "-m", "rsilab.cli", "run", str(ws_dir), "--proposer", "queue"],
                          capture_output=True, text=True, cwd=tmp_path)
     assert out.returncode == 0, out.stdout + out.stderr
-    ledger = _assert_consistent(ws_dir)
+    ledger = assert_consistent(ws_dir)
     done = [e.description for e in ledger.experiments()[1:] if e.status in ("keep", "discard")]
     # Every queued idea reached a decision exactly once; one cut short by the kill is
     # recorded as interrupted and then run again.

@@ -1,16 +1,13 @@
 """Several experiments at once on one machine: overlap, one lineage, no duplicates, conflicts.
 
-The task is the bundled `toy` with two independent knobs added, SHIFT_A and SHIFT_B: each
-puts a deliberate error of 0.5 into one weight, which costs 0.25 of validation loss (five
-times the toy's noise), so fixing either is a clear win on its own and on top of the
-other. Every run prints its own start and end time in its summary, so overlap is read
-from the ledger, and WORK_SECONDS of (CPU-light) work stand in for a longer training.
+The task is the "shifted" toy of loop_helpers (`make_shifted_ws`): two independent knobs,
+SHIFT_A and SHIFT_B, each a clear win to fix, and every run's start and end time in its
+summary, so overlap is read from the ledger.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -19,55 +16,24 @@ import time
 from pathlib import Path
 
 import pytest
-from test_loop import _assert_consistent, _wait_for, queue_knobs
+from loop_helpers import (
+    assert_consistent,
+    make_shifted_ws,
+    overlap,
+    queue_knobs,
+    queue_patch,
+    spans,
+    wait_for,
+)
 
-from rsilab.config import resolve_task_dir
-from rsilab.loop.supervisor import Limits, Supervisor
+from rsilab.loop.limits import Limits
+from rsilab.loop.supervisor import Supervisor
 from rsilab.proposers import create
 from rsilab.proposers.choice import parse_proposers
 from rsilab.record.ledger import Ledger
 from rsilab.run.bench import Bench
 from rsilab.run.executors import create as create_executor
-from rsilab.workspace import git, init_workspace, open_workspace
-
-KNOBS = """SHIFT_A = 0.5        # error put into weight 0 (costs SHIFT_A**2 of val loss)
-SHIFT_B = 0.5        # error put into weight 1
-WORK_SECONDS = {work}   # stand-in for a longer training (sleeps: CPU-light)
-"""
-
-
-def shifted_task(tmp_path: Path, work: float = 1.0) -> Path:
-    """A copy of the toy task with SHIFT_A, SHIFT_B and timestamps in every run's summary."""
-    task = tmp_path / "task"
-    shutil.copytree(resolve_task_dir("toy"), task, ignore=shutil.ignore_patterns("__pycache__"))
-    src = (task / "train.py").read_text()
-    src = src.replace("import numpy as np\n", "import time\n\nimport numpy as np\n", 1)
-    src = src.replace("MOMENTUM = 0.0       # heavy-ball momentum\n",
-                      "MOMENTUM = 0.0       # heavy-ball momentum\n" + KNOBS.format(work=work), 1)
-    src = src.replace("rng = np.random", "T_START = time.time()\ntime.sleep(WORK_SECONDS)\nrng = np.random", 1)
-    src = src.replace("np.save(", "w[0] += SHIFT_A\nw[1] += SHIFT_B\nnp.save(", 1)
-    src = src.replace('"num_steps": STEPS,', '"num_steps": STEPS, "t_start": T_START, "t_end": time.time(),', 1)
-    assert "SHIFT_A = 0.5 " in src and "w[0] += SHIFT_A" in src and "t_end" in src
-    (task / "train.py").write_text(src)
-    return task
-
-
-def make_ws(tmp_path: Path, work: float = 1.0) -> Path:
-    init_workspace(tmp_path / "ws", shifted_task(tmp_path, work), "par")
-    return tmp_path / "ws"
-
-
-def queue_patch(ws_dir: Path, name: str, old: str, new: str) -> None:
-    """Queue a diff of train.py replacing `old` by `new` (made with real git)."""
-    scratch = ws_dir.parent / f"scratch-{name}"
-    subprocess.run(["git", "clone", "-q", str(ws_dir), str(scratch)], check=True)
-    src = (scratch / "train.py").read_text()
-    assert old in src
-    (scratch / "train.py").write_text(src.replace(old, new, 1))
-    diff = subprocess.run(["git", "diff"], cwd=scratch, capture_output=True, text=True, check=True).stdout
-    queue = ws_dir / ".rsilab" / "queue"
-    queue.mkdir(parents=True, exist_ok=True)
-    (queue / f"{name}.patch").write_text(diff)
+from rsilab.workspace import git, open_workspace
 
 
 def supervise(ws_dir: Path, workers: int = 2, proposers: list[object] | None = None,
@@ -83,19 +49,10 @@ def supervise(ws_dir: Path, workers: int = 2, proposers: list[object] | None = N
     return ledger
 
 
-def spans(ledger: Ledger, exp_id: int) -> list[tuple[float, float]]:
-    """(start, end) of every run of an experiment, as the runs themselves reported them."""
-    return [(r.summary["t_start"], r.summary["t_end"]) for r in ledger.runs(exp_id)]
-
-
-def overlap(a: tuple[float, float], b: tuple[float, float]) -> bool:
-    return max(a[0], b[0]) < min(a[1], b[1])
-
-
 def test_two_workers_run_at_once_and_merge_into_one_lineage(tmp_path: Path) -> None:
-    ws_dir = make_ws(tmp_path)
-    queue_patch(ws_dir, "a-fix-weight-0", "SHIFT_A = 0.5 ", "SHIFT_A = 0.0 ")  # a knob
-    queue_patch(ws_dir, "b-fix-weight-1", "w[1] += SHIFT_B", "w[1] += 0.0 * SHIFT_B")  # code, far below
+    ws_dir = make_shifted_ws(tmp_path)
+    queue_patch(ws_dir, "a-fix-weight-0", "train.py", "SHIFT_A = 0.5 ", "SHIFT_A = 0.0 ")  # a knob
+    queue_patch(ws_dir, "b-fix-weight-1", "train.py", "w[1] += SHIFT_B", "w[1] += 0.0 * SHIFT_B")  # code, far below
     ledger = supervise(ws_dir, workers=2)
     exps = ledger.experiments()
     # Both slots were busy at once: two baseline runs, then the two ideas' first runs.
@@ -124,11 +81,11 @@ def test_two_workers_run_at_once_and_merge_into_one_lineage(tmp_path: Path) -> N
     assert git(ws_dir, "rev-parse", f"{merged.commit}^").strip() == kept.commit
     final = git(ws_dir, "show", f"{merged.commit}:train.py")
     assert "SHIFT_A = 0.0 " in final and "w[1] += 0.0 * SHIFT_B" in final
-    _assert_consistent(ws_dir)
+    assert_consistent(ws_dir)
 
 
 def test_wins_on_neighbouring_knobs_merge_at_the_knob_level(tmp_path: Path) -> None:
-    ws_dir = make_ws(tmp_path, work=0.5)
+    ws_dir = make_shifted_ws(tmp_path, work=0.5)
     # SHIFT_A and SHIFT_B are declared on adjacent lines: git's merge calls that a conflict.
     queue_knobs(ws_dir, "a", "fix weight 0", SHIFT_A=0.0)
     queue_knobs(ws_dir, "b", "fix weight 1", SHIFT_B=0.0)
@@ -142,10 +99,10 @@ def test_wins_on_neighbouring_knobs_merge_at_the_knob_level(tmp_path: Path) -> N
 
 
 def test_a_conflicting_winner_is_recorded_as_a_conflict(tmp_path: Path) -> None:
-    ws_dir = make_ws(tmp_path, work=0.5)
+    ws_dir = make_shifted_ws(tmp_path, work=0.5)
     # Two fixes of the same line: whichever is kept first, the other no longer applies.
-    queue_patch(ws_dir, "a-fix-weight-0", "SHIFT_A = 0.5 ", "SHIFT_A = 0.0 ")
-    queue_patch(ws_dir, "b-nearly-fix-weight-0", "SHIFT_A = 0.5 ", "SHIFT_A = 0.1 ")
+    queue_patch(ws_dir, "a-fix-weight-0", "train.py", "SHIFT_A = 0.5 ", "SHIFT_A = 0.0 ")
+    queue_patch(ws_dir, "b-nearly-fix-weight-0", "train.py", "SHIFT_A = 0.5 ", "SHIFT_A = 0.1 ")
     ledger = supervise(ws_dir, workers=2)
     exps = ledger.experiments()
     assert len(exps) == 3  # no merged experiment was made
@@ -156,16 +113,16 @@ def test_a_conflicting_winner_is_recorded_as_a_conflict(tmp_path: Path) -> None:
     assert "the incumbent changed SHIFT_A too" in lost.reason  # no knob-level way round it either
     assert all(row.merged_onto is None for row in ledger.lineage())
     assert open_workspace(ws_dir).incumbent_commit() == kept.commit
-    _assert_consistent(ws_dir)
+    assert_consistent(ws_dir)
 
 
 def test_duplicates_are_skipped_without_a_run(tmp_path: Path) -> None:
-    ws_dir = make_ws(tmp_path, work=0.5)
+    ws_dir = make_shifted_ws(tmp_path, work=0.5)
     # A bad idea (a larger error), so the incumbent stays and the same patch still applies later.
-    queue_patch(ws_dir, "1-worse-weight-1", "SHIFT_B = 0.5 ", "SHIFT_B = 0.9 ")
-    queue_patch(ws_dir, "2-worse-weight-1-again", "SHIFT_B = 0.5 ", "SHIFT_B = 0.9 ")  # the same diff
+    queue_patch(ws_dir, "1-worse-weight-1", "train.py", "SHIFT_B = 0.5 ", "SHIFT_B = 0.9 ")
+    queue_patch(ws_dir, "2-worse-weight-1-again", "train.py", "SHIFT_B = 0.5 ", "SHIFT_B = 0.9 ")  # the same diff
     ledger = supervise(ws_dir, workers=2)  # the second is proposed while the first is in flight
-    queue_patch(ws_dir, "3-worse-weight-1-once-more", "SHIFT_B = 0.5 ", "SHIFT_B = 0.9 ")
+    queue_patch(ws_dir, "3-worse-weight-1-once-more", "train.py", "SHIFT_B = 0.5 ", "SHIFT_B = 0.9 ")
     supervise(ws_dir, workers=2)  # the third after the first was tried (and discarded)
     exps = ledger.experiments()
     assert [(e.description, e.status) for e in exps] == [("baseline", "keep"), ("worse weight 1", "discard")]
@@ -177,7 +134,7 @@ def test_duplicates_are_skipped_without_a_run(tmp_path: Path) -> None:
 
 
 def test_the_tuner_with_two_slots_never_repeats_itself(tmp_path: Path) -> None:
-    ws_dir = make_ws(tmp_path, work=0.0)
+    ws_dir = make_shifted_ws(tmp_path, work=0.0)
     ws = open_workspace(ws_dir)
     tuner = create("tuner", seed=3)
     ledger = supervise(ws_dir, workers=2, proposers=[create("queue", queue_dir=ws.queue_dir), tuner],
@@ -199,8 +156,8 @@ def test_proposer_shares_parse() -> None:
 
 
 def test_stop_now_cancels_the_runs_in_flight(tmp_path: Path) -> None:
-    ws_dir = make_ws(tmp_path, work=0.0)
-    queue_patch(ws_dir, "a-slow", "time.sleep(WORK_SECONDS)",
+    ws_dir = make_shifted_ws(tmp_path, work=0.0)
+    queue_patch(ws_dir, "a-slow", "train.py", "time.sleep(WORK_SECONDS)",
                 "(harness.artifact_dir() / 'started').write_text('x')\ntime.sleep(120)")
     ws = open_workspace(ws_dir)
     task = ws.load_task()
@@ -211,7 +168,7 @@ def test_stop_now_cancels_the_runs_in_flight(tmp_path: Path) -> None:
     seen: list[list[int]] = []
 
     def stop_when_running() -> None:
-        _wait_for(started.is_file, timeout=120)
+        wait_for(started.is_file, timeout=120)
         seen.append(_processes_in(ws.state))  # the run's processes (their cwd is its worktree)
         sup.stop(now=True)
 
@@ -245,7 +202,7 @@ def _processes_in(folder: Path) -> list[int]:
 
 
 def test_kill_9_with_two_workers_then_resume(tmp_path: Path) -> None:
-    ws_dir = make_ws(tmp_path, work=0.5)
+    ws_dir = make_shifted_ws(tmp_path, work=0.5)
     for i, value in enumerate([0.4, 0.3, 0.2, 0.1]):
         queue_knobs(ws_dir, f"k{i}", f"SHIFT_A {value}", SHIFT_A=value)
     cmd = [sys.executable, "-m", "rsilab.cli", "run", str(ws_dir), "--proposer", "queue", "--workers", "2"]
@@ -258,14 +215,14 @@ def test_kill_9_with_two_workers_then_resume(tmp_path: Path) -> None:
         with Ledger(ledger_path) as ledger:
             return sum(not e.decided for e in ledger.experiments()) >= 2
 
-    _wait_for(two_in_flight, timeout=120)
+    wait_for(two_in_flight, timeout=120)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     # Every run of the dead supervisor dies with it.
-    _wait_for(lambda: not _processes_in(ws_dir / ".rsilab"), timeout=15)
+    wait_for(lambda: not _processes_in(ws_dir / ".rsilab"), timeout=15)
     out = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr
-    ledger = _assert_consistent(ws_dir)
+    ledger = assert_consistent(ws_dir)
     exps = ledger.experiments()
     assert sum(e.status == "interrupted" for e in exps) >= 2
     # Every idea reached one final decision; one cut short by the kill was run again.

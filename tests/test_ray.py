@@ -13,8 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_loop import _assert_consistent, _wait_for
-from test_parallel import make_ws, overlap, queue_patch, spans
+from loop_helpers import assert_consistent, make_shifted_ws, overlap, queue_patch, spans, wait_for
 
 from rsilab.loop.supervisor import Supervisor
 from rsilab.proposers import create
@@ -62,11 +61,11 @@ def shape(ledger: Ledger) -> list[Any]:
 def test_ray_runs_complete_and_the_ledger_matches_the_local_executor(tmp_path: Path) -> None:
     ledgers = {}
     for name in ("local", "ray"):
-        ws_dir = make_ws(tmp_path / name, work=0.0)
-        queue_patch(ws_dir, "a-fix-weight-0", "SHIFT_A = 0.5 ", "SHIFT_A = 0.0 ")
-        queue_patch(ws_dir, "b-worse-weight-1", "w[1] += SHIFT_B", "w[1] += 2 * SHIFT_B")
+        ws_dir = make_shifted_ws(tmp_path / name, work=0.0)
+        queue_patch(ws_dir, "a-fix-weight-0", "train.py", "SHIFT_A = 0.5 ", "SHIFT_A = 0.0 ")
+        queue_patch(ws_dir, "b-worse-weight-1", "train.py", "w[1] += SHIFT_B", "w[1] += 2 * SHIFT_B")
         _, ledgers[name] = supervise(ws_dir, name, workers=1, overrides=FAST)
-        _assert_consistent(ws_dir)
+        assert_consistent(ws_dir)
     assert shape(ledgers["ray"]) == shape(ledgers["local"])
     assert [e.status for e in ledgers["ray"].experiments()] == ["keep", "keep", "discard"]
     # The node's logs and the evaluator's own metrics file came back into the run folders.
@@ -78,7 +77,7 @@ def test_ray_runs_complete_and_the_ledger_matches_the_local_executor(tmp_path: P
 
 
 def test_two_runs_at_once_each_on_its_own_gpu(tmp_path: Path) -> None:
-    ws_dir = make_ws(tmp_path, work=1.0)
+    ws_dir = make_shifted_ws(tmp_path, work=1.0)
     _, ledger = supervise(ws_dir, "ray", workers=None, overrides=FAST)  # a slot per (fake) GPU
     base = spans(ledger, 1)  # the baseline's two runs
     assert len(base) == 2 and overlap(base[0], base[1])
@@ -99,16 +98,16 @@ def _ray_worker_of(pid: int) -> int:
 
 
 def test_a_killed_ray_worker_is_retried(tmp_path: Path) -> None:
-    ws_dir = make_ws(tmp_path, work=0.0)
+    ws_dir = make_shifted_ws(tmp_path, work=0.0)
     marker = tmp_path / "first-attempt"
     # The first attempt records its pid and hangs; the retry finds the marker and trains.
-    queue_patch(ws_dir, "b-hang-once", "time.sleep(WORK_SECONDS)",
+    queue_patch(ws_dir, "b-hang-once", "train.py", "time.sleep(WORK_SECONDS)",
                 f"import os, pathlib\nm = pathlib.Path({str(marker)!r})\n"
                 "if not m.exists():\n    m.write_text(str(os.getpid()))\n    time.sleep(120)")
     killed: list[int] = []
 
     def kill_its_worker(sup: Supervisor) -> None:
-        _wait_for(lambda: marker.is_file() and marker.read_text().strip(), timeout=120)
+        wait_for(lambda: marker.is_file() and marker.read_text().strip(), timeout=120)
         worker = _ray_worker_of(int(marker.read_text()))
         os.kill(worker, signal.SIGKILL)
         killed.append(worker)
@@ -122,17 +121,17 @@ def test_a_killed_ray_worker_is_retried(tmp_path: Path) -> None:
     runs = ledger.runs(hung.id)
     assert runs and all(r.ok for r in runs)  # the retry trained; the loss of a worker is no result
     assert Path(runs[0].log_path).read_text().startswith("--- rsilab: retried 1 time(s)")
-    _assert_consistent(ws_dir)
+    assert_consistent(ws_dir)
 
 
 def test_a_stop_cancels_the_runs_in_flight_on_ray(tmp_path: Path) -> None:
-    ws_dir = make_ws(tmp_path, work=0.0)
+    ws_dir = make_shifted_ws(tmp_path, work=0.0)
     marker = tmp_path / "running"
-    queue_patch(ws_dir, "a-slow", "time.sleep(WORK_SECONDS)",
+    queue_patch(ws_dir, "a-slow", "train.py", "time.sleep(WORK_SECONDS)",
                 f"import os, pathlib\npathlib.Path({str(marker)!r}).write_text(str(os.getpid()))\ntime.sleep(120)")
 
     def stop_when_running(sup: Supervisor) -> None:
-        _wait_for(lambda: marker.is_file() and marker.read_text().strip(), timeout=120)
+        wait_for(lambda: marker.is_file() and marker.read_text().strip(), timeout=120)
         sup.stop(now=True)
 
     t0 = time.monotonic()
@@ -143,4 +142,4 @@ def test_a_stop_cancels_the_runs_in_flight_on_ray(tmp_path: Path) -> None:
     assert slow.status == "interrupted" and ledger.runs(slow.id) == []
     assert (ws_dir / ".rsilab" / "queue" / "a-slow.patch").is_file()  # back in line for the next run
     # The training process on the node is gone.
-    _wait_for(lambda: not Path(f"/proc/{marker.read_text().strip()}").exists(), timeout=20)
+    wait_for(lambda: not Path(f"/proc/{marker.read_text().strip()}").exists(), timeout=20)
