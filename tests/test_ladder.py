@@ -151,7 +151,8 @@ def test_harness_budget_flops(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_the_supervisor_discards_a_win_that_does_not_transfer(tmp_path: Path, task_dir: Path) -> None:
     """End to end, once the supervisor calls `Ladder.gate` at its keep site (`self.ladder`)."""
-    from rsilab.loop.supervisor import Limits, Supervisor
+    from rsilab.loop.limits import Limits
+    from rsilab.loop.supervisor import Supervisor
     from rsilab.proposers import create
 
     ws = init_workspace(tmp_path / "ws", task_dir, "t")

@@ -9,7 +9,8 @@ from fake_llm import FakeLLM, Scripted
 
 from rsilab.config import LLMSpec, resolve_task_dir
 from rsilab.errors import ConfigError
-from rsilab.loop.supervisor import Limits, Supervisor
+from rsilab.loop.limits import Limits
+from rsilab.loop.supervisor import Supervisor
 from rsilab.proposers import create
 from rsilab.proposers.llm import LLMProposer
 from rsilab.record.ledger import Ledger

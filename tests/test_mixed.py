@@ -10,7 +10,8 @@ from pathlib import Path
 from fake_llm import FakeLLM
 
 from rsilab.config import resolve_task_dir
-from rsilab.loop.supervisor import Limits, Supervisor
+from rsilab.loop.limits import Limits
+from rsilab.loop.supervisor import Supervisor
 from rsilab.proposers import create
 from rsilab.proposers.base import Context
 from rsilab.record.ledger import Ledger
