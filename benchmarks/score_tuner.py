@@ -41,7 +41,7 @@ from rsilab.data import prepare
 from rsilab.run.bench import Bench
 from rsilab.studies.score import format_table as score_table
 from rsilab.studies.score import score_workspace
-from rsilab.studies.strategy import Meta, format_table, summary
+from rsilab.studies.strategy import StrategySearch, format_table, summary
 from rsilab.workspace import open_workspace
 
 
@@ -68,7 +68,7 @@ def main() -> None:
           f"{args.seeds}, confirmation seeds {args.confirm_seeds}; output: {root}", flush=True)
 
     t0 = time.time()
-    meta = Meta(root / "meta", task_dir=task_dir, overrides=overrides, preset="cpu", proposer="tuner",
+    meta = StrategySearch(root / "meta", task_dir=task_dir, overrides=overrides, preset="cpu", proposer="tuner",
                 session_experiments=args.session_experiments, confirm_seeds=args.confirm_seeds,
                 train_data=train, val_data=val, notify=lambda line: print(line, flush=True))
     state = meta.run(args.generations, args.strategies)

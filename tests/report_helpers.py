@@ -39,8 +39,8 @@ def synthetic_ledger(path: Path) -> Ledger:
     """5 experiments, 2 kept (the baseline and one), 2 discarded, 1 crashed; with a
     recheck, token costs, a script-bearing description, an HTML-bearing diff and a note."""
     led = Ledger(path)
-    led.set_meta("metric", "val_bpb")
-    led.set_meta("comparable", {"metric.direction": "min"})
+    led.set_setting("metric", "val_bpb")
+    led.set_setting("comparable", {"metric.direction": "min"})
     rows: list[tuple[str, str, str, list[float], float | None, dict[str, Any]]] = [
         ("baseline", "baseline", "keep", [1.000, 0.998, 1.002], 1.0, {}),
         ("raise LR to 0.04", "tuner", "discard", [1.004], 1.004, {"effect": -0.004}),

@@ -65,14 +65,34 @@ def test_migrations_idempotent(tmp_path: Path) -> None:
     db.close()
 
 
-def test_meta_round_trip(ledger: Ledger) -> None:
-    assert ledger.get_meta("tag") is None
-    assert ledger.get_meta("tag", "x") == "x"
-    ledger.set_meta("tag", "mar5")
-    ledger.set_meta("frozen", {"prepare.py": "ab12", "n": [1, 2]})
-    ledger.set_meta("tag", "mar6")  # meta is the one mutable table
-    assert ledger.get_meta("tag") == "mar6"
-    assert ledger.get_meta("frozen") == {"prepare.py": "ab12", "n": [1, 2]}
+def test_a_ledger_from_before_the_settings_rename_keeps_its_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Workspaces made before 005_settings have a `meta` table: it becomes `settings`, values kept."""
+    from rsilab.record import ledger as ledger_module
+
+    path = tmp_path / "ledger.db"
+    old = [m for m in MIGRATIONS if m[0] != "005_settings"]
+    monkeypatch.setattr(ledger_module, "MIGRATIONS", old)
+    db = sqlite3.connect(path)
+    with Ledger(path):  # the schema as it was
+        pass
+    db.execute("INSERT INTO meta (key, value) VALUES ('overrides', '[\"budget=20\"]')")
+    db.commit()
+    db.close()
+    monkeypatch.setattr(ledger_module, "MIGRATIONS", MIGRATIONS)
+    with Ledger(path) as led:
+        assert led.get_setting("overrides") == ["budget=20"]
+        led.set_setting("tag", "t")
+        assert led.get_setting("tag") == "t"
+
+
+def test_settings_round_trip(ledger: Ledger) -> None:
+    assert ledger.get_setting("tag") is None
+    assert ledger.get_setting("tag", "x") == "x"
+    ledger.set_setting("tag", "mar5")
+    ledger.set_setting("frozen", {"prepare.py": "ab12", "n": [1, 2]})
+    ledger.set_setting("tag", "mar6")  # meta is the one mutable table
+    assert ledger.get_setting("tag") == "mar6"
+    assert ledger.get_setting("frozen") == {"prepare.py": "ab12", "n": [1, 2]}
 
 
 def test_experiment_run_decision_round_trip(ledger: Ledger) -> None:
@@ -304,13 +324,13 @@ def test_export_tsv_exact_format(ledger: Ledger, tmp_path: Path) -> None:
 
 def test_export_json_and_csv(ledger: Ledger, tmp_path: Path) -> None:
     _filled(ledger)
-    ledger.set_meta("metric", "val_bpb")
+    ledger.set_setting("metric", "val_bpb")
     nan = _exp(ledger, "diverged")
     ledger.add_run(nan, RunResult(Status.OK, 1, 1.0, summary={"loss": math.nan}))
     ledger.add_cost(1, "compute", 60.0, "s")
     ledger.export_json(tmp_path / "ledger.json")
     dump = json.loads((tmp_path / "ledger.json").read_text())  # strict JSON: NaN became null
-    assert dump["meta"] == {"metric": "val_bpb"} and dump["costs"] == {"compute": 60.0}
+    assert dump["settings"] == {"metric": "val_bpb"} and dump["costs"] == {"compute": 60.0}
     first = dump["experiments"][0]
     assert first["status"] == "keep" and len(first["runs"]) == 2 and len(first["decisions"]) == 1
     assert first["runs"][0]["status"] == "ok" and first["diff"].startswith("---")

@@ -10,8 +10,8 @@ from fake_llm import FakeLLM
 
 from rsilab.studies.strategy import (
     META_FILE,
-    Meta,
     Strategy,
+    StrategySearch,
     format_table,
     parse_program,
     tuner_neighbours,
@@ -80,7 +80,7 @@ def test_meta_finds_a_faster_tuner_strategy(tmp_path: Path, task_dir: Path,
     monkeypatch.setattr("rsilab.studies.strategy.N_STARTUP", 8)
     lines: list[str] = []
     root = tmp_path / "meta"
-    state = Meta(root, task_dir=task_dir, session_experiments=3, confirm_seeds=2, notify=lines.append).run(2, 3)
+    state = StrategySearch(root, task_dir=task_dir, session_experiments=3, confirm_seeds=2, notify=lines.append).run(2, 3)
     start, champion = state.strategy("s0"), state.strategy(state.champion)
     assert start.settings["max_knobs"] == 1 and start.settings["n_startup"] == 8
     # Sessions of 3 experiments: TPE never leaves its random start-up, so the only step that
@@ -110,7 +110,7 @@ def test_meta_finds_a_faster_tuner_strategy(tmp_path: Path, task_dir: Path,
     assert "velocity change vs the starting strategy" in format_table(state)
     assert any("velocity" in line for line in lines)
     # Run again: everything is done, nothing is re-run.
-    again = Meta(root, task_dir=task_dir, session_experiments=3, confirm_seeds=2, notify=lines.append).run(2, 3)
+    again = StrategySearch(root, task_dir=task_dir, session_experiments=3, confirm_seeds=2, notify=lines.append).run(2, 3)
     assert len(again.sessions) == n and again.champion == champion.id
 
 
@@ -128,7 +128,7 @@ def test_meta_with_an_llm_rewrites_the_program_from_the_evidence(tmp_path: Path,
                   "Here it is:\n```markdown\n# Program v2\n\nFlip FLAG_A and FLAG_B together.\n```\n",
                   answer("set both flags", "FLAG_A", "FLAG_B"))
         overrides = [f'llm.base_url="{llm.url_openai}"', 'llm.model="fake"', "llm.repair_rounds=0"]
-        state = Meta(tmp_path / "meta", task_dir=task_dir, overrides=overrides, proposer="llm",
+        state = StrategySearch(tmp_path / "meta", task_dir=task_dir, overrides=overrides, proposer="llm",
                      session_experiments=1, confirm_seeds=2, notify=lambda line: None).run(1, 2)
         assert llm.pending == 0
         first, rewrite, second = (r.json["messages"][-1]["content"] for r in llm.requests)

@@ -107,7 +107,7 @@ def test_missing_tsv(tmp_path: Path) -> None:
 
 def test_points_from_ledger_with_band(tmp_path: Path) -> None:
     led = _ledger(tmp_path)
-    led.set_meta("metric", {"name": "val_loss", "direction": "min"})
+    led.set_setting("metric", {"name": "val_loss", "direction": "min"})
     metric, points = points_from_ledger(led)
     assert metric == "val_loss"
     assert [p.index for p in points] == [1, 2, 3, 4, 5]  # the running experiment is left out
@@ -120,7 +120,7 @@ def test_points_from_ledger_with_band(tmp_path: Path) -> None:
     )
     assert points[1].band == base_band and points[4].band == new_band
     assert new_band is not None and new_band[0] < 0.991 < new_band[1]
-    led.set_meta("metric", "acc")
+    led.set_setting("metric", "acc")
     assert points_from_ledger(led)[0] == "acc"
     led.close()
 

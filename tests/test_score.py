@@ -91,7 +91,7 @@ def scored(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         record(ledger, sbase, tuned, "queue", "less weight decay (queued by a person)")
         ledger.add_event("control", "note: try less weight decay", data={"action": "note"}, source="cli")
         task = steered.load_task([("env.TOY_NOISE", NOISE)])
-        ledger.set_meta("comparable", task.comparable("cpu") | {"seed": 0})
+        ledger.set_setting("comparable", task.comparable("cpu") | {"seed": 0})
     result = CliRunner().invoke(main, ["score", str(ours.root), "--seeds", "3", "--preset", "cpu",
                                        "--compare", str(steered.root), "--set", f'env.TOY_NOISE="{NOISE}"'])
     assert result.exit_code == 0, result.output

@@ -459,7 +459,7 @@ def status(directory: Path) -> None:
 
     ws = open_workspace(directory)
     with Ledger(ws.ledger_path) as ledger:
-        _print_status(ledger, ledger.get_meta("metric", "val_bpb"), ws.root)
+        _print_status(ledger, ledger.get_setting("metric", "val_bpb"), ws.root)
 
 
 @main.command()
@@ -541,7 +541,7 @@ def report(directory: Path, tsv: Path | None, out: Path | None, html: bool) -> N
     folder.mkdir(parents=True, exist_ok=True)
     with Ledger(ws.ledger_path) as ledger:
         metric, points = points_from_ledger(ledger)
-        direction = ledger.get_meta("comparable", {}).get("metric.direction", "min")
+        direction = ledger.get_setting("comparable", {}).get("metric.direction", "min")
         plot_progress(points, folder / "progress.png", metric=metric, direction=direction,
                       title=f"rsilab · {ws.branch}")
         ledger.export_tsv(folder / "results.tsv", metric)
@@ -674,8 +674,8 @@ def score(directory: Path, references: str, seeds: int, commit: str | None, comp
 
     ws = open_workspace(directory)
     with Ledger(ws.ledger_path) as ledger:  # the research's own settings: the same budget
-        sets = sets or tuple(ledger.get_meta("overrides", []))
-        preset = preset or (ledger.get_meta("comparable") or {}).get("preset") or harness.preset()
+        sets = sets or tuple(ledger.get_setting("overrides", []))
+        preset = preset or (ledger.get_setting("comparable") or {}).get("preset") or harness.preset()
     task = ws.load_task(_overrides(sets))
     names = None if references.strip() == "all" else [n.strip() for n in references.split(",") if n.strip()]
     with _bench(task, executor_name, address, None, preset=preset) as bench:
@@ -707,11 +707,11 @@ def meta(directory: Path, task_name: str, generations: int, strategies: int, ses
     """Improve the research strategy by research: sessions under competing strategies, by velocity."""
     from rsilab import harness
     from rsilab.config import load_task
-    from rsilab.studies.strategy import META_FILE, Meta, format_table
+    from rsilab.studies.strategy import META_FILE, StrategySearch, format_table
 
     task_dir = resolve_task_dir(task_name)
     with _bench(load_task(task_dir, _overrides(sets)), executor_name, address, None) as bench:
-        m = Meta(directory, task_dir=task_dir, overrides=list(sets), preset=preset or harness.preset(),
+        m = StrategySearch(directory, task_dir=task_dir, overrides=list(sets), preset=preset or harness.preset(),
                  proposer=proposer, session_experiments=session_experiments, session_minutes=session_minutes,
                  confirm_seeds=confirm_seeds, seed=seed, train_data=bench.train_data, val_data=bench.val_data,
                  executor=bench.executor, notify=click.echo)

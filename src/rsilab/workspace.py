@@ -135,12 +135,13 @@ class Workspace:
     def run_dir(self, experiment_id: int, run_index: int) -> Path:
         return self.state / "runs" / f"exp-{experiment_id:04d}" / f"run-{run_index}"
 
-    def meta(self) -> dict[str, object]:
+    def info(self) -> dict[str, object]:
+        """workspace.json: the tag, the base commit, the frozen files' hashes."""
         loaded: dict[str, object] = json.loads((self.state / META_FILE).read_text())
         return loaded
 
     def frozen_hashes(self) -> dict[str, str]:
-        hashes = self.meta().get("frozen", {})
+        hashes = self.info().get("frozen", {})
         assert isinstance(hashes, dict)
         return {str(k): str(v) for k, v in hashes.items()}
 
@@ -155,21 +156,21 @@ class Workspace:
         (TaskSpec.comparable) are recorded on first use and must match afterwards: a
         ConfigError names the first that differs. A change of overrides is an event.
         """
-        recorded = ledger.get_meta("overrides", [])
+        recorded = ledger.get_setting("overrides", [])
         in_force = list(sets) or list(recorded)
         task = self.load_task([parse_override(o) for o in in_force])
         current = task.comparable(preset)
-        settled = ledger.get_meta("comparable")
+        settled = ledger.get_setting("comparable")
         if settled is None:
-            ledger.set_meta("comparable", current)
-            ledger.set_meta("metric", task.metric.name)
+            ledger.set_setting("comparable", current)
+            ledger.set_setting("metric", task.metric.name)
         else:
             for key, value in current.items():
                 if key in settled and settled[key] != value:
                     raise ConfigError(f"{key} = {value!r} differs from this workspace's {settled[key]!r}: results "
                                       "would not be comparable; start a new workspace (or --tag) for other settings")
         if in_force != recorded:
-            ledger.set_meta("overrides", in_force)
+            ledger.set_setting("overrides", in_force)
             ledger.add_event("config", f"overrides: {' '.join(in_force) or '(none)'}", source="cli")
         return task, in_force
 

@@ -200,7 +200,7 @@ class Controls:
 
     def __init__(self, ws: Workspace, ledger: Ledger) -> None:
         self.ws, self.ledger = ws, ledger
-        self._cursor = int(ledger.get_meta(CURSOR_KEY, 0) or 0)
+        self._cursor = int(ledger.get_setting(CURSOR_KEY, 0) or 0)
         self._stop = False
 
     def poll(self) -> list[Action]:
@@ -209,7 +209,7 @@ class Controls:
         new = actions(self.ledger, self._cursor)
         if new:
             self._cursor = new[-1].id
-            self.ledger.set_meta(CURSOR_KEY, self._cursor)
+            self.ledger.set_setting(CURSOR_KEY, self._cursor)
             self._stop = self._stop or any(a.action == "stop" for a in new)
         return new
 

@@ -265,7 +265,7 @@ def audit(ws: Workspace, ledger: Ledger, *, live: bool = False) -> AuditReport:
     worktree and a branch one keep behind the ledger are expected, not inconsistent.
     """
     repo = _Repo(ws.root)
-    tasks = _Tasks(repo, [parse_override(s) for s in ledger.get_meta("overrides", [])])
+    tasks = _Tasks(repo, [parse_override(s) for s in ledger.get_setting("overrides", [])])
     frozen = ws.frozen_hashes()
     exps = ledger.experiments()
     runs = ledger.runs()
@@ -311,7 +311,7 @@ def audit(ws: Workspace, ledger: Ledger, *, live: bool = False) -> AuditReport:
     known = {f"refs/rsilab/{ws.tag}/exp-{e.id:04d}" for e in exps}
     for ref in sorted(set(refs) - known):
         say(f"{ref} ({refs[ref][:12]}) has no experiment in the ledger: an experiment was lost")
-    base = ws.meta().get("base_commit")
+    base = ws.info().get("base_commit")
     if exps and exps[0].kind == "baseline" and base and exps[0].commit != base:
         say(f"experiment {exps[0].id}: the baseline commit {exps[0].commit[:12]} is not the workspace's "
             f"base commit {str(base)[:12]}")
@@ -386,7 +386,7 @@ def _lineage_problems(ws: Workspace, ledger: Ledger, exps: list[Experiment], lat
     kept = sorted((e for e in exps if e.status == Verdict.KEEP), key=lambda e: latest[e.id].id)
     tip = git(ws.root, "rev-parse", "--verify", "-q", f"refs/heads/{ws.branch}", check=False).strip()
     if not kept:  # no baseline yet: the branch must still be where the workspace began
-        base = str(ws.meta().get("base_commit", ""))
+        base = str(ws.info().get("base_commit", ""))
         if tip != base:
             return [f"{ws.branch} is at {tip[:12] or 'nothing'}, but the ledger has kept nothing since "
                     f"the base commit {base[:12]}"]

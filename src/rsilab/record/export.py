@@ -91,7 +91,7 @@ def _items(ledger: Ledger) -> Iterator[_Item]:
 
 
 def _metric_name(ledger: Ledger) -> str:
-    meta = ledger.get_meta("metric", "val_bpb")
+    meta = ledger.get_setting("metric", "val_bpb")
     return _key(str(meta.get("name", "val_bpb")) if isinstance(meta, dict) else str(meta))
 
 

@@ -3,7 +3,8 @@
 One SQLite file (stdlib `sqlite3`) holds every experiment, run, decision, event and cost
 of a workspace. Those five tables are append-only (triggers refuse UPDATE and DELETE): the
 current status of an experiment is its latest decision, and an experiment without one is
-"running". The small `meta` table is the only mutable one (tag, branch, frozen hashes...).
+"running". The small `settings` table (key -> JSON value: the overrides, the comparable
+settings, a study's parameters) is the only mutable one.
 
 Durability: WAL journal, `synchronous=FULL`, one transaction per write (or per
 `transaction()` block), so a committed row survives `kill -9` and power loss, and a second
@@ -110,11 +111,17 @@ def _m004_lineage(db: sqlite3.Connection) -> None:
                    "BEGIN SELECT RAISE(ABORT, 'lineage is append-only'); END")
 
 
+def _m005_settings(db: sqlite3.Connection) -> None:
+    # The key-value table was called `meta`, a word rsilab also used for other things.
+    db.execute("ALTER TABLE meta RENAME TO settings")
+
+
 MIGRATIONS: list[tuple[str, Callable[[sqlite3.Connection], None]]] = [
     ("001_initial", _m001_initial),
     ("002_append_only", _m002_append_only),
     ("003_collapse_cells", _m003_collapse_cells),
     ("004_lineage", _m004_lineage),
+    ("005_settings", _m005_settings),
 ]
 
 
@@ -333,17 +340,19 @@ class Ledger:
 
     # -- writes ----------------------------------------------------------------------------
 
-    def set_meta(self, key: str, value: Any) -> None:
+    def set_setting(self, key: str, value: Any) -> None:
+        """Set one of the workspace's settings (a JSON value), replacing what was there."""
         with self.transaction():
             self._db.execute(
-                "INSERT INTO meta (key, value) VALUES (?, ?) "
+                "INSERT INTO settings (key, value) VALUES (?, ?) "
                 "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
                 (key, _dumps(value)),
             )
 
-    def get_meta(self, key: str, default: Any = None) -> Any:
+    def get_setting(self, key: str, default: Any = None) -> Any:
+        """One of the workspace's settings, or `default` when it was never set."""
         with self._lock:
-            row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+            row = self._db.execute("SELECT value FROM settings WHERE key = ?", (key,)).fetchone()
         return default if row is None else json.loads(row[0])
 
     def add_experiment(
@@ -515,11 +524,11 @@ class Ledger:
         atomic_write(path, "\n".join(lines) + "\n")
 
     def export_json(self, path: Path) -> None:
-        """Write everything: meta, experiments with their runs and decisions, events, costs."""
+        """Write everything: settings, experiments with their runs and decisions, events, costs."""
         runs, decisions = self.runs(), self.decisions()
-        meta = {r[0]: json.loads(r[1]) for r in self._select("SELECT * FROM meta ORDER BY key")}
+        settings = {r[0]: json.loads(r[1]) for r in self._select("SELECT * FROM settings ORDER BY key")}
         dump = {
-            "meta": meta,
+            "settings": settings,
             "experiments": [
                 asdict(e)
                 | {"runs": [asdict(r) for r in runs if r.experiment_id == e.id]}

@@ -101,7 +101,7 @@ class Dashboard:
     def state_html(self) -> str:
         """Paused or running, a stop on its way, actions and ideas waiting."""
         acts = actions(self.ledger)
-        cursor = int(self.ledger.get_meta(CURSOR_KEY, 0) or 0)
+        cursor = int(self.ledger.get_setting(CURSOR_KEY, 0) or 0)
         pending = [a for a in acts if a.id > cursor]
         level = next((a for a in reversed(acts) if a.action in ("pause", "resume")), None)
         running = self.ledger.undecided()

@@ -105,7 +105,7 @@ class Snapshot:
 def snapshot(ledger: Ledger, title: str = "") -> Snapshot:
     """Read a ledger once for a page."""
     metric, points = points_from_ledger(ledger)
-    comparable = ledger.get_meta("comparable", {}) or {}
+    comparable = ledger.get_setting("comparable", {}) or {}
     direction = str(comparable.get("metric.direction", "min"))
     runs: dict[int, list[Run]] = {}
     for r in ledger.runs():

@@ -306,7 +306,7 @@ def steered_runs(ws: Workspace, task_name: str, ours: Mapping[str, Any], compare
             continue
         candidates.append((other, str(other.root)))
     for other, label in candidates:
-        meta = other.meta()
+        meta = other.info()
         if str(meta.get("task", task_name)) != task_name:
             skipped.append(f"{label}: task {meta.get('task')!r}, not {task_name!r}")
             continue
@@ -314,13 +314,13 @@ def steered_runs(ws: Workspace, task_name: str, ours: Mapping[str, Any], compare
             skipped.append(f"{label}: no ledger")
             continue
         with Ledger(other.ledger_path) as ledger:
-            why = _mismatch(ours, ledger.get_meta("comparable"))
+            why = _mismatch(ours, ledger.get_setting("comparable"))
             if why:
                 skipped.append(f"{label}: not comparable ({why})")
                 continue
             aut = autonomy(ledger, tag_experiments(other.root, other.tag))
             inc = ledger.incumbent()
-            note = "" if ledger.get_meta("comparable") is not None else "settings not recorded"
+            note = "" if ledger.get_setting("comparable") is not None else "settings not recorded"
         if aut.unattended:
             skipped.append(f"{label}: unattended (not a human-steered run)")
             continue
@@ -588,7 +588,7 @@ def baseline_commit(ws: Workspace, ledger: Ledger) -> str:
     for e in ledger.experiments():
         if e.kind == "baseline":
             return e.commit
-    return str(ws.meta().get("base_commit") or ws.incumbent_commit())
+    return str(ws.info().get("base_commit") or ws.incumbent_commit())
 
 
 def score_workspace(ws: Workspace, bench: Bench, *, references: Sequence[str] | None = None,

@@ -240,7 +240,7 @@ class Session:
 
 
 @dataclass
-class MetaState:
+class SearchState:
     """The content of meta.json."""
 
     task: str
@@ -294,7 +294,7 @@ def strategy_velocity(sessions: Sequence[Session]) -> tuple[float | None, float 
 # ---- the meta loop -------------------------------------------------------------------------
 
 
-class Meta:
+class StrategySearch:
     """Runs `generations` of strategy search in `root` (see the module docstring)."""
 
     def __init__(self, root: Path, *, task_dir: Path, overrides: Sequence[str] = (), preset: str = "cpu",
@@ -313,7 +313,7 @@ class Meta:
         self.task = load_task(task_dir, [parse_override(o) for o in overrides])
         path = self.root / META_FILE
         if path.is_file():
-            self.state = MetaState(**json.loads(path.read_text()))
+            self.state = SearchState(**json.loads(path.read_text()))
             wanted = (self.task.name, list(overrides), proposer, session_experiments, session_minutes)
             have = (self.state.task, self.state.overrides, self.state.proposer, self.state.session_experiments,
                     self.state.session_minutes)
@@ -322,7 +322,7 @@ class Meta:
                                   "use another folder to change them")
             notify(f"resuming {path}: {len(self.state.sessions)} sessions done")
         else:
-            self.state = MetaState(self.task.name, str(task_dir.resolve()), list(overrides), preset, proposer,
+            self.state = SearchState(self.task.name, str(task_dir.resolve()), list(overrides), preset, proposer,
                                    session_experiments=session_experiments, session_minutes=session_minutes,
                                    seed=seed)
         self.metric = self.task.metric_obj
@@ -409,10 +409,10 @@ class Meta:
         t0 = time.time()
         with Ledger(ws.ledger_path) as ledger:
             # What `rsilab run` records, so `rsilab status/score/report` work on a session too.
-            ledger.set_meta("overrides", list(self.state.overrides))
-            ledger.set_meta("comparable", task.comparable(self.state.preset))
-            ledger.set_meta("metric", task.metric.name)
-            ledger.set_meta("meta_strategy", dataclasses.asdict(strategy))
+            ledger.set_setting("overrides", list(self.state.overrides))
+            ledger.set_setting("comparable", task.comparable(self.state.preset))
+            ledger.set_setting("metric", task.metric.name)
+            ledger.set_setting("meta_strategy", dataclasses.asdict(strategy))
             sup = Supervisor(ws, ledger, self.bench.derive(task=task), [make_proposer(strategy, task, tuner_seed)],
                              limits=limits, view=view)
             session.stop = sup.run()
@@ -540,14 +540,14 @@ class Meta:
         return "\n".join(lines)
 
     # ---- generations -------------------------------------------------------------------
-    def run(self, generations: int, strategies: int) -> MetaState:
+    def run(self, generations: int, strategies: int) -> SearchState:
         """Run until `generations` generations are done (resuming a previous invocation)."""
         if strategies < 1 or generations < 1:
             raise ConfigError("meta: --generations and --strategies must be >= 1")
         with self.bench:  # closes the executor if the bench made it
             return self._run(generations, strategies)
 
-    def _run(self, generations: int, strategies: int) -> MetaState:
+    def _run(self, generations: int, strategies: int) -> SearchState:
         self.prepare()
         if not self.state.strategies:
             program_path = Path(self.state.task_dir) / self.task.program
@@ -591,15 +591,15 @@ class Meta:
         self.save()
 
 
-def run_meta(root: Path, *, task_dir: Path, generations: int, strategies: int, **options: Any) -> MetaState:
-    """`rsilab meta`: see `Meta`."""
-    return Meta(root, task_dir=task_dir, **options).run(generations, strategies)
+def run_search(root: Path, *, task_dir: Path, generations: int, strategies: int, **options: Any) -> SearchState:
+    """`rsilab meta`: see `StrategySearch`."""
+    return StrategySearch(root, task_dir=task_dir, **options).run(generations, strategies)
 
 
 # ---- output ------------------------------------------------------------------------------
 
 
-def format_table(state: MetaState) -> str:
+def format_table(state: SearchState) -> str:
     """Strategies (lineage, sessions, velocity) and the generations, as plain text."""
     sessions = [Session(**d) for d in state.sessions]
     rows: list[Sequence[str]] = [("strategy", "parent", "gen", "settings", "origin", "sessions", "experiments",
@@ -624,7 +624,7 @@ def format_table(state: MetaState) -> str:
     return "\n".join(lines)
 
 
-def summary(state: MetaState) -> Mapping[str, Any]:
+def summary(state: SearchState) -> Mapping[str, Any]:
     """The headline figures: starting and champion strategies and their velocities."""
     sessions = [Session(**d) for d in state.sessions]
 

@@ -31,7 +31,7 @@ def write_report(study: Study, rows: list[dict[str, Any]]) -> str:
     from rsilab.studies.collapse.report import summarize, table, write_all
 
     with Ledger(study.ledger_path) as ledger:
-        settings = ledger.get_meta("collapse") or {}
+        settings = ledger.get_setting("collapse") or {}
     labels = [p.label for p in study.settings.policies]
     summary = summarize(rows, labels)
     reference = study.reference_rows()

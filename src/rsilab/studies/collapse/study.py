@@ -374,7 +374,7 @@ def open_study(out: Path, *, task_name: str | None = None, overrides: Sequence[t
     state = out / STATE_DIR
     state.mkdir(parents=True, exist_ok=True)
     with Ledger(state / "ledger.db") as ledger:
-        recorded: dict[str, Any] = ledger.get_meta("collapse") or {}
+        recorded: dict[str, Any] = ledger.get_setting("collapse") or {}
     workdir = state / "task"
     if recorded and workdir.is_dir():
         source_dir = workdir if task_name is None else resolve_task_dir(task_name)
@@ -438,7 +438,7 @@ def open_study(out: Path, *, task_name: str | None = None, overrides: Sequence[t
             raise ConfigError(f"{key} = {current[key]!r} differs from this study's {recorded[key]!r}: results "
                               f"would not be comparable; use a new DIR_OUT (or the same settings)")
     with Ledger(state / "ledger.db") as ledger:
-        ledger.set_meta("collapse", current)
+        ledger.set_setting("collapse", current)
     reference = Reference.of(body)
     return Study(out=out, settings=settings, task=task, real=real, real_path=real_path,
                  val_path=prepared.val_path, reference=reference, code=code,
