@@ -4,7 +4,7 @@ folder so a rename survives; the sha256 of a file (or of bytes in hand); and tur
 non-finite floats into None before a value is written as strict JSON.
 
 Every module that writes results (ledger exports, reports, the evaluator's and sampler's
-outputs, prepared data, meta state) goes through here; nothing else calls fsync. Folders
+outputs, prepared data, strategy-search state) goes through here; nothing else calls fsync. Folders
 installed whole (a prepared dataset, a derived training set) are renamed into place by
 their owners, which sync their files with `write_synced` and the parent with `fsync_dir`.
 """

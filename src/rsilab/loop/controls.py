@@ -20,7 +20,7 @@ Actions and their meaning:
   between experiments, because only it moves the research branch.
 - `note`: a pinned note, shown by the report and the dashboard.
 
-The supervisor's read position is stored in the ledger's `meta` table
+The supervisor's read position is stored in the ledger's `settings` table
 (`controls.cursor`), so actions posted while no supervisor ran are delivered to the next.
 Not covered: who may post (the dashboard checks its token), and what the supervisor does
 with an action beyond the helpers here.

@@ -79,8 +79,8 @@ def read_results_tsv(path: Path) -> tuple[str, list[Point]]:
 def points_from_ledger(ledger: Ledger) -> tuple[str, list[Point]]:
     """Decided experiments in id order (index = experiment id), each with the noise band of
     the incumbent at that point (mean ± sd of its ok runs; needs two or more)."""
-    meta = ledger.get_setting("metric", "val_bpb")
-    name = str(meta.get("name", "val_bpb")) if isinstance(meta, dict) else str(meta)
+    metric = ledger.get_setting("metric", "val_bpb")
+    name = str(metric.get("name", "val_bpb")) if isinstance(metric, dict) else str(metric)
     values: dict[int, list[float]] = {}
     for run in ledger.runs():
         if run.ok and run.metric is not None:

@@ -306,9 +306,9 @@ def steered_runs(ws: Workspace, task_name: str, ours: Mapping[str, Any], compare
             continue
         candidates.append((other, str(other.root)))
     for other, label in candidates:
-        meta = other.info()
-        if str(meta.get("task", task_name)) != task_name:
-            skipped.append(f"{label}: task {meta.get('task')!r}, not {task_name!r}")
+        info = other.info()
+        if str(info.get("task", task_name)) != task_name:
+            skipped.append(f"{label}: task {info.get('task')!r}, not {task_name!r}")
             continue
         if not other.ledger_path.is_file():
             skipped.append(f"{label}: no ledger")

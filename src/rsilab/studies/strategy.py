@@ -291,7 +291,7 @@ def strategy_velocity(sessions: Sequence[Session]) -> tuple[float | None, float 
     return statistics.fmean(vs), statistics.stdev(vs) / math.sqrt(len(vs))
 
 
-# ---- the meta loop -------------------------------------------------------------------------
+# ---- the strategy search---------------------------------------------------------------------
 
 
 class StrategySearch:

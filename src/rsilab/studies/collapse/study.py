@@ -17,7 +17,7 @@ chain for this invocation, and is retried by the next one.
 
 Layout of DIR_OUT:
 
-    .rsilab/ledger.db     collapse_cells rows, meta "collapse" (the settings), events, costs
+    .rsilab/ledger.db     collapse_cells rows, setting "collapse" (the study's parameters), events, costs
     .rsilab/task/         the task's files, copied once: every generation trains this code
     real/                 R: train.bin + manifest.json (real: source, sha256, how it was cut)
     cells/<policy>/s<seed>/g<gen>/
