@@ -46,15 +46,25 @@ def out_dir(name: str, given: Path | None) -> Path:
     return d
 
 
-def run_baseline(task: TaskSpec, data: PreparedData, seed: int, run_dir: Path,
-                 preset: str | None = "cpu") -> RunResult:
+def run_baseline(
+    task: TaskSpec, data: PreparedData, seed: int, run_dir: Path, preset: str | None = "cpu"
+) -> RunResult:
     """One run of the task's unmodified code, exactly as `rsilab train` does it."""
     work = run_dir / "work"
     if work.exists():
         shutil.rmtree(work)
-    shutil.copytree(task.root, work, ignore=shutil.ignore_patterns("__pycache__", ".rsilab", ".git"))
-    return runner.run(task, work, run_dir, seed=seed, train_data=data.train_path,
-                      val_data=data.val_path, preset=preset)
+    shutil.copytree(
+        task.root, work, ignore=shutil.ignore_patterns("__pycache__", ".rsilab", ".git")
+    )
+    return runner.run(
+        task,
+        work,
+        run_dir,
+        seed=seed,
+        train_data=data.train_path,
+        val_data=data.val_path,
+        preset=preset,
+    )
 
 
 @dataclass(frozen=True)
@@ -75,7 +85,9 @@ class Spread:
             nan = float("nan")
             return cls(0, nan, nan, nan, nan, nan)
         sd = statistics.stdev(vals) if len(vals) > 1 else float("nan")
-        return cls(len(vals), statistics.median(vals), statistics.fmean(vals), sd, min(vals), max(vals))
+        return cls(
+            len(vals), statistics.median(vals), statistics.fmean(vals), sd, min(vals), max(vals)
+        )
 
     @property
     def rel_range_percent(self) -> float:
@@ -98,8 +110,10 @@ def machine_line() -> str:
 
     load1, load5, _ = os.getloadavg()
     cpu = platform.processor() or platform.machine()
-    return (f"machine: {os.cpu_count()} cores ({cpu}), torch {torch.__version__}, "
-            f"load average {load1:.2f} (1 min) {load5:.2f} (5 min)")
+    return (
+        f"machine: {os.cpu_count()} cores ({cpu}), torch {torch.__version__}, "
+        f"load average {load1:.2f} (1 min) {load5:.2f} (5 min)"
+    )
 
 
 def cpu_jiffies() -> tuple[int, int]:
@@ -131,5 +145,8 @@ def fmt(value: float | None, spec: str = ".4f") -> str:
 
 def paired_row(diff: Sequence[float]) -> list[str]:
     """Mean, standard error and "k of n" ahead for per-seed differences (two or more)."""
-    return [f"{statistics.fmean(diff):+.4f}", f"{statistics.stdev(diff) / math.sqrt(len(diff)):.4f}",
-            f"{sum(d > 0 for d in diff)} of {len(diff)}"]
+    return [
+        f"{statistics.fmean(diff):+.4f}",
+        f"{statistics.stdev(diff) / math.sqrt(len(diff)):.4f}",
+        f"{sum(d > 0 for d in diff)} of {len(diff)}",
+    ]

@@ -118,9 +118,21 @@ from rsilab.proposers.knobs import collect_knobs, set_knobs_in_files
 from rsilab.results import Metric, RunResult, Status, Verdict
 
 COMPUTE = 6e11  # training FLOPs per run
-TUNED = {"WIDTH": 48, "DEPTH": 1, "MLP_RATIO": 2, "SEQ_LEN": 64, "BATCH_SIZE": 8, "LR": 0.003,
-         "OPTIMIZER": "muon", "MATRIX_LR": 0.1, "BETA1": 0.8, "INIT_STD": 0.03}
-AUTORESEARCH = JudgeSpec(noise_runs=1, max_runs=1, min_runs=1, knob_min_runs=1, alpha=0.5, recheck_every=0)
+TUNED = {
+    "WIDTH": 48,
+    "DEPTH": 1,
+    "MLP_RATIO": 2,
+    "SEQ_LEN": 64,
+    "BATCH_SIZE": 8,
+    "LR": 0.003,
+    "OPTIMIZER": "muon",
+    "MATRIX_LR": 0.1,
+    "BETA1": 0.8,
+    "INIT_STD": 0.03,
+}
+AUTORESEARCH = JudgeSpec(
+    noise_runs=1, max_runs=1, min_runs=1, knob_min_runs=1, alpha=0.5, recheck_every=0
+)
 METRIC = Metric("val_bpb", "min")
 DEFAULT_ARMS = ("judge", "random", "single", "oracle")
 
@@ -133,7 +145,13 @@ def true_loss(k: Mapping[str, Any]) -> float:
     params = depth * width * width * (4 + 2 * ratio) + 256 * width
     tokens = COMPUTE / (6 * params)
     per_step = k["BATCH_SIZE"] * k["SEQ_LEN"]
-    loss = 1.0 + 25 / params**0.3 + 60 / tokens**0.3 + 8 / (tokens / per_step) ** 0.5 + 3 / per_step**0.5
+    loss = (
+        1.0
+        + 25 / params**0.3
+        + 60 / tokens**0.3
+        + 8 / (tokens / per_step) ** 0.5
+        + 3 / per_step**0.5
+    )
     loss += 0.3 * math.log10(k["LR"] / 3e-3) ** 2
     if k["OPTIMIZER"] == "muon":
         loss += -0.06 + 0.2 * math.log10(k["MATRIX_LR"] / 0.15) ** 2
@@ -141,8 +159,13 @@ def true_loss(k: Mapping[str, Any]) -> float:
     loss += 1.5 * k["DROPOUT"] + 0.4 * math.log10(k["INIT_STD"] / 0.03) ** 2
     loss += 0.03 * abs(k["WEIGHT_DECAY"] - 0.1) + 0.1 * (k["WARMUP_FRAC"] - 0.02) ** 2
     loss += 0.1 * (k["WARMDOWN_FRAC"] - 0.3) ** 2 + 0.01 * abs(math.log(max(k["GRAD_CLIP"], 0.05)))
-    loss += 0.005 * abs(k["HEADS"] - 2) + {"gelu": 0.0, "relu": 0.01, "relu2": -0.01, "swiglu": 0.005}[k["ACTIVATION"]]
-    loss += (0.0 if k["NORM"] == "rmsnorm" else 0.005) + (-0.02 if k["POS_ENCODING"] == "rope" else 0.0)
+    loss += (
+        0.005 * abs(k["HEADS"] - 2)
+        + {"gelu": 0.0, "relu": 0.01, "relu2": -0.01, "swiglu": 0.005}[k["ACTIVATION"]]
+    )
+    loss += (0.0 if k["NORM"] == "rmsnorm" else 0.005) + (
+        -0.02 if k["POS_ENCODING"] == "rope" else 0.0
+    )
     return loss
 
 
@@ -167,8 +190,15 @@ class Arm:
     known_noise: bool = False  # the judge is told the noise sd (a group of df 40)
 
 
-def session(arm: Arm, files: Mapping[str, str], sigma: float, runs: int, seed: int,
-            surface: Callable[[Mapping[str, Any]], float] = true_loss, rho: float = 0.0) -> Outcome:
+def session(
+    arm: Arm,
+    files: Mapping[str, str],
+    sigma: float,
+    runs: int,
+    seed: int,
+    surface: Callable[[Mapping[str, Any]], float] = true_loss,
+    rho: float = 0.0,
+) -> Outcome:
     """One session of `runs` runs, in the supervisor's order (see the module docstring).
 
     The noise of one run is sigma * (sqrt(rho) * a + sqrt(1 - rho) * e): `a` is the harness
@@ -205,8 +235,14 @@ def session(arm: Arm, files: Mapping[str, str], sigma: float, runs: int, seed: i
         if spec and spec.recheck_every and since_recheck >= spec.recheck_every:
             inc, used, since_recheck = [*inc, measure(knobs)], used + 1, 0
             continue
-        ctx = Context(files=files, metric=METRIC, incumbent_metric=statistics.fmean(inc), history=[],
-                      in_flight=[], preset="cpu")
+        ctx = Context(
+            files=files,
+            metric=METRIC,
+            incumbent_metric=statistics.fmean(inc),
+            history=[],
+            in_flight=[],
+            preset="cpu",
+        )
         proposal = p.propose(ctx)
         if proposal is None:
             break
@@ -218,20 +254,31 @@ def session(arm: Arm, files: Mapping[str, str], sigma: float, runs: int, seed: i
             if spec is None:
                 verdict = Verdict.KEEP if surface(moved) < true else Verdict.DISCARD
                 break
-            verdict = judge(cand, inc, METRIC, spec, noise_groups=[*known, *groups],
-                            min_runs=spec.knob_min_runs).verdict
+            verdict = judge(
+                cand, inc, METRIC, spec, noise_groups=[*known, *groups], min_runs=spec.knob_min_runs
+            ).verdict
             if verdict is not Verdict.MORE:
                 break
         values = [r.metric for r in cand if r.metric is not None]
         experiments, since_recheck = experiments + 1, since_recheck + 1
         if verdict is Verdict.KEEP:
             groups += [inc] if len(inc) >= 2 else []
-            files, knobs, inc, true, kept = {**files, **proposal.files}, moved, values, surface(moved), kept + 1
+            files, knobs, inc, true, kept = (
+                {**files, **proposal.files},
+                moved,
+                values,
+                surface(moved),
+                kept + 1,
+            )
         elif len(values) >= 2:
             groups.append(values)
         p.observe(proposal, verdict, statistics.fmean(values))
-    return Outcome(start - true, statistics.fmean(base) - statistics.fmean(inc) if kept else 0.0,
-                   experiments, kept)
+    return Outcome(
+        start - true,
+        statistics.fmean(base) - statistics.fmean(inc) if kept else 0.0,
+        experiments,
+        kept,
+    )
 
 
 def main() -> None:
@@ -240,55 +287,110 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=28, help="runs per session (equal compute)")
     ap.add_argument("--sigma", default="0.01,0.05,0.1", help="noise sd per run, comma-separated")
     ap.add_argument("--starts", default="defaults,tuned", help="defaults, tuned, or both")
-    ap.add_argument("--rho", type=float, default=0.0,
-                    help="share of the noise variance that is the harness seed's (see `session`)")
-    ap.add_argument("--arms", default="", help="comma-separated, from judge, random, single, single-one-seed, "
-                    f"known-noise, oracle (default: {', '.join(DEFAULT_ARMS)})")
-    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                    help="override a key of the gpt task for the judge arms, e.g. --set judge.alpha=0.2")
+    ap.add_argument(
+        "--rho",
+        type=float,
+        default=0.0,
+        help="share of the noise variance that is the harness seed's (see `session`)",
+    )
+    ap.add_argument(
+        "--arms",
+        default="",
+        help="comma-separated, from judge, random, single, single-one-seed, "
+        f"known-noise, oracle (default: {', '.join(DEFAULT_ARMS)})",
+    )
+    ap.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a key of the gpt task for the judge arms, e.g. --set judge.alpha=0.2",
+    )
     args = ap.parse_args()
     try:
-        task = load_task(paths.bundled_tasks_dir() / "gpt", [parse_override(o) for o in args.overrides])
+        task = load_task(
+            paths.bundled_tasks_dir() / "gpt", [parse_override(o) for o in args.overrides]
+        )
     except ConfigError as e:
         raise SystemExit(f"--set: {e}") from None
     shipped = {"train.py": (task.root / "train.py").read_text()}
-    starts = {"defaults": shipped, "tuned": {**shipped, **set_knobs_in_files(shipped, TUNED, "cpu")}}
+    starts = {
+        "defaults": shipped,
+        "tuned": {**shipped, **set_knobs_in_files(shipped, TUNED, "cpu")},
+    }
     light = dataclasses.replace(task.judge, noise_runs=1, max_runs=3, recheck_every=0)
-    every = {"judge": ("tuner + judge", Arm("tuner", task.judge)),
-             "random": ("random + judge", Arm("random", task.judge)),
-             "single": ("tuner + single-run rule", Arm("tuner", AUTORESEARCH)),
-             "single-one-seed": ("tuner + single-run rule, one seed", Arm("tuner", AUTORESEARCH, fixed_seed=True)),
-             "known-noise": ("tuner + judge, noise known (1 noise run, max 3, no re-check)",
-                             Arm("tuner", light, known_noise=True)),
-             "oracle": ("tuner + oracle (bound)", Arm("tuner", None))}
+    every = {
+        "judge": ("tuner + judge", Arm("tuner", task.judge)),
+        "random": ("random + judge", Arm("random", task.judge)),
+        "single": ("tuner + single-run rule", Arm("tuner", AUTORESEARCH)),
+        "single-one-seed": (
+            "tuner + single-run rule, one seed",
+            Arm("tuner", AUTORESEARCH, fixed_seed=True),
+        ),
+        "known-noise": (
+            "tuner + judge, noise known (1 noise run, max 3, no re-check)",
+            Arm("tuner", light, known_noise=True),
+        ),
+        "oracle": ("tuner + oracle (bound)", Arm("tuner", None)),
+    }
     picked = [a.strip() for a in args.arms.split(",")] if args.arms else list(DEFAULT_ARMS)
     unknown = [a for a in picked if a not in every]
     if unknown:
         raise SystemExit(f"--arms: unknown {', '.join(unknown)} (choose from {', '.join(every)})")
     arms = dict(every[key] for key in every if key in picked)
-    print(f"synthetic surface (see docstring), {args.runs} runs per session, {args.seeds} seeds per cell, "
-          f"rho {args.rho:g}; judge: {task.judge}")
+    print(
+        f"synthetic surface (see docstring), {args.runs} runs per session, {args.seeds} seeds per cell, "
+        f"rho {args.rho:g}; judge: {task.judge}"
+    )
     rows, pairs = [], []
     for start in [s.strip() for s in args.starts.split(",") if s.strip()]:
         for sigma in [float(s) for s in args.sigma.split(",")]:
             cell: dict[str, list[float]] = {}
             for arm, spec in arms.items():
                 t0 = time.time()
-                out = [session(spec, starts[start], sigma, args.runs, s, rho=args.rho) for s in range(args.seeds)]
+                out = [
+                    session(spec, starts[start], sigma, args.runs, s, rho=args.rho)
+                    for s in range(args.seeds)
+                ]
                 gains = cell[arm] = [o.gain for o in out]
-                rows.append([start, sigma, arm, f"{statistics.fmean(gains):+.4f}",
-                             f"{statistics.stdev(gains) / math.sqrt(len(gains)):.4f}",
-                             f"{statistics.fmean(o.claimed for o in out):+.4f}",
-                             f"{statistics.fmean(o.experiments for o in out):.1f}",
-                             f"{statistics.fmean(o.kept for o in out):.1f}", f"{time.time() - t0:.0f}"])
+                rows.append(
+                    [
+                        start,
+                        sigma,
+                        arm,
+                        f"{statistics.fmean(gains):+.4f}",
+                        f"{statistics.stdev(gains) / math.sqrt(len(gains)):.4f}",
+                        f"{statistics.fmean(o.claimed for o in out):+.4f}",
+                        f"{statistics.fmean(o.experiments for o in out):.1f}",
+                        f"{statistics.fmean(o.kept for o in out):.1f}",
+                        f"{time.time() - t0:.0f}",
+                    ]
+                )
                 print(" | ".join(map(str, rows[-1])), flush=True)
             first, *others = cell
-            for arm in others:  # seed s of every arm draws the same noise and the same first proposals
+            for (
+                arm
+            ) in others:  # seed s of every arm draws the same noise and the same first proposals
                 diff = [a - b for a, b in zip(cell[first], cell[arm], strict=True)]
                 pairs.append([start, sigma, f"{first} - {arm}", *paired_row(diff)])
     print()
-    print(table(["start", "sigma", "arm", "true gain", "se", "claimed gain", "experiments", "kept", "seconds"],
-                rows))
+    print(
+        table(
+            [
+                "start",
+                "sigma",
+                "arm",
+                "true gain",
+                "se",
+                "claimed gain",
+                "experiments",
+                "kept",
+                "seconds",
+            ],
+            rows,
+        )
+    )
     print()
     print("paired by seed: the true gain of the first arm minus the second's")
     print(table(["start", "sigma", "arms", "mean difference", "se", "first ahead"], pairs))

@@ -48,12 +48,16 @@ def paired(rows: list[dict[str, Any]], a: str, b: str) -> list[list[str]]:
         seeds = sorted(s for (p, s, gg) in cells if p == a and gg == g and (b, s, g) in cells)
         line = [f"g{g}", str(len(seeds))]
         for m in PAIRED:
+
             def value(policy: str, seed: int, metric: str = m, gen: int = g) -> float:
                 row = cells[(policy, seed, gen)]
                 return float(row["val_bpb"] if metric == "val_bpb" else row["metrics"][metric])
 
             mean, lo, hi = ci95([value(a, s) - value(b, s) for s in seeds])
-            line.append(fmt(mean, "+.3f") + (f" [{lo:+.3f},{hi:+.3f}]" if lo is not None and hi is not None else ""))
+            line.append(
+                fmt(mean, "+.3f")
+                + (f" [{lo:+.3f},{hi:+.3f}]" if lo is not None and hi is not None else "")
+            )
         out.append(line)
     return out
 
@@ -63,9 +67,18 @@ def costs(rows: list[dict[str, Any]]) -> list[list[str]]:
     for r in latest_ok(rows):
         s, run = r["samples"], r["run"]
         rate = s["size"] / s["seconds"] if s.get("seconds") else float("nan")
-        out.append([r["policy"], str(r["seed"]), str(r["generation"]), fmt(run["summary"].get("num_steps", 0), ".0f"),
-                    fmt(run["train_seconds"], ".0f"), fmt(run["eval_seconds"], ".0f"), fmt(s["seconds"], ".0f"),
-                    fmt(rate, ".0f")])
+        out.append(
+            [
+                r["policy"],
+                str(r["seed"]),
+                str(r["generation"]),
+                fmt(run["summary"].get("num_steps", 0), ".0f"),
+                fmt(run["train_seconds"], ".0f"),
+                fmt(run["eval_seconds"], ".0f"),
+                fmt(s["seconds"], ".0f"),
+                fmt(rate, ".0f"),
+            ]
+        )
     return out
 
 
@@ -77,8 +90,12 @@ def main() -> None:
     p.add_argument("--policies", default="replace,accumulate")
     p.add_argument("--size", default="16k", help="bytes of R and of each synthetic corpus")
     p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--budget-flops", type=float, default=6e11, help="0: a wall-clock budget of --budget s")
-    p.add_argument("--budget", type=float, default=150.0, help="seconds (the cap when --budget-flops is set)")
+    p.add_argument(
+        "--budget-flops", type=float, default=6e11, help="0: a wall-clock budget of --budget s"
+    )
+    p.add_argument(
+        "--budget", type=float, default=150.0, help="seconds (the cap when --budget-flops is set)"
+    )
     args = p.parse_args()
 
     sets: list[tuple[str, Any]] = [("budget", args.budget)]
@@ -86,24 +103,43 @@ def main() -> None:
         sets.append(("budget_flops", args.budget_flops))
     print(machine_line())
     t0 = time.time()
-    study = open_study(args.out, task_name="gpt", overrides=sets, policies=args.policies, seeds=args.seeds,
-                       generations=args.generations, temperature=args.temperature,
-                       size=parse_size(args.size), preset="cpu")
+    study = open_study(
+        args.out,
+        task_name="gpt",
+        overrides=sets,
+        policies=args.policies,
+        seeds=args.seeds,
+        generations=args.generations,
+        temperature=args.temperature,
+        size=parse_size(args.size),
+        preset="cpu",
+    )
     rows = study.run()
-    print(f"\nstudy in {study.out}: {len(latest_ok(rows))} cells finished, {time.time() - t0:.0f} s this time")
+    print(
+        f"\nstudy in {study.out}: {len(latest_ok(rows))} cells finished, {time.time() - t0:.0f} s this time"
+    )
     print(machine_line())
-    print("\nmean ± half-width of the 95% band over seeds (n = seeds); real R / real val: real text\n")
+    print(
+        "\nmean ± half-width of the 95% band over seeds (n = seeds); real R / real val: real text\n"
+    )
     print(write_report(study, rows))
     labels = [pol.label for pol in study.settings.policies]
     if "replace" in labels and "accumulate" in labels:
         print("\npaired difference replace - accumulate (mean [95% band]) per generation\n")
         print(table(["gen", "n", *PAIRED], paired(rows, "replace", "accumulate")))
     print("\ncost per cell (sampling speed in bytes/s includes the sampler's start-up)\n")
-    print(table(["policy", "seed", "gen", "steps", "train_s", "eval_s", "sample_s", "sample_B/s"], costs(rows)))
+    print(
+        table(
+            ["policy", "seed", "gen", "steps", "train_s", "eval_s", "sample_s", "sample_B/s"],
+            costs(rows),
+        )
+    )
     shared = [r for r in latest_ok(rows) if r["policy"] == SHARED]
     if shared:
-        print(f"\ngeneration 0 trained on {shared[0]['data']['train']['size']:,} real bytes; "
-              f"files: {study.out}/collapse.png, collapse_summary.csv, collapse.json")
+        print(
+            f"\ngeneration 0 trained on {shared[0]['data']['train']['size']:,} real bytes; "
+            f"files: {study.out}/collapse.png, collapse_summary.csv, collapse.json"
+        )
 
 
 if __name__ == "__main__":

@@ -39,14 +39,18 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=5, help="pairs of runs (cold, pre-started)")
     ap.add_argument("--budget-flops", type=float, default=2e11, help="training FLOPs per run")
-    ap.add_argument("--out", type=Path, default=None, help="folder for the runs (default: under RSILAB_HOME)")
+    ap.add_argument(
+        "--out", type=Path, default=None, help="folder for the runs (default: under RSILAB_HOME)"
+    )
     args = ap.parse_args()
     task = gpt_task(120.0, [("budget_flops", args.budget_flops)])
     data = shakespeare()
     where = out_dir("eval_prestart", args.out)
     print(machine_line())
-    print(f"gpt task, cpu preset, {task.threads} thread(s), {args.budget_flops:g} FLOPs per run, "
-          f"{args.repeats} pairs; usable cores {process.usable_cores()}")
+    print(
+        f"gpt task, cpu preset, {task.threads} thread(s), {args.budget_flops:g} FLOPs per run, "
+        f"{args.repeats} pairs; usable cores {process.usable_cores()}"
+    )
     arms: dict[bool, list[tuple[float, float, float]]] = {False: [], True: []}
     agree = True
     for k in range(args.repeats):
@@ -57,26 +61,43 @@ def main() -> None:
             work = run_dir / "work"
             shutil.copytree(task.root, work, ignore=shutil.ignore_patterns("__pycache__"))
             t0 = time.monotonic()
-            r = runner.run(task, work, run_dir, seed=k, train_data=data.train_path, val_data=data.val_path,
-                           preset="cpu", prestart=prestart)
+            r = runner.run(
+                task,
+                work,
+                run_dir,
+                seed=k,
+                train_data=data.train_path,
+                val_data=data.val_path,
+                preset="cpu",
+                prestart=prestart,
+            )
             wall = time.monotonic() - t0
             if not r.ok:
                 raise SystemExit(f"run {run_dir} failed: {r.reason}")
             arms[prestart].append((wall, r.train_seconds, r.eval_seconds))
             metrics[prestart] = r.metric
             shutil.rmtree(run_dir / "artifact", ignore_errors=True)
-            print(f"pair {k} {'pre-started' if prestart else 'cold':>11}: wall {wall:6.2f} s, train "
-                  f"{r.train_seconds:6.2f} s, eval {r.eval_seconds:5.2f} s, val_bpb {r.metric:.6f}", flush=True)
+            print(
+                f"pair {k} {'pre-started' if prestart else 'cold':>11}: wall {wall:6.2f} s, train "
+                f"{r.train_seconds:6.2f} s, eval {r.eval_seconds:5.2f} s, val_bpb {r.metric:.6f}",
+                flush=True,
+            )
         agree = agree and metrics[False] == metrics[True]
     rows = []
     for prestart, runs in arms.items():
-        rows.append(["pre-started" if prestart else "cold",
-                     *(f"{statistics.median(r[i] for r in runs):.2f}" for i in range(3))])
+        rows.append(
+            [
+                "pre-started" if prestart else "cold",
+                *(f"{statistics.median(r[i] for r in runs):.2f}" for i in range(3)),
+            ]
+        )
     saved = [c[0] - w[0] for c, w in zip(arms[False], arms[True], strict=True)]
     print()
     print(table(["evaluator", "run wall s (median)", "train s", "eval s"], rows))
-    print(f"\nsaved per run: median {statistics.median(saved):.2f} s (pairs: "
-          f"{', '.join(f'{s:.2f}' for s in saved)}); val_bpb identical in every pair: {agree}")
+    print(
+        f"\nsaved per run: median {statistics.median(saved):.2f} s (pairs: "
+        f"{', '.join(f'{s:.2f}' for s in saved)}); val_bpb identical in every pair: {agree}"
+    )
 
 
 if __name__ == "__main__":

@@ -53,23 +53,56 @@ class Scored:
     wall_seconds: float  # the evaluator process, start (imports) to exit
 
 
-def score(artifact: Path, val: Path, n_bytes: int, *, threads: int, probes: int, seed: int,
-          work: Path) -> Scored:
+def score(
+    artifact: Path, val: Path, n_bytes: int, *, threads: int, probes: int, seed: int, work: Path
+) -> Scored:
     """One sealed-evaluator process on `artifact` with `n_bytes` validation bytes."""
     out = work / f"metrics-{n_bytes}.json"
     out.unlink(missing_ok=True)
-    cmd = [sys.executable, "-m", "rsilab.harness.evaluate", "--artifact", str(artifact),
-           "--val", str(val), "--out", str(out), "--seed", str(seed), "--threads", str(threads),
-           "--bytes", str(n_bytes), "--probes", str(probes)]
-    env = {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1"}
-    env.update({k: os.environ[k] for k in ("PATH", "HOME", "RSILAB_HOME", "VIRTUAL_ENV") if k in os.environ})
+    cmd = [
+        sys.executable,
+        "-m",
+        "rsilab.harness.evaluate",
+        "--artifact",
+        str(artifact),
+        "--val",
+        str(val),
+        "--out",
+        str(out),
+        "--seed",
+        str(seed),
+        "--threads",
+        str(threads),
+        "--bytes",
+        str(n_bytes),
+        "--probes",
+        str(probes),
+    ]
+    env = {
+        "OMP_NUM_THREADS": str(threads),
+        "MKL_NUM_THREADS": str(threads),
+        "PYTHONUNBUFFERED": "1",
+    }
+    env.update(
+        {
+            k: os.environ[k]
+            for k in ("PATH", "HOME", "RSILAB_HOME", "VIRTUAL_ENV")
+            if k in os.environ
+        }
+    )
     outcome = run_process(cmd, cwd=work, env=env, log=work / "eval.log", timeout=600)
     try:
         figures = json.loads(out.read_text())
     except (OSError, ValueError):
         figures = {}
-    return Scored(n_bytes, float(figures.get("val_bpb", math.nan)), int(figures.get("eval_tokens", 0)),
-                  int(figures.get("context", 0)), float(figures.get("eval_seconds", math.nan)), outcome.seconds)
+    return Scored(
+        n_bytes,
+        float(figures.get("val_bpb", math.nan)),
+        int(figures.get("eval_tokens", 0)),
+        int(figures.get("context", 0)),
+        float(figures.get("eval_seconds", math.nan)),
+        outcome.seconds,
+    )
 
 
 def window_bits(artifact: Path, val: Path, threads: int) -> list[float]:
@@ -103,16 +136,36 @@ def random_slice_se(per_window: list[float], n_windows: int) -> float:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--run-dir", type=Path, action="append", default=[],
-                   help="an existing run folder with artifact/model.pt2 (repeatable); else train one")
-    p.add_argument("--budget", type=float, default=None, help="training seconds (default: the task's)")
+    p.add_argument(
+        "--run-dir",
+        type=Path,
+        action="append",
+        default=[],
+        help="an existing run folder with artifact/model.pt2 (repeatable); else train one",
+    )
+    p.add_argument(
+        "--budget", type=float, default=None, help="training seconds (default: the task's)"
+    )
     p.add_argument("--seed", type=int, default=0, help="harness seed of the training run")
-    p.add_argument("--bytes", type=int, nargs="+", default=list(SIZES),
-                   help="slice sizes to score; 0 means the whole split")
-    p.add_argument("--repeats", type=int, default=1,
-                   help="evaluator runs per size (seconds: median; val_bpb is deterministic)")
-    p.add_argument("--noise-sd", type=float, default=None,
-                   help="seed-to-seed sd of val_bpb (from noise_floor.py), to express deviations in it")
+    p.add_argument(
+        "--bytes",
+        type=int,
+        nargs="+",
+        default=list(SIZES),
+        help="slice sizes to score; 0 means the whole split",
+    )
+    p.add_argument(
+        "--repeats",
+        type=int,
+        default=1,
+        help="evaluator runs per size (seconds: median; val_bpb is deterministic)",
+    )
+    p.add_argument(
+        "--noise-sd",
+        type=float,
+        default=None,
+        help="seed-to-seed sd of val_bpb (from noise_floor.py), to express deviations in it",
+    )
     p.add_argument("--out", type=Path, default=None, help="run folder (default: under RSILAB_HOME)")
     args = p.parse_args()
 
@@ -124,13 +177,19 @@ def main() -> None:
     if not runs:
         root = out_dir("eval_stability", args.out)
         run_dir = root / f"train-seed{args.seed}"
-        print(f"training the baseline once: budget {task.budget:g} s, seed {args.seed} ({run_dir})", flush=True)
+        print(
+            f"training the baseline once: budget {task.budget:g} s, seed {args.seed} ({run_dir})",
+            flush=True,
+        )
         r = run_baseline(task, data, args.seed, run_dir)
         if not r.ok:
             print(f"the training run failed: {r.reason}")
             sys.exit(1)
-        print(f"  steps {r.summary.get('num_steps', 0):.0f}, val_bpb {r.metric:.4f} at the task's "
-              f"{task.eval.bytes} bytes", flush=True)
+        print(
+            f"  steps {r.summary.get('num_steps', 0):.0f}, val_bpb {r.metric:.4f} at the task's "
+            f"{task.eval.bytes} bytes",
+            flush=True,
+        )
         runs = [run_dir]
 
     # The whole split is always scored: it is the reference every deviation is measured from.
@@ -142,26 +201,50 @@ def main() -> None:
         work.mkdir(parents=True, exist_ok=True)
         per_size: dict[int, Scored] = {}
         for n in sizes:
-            reps = [score(artifact, data.val_path, n, threads=task.threads, probes=task.eval.probes,
-                          seed=args.seed, work=work) for _ in range(max(1, args.repeats))]
-            per_size[n] = Scored(n, reps[0].val_bpb, reps[0].eval_tokens, reps[0].context,
-                                 statistics.median(s.eval_seconds for s in reps),
-                                 statistics.median(s.wall_seconds for s in reps))
+            reps = [
+                score(
+                    artifact,
+                    data.val_path,
+                    n,
+                    threads=task.threads,
+                    probes=task.eval.probes,
+                    seed=args.seed,
+                    work=work,
+                )
+                for _ in range(max(1, args.repeats))
+            ]
+            per_size[n] = Scored(
+                n,
+                reps[0].val_bpb,
+                reps[0].eval_tokens,
+                reps[0].context,
+                statistics.median(s.eval_seconds for s in reps),
+                statistics.median(s.wall_seconds for s in reps),
+            )
         results[run_dir] = per_size
         t = time.perf_counter()
         bits = window_bits(artifact, data.val_path, task.threads)
         full_pass = time.perf_counter() - t
         full = per_size[sizes[-1]].val_bpb
         sd_note = f"; |dev|/sd uses the given noise sd {args.noise_sd:g}" if args.noise_sd else ""
-        print(f"\nartifact {artifact} (whole split {val_size} bytes, {len(bits)} windows; "
-              f"in-process mean {statistics.fmean(bits):.4f}, per-window sd {statistics.stdev(bits):.3f} bits; in-process full pass {full_pass:.1f} s{sd_note})")
+        print(
+            f"\nartifact {artifact} (whole split {val_size} bytes, {len(bits)} windows; "
+            f"in-process mean {statistics.fmean(bits):.4f}, per-window sd {statistics.stdev(bits):.3f} bits; in-process full pass {full_pass:.1f} s{sd_note})"
+        )
         rows = []
         for n in sizes:
             s = per_size[n]
             dev = s.val_bpb - full
             windows = s.eval_tokens // max(1, s.context)
-            row = ["all" if n == val_size else n, s.eval_tokens, fmt(s.val_bpb), fmt(dev, "+.4f"),
-                   fmt(random_slice_se(bits, windows)), fmt(s.eval_seconds, ".2f"), fmt(s.wall_seconds, ".2f")]
+            row = [
+                "all" if n == val_size else n,
+                s.eval_tokens,
+                fmt(s.val_bpb),
+                fmt(dev, "+.4f"),
+                fmt(random_slice_se(bits, windows)),
+                fmt(s.eval_seconds, ".2f"),
+                fmt(s.wall_seconds, ".2f"),
+            ]
             if args.noise_sd:
                 row.insert(4, fmt(abs(dev) / args.noise_sd, ".2f"))
             rows.append(row)
@@ -170,9 +253,11 @@ def main() -> None:
             headers.insert(4, "|dev|/sd")
         print(table(headers, rows))
 
-    print("se(random): standard error of a slice of that many windows drawn at random; eval_s: the "
-          "evaluator's own seconds (load, purity and causality probes, scoring); wall_s: its process, "
-          "with Python and torch start-up")
+    print(
+        "se(random): standard error of a slice of that many windows drawn at random; eval_s: the "
+        "evaluator's own seconds (load, purity and causality probes, scoring); wall_s: its process, "
+        "with Python and torch start-up"
+    )
     if len(runs) > 1:
         print("\nDifference between two artifacts: slice value minus whole-split value, per pair")
         rows = []
@@ -184,10 +269,18 @@ def main() -> None:
                 d_full = results[a][sizes[-1]].val_bpb - results[b][sizes[-1]].val_bpb
                 shifts.append(d_slice - d_full)
             devs = [abs(results[r][n].val_bpb - results[r][sizes[-1]].val_bpb) for r in runs]
-            rows.append(["all" if n == val_size else n, f"{max(devs):.4f}",
-                         f"{statistics.fmean(abs(x) for x in shifts):.4f}", f"{max(abs(x) for x in shifts):.4f}",
-                         fmt(statistics.median(results[r][n].eval_seconds for r in runs), ".2f")])
-        print(table(["bytes", "max |dev|", "mean |pair shift|", "max |pair shift|", "eval_s"], rows))
+            rows.append(
+                [
+                    "all" if n == val_size else n,
+                    f"{max(devs):.4f}",
+                    f"{statistics.fmean(abs(x) for x in shifts):.4f}",
+                    f"{max(abs(x) for x in shifts):.4f}",
+                    fmt(statistics.median(results[r][n].eval_seconds for r in runs), ".2f"),
+                ]
+            )
+        print(
+            table(["bytes", "max |dev|", "mean |pair shift|", "max |pair shift|", "eval_s"], rows)
+        )
     print(machine_line())
 
 

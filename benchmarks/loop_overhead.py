@@ -36,8 +36,13 @@ def main() -> None:
         ws = init_workspace(Path(tmp) / "ws", resolve_task_dir("toy"), "bench")
         task = ws.load_task([("judge.recheck_every", 0)])
         ledger = Ledger(ws.ledger_path)
-        sup = Supervisor(ws, ledger, Bench(task), [create("tuner", seed=0)],
-                         limits=Limits(max_experiments=args.experiments))
+        sup = Supervisor(
+            ws,
+            ledger,
+            Bench(task),
+            [create("tuner", seed=0)],
+            limits=Limits(max_experiments=args.experiments),
+        )
         t0 = time.time()
         sup.run()
         wall = time.time() - t0
@@ -53,9 +58,13 @@ def main() -> None:
         q = statistics.quantiles(overheads, n=10)
         print(f"experiments: {len(overheads)}   total wall: {wall:.1f} s")
         print(f"{'':28}{'median':>10}{'p10':>10}{'p90':>10}")
-        print(f"{'supervisor overhead (s)':28}{statistics.median(overheads):>10.3f}{q[0]:>10.3f}{q[-1]:>10.3f}")
+        print(
+            f"{'supervisor overhead (s)':28}{statistics.median(overheads):>10.3f}{q[0]:>10.3f}{q[-1]:>10.3f}"
+        )
         print(f"{'train+eval per run (s)':28}{statistics.median(process):>10.3f}")
-        print(f"overhead vs a 60 s budget: {100 * statistics.median(overheads) / 60:.2f}% (target <= 1%)")
+        print(
+            f"overhead vs a 60 s budget: {100 * statistics.median(overheads) / 60:.2f}% (target <= 1%)"
+        )
 
 
 if __name__ == "__main__":

@@ -39,16 +39,23 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--repeats", type=int, default=3, help="runs, one per seed")
     p.add_argument("--seed", type=int, default=0, help="seed of the first run; then +1 per run")
-    p.add_argument("--budget", type=float, default=None, help="training seconds (default: the task's)")
-    p.add_argument("--out", type=Path, default=None, help="run folders (default: under RSILAB_HOME)")
+    p.add_argument(
+        "--budget", type=float, default=None, help="training seconds (default: the task's)"
+    )
+    p.add_argument(
+        "--out", type=Path, default=None, help="run folders (default: under RSILAB_HOME)"
+    )
     args = p.parse_args()
 
     task = gpt_task(args.budget)
     data = shakespeare()
     root = out_dir("noise_floor", args.out)
     print(machine_line())
-    print(f"baseline train.py, cpu preset, {task.threads} thread, budget {task.budget:g} s, "
-          f"eval bytes {task.eval.bytes}; runs one at a time (folders: {root})", flush=True)
+    print(
+        f"baseline train.py, cpu preset, {task.threads} thread, budget {task.budget:g} s, "
+        f"eval bytes {task.eval.bytes}; runs one at a time (folders: {root})",
+        flush=True,
+    )
 
     rows, bpb, steps, tps = [], [], [], []
     for i in range(args.repeats):
@@ -61,29 +68,74 @@ def main() -> None:
         bpb.append(value)
         steps.append(s.get("num_steps", math.nan))
         tps.append(s.get("tokens_per_second", math.nan))
-        rows.append([seed, r.status.value, fmt(busy, ".2f"), fmt(value), fmt(steps[-1], ".0f"),
-                     fmt(tps[-1], ".0f"), fmt(s.get("final_train_loss", math.nan), ".3f"),
-                     f"{r.train_seconds:.1f}", f"{r.eval_seconds:.1f}"])
-        print(f"  seed {seed}: {r.status.value} val_bpb {fmt(value)} steps {fmt(steps[-1], '.0f')}"
-              + (f" ({r.reason})" if not r.ok else ""), flush=True)
+        rows.append(
+            [
+                seed,
+                r.status.value,
+                fmt(busy, ".2f"),
+                fmt(value),
+                fmt(steps[-1], ".0f"),
+                fmt(tps[-1], ".0f"),
+                fmt(s.get("final_train_loss", math.nan), ".3f"),
+                f"{r.train_seconds:.1f}",
+                f"{r.eval_seconds:.1f}",
+            ]
+        )
+        print(
+            f"  seed {seed}: {r.status.value} val_bpb {fmt(value)} steps {fmt(steps[-1], '.0f')}"
+            + (f" ({r.reason})" if not r.ok else ""),
+            flush=True,
+        )
 
     print()
-    print(table(["seed", "status", "busy", "val_bpb", "steps", "tokens/s", "train_loss",
-                 "train_wall_s", "eval_wall_s"], rows))
+    print(
+        table(
+            [
+                "seed",
+                "status",
+                "busy",
+                "val_bpb",
+                "steps",
+                "tokens/s",
+                "train_loss",
+                "train_wall_s",
+                "eval_wall_s",
+            ],
+            rows,
+        )
+    )
     print("busy: average busy cores machine-wide during the run (about 1.0 when nothing else runs)")
 
-    spreads = [("val_bpb", Spread.of(bpb), ".4f"), ("num_steps", Spread.of(steps), ".0f"),
-               ("tokens/s", Spread.of(tps), ".0f")]
+    spreads = [
+        ("val_bpb", Spread.of(bpb), ".4f"),
+        ("num_steps", Spread.of(steps), ".0f"),
+        ("tokens/s", Spread.of(tps), ".0f"),
+    ]
     print()
-    print(table(["figure", "n", "median", "mean", "sd", "min", "max", "range/median"], [
-        [name, sp.n, fmt(sp.median, f), fmt(sp.mean, f), fmt(sp.sd, f if f != ".0f" else ".1f"),
-         fmt(sp.min, f), fmt(sp.max, f), fmt(sp.rel_range_percent, ".1f") + "%"]
-        for name, sp, f in spreads
-    ]))
+    print(
+        table(
+            ["figure", "n", "median", "mean", "sd", "min", "max", "range/median"],
+            [
+                [
+                    name,
+                    sp.n,
+                    fmt(sp.median, f),
+                    fmt(sp.mean, f),
+                    fmt(sp.sd, f if f != ".0f" else ".1f"),
+                    fmt(sp.min, f),
+                    fmt(sp.max, f),
+                    fmt(sp.rel_range_percent, ".1f") + "%",
+                ]
+                for name, sp, f in spreads
+            ],
+        )
+    )
     sd = spreads[0][1].sd
     if math.isfinite(sd):
-        print(f"sd of the difference of two single runs: {math.sqrt(2) * sd:.4f} bits/byte "
-              f"(one-sided 5% threshold for one run each: {1.645 * math.sqrt(2) * sd:.4f})")
+        print(
+            f"sd of the difference of two single runs: {math.sqrt(2) * sd:.4f} bits/byte "
+            f"(one-sided 5% threshold for one run each: {1.645 * math.sqrt(2) * sd:.4f})"
+        )
     print(machine_line())
 
 

@@ -102,16 +102,32 @@ from rsilab.workspace import init_workspace
 ARMS: dict[str, tuple[str, list[tuple[str, Any]]]] = {
     "tuner": ("tuner", []),
     "random": ("random", []),
-    "autoresearch": ("tuner", [("judge.noise_runs", 1), ("judge.max_runs", 1), ("judge.alpha", 0.5),
-                               ("judge.recheck_every", 0)]),
+    "autoresearch": (
+        "tuner",
+        [
+            ("judge.noise_runs", 1),
+            ("judge.max_runs", 1),
+            ("judge.alpha", 0.5),
+            ("judge.recheck_every", 0),
+        ],
+    ),
 }
 CONFIRM_SEED_BASE = 1_000_000_007  # confirmation seeds: base + 1000 * session seed + k
 # `--start tuned`: the best incumbent that round 4 of this benchmark confirmed (tuner arm,
 # seed 1, at 6e11 FLOPs: +1.064 val_bpb over the defaults). A session from here is a
 # "second night": most gains left are about the size of the noise (not all: one session
 # found WIDTH 120 -> 69 and confirmed +0.187).
-TUNED = {"DEPTH": 1, "WIDTH": 120, "HEADS": 14, "SEQ_LEN": 36, "BATCH_SIZE": 4, "LR": 0.0025,
-         "WEIGHT_DECAY": 0.0318, "BETA2": 0.97, "POS_ENCODING": "rope"}
+TUNED = {
+    "DEPTH": 1,
+    "WIDTH": 120,
+    "HEADS": 14,
+    "SEQ_LEN": 36,
+    "BATCH_SIZE": 4,
+    "LR": 0.0025,
+    "WEIGHT_DECAY": 0.0318,
+    "BETA2": 0.97,
+    "POS_ENCODING": "rope",
+}
 
 
 @dataclass
@@ -152,11 +168,16 @@ class RunCapped(Supervisor):
         return super()._stop_reason()
 
 
-def run_session(arm: str, seed: int, args: argparse.Namespace, data: PreparedData, root: Path) -> Session:
+def run_session(
+    arm: str, seed: int, args: argparse.Namespace, data: PreparedData, root: Path
+) -> Session:
     proposer_name, arm_overrides = ARMS[arm]
     common: list[tuple[str, Any]] = [
-        ("budget", float(args.budget)), ("budget_flops", float(args.budget_flops)),
-        ("overhead", float(args.overhead)), ("eval.bytes", args.eval_bytes), ("seed", seed),
+        ("budget", float(args.budget)),
+        ("budget_flops", float(args.budget_flops)),
+        ("overhead", float(args.overhead)),
+        ("eval.bytes", args.eval_bytes),
+        ("seed", seed),
         ("tuner.seed", seed),
     ]
     ws = init_workspace(root / f"{arm}-{seed}", args.task_dir, f"velocity-{arm}-{seed}")
@@ -198,16 +219,28 @@ def run_session(arm: str, seed: int, args: argparse.Namespace, data: PreparedDat
     if inc.commit == base.commit:
         s.confirmed, s.confirmed_se = 0.0, 0.0
     else:
-        seeds = [x for x in (CONFIRM_SEED_BASE + 1000 * seed + k for k in range(args.confirm_seeds + 10))
-                 if x not in used][: args.confirm_seeds]
-        trees = {"base": ws.create_worktree("confirm-base", base.commit),
-                 "inc": ws.create_worktree("confirm-inc", inc.commit)}
+        seeds = [
+            x
+            for x in (CONFIRM_SEED_BASE + 1000 * seed + k for k in range(args.confirm_seeds + 10))
+            if x not in used
+        ][: args.confirm_seeds]
+        trees = {
+            "base": ws.create_worktree("confirm-base", base.commit),
+            "inc": ws.create_worktree("confirm-inc", inc.commit),
+        }
         values: dict[str, list[float]] = {"base": [], "inc": []}
         try:
             for k, cseed in enumerate(seeds):
                 for which, tree in trees.items():
-                    r = runner.run(task, tree, ws.state / "confirm" / f"{which}-{k}", seed=cseed,
-                                   train_data=data.train_path, val_data=data.val_path, preset="cpu")
+                    r = runner.run(
+                        task,
+                        tree,
+                        ws.state / "confirm" / f"{which}-{k}",
+                        seed=cseed,
+                        train_data=data.train_path,
+                        val_data=data.val_path,
+                        preset="cpu",
+                    )
                     if r.ok and r.metric is not None:
                         values[which].append(r.metric)
                     else:
@@ -219,7 +252,9 @@ def run_session(arm: str, seed: int, args: argparse.Namespace, data: PreparedDat
                 ws.remove_worktree(tree)
         b, i = values["base"], values["inc"]
         s.confirmed = metric.gain(_mean(i), _mean(b))
-        s.confirmed_se = math.sqrt(_sd(b) ** 2 / len(b) + _sd(i) ** 2 / len(i)) if b and i else math.nan
+        s.confirmed_se = (
+            math.sqrt(_sd(b) ** 2 / len(b) + _sd(i) ** 2 / len(i)) if b and i else math.nan
+        )
     for artifact in ws.state.glob("**/artifact"):  # models are big; ledgers and logs stay
         shutil.rmtree(artifact, ignore_errors=True)
     return s
@@ -241,31 +276,61 @@ def start_task(start: str, root: Path) -> Path:
 
 
 def _report(s: Session) -> str:
-    return (f"== {s.arm} seed {s.seed}: {s.experiments} experiments, {s.kept} kept, {s.runs} runs, "
-            f"compute {s.compute_s / 60:.1f} min, wall {s.wall_s / 60:.1f} min, busy cores {s.busy:.2f}, "
-            f"claimed {fmt(s.claimed, '+.4f')}, confirmed {fmt(s.confirmed, '+.4f')} ± "
-            f"{fmt(s.confirmed_se)}; incumbent: {s.incumbent}; stop: {s.stop}")
+    return (
+        f"== {s.arm} seed {s.seed}: {s.experiments} experiments, {s.kept} kept, {s.runs} runs, "
+        f"compute {s.compute_s / 60:.1f} min, wall {s.wall_s / 60:.1f} min, busy cores {s.busy:.2f}, "
+        f"claimed {fmt(s.claimed, '+.4f')}, confirmed {fmt(s.confirmed, '+.4f')} ± "
+        f"{fmt(s.confirmed_se)}; incumbent: {s.incumbent}; stop: {s.stop}"
+    )
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, default=3, help="sessions per arm")
-    ap.add_argument("--first-seed", type=int, default=0,
-                    help="seeds first..first+N-1 (to add sessions to an earlier run)")
+    ap.add_argument(
+        "--first-seed",
+        type=int,
+        default=0,
+        help="seeds first..first+N-1 (to add sessions to an earlier run)",
+    )
     ap.add_argument("--runs", type=int, default=28, help="runs per session (equal compute)")
-    ap.add_argument("--budget-flops", type=float, default=6e11,
-                    help="training FLOPs per run (0: train for --budget wall seconds instead)")
-    ap.add_argument("--budget", type=float, default=None,
-                    help="training seconds per run (default: 90 as a cap with --budget-flops, else 10)")
-    ap.add_argument("--jobs", type=int, default=None,
-                    help="sessions at once (default: 2 with --budget-flops, else 1)")
-    ap.add_argument("--confirm-seeds", type=int, default=3, help="fresh runs of each commit to confirm")
-    ap.add_argument("--arms", default=",".join(ARMS), help=f"comma-separated, from {', '.join(ARMS)}")
+    ap.add_argument(
+        "--budget-flops",
+        type=float,
+        default=6e11,
+        help="training FLOPs per run (0: train for --budget wall seconds instead)",
+    )
+    ap.add_argument(
+        "--budget",
+        type=float,
+        default=None,
+        help="training seconds per run (default: 90 as a cap with --budget-flops, else 10)",
+    )
+    ap.add_argument(
+        "--jobs",
+        type=int,
+        default=None,
+        help="sessions at once (default: 2 with --budget-flops, else 1)",
+    )
+    ap.add_argument(
+        "--confirm-seeds", type=int, default=3, help="fresh runs of each commit to confirm"
+    )
+    ap.add_argument(
+        "--arms", default=",".join(ARMS), help=f"comma-separated, from {', '.join(ARMS)}"
+    )
     ap.add_argument("--eval-bytes", type=int, default=16384, help="validation bytes per evaluation")
-    ap.add_argument("--overhead", type=float, default=30.0, help="seconds on top of the budget per run")
-    ap.add_argument("--start", choices=("defaults", "tuned"), default="defaults",
-                    help="the task as shipped, or TUNED (a second night: small gains left)")
-    ap.add_argument("--out", type=Path, default=None, help="workspaces (default: under RSILAB_HOME)")
+    ap.add_argument(
+        "--overhead", type=float, default=30.0, help="seconds on top of the budget per run"
+    )
+    ap.add_argument(
+        "--start",
+        choices=("defaults", "tuned"),
+        default="defaults",
+        help="the task as shipped, or TUNED (a second night: small gains left)",
+    )
+    ap.add_argument(
+        "--out", type=Path, default=None, help="workspaces (default: under RSILAB_HOME)"
+    )
     args = ap.parse_args()
     if args.budget is None:
         args.budget = 90.0 if args.budget_flops else 10.0
@@ -279,18 +344,27 @@ def main() -> None:
     data = prepare("shakespeare")
     root = out_dir("research_velocity", args.out)
     args.task_dir = start_task(args.start, root)
-    budget = (f"budget {args.budget_flops:.3g} FLOPs (wall cap {args.budget:g} s)" if args.budget_flops
-              else f"budget {args.budget:g} s wall clock")
+    budget = (
+        f"budget {args.budget_flops:.3g} FLOPs (wall cap {args.budget:g} s)"
+        if args.budget_flops
+        else f"budget {args.budget:g} s wall clock"
+    )
     print(machine_line())
-    print(f"gpt task ({args.start}), cpu preset, {budget}, eval bytes {args.eval_bytes}, {args.runs} runs per session, "
-          f"seeds {args.first_seed}..{args.first_seed + args.seeds - 1}, {args.confirm_seeds} confirmation seeds, {args.jobs} sessions at once; "
-          f"arms: {', '.join(arms)}; workspaces: {root}", flush=True)
+    print(
+        f"gpt task ({args.start}), cpu preset, {budget}, eval bytes {args.eval_bytes}, {args.runs} runs per session, "
+        f"seeds {args.first_seed}..{args.first_seed + args.seeds - 1}, {args.confirm_seeds} confirmation seeds, {args.jobs} sessions at once; "
+        f"arms: {', '.join(arms)}; workspaces: {root}",
+        flush=True,
+    )
 
     t0 = time.time()
     # Seed 0 of every arm, then seed 1, ...; the arm order rotates from seed to seed, so a
     # change in machine load hits every arm alike.
-    plan = [(arm, seed) for seed in range(args.first_seed, args.first_seed + args.seeds)
-            for arm in arms[seed % len(arms):] + arms[: seed % len(arms)]]
+    plan = [
+        (arm, seed)
+        for seed in range(args.first_seed, args.first_seed + args.seeds)
+        for arm in arms[seed % len(arms) :] + arms[: seed % len(arms)]
+    ]
     sessions: list[Session] = []
     if args.jobs <= 1:
         for arm, seed in plan:
@@ -300,8 +374,9 @@ def main() -> None:
         ctx = multiprocessing.get_context("spawn")
         # initializer: a session dies with this process, even when it is killed, not left to
         # run on with no one to read its result.
-        with concurrent.futures.ProcessPoolExecutor(args.jobs, mp_context=ctx,
-                                                    initializer=process.die_with_parent) as pool:
+        with concurrent.futures.ProcessPoolExecutor(
+            args.jobs, mp_context=ctx, initializer=process.die_with_parent
+        ) as pool:
             futures = [pool.submit(run_session, arm, seed, args, data, root) for arm, seed in plan]
             for future in concurrent.futures.as_completed(futures):
                 sessions.append(future.result())
@@ -312,31 +387,83 @@ def main() -> None:
     print()
     print(machine_line())
     print(f"total wall time: {(time.time() - t0) / 60:.1f} min")
-    print("gain = baseline val_bpb - incumbent val_bpb (positive: better); confirmed ± standard error "
-          f"over {args.confirm_seeds} fresh seeds per commit")
-    rows = [[s.arm, s.seed, s.experiments, s.kept, s.runs, f"{s.compute_s / 60:.1f}", f"{s.busy:.2f}",
-             fmt(s.claimed, "+.4f"), f"{fmt(s.confirmed, '+.4f')} ± {fmt(s.confirmed_se)}"
-             + (f" ({s.confirm_fails} failed)" if s.confirm_fails else "")] for s in sessions]
-    print(table(["arm", "seed", "experiments", "kept", "runs", "compute min", "busy cores", "claimed gain",
-                 "confirmed gain ± se"], rows))
+    print(
+        "gain = baseline val_bpb - incumbent val_bpb (positive: better); confirmed ± standard error "
+        f"over {args.confirm_seeds} fresh seeds per commit"
+    )
+    rows = [
+        [
+            s.arm,
+            s.seed,
+            s.experiments,
+            s.kept,
+            s.runs,
+            f"{s.compute_s / 60:.1f}",
+            f"{s.busy:.2f}",
+            fmt(s.claimed, "+.4f"),
+            f"{fmt(s.confirmed, '+.4f')} ± {fmt(s.confirmed_se)}"
+            + (f" ({s.confirm_fails} failed)" if s.confirm_fails else ""),
+        ]
+        for s in sessions
+    ]
+    print(
+        table(
+            [
+                "arm",
+                "seed",
+                "experiments",
+                "kept",
+                "runs",
+                "compute min",
+                "busy cores",
+                "claimed gain",
+                "confirmed gain ± se",
+            ],
+            rows,
+        )
+    )
     print()
     summary = []
     for arm in arms:
         mine = [s for s in sessions if s.arm == arm]
         conf = [s.confirmed for s in mine if math.isfinite(s.confirmed)]
         claim = [s.claimed for s in mine if math.isfinite(s.claimed)]
-        summary.append([arm, len(mine), f"{_mean([s.experiments for s in mine]):.1f}",
-                        f"{_mean([s.kept for s in mine]):.1f}",
-                        f"{sum(s.compute_s for s in mine) / 3600:.3f}", fmt(_mean(claim), "+.4f"),
-                        fmt(_mean(conf), "+.4f"), fmt(_sd(conf)),
-                        fmt(_mean(claim) - _mean(conf), "+.4f")])
-    print(table(["arm", "sessions", "mean experiments", "mean kept", "compute h", "mean claimed",
-                 "mean confirmed", "sd (sessions)", "claimed - confirmed"], summary))
+        summary.append(
+            [
+                arm,
+                len(mine),
+                f"{_mean([s.experiments for s in mine]):.1f}",
+                f"{_mean([s.kept for s in mine]):.1f}",
+                f"{sum(s.compute_s for s in mine) / 3600:.3f}",
+                fmt(_mean(claim), "+.4f"),
+                fmt(_mean(conf), "+.4f"),
+                fmt(_sd(conf)),
+                fmt(_mean(claim) - _mean(conf), "+.4f"),
+            ]
+        )
+    print(
+        table(
+            [
+                "arm",
+                "sessions",
+                "mean experiments",
+                "mean kept",
+                "compute h",
+                "mean claimed",
+                "mean confirmed",
+                "sd (sessions)",
+                "claimed - confirmed",
+            ],
+            summary,
+        )
+    )
     pairs = paired(sessions, arms)
     if pairs:
         print()
-        print("paired by seed (same seed: same harness seeds; tuner and random also share their first "
-              "draws): the first arm's confirmed gain minus the second's")
+        print(
+            "paired by seed (same seed: same harness seeds; tuner and random also share their first "
+            "draws): the first arm's confirmed gain minus the second's"
+        )
         print(table(["arms", "seeds", "mean difference", "se", "first ahead"], pairs))
 
 
@@ -345,7 +472,7 @@ def paired(sessions: Sequence[Session], arms: Sequence[str]) -> list[list[Any]]:
     gain = {(s.arm, s.seed): s.confirmed for s in sessions if math.isfinite(s.confirmed)}
     rows: list[list[Any]] = []
     for i, a in enumerate(arms):
-        for b in arms[i + 1:]:
+        for b in arms[i + 1 :]:
             seeds = sorted(seed for arm, seed in gain if arm == a and (b, seed) in gain)
             diff = [gain[a, seed] - gain[b, seed] for seed in seeds]
             if len(diff) < 2:

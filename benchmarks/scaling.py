@@ -40,7 +40,9 @@ class NoteProposer:
 
         self.count += 1
         src = ctx.files["train.py"]
-        return Proposal(f"note {self.count}", {"train.py": src + f"# note {self.count}\n"}, self.name)
+        return Proposal(
+            f"note {self.count}", {"train.py": src + f"# note {self.count}\n"}, self.name
+        )
 
     def observe(self, proposal: Any, verdict: str, metric: float | None) -> None:
         pass
@@ -52,11 +54,15 @@ def sleepy_task(root: Path, seconds: float) -> Path:
     task = root / "task"
     shutil.copytree(resolve_task_dir("toy"), task, ignore=shutil.ignore_patterns("__pycache__"))
     src = (task / "train.py").read_text()
-    (task / "train.py").write_text(src.replace("rng = np.random", f"import time\ntime.sleep({seconds})\nrng = np.random", 1))
+    (task / "train.py").write_text(
+        src.replace("rng = np.random", f"import time\ntime.sleep({seconds})\nrng = np.random", 1)
+    )
     return task
 
 
-def measure(root: Path, name: str, executor_name: str, workers: int, experiments: int, seconds: float) -> dict[str, Any]:
+def measure(
+    root: Path, name: str, executor_name: str, workers: int, experiments: int, seconds: float
+) -> dict[str, Any]:
     from rsilab.loop.limits import Limits
     from rsilab.loop.supervisor import Supervisor
     from rsilab.record.ledger import Ledger
@@ -65,19 +71,37 @@ def measure(root: Path, name: str, executor_name: str, workers: int, experiments
     from rsilab.workspace import init_workspace
 
     ws = init_workspace(root / name, sleepy_task(root / f"{name}-task", seconds), "scaling")
-    task = ws.load_task([("judge.noise_runs", 2), ("judge.max_runs", 1), ("judge.alpha", 1e-12),
-                         ("judge.recheck_every", 0)])
+    task = ws.load_task(
+        [
+            ("judge.noise_runs", 2),
+            ("judge.max_runs", 1),
+            ("judge.alpha", 1e-12),
+            ("judge.recheck_every", 0),
+        ]
+    )
     executor = create_executor(executor_name, task=task, workers=workers)
-    with Ledger(ws.ledger_path) as ledger, Bench(task, executor=executor, owns_executor=True) as bench:
-        sup = Supervisor(ws, ledger, bench, [NoteProposer()], limits=Limits(max_experiments=experiments))
+    with (
+        Ledger(ws.ledger_path) as ledger,
+        Bench(task, executor=executor, owns_executor=True) as bench,
+    ):
+        sup = Supervisor(
+            ws, ledger, bench, [NoteProposer()], limits=Limits(max_experiments=experiments)
+        )
         sup.run()
         exps = [e for e in ledger.experiments() if e.kind == "candidate"]
         runs = [r for r in ledger.runs() if r.experiment_id in {e.id for e in exps}]
         span = max(e.decided_at or 0.0 for e in exps) - min(e.started_at for e in exps)
         isolation = runs[0].isolation if runs else "?"
     busy = sum(r.train_seconds + r.eval_seconds for r in runs)
-    return {"name": name, "workers": workers, "experiments": len(exps), "span_s": span,
-            "per_hour": len(exps) / span * 3600, "busy": busy / (span * workers), "isolation": isolation}
+    return {
+        "name": name,
+        "workers": workers,
+        "experiments": len(exps),
+        "span_s": span,
+        "per_hour": len(exps) / span * 3600,
+        "busy": busy / (span * workers),
+        "isolation": isolation,
+    }
 
 
 def main() -> None:
@@ -89,8 +113,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         os.environ["RSILAB_HOME"] = str(root / "home")
-        rows = [measure(root, "local-1", "local", 1, args.per_slot, args.run_seconds),
-                measure(root, "local-2", "local", 2, 2 * args.per_slot, args.run_seconds)]
+        rows = [
+            measure(root, "local-1", "local", 1, args.per_slot, args.run_seconds),
+            measure(root, "local-2", "local", 2, 2 * args.per_slot, args.run_seconds),
+        ]
         if not args.no_ray:
             try:
                 import ray
@@ -103,14 +129,20 @@ def main() -> None:
                 rows.append(measure(root, "ray-2", "ray", 2, 2 * args.per_slot, args.run_seconds))
                 ray.shutdown()
     single = rows[0]["per_hour"]
-    print(f"\ntoy task, train.py sleeps {args.run_seconds:g} s per run; one run per experiment; "
-          f"sandbox: {rows[0]['isolation']}; {os.cpu_count()} CPUs")
-    print(f"{'executor':<10} {'K':>2} {'experiments':>11} {'wall s':>7} {'exp/hour':>9} {'slots busy':>10} "
-          f"{'ratio to K x 1':>14}")
+    print(
+        f"\ntoy task, train.py sleeps {args.run_seconds:g} s per run; one run per experiment; "
+        f"sandbox: {rows[0]['isolation']}; {os.cpu_count()} CPUs"
+    )
+    print(
+        f"{'executor':<10} {'K':>2} {'experiments':>11} {'wall s':>7} {'exp/hour':>9} {'slots busy':>10} "
+        f"{'ratio to K x 1':>14}"
+    )
     for r in rows:
         ratio = r["per_hour"] / (r["workers"] * single)
-        print(f"{r['name']:<10} {r['workers']:>2} {r['experiments']:>11} {r['span_s']:>7.1f} {r['per_hour']:>9.0f} "
-              f"{r['busy']:>9.0%} {ratio:>14.2f}")
+        print(
+            f"{r['name']:<10} {r['workers']:>2} {r['experiments']:>11} {r['span_s']:>7.1f} {r['per_hour']:>9.0f} "
+            f"{r['busy']:>9.0%} {ratio:>14.2f}"
+        )
 
 
 if __name__ == "__main__":

@@ -54,9 +54,24 @@ def rsilab(ws_dir: Path, *args: str, log: Path) -> subprocess.Popen[bytes]:
     """Start the supervisor as a user would, output to `log` (a pipe could fill and block).
     `--preset cpu` only spares the torch import that detects the device (toy ignores it)."""
     with open(log, "ab") as out:
-        return subprocess.Popen([sys.executable, "-m", "rsilab.cli", "run", str(ws_dir), "--task", "toy",
-                                 "--proposer", "tuner", "--preset", "cpu", *args],
-                                stdout=out, stderr=subprocess.STDOUT)
+        return subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "rsilab.cli",
+                "run",
+                str(ws_dir),
+                "--task",
+                "toy",
+                "--proposer",
+                "tuner",
+                "--preset",
+                "cpu",
+                *args,
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
 
 
 def kill_after(proc: subprocess.Popen[bytes], delay: float) -> bool:
@@ -80,11 +95,16 @@ def snapshot(ws_dir: Path) -> dict[int, tuple[object, ...]]:
 
 def decided(exps: Sequence[Experiment]) -> dict[int, tuple[object, ...]]:
     """The recorded fields of each decided experiment, by id."""
-    return {e.id: (e.commit, e.parent, e.description, e.status, e.metric, e.decided_at)
-            for e in exps if e.decided}
+    return {
+        e.id: (e.commit, e.parent, e.description, e.status, e.metric, e.decided_at)
+        for e in exps
+        if e.decided
+    }
 
 
-def check(ws_dir: Path, before: dict[int, tuple[object, ...]], tally: Tally) -> dict[int, tuple[object, ...]]:
+def check(
+    ws_dir: Path, before: dict[int, tuple[object, ...]], tally: Tally
+) -> dict[int, tuple[object, ...]]:
     """The checks after a recovering restart; returns the new snapshot."""
     from rsilab.record.audit import audit
     from rsilab.record.ledger import Ledger
@@ -119,7 +139,9 @@ def check(ws_dir: Path, before: dict[int, tuple[object, ...]], tally: Tally) -> 
         recorded = ledger.costs().get("compute", 0.0)
         if abs(spent - recorded) > 1e-6 * max(1.0, spent):
             tally.half_recorded += 1
-            tally.problems.append(f"runs took {spent:.3f} s of compute but the costs say {recorded:.3f} s")
+            tally.problems.append(
+                f"runs took {spent:.3f} s of compute but the costs say {recorded:.3f} s"
+            )
         found = audit(ws, ledger)
         tally.problems += [f"audit: {p}" for p in found.problems]
     return after
@@ -127,9 +149,13 @@ def check(ws_dir: Path, before: dict[int, tuple[object, ...]], tally: Tally) -> 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--kills", type=int, default=50, help="cycles: one SIGKILL of the running supervisor each")
+    ap.add_argument(
+        "--kills", type=int, default=50, help="cycles: one SIGKILL of the running supervisor each"
+    )
     ap.add_argument("--seed", type=int, default=0, help="seed of the random kill moments")
-    ap.add_argument("--dir", type=Path, default=None, help="workspace folder (default: a temporary one)")
+    ap.add_argument(
+        "--dir", type=Path, default=None, help="workspace folder (default: a temporary one)"
+    )
     args = ap.parse_args()
     rng = random.Random(args.seed)
     tmp = Path(tempfile.mkdtemp(prefix="rsilab-soak-"))
@@ -154,18 +180,26 @@ def main() -> None:
         if kill_after(proc, delay):
             tally.kills += 1
         else:
-            tally.problems.append(f"cycle {cycle}: the supervisor stopped on its own (exit {proc.returncode})")
-        if cycle % 5 == 0 and kill_after(rsilab(ws_dir, "--max-experiments", "0", log=log),
-                                         rng.uniform(0.0, startup)):
+            tally.problems.append(
+                f"cycle {cycle}: the supervisor stopped on its own (exit {proc.returncode})"
+            )
+        if cycle % 5 == 0 and kill_after(
+            rsilab(ws_dir, "--max-experiments", "0", log=log), rng.uniform(0.0, startup)
+        ):
             tally.recovery_kills += 1
         t = time.monotonic()
         restart = rsilab(ws_dir, "--max-experiments", "0", log=log)
         if restart.wait() != 0:
-            tally.problems.append(f"cycle {cycle}: the restart failed (exit {restart.returncode}); see {log}")
+            tally.problems.append(
+                f"cycle {cycle}: the restart failed (exit {restart.returncode}); see {log}"
+            )
         startup = time.monotonic() - t
         before = check(ws_dir, before, tally)
         done = len(before)
-        print(f"cycle {cycle:3d}: {done} experiments decided, problems so far {len(tally.problems)}", flush=True)
+        print(
+            f"cycle {cycle:3d}: {done} experiments decided, problems so far {len(tally.problems)}",
+            flush=True,
+        )
         if tally.problems:
             break
     wall = time.monotonic() - t0
@@ -176,11 +210,17 @@ def main() -> None:
         n_runs = len(ledger.runs())
     interrupted = sum(e.status == "interrupted" for e in exps)
     print(f"\nsoak: {tally.cycles} cycles on the toy task in {wall:.0f} s (seed {args.seed})")
-    print(f"  kills survived:  {tally.kills} of the running supervisor + {tally.recovery_kills} during recovery")
-    print(f"  experiments:     {len(exps)} ({len(exps) - interrupted} judged, {interrupted} interrupted by a kill), "
-          f"{n_runs} runs")
-    print(f"  lost: {tally.lost}, duplicated: {tally.duplicated}, half-recorded: {tally.half_recorded}, "
-          f"other inconsistencies: {len(tally.problems) - tally.lost - tally.duplicated - tally.half_recorded}")
+    print(
+        f"  kills survived:  {tally.kills} of the running supervisor + {tally.recovery_kills} during recovery"
+    )
+    print(
+        f"  experiments:     {len(exps)} ({len(exps) - interrupted} judged, {interrupted} interrupted by a kill), "
+        f"{n_runs} runs"
+    )
+    print(
+        f"  lost: {tally.lost}, duplicated: {tally.duplicated}, half-recorded: {tally.half_recorded}, "
+        f"other inconsistencies: {len(tally.problems) - tally.lost - tally.duplicated - tally.half_recorded}"
+    )
     if tally.problems:
         print("problems:")
         for p in tally.problems:

@@ -91,7 +91,9 @@ def main() -> None:
     p.add_argument("--budget", type=float, default=15.0, help="training seconds per run")
     p.add_argument("--seed", type=int, default=0, help="seed of the first run; then +1 per run")
     p.add_argument("--peak-seconds", type=float, default=0.5, help="timing window per matmul size")
-    p.add_argument("--out", type=Path, default=None, help="run folders (default: under RSILAB_HOME)")
+    p.add_argument(
+        "--out", type=Path, default=None, help="run folders (default: under RSILAB_HOME)"
+    )
     args = p.parse_args()
 
     print(machine_line())
@@ -122,32 +124,86 @@ def main() -> None:
         train_s = s.get("training_seconds", float("nan"))
         cached = harness_cached_peak(task.threads)
         # train.py's own FLOPs/token, recovered from its summary (mfu = flops/token * tps / peak).
-        flops_tok = s.get("mfu_percent", float("nan")) / 100 * cached / tps if cached and tps > 0 else float("nan")
+        flops_tok = (
+            s.get("mfu_percent", float("nan")) / 100 * cached / tps
+            if cached and tps > 0
+            else float("nan")
+        )
         mfu = 100 * flops_tok * tps / peak1
         tps_all.append(tps)
         mfu_all.append(mfu)
-        rows.append([seed, r.status.value, fmt(busy, ".2f"), fmt(steps, ".0f"), fmt(train_s, ".1f"),
-                     fmt(1000 * train_s / max(steps - 1, 1), ".1f"), fmt(tps, ".0f"),
-                     fmt(flops_tok / 1e6, ".3f"), fmt(s.get("mfu_percent", float("nan")), ".1f"),
-                     fmt(mfu, ".1f"), f"{r.train_seconds:.1f}"])
-    print(f"\ntrain.py cpu preset, {task.threads} thread, budget {args.budget:g} s, "
-          f"{args.repeats} runs through the runner (folders: {root})")
-    print(table(["seed", "status", "busy", "steps", "train_s", "ms/step", "tokens/s",
-                 "MFLOP/tok", "mfu%(train.py)", "mfu%(measured)", "wall_s"], rows))
+        rows.append(
+            [
+                seed,
+                r.status.value,
+                fmt(busy, ".2f"),
+                fmt(steps, ".0f"),
+                fmt(train_s, ".1f"),
+                fmt(1000 * train_s / max(steps - 1, 1), ".1f"),
+                fmt(tps, ".0f"),
+                fmt(flops_tok / 1e6, ".3f"),
+                fmt(s.get("mfu_percent", float("nan")), ".1f"),
+                fmt(mfu, ".1f"),
+                f"{r.train_seconds:.1f}",
+            ]
+        )
+    print(
+        f"\ntrain.py cpu preset, {task.threads} thread, budget {args.budget:g} s, "
+        f"{args.repeats} runs through the runner (folders: {root})"
+    )
+    print(
+        table(
+            [
+                "seed",
+                "status",
+                "busy",
+                "steps",
+                "train_s",
+                "ms/step",
+                "tokens/s",
+                "MFLOP/tok",
+                "mfu%(train.py)",
+                "mfu%(measured)",
+                "wall_s",
+            ],
+            rows,
+        )
+    )
     cached = harness_cached_peak(task.threads)
     print("busy: average busy cores machine-wide during the run (about 1.0 when nothing else runs)")
-    print(f"mfu%(train.py): against the harness's cached {task.threads}-thread peak "
-          f"{fmt(cached / 1e9 if cached else float('nan'), '.1f')} GFLOP/s (one size, 1024); "
-          f"mfu%(measured): against the {best[1]:.1f} GFLOP/s measured above")
+    print(
+        f"mfu%(train.py): against the harness's cached {task.threads}-thread peak "
+        f"{fmt(cached / 1e9 if cached else float('nan'), '.1f')} GFLOP/s (one size, 1024); "
+        f"mfu%(measured): against the {best[1]:.1f} GFLOP/s measured above"
+    )
 
     tps_s, mfu_s = Spread.of(tps_all), Spread.of(mfu_all)
     print()
-    print(table(["figure", "n", "median", "sd", "min", "max", "range/median"], [
-        ["tokens/s", tps_s.n, fmt(tps_s.median, ".0f"), fmt(tps_s.sd, ".0f"), fmt(tps_s.min, ".0f"),
-         fmt(tps_s.max, ".0f"), fmt(tps_s.rel_range_percent, ".1f") + "%"],
-        ["MFU % (1-thread peak)", mfu_s.n, fmt(mfu_s.median, ".1f"), fmt(mfu_s.sd, ".1f"),
-         fmt(mfu_s.min, ".1f"), fmt(mfu_s.max, ".1f"), fmt(mfu_s.rel_range_percent, ".1f") + "%"],
-    ]))
+    print(
+        table(
+            ["figure", "n", "median", "sd", "min", "max", "range/median"],
+            [
+                [
+                    "tokens/s",
+                    tps_s.n,
+                    fmt(tps_s.median, ".0f"),
+                    fmt(tps_s.sd, ".0f"),
+                    fmt(tps_s.min, ".0f"),
+                    fmt(tps_s.max, ".0f"),
+                    fmt(tps_s.rel_range_percent, ".1f") + "%",
+                ],
+                [
+                    "MFU % (1-thread peak)",
+                    mfu_s.n,
+                    fmt(mfu_s.median, ".1f"),
+                    fmt(mfu_s.sd, ".1f"),
+                    fmt(mfu_s.min, ".1f"),
+                    fmt(mfu_s.max, ".1f"),
+                    fmt(mfu_s.rel_range_percent, ".1f") + "%",
+                ],
+            ],
+        )
+    )
     verdict = "met" if mfu_s.median >= 50 else "not met"
     print(f"target MFU >= 50% of the 1-thread peak: median {fmt(mfu_s.median, '.1f')}% ({verdict})")
     print(machine_line())

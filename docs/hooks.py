@@ -38,7 +38,7 @@ KEY_NOTES = {
     "editable": "files or globs the researcher may change (at least one file must match each)",
     "description": "one line: what the research is after",
     "frozen": "files or globs that must not change; their sha256 is recorded when the workspace is created",
-    "train": 'the training command, a string or an argv list; `python` means rsilab\'s own interpreter',
+    "train": "the training command, a string or an argv list; `python` means rsilab's own interpreter",
     "program": "the research program shown to LLM and agent proposers",
     "eval_timeout": "seconds the evaluator may take",
     "threads": "CPU threads per run (`OMP_NUM_THREADS`, `harness.threads()`)",
@@ -95,7 +95,12 @@ def table(rows: list[tuple[str, str]]) -> list[str]:
     """A two-column markdown table of (file, what it is) rows; nothing for no rows."""
     if not rows:
         return []
-    return ["| file | what it is |", "| --- | --- |", *(f"| `{name}` | {cell(text)} |" for name, text in rows), ""]
+    return [
+        "| file | what it is |",
+        "| --- | --- |",
+        *(f"| `{name}` | {cell(text)} |" for name, text in rows),
+        "",
+    ]
 
 
 def render_layout(root: Path) -> str:
@@ -103,20 +108,35 @@ def render_layout(root: Path) -> str:
     pkg_root = root / PACKAGE
     out: list[str] = []
     # Task folders hold task code, not rsilab's: they are listed by their rsilab.toml instead.
-    packages = sorted(p.parent for p in pkg_root.rglob("__init__.py")
-                      if p.parent.relative_to(pkg_root).parts[:1] != (TASKS,) or p.parent.parent == pkg_root)
+    packages = sorted(
+        p.parent
+        for p in pkg_root.rglob("__init__.py")
+        if p.parent.relative_to(pkg_root).parts[:1] != (TASKS,) or p.parent.parent == pkg_root
+    )
     for pkg in packages:
         rel = pkg.relative_to(root).as_posix() + "/"
         out += [f"## `{rel}`", "", module_summary(pkg / "__init__.py", root), ""]
-        rows = [(f.name, module_summary(f, root)) for f in sorted(pkg.glob("*.py")) if f.name != "__init__.py"]
-        rows += [(d.name + "/", "a package, below") for d in sorted(pkg.iterdir()) if (d / "__init__.py").is_file()]
+        rows = [
+            (f.name, module_summary(f, root))
+            for f in sorted(pkg.glob("*.py"))
+            if f.name != "__init__.py"
+        ]
+        rows += [
+            (d.name + "/", "a package, below")
+            for d in sorted(pkg.iterdir())
+            if (d / "__init__.py").is_file()
+        ]
         if pkg == pkg_root / TASKS:
             rows += task_rows(pkg)
         out += table(rows)
     bench = root / BENCHMARKS
     if bench.is_dir():
-        out += [f"## `{BENCHMARKS.as_posix()}/`", "",
-                "Scripts that print figures; not part of the test run.", ""]
+        out += [
+            f"## `{BENCHMARKS.as_posix()}/`",
+            "",
+            "Scripts that print figures; not part of the test run.",
+            "",
+        ]
         rows = [(f.name, module_summary(f, root)) for f in sorted(bench.glob("*.py"))]
         rows += [(f.name, shell_summary(f)) for f in sorted(bench.glob("*.sh"))]
         out += table(rows)
@@ -128,8 +148,11 @@ def task_rows(tasks_dir: Path) -> list[tuple[str, str]]:
     rows = []
     for folder in sorted(d for d in tasks_dir.iterdir() if (d / "rsilab.toml").is_file()):
         spec = tomllib.loads((folder / "rsilab.toml").read_text())
-        files = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*")
-                       if p.is_file() and "__pycache__" not in p.parts)
+        files = sorted(
+            p.relative_to(folder).as_posix()
+            for p in folder.rglob("*")
+            if p.is_file() and "__pycache__" not in p.parts
+        )
         listed = ", ".join(f"`{f}`" for f in files)
         rows.append((folder.name + "/", f"{spec.get('description', '')} Files: {listed}."))
     return rows
@@ -194,7 +217,9 @@ def render_config_keys() -> str:
     fields: dict[str, dict[str, ast.AnnAssign]] = {}
     for node in ast.parse(source).body:
         if isinstance(node, ast.ClassDef):
-            fields[node.name] = {ast.unparse(s.target): s for s in node.body if isinstance(s, ast.AnnAssign)}
+            fields[node.name] = {
+                ast.unparse(s.target): s for s in node.body if isinstance(s, ast.AnnAssign)
+            }
     out: list[str] = []
     used: set[str] = set()
 
@@ -233,5 +258,7 @@ def render_config_keys() -> str:
         intro = [doc, ""] if doc and not doc.startswith(cls.__name__ + "(") else []
         out += [f"### `[{name}]`", "", *intro, *head, *body, ""]
     for stale in sorted(set(KEY_NOTES) - used):
-        log.warning("docs/hooks.py: KEY_NOTES has %r, which config.py no longer leaves undocumented", stale)
+        log.warning(
+            "docs/hooks.py: KEY_NOTES has %r, which config.py no longer leaves undocumented", stale
+        )
     return "\n".join(out)

@@ -18,9 +18,29 @@ from rsilab.results import RunResult, Status
 from rsilab.studies.collapse import open_study
 from rsilab.studies.collapse.study import SampleResult, Study
 
-VOCAB = ["the", "king", "and", "queen", "of", "my", "lord", "sweet", "night", "thou", "art", "fair",
-         "good", "sir", "come", "hence", "what", "say", "you", "to", "me"]
-
+VOCAB = [
+    "the",
+    "king",
+    "and",
+    "queen",
+    "of",
+    "my",
+    "lord",
+    "sweet",
+    "night",
+    "thou",
+    "art",
+    "fair",
+    "good",
+    "sir",
+    "come",
+    "hence",
+    "what",
+    "say",
+    "you",
+    "to",
+    "me",
+]
 
 
 def write_corpus(path: Path, lines: int = 1500, seed: int = 0) -> Path:
@@ -40,16 +60,18 @@ def write_corpus(path: Path, lines: int = 1500, seed: int = 0) -> Path:
 def write_task(root: Path, corpus: Path) -> Path:
     root.mkdir(parents=True)
     (root / "train.py").write_text("raise SystemExit('the fake trainer never runs this file')\n")
-    (root / "rsilab.toml").write_text(f'name = "tiny"\neditable = ["train.py"]\ndata = "{corpus}"\n'
-                                      "budget = 1\n")
+    (root / "rsilab.toml").write_text(
+        f'name = "tiny"\neditable = ["train.py"]\ndata = "{corpus}"\nbudget = 1\n'
+    )
     return root
 
 
 class FakeTrainer:
     """Its model is a copy of the training bytes; val_bpb rises with the generated share."""
 
-    def __init__(self, *, block_at: int | None = None, fifo: Path | None = None,
-                 fail: set[int] | None = None) -> None:
+    def __init__(
+        self, *, block_at: int | None = None, fifo: Path | None = None, fail: set[int] | None = None
+    ) -> None:
         self.calls: list[tuple[Path, Path, int]] = []
         self.val: Path | None = None
         self.block_at, self.fifo = block_at, fifo
@@ -70,8 +92,12 @@ class FakeTrainer:
         data, refusal = provenance.check_run_data(train, self.val, allow_generated=True)
         assert refusal is None, refusal
         rec = data["train"]
-        return RunResult(Status.OK, seed, metric=1.0 + rec["generated_bytes"] / rec["size"],
-                         evaluation={"data": data})
+        return RunResult(
+            Status.OK,
+            seed,
+            metric=1.0 + rec["generated_bytes"] / rec["size"],
+            evaluation={"data": data},
+        )
 
 
 def fake_sampler(artifact: Path, out: Path, n: int, temperature: float, seed: int) -> SampleResult:
@@ -81,7 +107,7 @@ def fake_sampler(artifact: Path, out: Path, n: int, temperature: float, seed: in
     chunks, size = [], 0
     while size < n:
         start = rng.randrange(0, len(model) - 40)
-        chunks.append(model[start: start + 40])
+        chunks.append(model[start : start + 40])
         size += 40
     out.write_bytes(b"".join(chunks)[:n])
     return SampleResult(True, seconds=0.0)
@@ -94,10 +120,22 @@ def make_study(tmp_path: Path, trainer: FakeTrainer | None = None, **options: ob
     task = tmp_path / "task"
     if not task.exists():
         write_task(task, corpus)
-    settings = {"policies": "replace,accumulate,mix:0.5", "seeds": 2, "generations": 2, "size": 4096,
-                "preset": "cpu", **options}
-    study = open_study(tmp_path / "out", task_name=str(task), trainer=trainer or FakeTrainer(),
-                       sampler=fake_sampler, notify=lambda message: None, **settings)  # type: ignore[arg-type]
+    settings = {
+        "policies": "replace,accumulate,mix:0.5",
+        "seeds": 2,
+        "generations": 2,
+        "size": 4096,
+        "preset": "cpu",
+        **options,
+    }
+    study = open_study(
+        tmp_path / "out",
+        task_name=str(task),
+        trainer=trainer or FakeTrainer(),
+        sampler=fake_sampler,
+        notify=lambda message: None,
+        **settings,
+    )  # type: ignore[arg-type]
     if isinstance(study.trainer, FakeTrainer):
         study.trainer.val = study.val_path
     return study

@@ -27,11 +27,23 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-_OPENAI_ERRORS = {400: "invalid_request_error", 401: "invalid_request_error", 403: "invalid_request_error",
-                  404: "invalid_request_error", 429: "rate_limit_exceeded"}
-_ANTHROPIC_ERRORS = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
-                     404: "not_found_error", 413: "request_too_large", 429: "rate_limit_error",
-                     500: "api_error", 529: "overloaded_error"}
+_OPENAI_ERRORS = {
+    400: "invalid_request_error",
+    401: "invalid_request_error",
+    403: "invalid_request_error",
+    404: "invalid_request_error",
+    429: "rate_limit_exceeded",
+}
+_ANTHROPIC_ERRORS = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    500: "api_error",
+    529: "overloaded_error",
+}
 
 
 @dataclass
@@ -60,23 +72,49 @@ class RecordedRequest:
 def openai_body(s: Scripted, model: str) -> dict[str, Any]:
     if s.status != 200:
         kind = _OPENAI_ERRORS.get(s.status, "server_error")
-        return {"error": {"message": s.text or f"HTTP {s.status}", "type": kind, "param": None, "code": None}}
+        return {
+            "error": {
+                "message": s.text or f"HTTP {s.status}",
+                "type": kind,
+                "param": None,
+                "code": None,
+            }
+        }
     return {
-        "id": "chatcmpl-fake", "object": "chat.completion", "created": 1700000000, "model": model,
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": s.text}, "logprobs": None,
-                     "finish_reason": "stop"}],
-        "usage": {"prompt_tokens": s.tokens_in, "completion_tokens": s.tokens_out,
-                  "total_tokens": s.tokens_in + s.tokens_out},
+        "id": "chatcmpl-fake",
+        "object": "chat.completion",
+        "created": 1700000000,
+        "model": model,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": s.text},
+                "logprobs": None,
+                "finish_reason": "stop",
+            }
+        ],
+        "usage": {
+            "prompt_tokens": s.tokens_in,
+            "completion_tokens": s.tokens_out,
+            "total_tokens": s.tokens_in + s.tokens_out,
+        },
     }
 
 
 def anthropic_body(s: Scripted, model: str) -> dict[str, Any]:
     if s.status != 200:
-        kind = _ANTHROPIC_ERRORS.get(s.status, "api_error" if s.status >= 500 else "invalid_request_error")
+        kind = _ANTHROPIC_ERRORS.get(
+            s.status, "api_error" if s.status >= 500 else "invalid_request_error"
+        )
         return {"type": "error", "error": {"type": kind, "message": s.text or f"HTTP {s.status}"}}
     return {
-        "id": "msg_fake", "type": "message", "role": "assistant", "model": model,
-        "content": [{"type": "text", "text": s.text}], "stop_reason": "end_turn", "stop_sequence": None,
+        "id": "msg_fake",
+        "type": "message",
+        "role": "assistant",
+        "model": model,
+        "content": [{"type": "text", "text": s.text}],
+        "stop_reason": "end_turn",
+        "stop_sequence": None,
         "usage": {"input_tokens": s.tokens_in, "output_tokens": s.tokens_out},
     }
 
@@ -94,8 +132,12 @@ class FakeLLM:
         self._server.daemon_threads = True
         self._server.block_on_close = False
         self.port = self._server.server_address[1]
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
-                                        name=f"fake-llm-{self.port}", daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever,
+            kwargs={"poll_interval": 0.05},
+            name=f"fake-llm-{self.port}",
+            daemon=True,
+        )
         self._thread.start()
 
     @property
@@ -162,7 +204,9 @@ def _make_handler(fake: FakeLLM) -> type[BaseHTTPRequestHandler]:
                 parsed = json.loads(body)
             except ValueError:
                 parsed = None
-            request = RecordedRequest("POST", self.path, {k.lower(): v for k, v in self.headers.items()}, parsed, body)
+            request = RecordedRequest(
+                "POST", self.path, {k.lower(): v for k, v in self.headers.items()}, parsed, body
+            )
             path = self.path.split("?")[0]
             if path == "/v1/chat/completions":
                 render = openai_body
@@ -171,7 +215,18 @@ def _make_handler(fake: FakeLLM) -> type[BaseHTTPRequestHandler]:
             else:
                 with fake._lock:
                     fake.requests.append(request)
-                return self._send(404, json.dumps({"error": {"message": f"unknown path {path}", "type": "invalid_request_error"}}).encode(), {})
+                return self._send(
+                    404,
+                    json.dumps(
+                        {
+                            "error": {
+                                "message": f"unknown path {path}",
+                                "type": "invalid_request_error",
+                            }
+                        }
+                    ).encode(),
+                    {},
+                )
             scripted = fake._take(request)
             if scripted is None:
                 return self._send(500, json.dumps({"error": "no scripted reply"}).encode(), {})
@@ -181,7 +236,11 @@ def _make_handler(fake: FakeLLM) -> type[BaseHTTPRequestHandler]:
                 self.close_connection = True
                 return
             model = parsed.get("model", "fake") if isinstance(parsed, dict) else "fake"
-            raw = scripted.raw if scripted.raw is not None else json.dumps(render(scripted, model)).encode()
+            raw = (
+                scripted.raw
+                if scripted.raw is not None
+                else json.dumps(render(scripted, model)).encode()
+            )
             self._send(scripted.status, raw, scripted.headers)
 
         def _send(self, status: int, body: bytes, headers: dict[str, str]) -> None:

@@ -54,11 +54,18 @@ def shifted_task(tmp_path: Path, work: float = 1.0) -> Path:
     shutil.copytree(resolve_task_dir("toy"), task, ignore=shutil.ignore_patterns("__pycache__"))
     src = (task / "train.py").read_text()
     src = src.replace("import numpy as np\n", "import time\n\nimport numpy as np\n", 1)
-    src = src.replace("MOMENTUM = 0.0       # heavy-ball momentum\n",
-                      "MOMENTUM = 0.0       # heavy-ball momentum\n" + KNOBS.format(work=work), 1)
-    src = src.replace("rng = np.random", "T_START = time.time()\ntime.sleep(WORK_SECONDS)\nrng = np.random", 1)
+    src = src.replace(
+        "MOMENTUM = 0.0       # heavy-ball momentum\n",
+        "MOMENTUM = 0.0       # heavy-ball momentum\n" + KNOBS.format(work=work),
+        1,
+    )
+    src = src.replace(
+        "rng = np.random", "T_START = time.time()\ntime.sleep(WORK_SECONDS)\nrng = np.random", 1
+    )
     src = src.replace("np.save(", "w[0] += SHIFT_A\nw[1] += SHIFT_B\nnp.save(", 1)
-    src = src.replace('"num_steps": STEPS,', '"num_steps": STEPS, "t_start": T_START, "t_end": time.time(),', 1)
+    src = src.replace(
+        '"num_steps": STEPS,', '"num_steps": STEPS, "t_start": T_START, "t_end": time.time(),', 1
+    )
     assert "SHIFT_A = 0.5 " in src and "w[0] += SHIFT_A" in src and "t_end" in src
     (task / "train.py").write_text(src)
     return task
@@ -85,7 +92,9 @@ def queue_patch(ws_dir: Path, name: str, rel: str, old: str, new: str) -> None:
     scratch = ws_dir.parent / f"scratch-{name}"
     subprocess.run(["git", "clone", "-q", str(ws_dir), str(scratch)], check=True)
     (scratch / rel).write_text(src.replace(old, new, 1))
-    diff = subprocess.run(["git", "diff"], cwd=scratch, capture_output=True, text=True, check=True).stdout
+    diff = subprocess.run(
+        ["git", "diff"], cwd=scratch, capture_output=True, text=True, check=True
+    ).stdout
     q = ws_dir / ".rsilab" / "queue"
     q.mkdir(parents=True, exist_ok=True)
     (q / f"{name}.patch").write_text(diff)
@@ -94,12 +103,20 @@ def queue_patch(ws_dir: Path, name: str, rel: str, old: str, new: str) -> None:
 # -- running the loop ------------------------------------------------------------------------
 
 
-def supervise(ws_dir: Path, *overrides: tuple[str, object], max_experiments: int | None = None) -> tuple[str, Ledger]:
+def supervise(
+    ws_dir: Path, *overrides: tuple[str, object], max_experiments: int | None = None
+) -> tuple[str, Ledger]:
     """The supervisor with the queue proposer, in this process, until it stops: (reason, ledger)."""
     ws = open_workspace(ws_dir)
     task = ws.load_task(list(overrides))
     ledger = Ledger(ws.ledger_path)
-    sup = Supervisor(ws, ledger, Bench(task), [create("queue", queue_dir=ws.queue_dir)], limits=Limits(max_experiments=max_experiments))
+    sup = Supervisor(
+        ws,
+        ledger,
+        Bench(task),
+        [create("queue", queue_dir=ws.queue_dir)],
+        limits=Limits(max_experiments=max_experiments),
+    )
     return sup.run(), ledger
 
 
@@ -107,12 +124,22 @@ def start_rsilab(*args: str, cwd: Path, env: dict[str, str] | None = None) -> su
     """`python -m rsilab.cli ARGS` as a separate process, stdout and stderr in one pipe."""
     # SIGINT back to its default in the child: a test suite started as a background job of
     # a script inherits SIGINT ignored, and rsilab, like any program, keeps it ignored then.
-    return subprocess.Popen([sys.executable, "-m", "rsilab.cli", *args], cwd=cwd, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env or dict(os.environ),
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    return subprocess.Popen(
+        [sys.executable, "-m", "rsilab.cli", *args],
+        cwd=cwd,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env=env or dict(os.environ),
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
 
 
-def wait_for(predicate: Callable[[], object], timeout: float = 60.0, proc: subprocess.Popen[str] | None = None) -> None:
+def wait_for(
+    predicate: Callable[[], object],
+    timeout: float = 60.0,
+    proc: subprocess.Popen[str] | None = None,
+) -> None:
     """Poll a condition (not a fixed sleep): the test proceeds the moment it holds. With
     `proc` (the supervisor), its exiting first fails the test at once, with its output."""
     deadline = time.monotonic() + timeout
@@ -121,7 +148,9 @@ def wait_for(predicate: Callable[[], object], timeout: float = 60.0, proc: subpr
             return
         if proc is not None and proc.poll() is not None:
             output = proc.stdout.read() if proc.stdout else ""
-            raise AssertionError(f"the supervisor exited ({proc.returncode}) before the condition held:\n{output}")
+            raise AssertionError(
+                f"the supervisor exited ({proc.returncode}) before the condition held:\n{output}"
+            )
         time.sleep(0.02)
     raise AssertionError("condition not reached in time")
 

@@ -44,8 +44,14 @@ def synthetic_ledger(path: Path) -> Ledger:
     rows: list[tuple[str, str, str, list[float], float | None, dict[str, Any]]] = [
         ("baseline", "baseline", "keep", [1.000, 0.998, 1.002], 1.0, {}),
         ("raise LR to 0.04", "tuner", "discard", [1.004], 1.004, {"effect": -0.004}),
-        (EVIL, "llm", "keep", [0.990, 0.991], 0.9905,
-         {"effect": 0.0095, "ci_low": 0.004, "ci_high": 0.015, "p_value": 0.004}),
+        (
+            EVIL,
+            "llm",
+            "keep",
+            [0.990, 0.991],
+            0.9905,
+            {"effect": 0.0095, "ci_low": 0.004, "ci_high": 0.015, "p_value": 0.004},
+        ),
         ("double depth", "llm", "crash", [], None, {}),
         ("weight tying", "queue", "discard", [0.995, 0.994], 0.9945, {"effect": -0.004}),
     ]
@@ -136,7 +142,9 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_for(predicate: Callable[[], object], timeout: float = 20.0, what: str = "condition") -> None:
+def wait_for(
+    predicate: Callable[[], object], timeout: float = 20.0, what: str = "condition"
+) -> None:
     """Poll a condition (never a fixed sleep): go on the moment it holds."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -24,7 +24,7 @@ from rsilab.results import Metric
 from rsilab.workspace import Workspace, init_workspace
 
 # Shared by the fakes: find the two paths, edit train.py, misbehave on request.
-COMMON = r'''
+COMMON = r"""
 import json, os, re, subprocess, sys, time
 from pathlib import Path
 
@@ -58,9 +58,11 @@ def work(prompt, desc, extra):
         sys.exit(3)
     if MODE != "nodesc":
         desc.write_text("double the learning rate to 0.02\nmore detail\n")
-'''
+"""
 
-CLAUDE = COMMON + r'''
+CLAUDE = (
+    COMMON
+    + r"""
 import argparse
 ap = argparse.ArgumentParser(prog="claude")
 ap.add_argument("-p", "--print", action="store_true")
@@ -83,9 +85,12 @@ print(json.dumps({"type": "result", "subtype": "success", "is_error": False,
                   "total_cost_usd": 0.0421,
                   "usage": {"input_tokens": 12, "cache_creation_input_tokens": 1000,
                             "cache_read_input_tokens": 2000, "output_tokens": 345}}))
-'''
+"""
+)
 
-CODEX = COMMON + r'''
+CODEX = (
+    COMMON
+    + r"""
 import argparse
 ap = argparse.ArgumentParser(prog="codex")
 sub = ap.add_subparsers(dest="cmd", required=True)
@@ -108,7 +113,8 @@ for ev in [{"type": "thread.started", "thread_id": "t1"}, {"type": "turn.started
            {"type": "turn.completed", "usage": {"input_tokens": 5000,
                                                 "cached_input_tokens": 4000, "output_tokens": 700}}]:
     print(json.dumps(ev))
-'''
+"""
+)
 
 
 def write_exe(folder: Path, name: str, body: str) -> Path:
@@ -149,9 +155,15 @@ def context(ws: Workspace, name: str = "x", **kw: object) -> Context:
     task = ws.load_task()
     files = ws.editable_files(task, ws.incumbent_commit())
     args: dict[str, object] = {
-        "metric": Metric("val_loss", "min"), "incumbent_metric": 0.4, "history": HISTORY,
-        "in_flight": [], "program": (ws.root / "program.md").read_text(),
-        "editable": tuple(task.editable), "workdir": worktree, **kw}
+        "metric": Metric("val_loss", "min"),
+        "incumbent_metric": 0.4,
+        "history": HISTORY,
+        "in_flight": [],
+        "program": (ws.root / "program.md").read_text(),
+        "editable": tuple(task.editable),
+        "workdir": worktree,
+        **kw,
+    }
     return Context(files, **args)  # type: ignore[arg-type]
 
 
@@ -187,7 +199,9 @@ def test_claude_edits_the_worktree_in_place(fakes: Path, ws: Workspace) -> None:
     assert not Path(add_dir).exists()
 
 
-def test_codex_gets_dev_null_stdin_and_a_workspace_write_sandbox(fakes: Path, ws: Workspace) -> None:
+def test_codex_gets_dev_null_stdin_and_a_workspace_write_sandbox(
+    fakes: Path, ws: Workspace
+) -> None:
     ctx = context(ws)
     proposal = create("agent", cli="codex", model="gpt-5").propose(ctx)
     assert proposal is not None and ctx.workdir is not None
@@ -203,8 +217,9 @@ def test_codex_gets_dev_null_stdin_and_a_workspace_write_sandbox(fakes: Path, ws
         assert seen["stdin"] == os.devnull
 
 
-def test_description_falls_back_to_the_final_message(fakes: Path, ws: Workspace,
-                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+def test_description_falls_back_to_the_final_message(
+    fakes: Path, ws: Workspace, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("FAKE_MODE", "nodesc")
     claude = AgentProposer().propose(context(ws, "a"))
     codex = AgentProposer(cli="codex").propose(context(ws, "b"))
@@ -212,8 +227,9 @@ def test_description_falls_back_to_the_final_message(fakes: Path, ws: Workspace,
     assert codex is not None and codex.description == "Doubled LR in train.py"
 
 
-def test_malicious_edits_are_left_for_the_supervisor_to_flag(fakes: Path, ws: Workspace,
-                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+def test_malicious_edits_are_left_for_the_supervisor_to_flag(
+    fakes: Path, ws: Workspace, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("FAKE_MODE", "malicious")
     ctx = context(ws)
     proposal = AgentProposer().propose(ctx)
@@ -222,11 +238,14 @@ def test_malicious_edits_are_left_for_the_supervisor_to_flag(fakes: Path, ws: Wo
     assert "always wins" in (ctx.workdir / "evaluate.py").read_text()
     reason = ws.check(ctx.workdir, ws.load_task())
     assert reason is not None and "evaluate.py" in reason
-    assert Path(str(fakes) + ".trained").exists()  # a fake can run commands; the real claude has no Bash
+    assert Path(
+        str(fakes) + ".trained"
+    ).exists()  # a fake can run commands; the real claude has no Bash
 
 
-def test_a_failing_cli_gives_a_proposal_with_the_error(fakes: Path, ws: Workspace,
-                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_failing_cli_gives_a_proposal_with_the_error(
+    fakes: Path, ws: Workspace, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("FAKE_MODE", "fail")
     proposal = AgentProposer().propose(context(ws))
     assert proposal is not None
@@ -250,8 +269,9 @@ def _alive(pid: int) -> bool:
         return True
 
 
-def test_a_hanging_cli_is_killed_with_its_whole_group(fakes: Path, ws: Workspace,
-                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_hanging_cli_is_killed_with_its_whole_group(
+    fakes: Path, ws: Workspace, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("FAKE_MODE", "hang")
     ctx = context(ws)
     start = time.monotonic()
@@ -265,8 +285,9 @@ def test_a_hanging_cli_is_killed_with_its_whole_group(fakes: Path, ws: Workspace
     assert ctx.workdir is not None and ws.check(ctx.workdir, ws.load_task()) is None
 
 
-def test_should_stop_kills_the_cli_and_proposes_nothing(fakes: Path, ws: Workspace,
-                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_should_stop_kills_the_cli_and_proposes_nothing(
+    fakes: Path, ws: Workspace, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("FAKE_MODE", "hang")
     calls: list[float] = []
 
@@ -292,7 +313,7 @@ def test_a_missing_cli_is_a_config_error(tmp_path: Path, monkeypatch: pytest.Mon
         AgentProposer(cli="aider")
 
 
-COMMAND = r'''
+COMMAND = r"""
 import argparse, json, os, re
 from pathlib import Path
 ap = argparse.ArgumentParser()
@@ -304,13 +325,22 @@ train.write_text(re.sub(r"(?m)^STEPS = 300 ", "STEPS = 600 ", train.read_text())
 Path(a.desc).write_text("train twice as long\n")
 Path(os.environ["FAKE_RECORD"]).write_text(json.dumps({"cwd": os.getcwd(), "argv": os.sys.argv}))
 print("all done")
-'''
+"""
 
 
 def test_command_form_substitutes_the_paths(fakes: Path, ws: Workspace, tmp_path: Path) -> None:
     script = write_exe(tmp_path / "other", "my-agent", COMMAND)
-    proposer = AgentProposer(cli="command", command=[
-        str(script), "--prompt", "{prompt_file}", "--desc={description_file}", "--dir", "{workdir}"])
+    proposer = AgentProposer(
+        cli="command",
+        command=[
+            str(script),
+            "--prompt",
+            "{prompt_file}",
+            "--desc={description_file}",
+            "--dir",
+            "{workdir}",
+        ],
+    )
     ctx = context(ws)
     proposal = proposer.propose(ctx)
     assert proposal is not None and ctx.workdir is not None
@@ -337,11 +367,18 @@ def test_prompt_orders_best_results_by_the_metric_direction() -> None:
     assert "Incumbent: not measured yet" in text and "higher is better" in text
     empty = build_prompt(Context({}, Metric(), None, [], []), Path("/tmp/d.txt"))
     assert "No experiments yet." in empty and "Limits" not in empty
-    limited = build_prompt(Context({}, Metric(), None, [], [], limits=["GPU memory: 40 GB peak"]), Path("/tmp/d.txt"))
+    limited = build_prompt(
+        Context({}, Metric(), None, [], [], limits=["GPU memory: 40 GB peak"]), Path("/tmp/d.txt")
+    )
     assert "## Limits of one run\n\n- GPU memory: 40 GB peak\n" in limited
 
 
 def test_parse_codex_tolerates_noise_and_reports_failures() -> None:
-    out = "\n".join(["not json", json.dumps({"type": "turn.failed", "error": {"message": "quota"}}),
-                     json.dumps([1, 2])])
+    out = "\n".join(
+        [
+            "not json",
+            json.dumps({"type": "turn.failed", "error": {"message": "quota"}}),
+            json.dumps([1, 2]),
+        ]
+    )
     assert parse_codex(out) == ("", {}, "codex: quota")

@@ -33,8 +33,12 @@ def clean(tmp_path_factory: pytest.TempPathFactory) -> Path:
     tmp = tmp_path_factory.mktemp("audit")
     ws_dir = make_ws(tmp)
     queue_knobs(ws_dir, "a", "less weight decay", L2=0.01)
-    queue_patch(ws_dir, "b", "train.py", "rng = np.random", "raise RuntimeError('boom')\nrng = np.random")
-    queue_patch(ws_dir, "c", "evaluate.py", "mse = float(", "mse = 0.0 * float(")  # rejected by the queue
+    queue_patch(
+        ws_dir, "b", "train.py", "rng = np.random", "raise RuntimeError('boom')\nrng = np.random"
+    )
+    queue_patch(
+        ws_dir, "c", "evaluate.py", "mse = float(", "mse = 0.0 * float("
+    )  # rejected by the queue
     supervise(ws_dir)[1].close()
     return ws_dir
 
@@ -57,7 +61,9 @@ def test_a_clean_workspace_passes_and_the_cli_says_so(ws: Workspace) -> None:
         statuses = [e.status for e in ledger.experiments()]
     assert found.problems == []
     assert found.kept >= 1 and found.runs >= 3 and "crash" in statuses
-    out = subprocess.run([sys.executable, "-m", "rsilab.cli", "audit", str(ws.root)], capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "rsilab.cli", "audit", str(ws.root)], capture_output=True, text=True
+    )
     assert out.returncode == 0 and out.stdout.startswith("audit: ok"), out.stdout + out.stderr
 
 
@@ -113,8 +119,13 @@ def _keep_a_frozen_change(ws: Workspace) -> None:
     with Ledger(ws.ledger_path) as ledger:
         inc = ledger.incumbent()
         assert inc is not None
-        exp_id = ledger.add_experiment(parent=parent, commit=commit, proposer="queue", description="cheat",
-                                       diff=git(ws.root, "diff", parent, commit))
+        exp_id = ledger.add_experiment(
+            parent=parent,
+            commit=commit,
+            proposer="queue",
+            description="cheat",
+            diff=git(ws.root, "diff", parent, commit),
+        )
         ws.tag_experiment(exp_id, commit)
         for r in ledger.runs(inc.id)[:2]:  # runs copied from the incumbent
             ledger.add_run(exp_id, r.result)
@@ -122,20 +133,24 @@ def _keep_a_frozen_change(ws: Workspace) -> None:
     ws.advance(commit, parent)
 
 
-@pytest.mark.parametrize(("tamper", "expected"), [
-    (_edit_metrics, "changed after the evaluator wrote it"),
-    (_drop_metrics, "nothing shows the evaluator wrote this metric"),
-    (_drop_ref, "exp-0002 is missing"),
-    (_move_ref, "the ledger records"),
-    (_orphan_ref, "exp-0099 (") ,
-    (_move_branch, "the ledger's incumbent"),
-    (_keep_a_frozen_change, "changes evaluate.py, which is not editable"),
-    (_keep_a_frozen_change, "frozen file evaluate.py"),
-    (_keep_a_frozen_change, "is not the mean"),
-    (_keep_a_frozen_change, "share the folder"),
-])
-def test_each_inconsistency_is_named_in_one_line(ws: Workspace, tamper: Callable[[Workspace], None],
-                                                 expected: str) -> None:
+@pytest.mark.parametrize(
+    ("tamper", "expected"),
+    [
+        (_edit_metrics, "changed after the evaluator wrote it"),
+        (_drop_metrics, "nothing shows the evaluator wrote this metric"),
+        (_drop_ref, "exp-0002 is missing"),
+        (_move_ref, "the ledger records"),
+        (_orphan_ref, "exp-0099 ("),
+        (_move_branch, "the ledger's incumbent"),
+        (_keep_a_frozen_change, "changes evaluate.py, which is not editable"),
+        (_keep_a_frozen_change, "frozen file evaluate.py"),
+        (_keep_a_frozen_change, "is not the mean"),
+        (_keep_a_frozen_change, "share the folder"),
+    ],
+)
+def test_each_inconsistency_is_named_in_one_line(
+    ws: Workspace, tamper: Callable[[Workspace], None], expected: str
+) -> None:
     tamper(ws)
     problems = _problems(ws)
     assert any(expected in p for p in problems), problems
@@ -155,25 +170,32 @@ def test_check_acceptance_refuses_a_frozen_change_and_a_rewritten_metric(ws: Wor
     problems = check_acceptance(ws, task, parent=inc.commit, commit=cheat, runs=runs)
     assert any("evaluate.py, which is not editable" in p for p in problems)
     assert any("frozen file evaluate.py" in p for p in problems)
-    assert any("not the recorded" in p for p in check_acceptance(ws, task, parent=inc.parent, commit=cheat, runs=[]))
+    assert any(
+        "not the recorded" in p
+        for p in check_acceptance(ws, task, parent=inc.parent, commit=cheat, runs=[])
+    )
     _edit_metrics(ws, inc.id)
     problems = check_acceptance(ws, task, parent=inc.parent, commit=inc.commit, runs=runs)
     assert any("changed after the evaluator wrote it" in p for p in problems)
 
 
-def test_the_acceptance_gate_turns_a_bad_keep_into_invalid_and_passes_a_good_one(ws: Workspace) -> None:
+def test_the_acceptance_gate_turns_a_bad_keep_into_invalid_and_passes_a_good_one(
+    ws: Workspace,
+) -> None:
     task = ws.load_task()
     keep = Judgement(Verdict.KEEP, "better", 0.1, 0.05, 0.15, 0.01, 2, 2)
     with Ledger(ws.ledger_path) as ledger:
         inc = ledger.incumbent()
         assert inc is not None and inc.parent is not None
-        passed = AcceptanceGate().gate(keep, ws=ws, task=task, ledger=ledger, experiment_id=inc.id,
-                                       incumbent_commit=inc.parent)
+        passed = AcceptanceGate().gate(
+            keep, ws=ws, task=task, ledger=ledger, experiment_id=inc.id, incumbent_commit=inc.parent
+        )
         assert passed is keep
     _edit_metrics(ws, inc.id)
     with Ledger(ws.ledger_path) as ledger:
-        refused = AcceptanceGate().gate(keep, ws=ws, task=task, ledger=ledger, experiment_id=inc.id,
-                                        incumbent_commit=inc.parent)
+        refused = AcceptanceGate().gate(
+            keep, ws=ws, task=task, ledger=ledger, experiment_id=inc.id, incumbent_commit=inc.parent
+        )
     assert refused.verdict is Verdict.INVALID and "invalid at acceptance" in refused.reason
 
 

@@ -14,7 +14,9 @@ from rsilab.config import resolve_task_dir
 
 
 def rsilab(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "rsilab.cli", *args], cwd=cwd, capture_output=True, text=True)
+    return subprocess.run(
+        [sys.executable, "-m", "rsilab.cli", *args], cwd=cwd, capture_output=True, text=True
+    )
 
 
 def broken_task(tmp_path: Path, edit: str) -> Path:
@@ -29,16 +31,25 @@ def broken_task(tmp_path: Path, edit: str) -> Path:
     return task
 
 
-@pytest.mark.parametrize(("edit", "expected"), [
-    ("=>\nbogus = 1\n", "unknown key 'judge.bogus'"),
-    ('name = "toy"=>nme = "toy"', "unknown key 'nme'"),
-    ("budget = 10=>budget = \"ten\"", "key 'budget' must be a number"),
-    ('editable = ["train.py"]=>editable = ["nope.py"]', "no file matches 'nope.py'"),
-    ('name = "toy"=>name = ', "invalid TOML"),
-    ('direction = "min"=>direction = "down"', "key 'metric.direction' must be one of"),
-    ("max_runs = 4=>max_runs = 4\nknob_min_runs = 0", "key 'judge.knob_min_runs' must be >= 1, got 0"),
-    ("threads = 1=>threads = 1\ngpu_memory_gb = -8", "key 'gpu_memory_gb' must be >= 0, got -8"),
-])
+@pytest.mark.parametrize(
+    ("edit", "expected"),
+    [
+        ("=>\nbogus = 1\n", "unknown key 'judge.bogus'"),
+        ('name = "toy"=>nme = "toy"', "unknown key 'nme'"),
+        ('budget = 10=>budget = "ten"', "key 'budget' must be a number"),
+        ('editable = ["train.py"]=>editable = ["nope.py"]', "no file matches 'nope.py'"),
+        ('name = "toy"=>name = ', "invalid TOML"),
+        ('direction = "min"=>direction = "down"', "key 'metric.direction' must be one of"),
+        (
+            "max_runs = 4=>max_runs = 4\nknob_min_runs = 0",
+            "key 'judge.knob_min_runs' must be >= 1, got 0",
+        ),
+        (
+            "threads = 1=>threads = 1\ngpu_memory_gb = -8",
+            "key 'gpu_memory_gb' must be >= 0, got -8",
+        ),
+    ],
+)
 def test_malformed_toml_is_a_one_line_error(tmp_path: Path, edit: str, expected: str) -> None:
     task = broken_task(tmp_path, edit)
     out = rsilab("train", "--task", str(task), cwd=tmp_path)
@@ -51,7 +62,11 @@ def test_malformed_toml_is_a_one_line_error(tmp_path: Path, edit: str, expected:
 
 def test_bad_override_is_a_one_line_error(tmp_path: Path) -> None:
     out = rsilab("train", "--task", "toy", "--set", "judge.alpha=2", cwd=tmp_path)
-    assert out.returncode == 2 and "judge.alpha" in out.stderr and len(out.stderr.strip().splitlines()) == 1
+    assert (
+        out.returncode == 2
+        and "judge.alpha" in out.stderr
+        and len(out.stderr.strip().splitlines()) == 1
+    )
     out = rsilab("train", "--task", "nosuchtask", cwd=tmp_path)
     assert out.returncode == 2 and "nosuchtask" in out.stderr
 
@@ -65,11 +80,21 @@ def test_train_prints_an_honest_summary(tmp_path: Path) -> None:
 
 def test_trains_started_in_the_same_second_get_their_own_run_folders(tmp_path: Path) -> None:
     cmd = [sys.executable, "-m", "rsilab.cli", "train", "--task", "toy"]
-    procs = [subprocess.Popen([*cmd, "--seed", str(i)], cwd=tmp_path, text=True,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for i in range(2)]
+    procs = [
+        subprocess.Popen(
+            [*cmd, "--seed", str(i)],
+            cwd=tmp_path,
+            text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+        for i in range(2)
+    ]
     outs = [p.communicate(timeout=120)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outs
-    logs = {line.split()[-1] for out in outs for line in out.splitlines() if line.startswith("log:")}
+    logs = {
+        line.split()[-1] for out in outs for line in out.splitlines() if line.startswith("log:")
+    }
     assert len(logs) == 2 and all(Path(log).is_file() for log in logs)
 
 
@@ -79,8 +104,11 @@ def test_run_status_report_and_tsv_round_trip(tmp_path: Path) -> None:
     assert "stopped: reached --max-experiments 3" in out.stdout
     status = rsilab("status", "lab", cwd=tmp_path)
     assert status.returncode == 0 and "4 experiments" in status.stdout
-    assert re.search(r"^time: \d{4}-\d\d-\d\d \d\d:\d\d -> (\d{4}-\d\d-\d\d )?\d\d:\d\d \(\d+ min, [\d.]+ experiments/h\)$",
-                     status.stdout, re.MULTILINE), status.stdout
+    assert re.search(
+        r"^time: \d{4}-\d\d-\d\d \d\d:\d\d -> (\d{4}-\d\d-\d\d )?\d\d:\d\d \(\d+ min, [\d.]+ experiments/h\)$",
+        status.stdout,
+        re.MULTILINE,
+    ), status.stdout
     rep = rsilab("report", "lab", cwd=tmp_path)
     assert rep.returncode == 0, rep.stderr
     png = tmp_path / "lab" / "progress.png"
@@ -122,7 +150,10 @@ def test_baseline_measures_the_noise_floor_and_run_goes_on_from_it(tmp_path: Pat
     from rsilab.results import Metric
 
     first = keep_threshold(values, Metric("val_loss"), JudgeSpec(), 1, min_runs=1)
-    assert first is not None and f"beat it by {first:.4f} ({first / sd:.1f} sd) on its first run" in bar
+    assert (
+        first is not None
+        and f"beat it by {first:.4f} ({first / sd:.1f} sd) on its first run" in bar
+    )
     assert "over 4 runs (judge.max_runs)" in bar
     # The live view says the same when the baseline lands.
     assert f"a knob change that beats it by {first:.4g} is kept on its first run" in out.stdout
@@ -135,17 +166,26 @@ def test_baseline_measures_the_noise_floor_and_run_goes_on_from_it(tmp_path: Pat
         assert len(ledger.experiments()) == 2 and len(ledger.runs(exps[0].id)) == 3
 
 
-def test_an_incumbent_over_a_memory_cap_stops_the_run_and_keeps_the_baseline(tmp_path: Path) -> None:
+def test_an_incumbent_over_a_memory_cap_stops_the_run_and_keeps_the_baseline(
+    tmp_path: Path,
+) -> None:
     # A task whose train.py reports 3 GB of GPU memory, under a 2 GB cap: every candidate
     # of its size would be discarded, so `rsilab run` says so instead of researching.
     task = broken_task(tmp_path, "threads = 1=>threads = 1\ngpu_memory_gb = 2")
     train = task / "train.py"
-    train.write_text(train.read_text().replace('harness.print_summary({', 'harness.print_summary({"peak_memory_gb": 3.0, '))
+    train.write_text(
+        train.read_text().replace(
+            "harness.print_summary({", 'harness.print_summary({"peak_memory_gb": 3.0, '
+        )
+    )
     out = rsilab("run", "lab", "--task", str(task), "--max-experiments", "1", cwd=tmp_path)
     assert out.returncode == 2, out.stdout + out.stderr
     err = out.stderr.strip().splitlines()
     assert len(err) == 1 and "Traceback" not in out.stderr
-    assert "peak GPU memory 3 GB over the 2 GB cap (gpu_memory_gb" in err[0] and "--set gpu_memory_gb=6" in err[0]
+    assert (
+        "peak GPU memory 3 GB over the 2 GB cap (gpu_memory_gb" in err[0]
+        and "--set gpu_memory_gb=6" in err[0]
+    )
     # The baseline's measurements are kept: with the cap raised the run goes on from them.
     out = rsilab("run", "lab", "--set", "gpu_memory_gb=4", "--max-experiments", "1", cwd=tmp_path)
     assert out.returncode == 0, out.stdout + out.stderr
@@ -170,8 +210,11 @@ def _documented_commands() -> list[str]:
 
     root = Path(__file__).parents[1]
     pages = [root / "README.md", *sorted((root / "docs").rglob("*.md"))]
-    blocks = [block for page in pages
-              for block in re.findall(r"^```[a-z]*\n(.*?)^```", page.read_text(), flags=re.S | re.M)]
+    blocks = [
+        block
+        for page in pages
+        for block in re.findall(r"^```[a-z]*\n(.*?)^```", page.read_text(), flags=re.S | re.M)
+    ]
     lines = [line for block in blocks for line in block.splitlines()]
     lines += re.findall(r"`(rsilab [^`]+)`", main.help or "")
     commands = []
@@ -200,7 +243,9 @@ def test_every_documented_command_line_parses() -> None:
         assert sub is not None, f"no command {name!r}: {line}"
         try:
             ctx = sub.make_context(name, args)  # parses and validates options; runs nothing
-            load_task(resolve_task_dir("gpt"), [parse_override(o) for o in ctx.params.get("sets", ())])
+            load_task(
+                resolve_task_dir("gpt"), [parse_override(o) for o in ctx.params.get("sets", ())]
+            )
         except click.UsageError as e:
             pytest.fail(f"`rsilab {line}`: {e.format_message()}")
         except ConfigError as e:

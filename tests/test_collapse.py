@@ -48,6 +48,8 @@ from rsilab.studies.collapse.report import ci95, summarize
 from rsilab.studies.collapse.study import SHARED, Cell, Study, finished, parse_size
 
 TESTS = Path(__file__).parent
+
+
 def _sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
@@ -56,13 +58,21 @@ def _sha(data: bytes) -> str:
 
 
 def test_words_entropy_distinct_and_repetition_exact() -> None:
-    assert words(b"Don't STOP-me now, 42 o'clock'") == [b"don't", b"stop", b"me", b"now", b"o'clock"]
+    assert words(b"Don't STOP-me now, 42 o'clock'") == [
+        b"don't",
+        b"stop",
+        b"me",
+        b"now",
+        b"o'clock",
+    ]
     assert entropy([1, 1, 2]) == pytest.approx(1.5)
     assert entropy([5]) == 0.0 and entropy([]) == 0.0
     m = sample_metrics(b"aabb", Reference.of(b"x"))
     assert m["byte_entropy"] == pytest.approx(1.0)
     assert sample_metrics(b"abcd", Reference.of(b"x"))["byte_entropy"] == pytest.approx(2.0)
-    assert sample_metrics(b"the cat the dog", Reference.of(b"x"))["word_entropy"] == pytest.approx(1.5)
+    assert sample_metrics(b"the cat the dog", Reference.of(b"x"))["word_entropy"] == pytest.approx(
+        1.5
+    )
     toks = list("ababa")
     assert distinct_n(toks, 1) == pytest.approx(2 / 5)
     assert distinct_n(toks, 2) == pytest.approx(2 / 4)
@@ -109,7 +119,11 @@ def test_ci95_is_a_student_t_interval() -> None:
 
 
 def test_policies_parse_and_refuse_nonsense() -> None:
-    assert [p.label for p in parse_policies("replace, accumulate,mix:0.25")] == ["replace", "accumulate", "mix:0.25"]
+    assert [p.label for p in parse_policies("replace, accumulate,mix:0.25")] == [
+        "replace",
+        "accumulate",
+        "mix:0.25",
+    ]
     for bad in ("mix", "mix:1.5", "mix:x", "copy", "replace:1"):
         with pytest.raises(ConfigError):
             parse_policy(bad)
@@ -134,14 +148,28 @@ def test_compose_and_manifests_give_the_right_mixtures(tmp_path: Path) -> None:
     shapes = {}
     for label in ("replace", "accumulate", "mix:0.3", "mix:0", "mix:1"):
         parts = compose(parse_policy(label), 2, real, syn)
-        path = provenance.write_dataset(tmp_path / label.replace(":", "_"), b"".join(p.data for p in parts),
-                                        [p.segment() for p in parts], dataset_id=label, source={})
+        path = provenance.write_dataset(
+            tmp_path / label.replace(":", "_"),
+            b"".join(p.data for p in parts),
+            [p.segment() for p in parts],
+            dataset_id=label,
+            source={},
+        )
         rec = provenance.record(path)
         assert rec["locked"] and "problem" not in rec
-        shapes[label] = (rec["kind"], rec["real_bytes"], rec["generated_bytes"],
-                         [(s["kind"], s.get("generation")) for s in rec["segments"]])
+        shapes[label] = (
+            rec["kind"],
+            rec["real_bytes"],
+            rec["generated_bytes"],
+            [(s["kind"], s.get("generation")) for s in rec["segments"]],
+        )
     assert shapes["replace"] == ("generated", 0, 1000, [("generated", 2)])
-    assert shapes["accumulate"] == ("mixed", 1000, 2000, [("real", None), ("generated", 1), ("generated", 2)])
+    assert shapes["accumulate"] == (
+        "mixed",
+        1000,
+        2000,
+        [("real", None), ("generated", 1), ("generated", 2)],
+    )
     assert shapes["mix:0.3"] == ("mixed", 300, 700, [("real", None), ("generated", 2)])
     assert shapes["mix:0"] == ("generated", 0, 1000, [("generated", 2)])
     assert shapes["mix:1"] == ("real", 1000, 0, [("real", None)])
@@ -177,19 +205,27 @@ def test_generation_loop_trains_on_the_policy_mixtures(tmp_path: Path) -> None:
             acc = train_record(Cell("accumulate", seed, g))
             parts = acc["parts"]
             assert isinstance(parts, list)
-            assert [(p["kind"], p.get("generation")) for p in parts] == \
-                [("real", None), *(("generated", j) for j in range(1, g + 1))]
+            assert [(p["kind"], p.get("generation")) for p in parts] == [
+                ("real", None),
+                *(("generated", j) for j in range(1, g + 1)),
+            ]
             # S_1 is generation 0's samples, S_2 accumulate g1's: the very bytes, by hash
             assert parts[1]["sha256"] == samples_of(g0)
             if g == 2:
                 assert parts[2]["sha256"] == samples_of(Cell("accumulate", seed, 1))
             mix = train_record(Cell("mix:0.5", seed, g))
-            assert mix["real_bytes"] == round(0.5 * n) and mix["generated_bytes"] == n - round(0.5 * n)
+            assert mix["real_bytes"] == round(0.5 * n) and mix["generated_bytes"] == n - round(
+                0.5 * n
+            )
         # The generated segment names the model that produced it, down to its artifact hash.
-        acc2 = provenance.record(study.out / "cells" / "accumulate" / f"s{seed}" / "g2" / "data" / "train.bin")
+        acc2 = provenance.record(
+            study.out / "cells" / "accumulate" / f"s{seed}" / "g2" / "data" / "train.bin"
+        )
         model = acc2["segments"][2]["model"]
         made_by = study.out / model["run"] / "artifact" / "model.pt2"
-        assert model["generation"] == 1 and model["policy"] == "accumulate" and model["seed"] == seed
+        assert (
+            model["generation"] == 1 and model["policy"] == "accumulate" and model["seed"] == seed
+        )
         assert model["artifact_sha256"] == _sha(made_by.read_bytes()) and model["code_sha256"]
     # The fake's val_bpb is 1 + the generated share: replace 2.0, accumulate g2 1 + 2/3.
     assert done[Cell("replace", 0, 2)]["val_bpb"] == pytest.approx(2.0)
@@ -231,7 +267,9 @@ def test_rerun_skips_finished_cells_and_extends_the_plan(tmp_path: Path) -> None
 
 def test_a_failed_cell_ends_its_chain_and_is_retried(tmp_path: Path) -> None:
     # Call 2 is replace g1 (generation-major order: g0, replace g1, accumulate g1, ...).
-    study = make_study(tmp_path, trainer=FakeTrainer(fail={2}), policies="replace,accumulate", seeds=1)
+    study = make_study(
+        tmp_path, trainer=FakeTrainer(fail={2}), policies="replace,accumulate", seeds=1
+    )
     rows = study.run()
     statuses = {(r["policy"], r["generation"]): r["status"] for r in rows}
     assert statuses[("replace", 1)] == "crash" and ("replace", 2) not in statuses
@@ -239,8 +277,10 @@ def test_a_failed_cell_ends_its_chain_and_is_retried(tmp_path: Path) -> None:
     crash = next(r for r in rows if r["status"] == "crash")
     assert crash["run"]["log_tail"] == "boom" and crash["val_bpb"] is None
     rows = make_study(tmp_path, policies="replace,accumulate", seeds=1).run()
-    assert set(finished(rows)) == {Cell(SHARED, 0, 0), *(Cell(p, 0, g) for p in ("replace", "accumulate")
-                                                         for g in (1, 2))}
+    assert set(finished(rows)) == {
+        Cell(SHARED, 0, 0),
+        *(Cell(p, 0, g) for p in ("replace", "accumulate") for g in (1, 2)),
+    }
 
 
 def test_one_study_at_a_time_per_folder(tmp_path: Path) -> None:
@@ -287,11 +327,17 @@ def test_kill_9_mid_generation_then_resume(tmp_path: Path) -> None:
     rows = study.run()
     trainer = study.trainer
     assert isinstance(trainer, FakeTrainer)
-    assert [c[1].parent.parent.parent.name + "/" + c[1].parent.name for c in trainer.calls] == \
-        ["replace/g2", "accumulate/g2"]  # finished cells are not redone
+    assert [c[1].parent.parent.parent.name + "/" + c[1].parent.name for c in trainer.calls] == [
+        "replace/g2",
+        "accumulate/g2",
+    ]  # finished cells are not redone
     assert not (study.out / "cells" / "replace" / "s0" / "g2" / "half-done").exists()
     assert set(finished(rows)) == set(study.cells()) and len(rows) == 5
-    assert {(r["policy"], r["generation"]): r["id"] for r in rows if (r["policy"], r["generation"]) in before} == before
+    assert {
+        (r["policy"], r["generation"]): r["id"]
+        for r in rows
+        if (r["policy"], r["generation"]) in before
+    } == before
 
 
 def _rows(study: Study) -> list[dict[str, object]]:
@@ -310,9 +356,16 @@ def _prepared(tmp_path: Path) -> tuple[Path, Path]:
 
 
 def _generated(tmp_path: Path, name: str = "gen") -> Path:
-    segment = {"kind": "generated", "generation": 1, "size": 3000,
-               "model": {"artifact_sha256": "0" * 64, "commit": None}, "temperature": 1.0}
-    return provenance.write_dataset(tmp_path / name, b"x" * 3000, [segment], dataset_id=name, source={})
+    segment = {
+        "kind": "generated",
+        "generation": 1,
+        "size": 3000,
+        "model": {"artifact_sha256": "0" * 64, "commit": None},
+        "temperature": 1.0,
+    }
+    return provenance.write_dataset(
+        tmp_path / name, b"x" * 3000, [segment], dataset_id=name, source={}
+    )
 
 
 def _gpt_task(tmp_path: Path, **keys: object) -> TaskSpec:
@@ -330,8 +383,11 @@ def test_runner_refuses_generated_or_unlocked_validation_data(tmp_path: Path) ->
     loose = tmp_path / "loose" / "val.bin"
     loose.parent.mkdir()
     loose.write_bytes(val.read_bytes())
-    cases = {_generated(tmp_path): "it must be real", tampered / "val.bin": "does not match the sha256",
-             loose: "no manifest.json"}
+    cases = {
+        _generated(tmp_path): "it must be real",
+        tampered / "val.bin": "does not match the sha256",
+        loose: "no manifest.json",
+    }
     for bad, why in cases.items():
         run_dir = tmp_path / f"run-{bad.parent.name}"
         r = runner.run(task, task.root, run_dir, seed=0, train_data=train, val_data=bad)
@@ -387,7 +443,9 @@ def test_provenance_records_real_legacy_and_lying_manifests(tmp_path: Path) -> N
 # --- the frozen sampler -------------------------------------------------------------------------
 
 
-def _export(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, rule: str, batch: int = 3, seq: int = 8) -> Path:
+def _export(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, rule: str, batch: int = 3, seq: int = 8
+) -> Path:
     """Export a model whose next byte is exactly `rule` of the last two bytes."""
     import torch
     import torch.nn.functional as F
@@ -421,7 +479,9 @@ def test_sampler_slides_its_window_exactly(tmp_path: Path, monkeypatch: pytest.M
     assert len(sample(art, 50, temperature=0.0, seed=0)) == 50  # cut to exactly n bytes
 
 
-def test_sampler_is_seeded_and_its_process_contract(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_sampler_is_seeded_and_its_process_contract(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from rsilab.harness.sample import sample
 
     art = _export(tmp_path, monkeypatch, "succ")
@@ -429,13 +489,44 @@ def test_sampler_is_seeded_and_its_process_contract(tmp_path: Path, monkeypatch:
     hot = [sample(art, 60, 5000.0, s) for s in (1, 1, 2)]  # nearly uniform at this temperature
     assert hot[0] == hot[1] and hot[0] != hot[2]
     out = tmp_path / "s.bin"
-    proc = subprocess.run([sys.executable, "-m", "rsilab.harness.sample", "--artifact", str(art),
-                           "--out", str(out), "--bytes", "30", "--temperature", "0", "--seed", "3"],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "rsilab.harness.sample",
+            "--artifact",
+            str(art),
+            "--out",
+            str(out),
+            "--bytes",
+            "30",
+            "--temperature",
+            "0",
+            "--seed",
+            "3",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     assert out.read_bytes() == bytes(range(11, 21)) * 3 and json.loads(proc.stdout)["bytes"] == 30
-    bad = subprocess.run([sys.executable, "-m", "rsilab.harness.sample", "--artifact", str(tmp_path),
-                          "--out", str(out), "--bytes", "5"], capture_output=True, text=True, timeout=120)
+    bad = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "rsilab.harness.sample",
+            "--artifact",
+            str(tmp_path),
+            "--out",
+            str(out),
+            "--bytes",
+            "5",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert bad.returncode == 3 and "no exported model" in bad.stderr
 
 
@@ -445,8 +536,14 @@ def test_cli_refuses_a_bad_policy_in_one_line(tmp_path: Path) -> None:
     from rsilab.cli import main
 
     task = write_task(tmp_path / "task", write_corpus(tmp_path / "corpus.txt", lines=50))
-    got = CliRunner().invoke(main, ["collapse", str(tmp_path / "out"), "--task", str(task), "--policies", "copy"])
-    assert got.exit_code == 2 and got.output.count("\n") == 1 and "use replace, accumulate or mix:p" in got.output
+    got = CliRunner().invoke(
+        main, ["collapse", str(tmp_path / "out"), "--task", str(task), "--policies", "copy"]
+    )
+    assert (
+        got.exit_code == 2
+        and got.output.count("\n") == 1
+        and "use replace, accumulate or mix:p" in got.output
+    )
 
 
 # --- for real: the gpt task, a few seconds per generation (slow) --------------------------------
@@ -468,9 +565,22 @@ def _rsilab(*args: str) -> list[str]:
 @pytest.mark.slow
 def test_check_runs_the_real_pipeline(tmp_path: Path) -> None:
     task = _gpt_tiny(tmp_path)
-    proc = subprocess.run(_rsilab("collapse", str(tmp_path / "check"), "--check", "--task", str(task),
-                                  "--set", "budget=1", "--set", "eval.bytes=4096"),
-                          capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(
+        _rsilab(
+            "collapse",
+            str(tmp_path / "check"),
+            "--check",
+            "--task",
+            str(task),
+            "--set",
+            "budget=1",
+            "--set",
+            "eval.bytes=4096",
+        ),
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "collapse check: ok: the pipeline works" in proc.stdout
 
@@ -479,9 +589,24 @@ def test_check_runs_the_real_pipeline(tmp_path: Path) -> None:
 def test_real_study_resumes_after_kill_9(tmp_path: Path) -> None:
     task = _gpt_tiny(tmp_path)
     out = tmp_path / "study"
-    args = _rsilab("collapse", str(out), "--task", str(task), "--generations", "1", "--seeds", "1",
-                   "--policies", "replace,accumulate", "--size", "1k", "--set", "budget=1",
-                   "--set", "eval.bytes=4096")
+    args = _rsilab(
+        "collapse",
+        str(out),
+        "--task",
+        str(task),
+        "--generations",
+        "1",
+        "--seeds",
+        "1",
+        "--policies",
+        "replace,accumulate",
+        "--size",
+        "1k",
+        "--set",
+        "budget=1",
+        "--set",
+        "eval.bytes=4096",
+    )
     child = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     assert child.stdout is not None
     for line in child.stdout:  # the first finished cell, then kill while the next one runs
@@ -495,7 +620,9 @@ def test_real_study_resumes_after_kill_9(tmp_path: Path) -> None:
     with Ledger(study_ledger) as ledger:
         before = ledger.collapse_cells()
     assert [(r["policy"], r["status"]) for r in before] == [(SHARED, "ok")]
-    proc = subprocess.run(_rsilab("collapse", str(out)), capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(
+        _rsilab("collapse", str(out)), capture_output=True, text=True, timeout=900
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "1 of 3 cells already done, 2 to run" in proc.stdout
     with Ledger(study_ledger) as ledger:

@@ -44,7 +44,9 @@ def test_post_records_who_and_when_and_poll_delivers_each_once(ws: Workspace) ->
     got = sup.poll()
     assert [x.action for x in got] == ["pause", "note"]
     assert got[0] == a and got[0].source == "dashboard@127.0.0.1" and got[0].created_at >= before
-    assert got[0].payload == {"reason": "look at #3"} and got[1].payload == {"text": "LR sweep done"}
+    assert got[0].payload == {"reason": "look at #3"} and got[1].payload == {
+        "text": "LR sweep done"
+    }
     assert sup.poll() == []
     # The read position lives in the ledger: a restarted supervisor does not see them again...
     assert Controls(ws, Ledger(ws.ledger_path)).poll() == []
@@ -75,7 +77,9 @@ def test_pause_is_a_level_and_stop_an_edge(ws: Workspace) -> None:
     assert not Controls(ws, Ledger(ws.ledger_path)).stop_requested()
 
 
-def test_a_resume_posted_between_the_poll_and_the_pause_check_is_taken_and_told(ws: Workspace) -> None:
+def test_a_resume_posted_between_the_poll_and_the_pause_check_is_taken_and_told(
+    ws: Workspace,
+) -> None:
     # The race CI hit under load: another process posts "resume" just after `handle` polled.
     # Read fresh, the pause was already over, so `handle` returned without taking the resume
     # (it never said "resumed"); now the pause check is as of what the poll delivered.
@@ -92,7 +96,12 @@ def test_a_resume_posted_between_the_poll_and_the_pause_check_is_taken_and_told(
     said: list[str] = []
     taken = ResumedRightAfterThePoll(ws, led).handle(said.append, interval=0.01)
     assert [a.action for a in taken] == ["pause", "resume"]
-    assert len(said) == 2 and said[0].startswith("paused: ") and "look" in said[0] and said[1] == "resumed", said
+    assert (
+        len(said) == 2
+        and said[0].startswith("paused: ")
+        and "look" in said[0]
+        and said[1] == "resumed"
+    ), said
 
 
 def test_handle_waits_while_paused_until_another_process_resumes(ws: Workspace) -> None:
@@ -102,11 +111,14 @@ def test_handle_waits_while_paused_until_another_process_resumes(ws: Workspace) 
     controls.post(led, "pause", {"reason": "check the diff"}, source="dashboard@127.0.0.1")
     said: list[str] = []
     # The note and the resume come from a real second process, through the ledger file only.
-    code = ("import sys; from pathlib import Path; from rsilab.record.ledger import Ledger; from rsilab.loop import controls; "
-            "led = Ledger(Path(sys.argv[1])); controls.post(led, 'note', {'text': 'hi'}, source='other'); "
-            "controls.post(led, 'resume', source='other')")
-    timer = threading.Timer(0.3, lambda: subprocess.run([sys.executable, "-c", code, str(ws.ledger_path)],
-                                                        check=True))
+    code = (
+        "import sys; from pathlib import Path; from rsilab.record.ledger import Ledger; from rsilab.loop import controls; "
+        "led = Ledger(Path(sys.argv[1])); controls.post(led, 'note', {'text': 'hi'}, source='other'); "
+        "controls.post(led, 'resume', source='other')"
+    )
+    timer = threading.Timer(
+        0.3, lambda: subprocess.run([sys.executable, "-c", code, str(ws.ledger_path)], check=True)
+    )
     timer.start()
     t = time.monotonic()
     # A deadline, so a second process that fails ends the test instead of pausing it forever.
@@ -149,15 +161,20 @@ def test_queued_ideas_are_files_the_queue_proposer_takes(ws: Workspace) -> None:
     led = Ledger(ws.ledger_path)
     knobs = controls.parse_knobs("LR=0.002, ACT='relu'")
     assert knobs == {"LR": 0.002, "ACT": "relu"}
-    a = controls.post(led, "queue_idea", {"knobs": knobs, "description": "faster \"LR\""}, source="t")
+    a = controls.post(led, "queue_idea", {"knobs": knobs, "description": 'faster "LR"'}, source="t")
     toml_file = ws.queue_dir / a.payload["file"]
     assert toml_file.suffix == ".toml"
     assert tomllib.loads(toml_file.read_text()) == {"description": 'faster "LR"', "knobs": knobs}
-    patch = "--- a/train.py\n+++ b/train.py\n@@ -1,2 +1,2 @@\n-LR = 0.001               # peak learning rate\n+LR = 0.003               # peak learning rate\n ACT = \"gelu\"             # activation\n"
+    patch = '--- a/train.py\n+++ b/train.py\n@@ -1,2 +1,2 @@\n-LR = 0.001               # peak learning rate\n+LR = 0.003               # peak learning rate\n ACT = "gelu"             # activation\n'
     b = controls.post(led, "queue_idea", {"patch": patch, "description": "try LR 0.003"})
     patch_file = ws.queue_dir / b.payload["file"]
-    assert patch_file.suffix == ".patch" and _patch_description(patch_file.read_text()) == "try LR 0.003"
-    c = controls.post(led, "queue_idea", {"text": "Try a cosine schedule.\nWarm up for 5% of steps."})
+    assert (
+        patch_file.suffix == ".patch"
+        and _patch_description(patch_file.read_text()) == "try LR 0.003"
+    )
+    c = controls.post(
+        led, "queue_idea", {"text": "Try a cosine schedule.\nWarm up for 5% of steps."}
+    )
     idea = ws.queue_dir / c.payload["file"]
     assert idea.name.endswith(".idea.md") and idea.read_text().startswith("Try a cosine schedule.")
     assert c.payload["text"].startswith("Try a cosine")  # the idea itself is in the record
@@ -166,7 +183,7 @@ def test_queued_ideas_are_files_the_queue_proposer_takes(ws: Workspace) -> None:
     context = Context({"train.py": TRAIN}, Metric(), 1.0, [], [])
     first, second = q.propose(context), q.propose(context)
     assert first is not None and first.description == 'faster "LR"'
-    assert "LR = 0.002" in first.files["train.py"] and "ACT = \"relu\"" in first.files["train.py"]
+    assert "LR = 0.002" in first.files["train.py"] and 'ACT = "relu"' in first.files["train.py"]
     assert second is not None and "LR = 0.003" in second.files["train.py"]
     assert q.propose(context) is None and idea.exists()
 
@@ -204,7 +221,9 @@ def test_veto_of_the_incumbent_reverts_the_branch(toy_lab: Path, tmp_path: Path)
     assert ws.incumbent_commit() == second.commit
     # Posted while the supervisor is paused: applied at once, before the resume.
     controls.post(led, "pause", source="dashboard@127.0.0.1")
-    controls.post(led, "veto", {"experiment": second.id, "reason": "suspicious"}, source="dashboard@127.0.0.1")
+    controls.post(
+        led, "veto", {"experiment": second.id, "reason": "suspicious"}, source="dashboard@127.0.0.1"
+    )
     sup = Controls(ws, Ledger(ws.ledger_path))
     said: list[str] = []
 
@@ -233,12 +252,16 @@ def test_veto_of_the_incumbent_reverts_the_branch(toy_lab: Path, tmp_path: Path)
         sup.apply_veto(second.id, "again")
     # A veto that can no longer apply is recorded, not raised through the loop.
     controls.post(led, "note", {"text": "x"})
-    led.add_event("control", "veto #3", data={"action": "veto", "experiment": second.id, "reason": "twice"})
+    led.add_event(
+        "control", "veto #3", data={"action": "veto", "experiment": second.id, "reason": "twice"}
+    )
     sup.handle(said.append)
     assert said[-1].startswith(f"veto #{second.id} not applied")
 
 
-def test_veto_of_an_older_keep_is_recorded_and_its_revert_queued(toy_lab: Path, tmp_path: Path) -> None:
+def test_veto_of_an_older_keep_is_recorded_and_its_revert_queued(
+    toy_lab: Path, tmp_path: Path
+) -> None:
     ws = _copy(toy_lab, tmp_path)
     led = Ledger(ws.ledger_path)
     first, second = led.experiments()[1:3]

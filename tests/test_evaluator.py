@@ -93,8 +93,24 @@ class ReturnsTuple(Bigram):
 
 def _corpus(n: int, seed: int) -> bytes:
     """English-like bytes with structure a bigram model can learn."""
-    words = ["the ", "quick ", "brown ", "fox ", "jumps ", "over ", "lazy ", "dog", ". ", "\n",
-             "and ", "then ", "sleeps ", "under ", "a ", "tree"]
+    words = [
+        "the ",
+        "quick ",
+        "brown ",
+        "fox ",
+        "jumps ",
+        "over ",
+        "lazy ",
+        "dog",
+        ". ",
+        "\n",
+        "and ",
+        "then ",
+        "sleeps ",
+        "under ",
+        "a ",
+        "tree",
+    ]
     g = torch.Generator().manual_seed(seed)
     idx = torch.randint(0, len(words), (n // 3,), generator=g).tolist()
     return "".join(words[i] for i in idx).encode()[:n]
@@ -134,7 +150,9 @@ def _reference_bpb(model: nn.Module, windows: list[bytes]) -> float:
     chunk = torch.tensor([list(w) for w in windows], dtype=torch.long)
     with torch.no_grad():
         logits = model.eval()(chunk[:, :-1])
-    nats = F.cross_entropy(logits.double().reshape(-1, VOCAB), chunk[:, 1:].reshape(-1), reduction="sum")
+    nats = F.cross_entropy(
+        logits.double().reshape(-1, VOCAB), chunk[:, 1:].reshape(-1), reduction="sum"
+    )
     return float(nats) / chunk[:, 1:].numel() / math.log(2)
 
 
@@ -216,7 +234,10 @@ def test_refuses_an_unreadable_model(artifact: Path, val_path: Path) -> None:
 
 def test_refuses_logits_of_the_wrong_shape(artifact: Path, val_path: Path) -> None:
     _save(HalfVocab())
-    with pytest.raises(evaluate.Refused, match=rf"logits of shape \({BATCH}, {SEQ}, 256\), got \({BATCH}, {SEQ}, 128\)"):
+    with pytest.raises(
+        evaluate.Refused,
+        match=rf"logits of shape \({BATCH}, {SEQ}, 256\), got \({BATCH}, {SEQ}, 128\)",
+    ):
         evaluate.evaluate(artifact, val_path, n_bytes=200, probes=4, seed=0)
 
 
@@ -230,21 +251,37 @@ def test_refuses_a_tuple_output(artifact: Path, val_path: Path) -> None:
 
 
 def _start_cli(artifact: Path, val_path: Path, out: Path) -> subprocess.Popen[str]:
-    cmd = [sys.executable, "-m", "rsilab.harness.evaluate", "--artifact", str(artifact),
-           "--val", str(val_path), "--out", str(out), "--bytes", "300", "--probes", "3"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "rsilab.harness.evaluate",
+        "--artifact",
+        str(artifact),
+        "--val",
+        str(val_path),
+        "--out",
+        str(out),
+        "--bytes",
+        "300",
+        "--probes",
+        "3",
+    ]
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def test_cli_scores_with_exit_0_and_refuses_with_exit_3(tmp_path: Path, val_path: Path,
-                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cli_scores_with_exit_0_and_refuses_with_exit_3(
+    tmp_path: Path, val_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     good, bad = tmp_path / "good", tmp_path / "bad"
     monkeypatch.setenv(harness.ENV_ARTIFACT_DIR, str(good))
     _save(Uniform())
     monkeypatch.setenv(harness.ENV_ARTIFACT_DIR, str(bad))
     _save(PeeksAhead())
     # Both evaluator processes at once: each pays torch's import, the test pays it once.
-    procs = {name: _start_cli(tmp_path / name, val_path, tmp_path / f"{name}.json")
-             for name in ("good", "bad")}
+    procs = {
+        name: _start_cli(tmp_path / name, val_path, tmp_path / f"{name}.json")
+        for name in ("good", "bad")
+    }
     streams = {name: proc.communicate(timeout=120) for name, proc in procs.items()}
 
     assert procs["good"].returncode == 0, streams["good"][1]

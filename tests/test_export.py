@@ -37,12 +37,20 @@ def test_mlflow_one_run_per_experiment_with_metrics_params_and_diff(ws: Workspac
     runs = {r.data.tags["rsilab.experiment"]: r for r in client.search_runs([exp.experiment_id])}
     assert sorted(runs) == ["1", "2", "3", "4", "5"]
     kept = runs["3"]
-    assert kept.data.tags["rsilab.status"] == "keep" and kept.data.tags["rsilab.description"] == EVIL
+    assert (
+        kept.data.tags["rsilab.status"] == "keep" and kept.data.tags["rsilab.description"] == EVIL
+    )
     assert kept.data.metrics["val_bpb"] == pytest.approx(0.9905)
-    assert kept.data.metrics["effect"] == pytest.approx(0.0095) and kept.data.metrics["tokens"] == 1500
+    assert (
+        kept.data.metrics["effect"] == pytest.approx(0.0095) and kept.data.metrics["tokens"] == 1500
+    )
     assert kept.data.params["proposer"] == "llm" and kept.info.status == "FINISHED"
     history = client.get_metric_history(kept.info.run_id, "val_bpb_run")
-    assert [(m.step, m.value) for m in sorted(history, key=lambda m: m.step)] == [(0, 0.99), (1, 0.991), (2, 0.9895)]
+    assert [(m.step, m.value) for m in sorted(history, key=lambda m: m.step)] == [
+        (0, 0.99),
+        (1, 0.991),
+        (2, 0.9895),
+    ]
     assert runs["2"].data.params["knob.LR"] == "0.04"
     assert runs["4"].info.status == "FAILED"
     local = client.download_artifacts(kept.info.run_id, "diff.patch", str(ws.root))
@@ -56,7 +64,11 @@ def test_mlflow_one_run_per_experiment_with_metrics_params_and_diff(ws: Workspac
         led.add_decision(3, verdict="discard", reason="vetoed", source="human")
         again = export.to_mlflow(led, ws)
         assert (again.runs, again.skipped) == (1, 4)
-    live = [r for r in client.search_runs([exp.experiment_id]) if r.data.tags["rsilab.experiment"] == "3"]
+    live = [
+        r
+        for r in client.search_runs([exp.experiment_id])
+        if r.data.tags["rsilab.experiment"] == "3"
+    ]
     assert [r.data.tags["rsilab.status"] for r in live] == ["discard"]
 
 

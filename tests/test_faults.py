@@ -54,11 +54,26 @@ def _clean(ws_dir: Path) -> Ledger:
 
 def _run_limited(ws_dir: Path, cwd: Path, limit: int) -> subprocess.CompletedProcess[str]:
     """`rsilab run` with every file it or its children write capped at `limit` bytes."""
+
     def cap() -> None:
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
 
-    return subprocess.run([sys.executable, "-m", "rsilab.cli", "run", str(ws_dir), "--proposer", "queue",
-                           *QUICK_SETS], cwd=cwd, capture_output=True, text=True, preexec_fn=cap)
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "rsilab.cli",
+            "run",
+            str(ws_dir),
+            "--proposer",
+            "queue",
+            *QUICK_SETS,
+        ],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        preexec_fn=cap,
+    )
 
 
 def _one_line_error(out: subprocess.CompletedProcess[str]) -> str:
@@ -71,11 +86,15 @@ def _one_line_error(out: subprocess.CompletedProcess[str]) -> str:
 # -- a full disk ---------------------------------------------------------------------------
 
 
-def test_a_full_disk_in_a_run_is_a_crash_with_its_reason_and_the_loop_goes_on(tmp_path: Path) -> None:
+def test_a_full_disk_in_a_run_is_a_crash_with_its_reason_and_the_loop_goes_on(
+    tmp_path: Path,
+) -> None:
     ws_dir = make_ws(tmp_path)
     big = "(harness.artifact_dir() / 'ballast.bin').write_bytes(bytes(8 << 20))\nnp.save("
     queue_patch(ws_dir, "a-artifact", TOY_TRAIN, "np.save(", big)
-    queue_patch(ws_dir, "b-log", TOY_TRAIN, "rng = np.random", "print('x' * (8 << 20))\nrng = np.random")
+    queue_patch(
+        ws_dir, "b-log", TOY_TRAIN, "rng = np.random", "print('x' * (8 << 20))\nrng = np.random"
+    )
     queue_knobs(ws_dir, "c", "less weight decay", L2=0.01)
     out = _run_limited(ws_dir, tmp_path, LIMIT)
     assert out.returncode == 0, out.stdout + out.stderr
@@ -88,7 +107,9 @@ def test_a_full_disk_in_a_run_is_a_crash_with_its_reason_and_the_loop_goes_on(tm
     assert len(log_run.log_tail) < 10_000  # and a 4 MB line did not go into the ledger
 
 
-def test_a_full_disk_under_the_ledger_stops_with_one_line_and_a_restart_loses_nothing(tmp_path: Path) -> None:
+def test_a_full_disk_under_the_ledger_stops_with_one_line_and_a_restart_loses_nothing(
+    tmp_path: Path,
+) -> None:
     ws_dir = make_ws(tmp_path)
     for i, l2 in enumerate([0.05, 0.01]):
         queue_knobs(ws_dir, f"k{i}", f"L2 {l2}", L2=l2)
@@ -114,14 +135,24 @@ def test_a_full_disk_under_the_ledger_stops_with_one_line_and_a_restart_loses_no
     assert last.startswith("rsilab: ") and ("disk" in last or "too large" in last.lower()), last
     before = {e.id: e for e in Ledger(ledger_path).experiments()}
     # With space again, a plain restart recovers and finishes the queue.
-    out = subprocess.run([sys.executable, "-m", "rsilab.cli", "run", str(ws_dir), "--proposer", "queue"],
-                         capture_output=True, text=True, cwd=tmp_path)
+    out = subprocess.run(
+        [sys.executable, "-m", "rsilab.cli", "run", str(ws_dir), "--proposer", "queue"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
     assert out.returncode == 0, out.stdout + out.stderr
     ledger = _clean(ws_dir)
     after = {e.id: e for e in ledger.experiments()}
-    assert all(after[i].commit == e.commit and (not e.decided or after[i].status == e.status)
-               for i, e in before.items())  # nothing recorded before the fault is lost or changed
-    done = sorted(e.description for e in after.values() if e.kind == "candidate" and e.status in ("keep", "discard"))
+    assert all(
+        after[i].commit == e.commit and (not e.decided or after[i].status == e.status)
+        for i, e in before.items()
+    )  # nothing recorded before the fault is lost or changed
+    done = sorted(
+        e.description
+        for e in after.values()
+        if e.kind == "candidate" and e.status in ("keep", "discard")
+    )
     assert done == ["L2 0.01", "L2 0.05"]
 
 
@@ -134,12 +165,14 @@ def _task_with_fragile_evaluator(tmp_path: Path) -> Path:
     task = tmp_path / "task"
     shutil.copytree(resolve_task_dir("toy"), task, ignore=shutil.ignore_patterns("__pycache__"))
     src = (task / "evaluate.py").read_text()
-    hook = ("if (args.artifact / 'boom').exists():\n"
-            "    raise RuntimeError('evaluator blew up on this artifact')\n"
-            "if (args.artifact / 'segv').exists():\n"
-            "    import signal\n"
-            "    os.kill(os.getpid(), signal.SIGSEGV)\n"
-            "w = np.load(")
+    hook = (
+        "if (args.artifact / 'boom').exists():\n"
+        "    raise RuntimeError('evaluator blew up on this artifact')\n"
+        "if (args.artifact / 'segv').exists():\n"
+        "    import signal\n"
+        "    os.kill(os.getpid(), signal.SIGSEGV)\n"
+        "w = np.load("
+    )
     assert "w = np.load(" in src
     (task / "evaluate.py").write_text(src.replace("w = np.load(", hook, 1))
     return task
@@ -149,14 +182,22 @@ def test_an_evaluator_crash_is_a_crash_with_its_reason_and_the_loop_goes_on(tmp_
     init_workspace(tmp_path / "ws", _task_with_fragile_evaluator(tmp_path), "t")
     ws_dir = tmp_path / "ws"
     for name in ("boom", "segv"):
-        queue_patch(ws_dir, f"a-{name}", TOY_TRAIN, "np.save(",
-                    f"(harness.artifact_dir() / {name!r}).write_text('x')\nnp.save(")
+        queue_patch(
+            ws_dir,
+            f"a-{name}",
+            TOY_TRAIN,
+            "np.save(",
+            f"(harness.artifact_dir() / {name!r}).write_text('x')\nnp.save(",
+        )
     queue_knobs(ws_dir, "c", "less weight decay", L2=0.01)
     reason, ledger = supervise(ws_dir, *QUICK)
     assert "nothing left to propose" in reason
     exps = ledger.experiments()
     assert [e.status for e in exps][:3] == ["keep", "crash", "crash"] and exps[3].status in JUDGED
-    assert "evaluator failed" in exps[1].reason and "evaluator blew up on this artifact" in exps[1].reason
+    assert (
+        "evaluator failed" in exps[1].reason
+        and "evaluator blew up on this artifact" in exps[1].reason
+    )
     assert "evaluator failed" in exps[2].reason
     assert "RuntimeError" in ledger.runs(exps[1].id)[0].log_tail  # the evaluator's own log
     _clean(ws_dir)
@@ -165,13 +206,17 @@ def test_an_evaluator_crash_is_a_crash_with_its_reason_and_the_loop_goes_on(tmp_
 # -- the worktree is deleted under a running experiment ------------------------------------
 
 
-def test_a_worktree_deleted_mid_run_ends_that_experiment_and_the_loop_goes_on(tmp_path: Path) -> None:
+def test_a_worktree_deleted_mid_run_ends_that_experiment_and_the_loop_goes_on(
+    tmp_path: Path,
+) -> None:
     ws_dir = make_ws(tmp_path)
     # The run marks its run folder (a sandbox may hide everything else), then waits (polling,
     # with a timeout) for the test's go in the same folder.
-    wait = ("import time\nhere = harness.artifact_dir().parent\n(here / 'started').write_text('x')\n"
-            "t = time.time()\nwhile not (here / 'go').exists() and time.time() - t < 30:\n"
-            "    time.sleep(0.02)\nrng = np.random")
+    wait = (
+        "import time\nhere = harness.artifact_dir().parent\n(here / 'started').write_text('x')\n"
+        "t = time.time()\nwhile not (here / 'go').exists() and time.time() - t < 30:\n"
+        "    time.sleep(0.02)\nrng = np.random"
+    )
     queue_patch(ws_dir, "a-wait", TOY_TRAIN, "rng = np.random", wait)
     queue_knobs(ws_dir, "b", "less weight decay", L2=0.01)
     proc = start_rsilab("run", str(ws_dir), "--proposer", "queue", *QUICK_SETS, cwd=tmp_path)
@@ -198,8 +243,10 @@ def _damage(ledger_path: Path, table: str) -> None:
     page_size = db.execute("PRAGMA page_size").fetchone()[0]
     root = db.execute("SELECT rootpage FROM sqlite_master WHERE name = ?", (table,)).fetchone()[0]
     db.close()
-    assert not ledger_path.with_name("ledger.db-wal").exists() or \
-        ledger_path.with_name("ledger.db-wal").stat().st_size == 0
+    assert (
+        not ledger_path.with_name("ledger.db-wal").exists()
+        or ledger_path.with_name("ledger.db-wal").stat().st_size == 0
+    )
     with open(ledger_path, "r+b") as f:
         f.seek((root - 1) * page_size)
         f.write(bytes(range(256)) * (page_size // 256))
@@ -214,8 +261,12 @@ def test_a_corrupt_ledger_page_is_reported_with_how_to_recover(tmp_path: Path) -
         Ledger(ledger_path)
     assert ".recover" in str(info.value) and "\n" not in str(info.value)
     for command in ("status", "audit", "run"):  # never silently ignored, whoever opens it
-        out = subprocess.run([sys.executable, "-m", "rsilab.cli", command, str(ws_dir)],
-                             capture_output=True, text=True, cwd=tmp_path)
+        out = subprocess.run(
+            [sys.executable, "-m", "rsilab.cli", command, str(ws_dir)],
+            capture_output=True,
+            text=True,
+            cwd=tmp_path,
+        )
         assert "ledger is corrupt" in _one_line_error(out), command
 
 

@@ -57,10 +57,24 @@ def test_sha256_file_equals_hashlib_over_several_chunks(tmp_path: Path) -> None:
 
 
 def test_json_safe_replaces_non_finite_floats_at_any_depth() -> None:
-    obj = {"a": math.nan, "b": [1.5, math.inf, {"c": -math.inf, "d": (2.0, math.nan)}], "e": "nan", "f": 3,
-           "g": None, "h": True, "i": 0.0}
-    assert json_safe(obj) == {"a": None, "b": [1.5, None, {"c": None, "d": [2.0, None]}], "e": "nan", "f": 3,
-                              "g": None, "h": True, "i": 0.0}
+    obj = {
+        "a": math.nan,
+        "b": [1.5, math.inf, {"c": -math.inf, "d": (2.0, math.nan)}],
+        "e": "nan",
+        "f": 3,
+        "g": None,
+        "h": True,
+        "i": 0.0,
+    }
+    assert json_safe(obj) == {
+        "a": None,
+        "b": [1.5, None, {"c": None, "d": [2.0, None]}],
+        "e": "nan",
+        "f": 3,
+        "g": None,
+        "h": True,
+        "i": 0.0,
+    }
     assert obj["a"] != obj["a"]  # the input is left as it was
     json.dumps(json_safe(obj), allow_nan=False)  # strict JSON now
     assert json_safe(2.5) == 2.5 and json_safe(math.nan) is None

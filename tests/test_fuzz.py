@@ -58,7 +58,13 @@ def _toml(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, float):
-        return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf") if math.isinf(value) else repr(value)
+        return (
+            "nan"
+            if math.isnan(value)
+            else ("inf" if value > 0 else "-inf")
+            if math.isinf(value)
+            else repr(value)
+        )
     if isinstance(value, int):
         return str(value)
     if isinstance(value, str):
@@ -81,17 +87,55 @@ def _document(data: dict[str, Any]) -> str:
 
 
 # Values near the edges come up often: nan, inf, zero, negatives, paths out of the task.
-edgy = st.sampled_from([math.nan, math.inf, -math.inf, 0, -1, 0.0, -0.5, 1e308, 2**63, "", "nan", "*", "**",
-                        "train.py", "../x", "/etc/passwd", "'unclosed", "\"unclosed", "[", []])
-scalars = (edgy | st.integers(min_value=-(2**70), max_value=2**70) | st.floats() | st.booleans()
-           | st.text(max_size=12))
-values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=3)
-                      | st.dictionaries(st.text(max_size=6), inner, max_size=3), max_leaves=6)
-keys = (st.sampled_from(KNOWN_KEYS) | st.sampled_from(KNOWN_KEYS) | st.text(max_size=12)
-        | st.sampled_from(["", ".", "judge.", "a..b", "root", "budget.x", "judge.alpha.x"]))
-override_texts = (st.builds(lambda k, v: f"{k}={_toml(v)}", keys, values)
-                  | st.builds(lambda k, v: f"{k}={v}", keys, st.text(max_size=20))
-                  | st.text(max_size=30))
+edgy = st.sampled_from(
+    [
+        math.nan,
+        math.inf,
+        -math.inf,
+        0,
+        -1,
+        0.0,
+        -0.5,
+        1e308,
+        2**63,
+        "",
+        "nan",
+        "*",
+        "**",
+        "train.py",
+        "../x",
+        "/etc/passwd",
+        "'unclosed",
+        '"unclosed',
+        "[",
+        [],
+    ]
+)
+scalars = (
+    edgy
+    | st.integers(min_value=-(2**70), max_value=2**70)
+    | st.floats()
+    | st.booleans()
+    | st.text(max_size=12)
+)
+values = st.recursive(
+    scalars,
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3)
+    ),
+    max_leaves=6,
+)
+keys = (
+    st.sampled_from(KNOWN_KEYS)
+    | st.sampled_from(KNOWN_KEYS)
+    | st.text(max_size=12)
+    | st.sampled_from(["", ".", "judge.", "a..b", "root", "budget.x", "judge.alpha.x"])
+)
+override_texts = (
+    st.builds(lambda k, v: f"{k}={_toml(v)}", keys, values)
+    | st.builds(lambda k, v: f"{k}={v}", keys, st.text(max_size=20))
+    | st.text(max_size=30)
+)
 
 
 def _one_line(message: str) -> None:
@@ -140,7 +184,9 @@ def test_parse_override_gives_a_pair_or_a_one_line_error(text: str) -> None:
 
 @settings(FAST, max_examples=200)
 @given(key=st.sampled_from(KNOWN_KEYS), value=values.map(_toml) | st.text(max_size=12))
-def test_every_key_takes_a_usable_value_or_names_the_mistake(toy: Path, key: str, value: str) -> None:
+def test_every_key_takes_a_usable_value_or_names_the_mistake(
+    toy: Path, key: str, value: str
+) -> None:
     try:
         spec = load_task(toy, [parse_override(f"{key}={value}")])
     except ConfigError as e:
@@ -164,7 +210,9 @@ def test_any_set_loads_a_usable_task_or_names_the_mistake(toy: Path, sets: list[
 
 @FAST
 @given(edits=st.lists(st.tuples(keys, values | st.none()), min_size=1, max_size=3))
-def test_a_malformed_config_file_loads_usable_or_names_the_mistake(toy: Path, edits: list[tuple[str, Any]]) -> None:
+def test_a_malformed_config_file_loads_usable_or_names_the_mistake(
+    toy: Path, edits: list[tuple[str, Any]]
+) -> None:
     original = (resolve_task_dir("toy") / CONFIG_NAME).read_text()
     data = tomllib.loads(original)
     for key, value in edits:  # None deletes the key
@@ -235,8 +283,9 @@ def _bad(sets: list[str], task: Path) -> bool:
 
 @SLOW
 @given(sets=st.lists(override_texts, min_size=1, max_size=2))
-def test_run_with_a_bad_set_says_so_in_one_line_and_creates_nothing(tmp_path_factory: pytest.TempPathFactory,
-                                                                     sets: list[str]) -> None:
+def test_run_with_a_bad_set_says_so_in_one_line_and_creates_nothing(
+    tmp_path_factory: pytest.TempPathFactory, sets: list[str]
+) -> None:
     assume(_bad(sets, resolve_task_dir("toy")))
     where = tmp_path_factory.getbasetemp() / f"run-{next(_counter)}"
     result = _invoke("run", str(where / "lab"), "--task", "toy", *(f"--set={s}" for s in sets))
@@ -246,9 +295,15 @@ def test_run_with_a_bad_set_says_so_in_one_line_and_creates_nothing(tmp_path_fac
 
 
 @SLOW
-@given(tag=st.text(max_size=16) | st.sampled_from(["a..b", "a.lock", "-x", "a/", "/a", "a//b", "@", "a@{b",
-                                                   ".a", "a.", "x\x7f", "t\n", "ok"]))
-def test_init_with_any_tag_makes_a_workspace_or_nothing(tmp_path_factory: pytest.TempPathFactory, tag: str) -> None:
+@given(
+    tag=st.text(max_size=16)
+    | st.sampled_from(
+        ["a..b", "a.lock", "-x", "a/", "/a", "a//b", "@", "a@{b", ".a", "a.", "x\x7f", "t\n", "ok"]
+    )
+)
+def test_init_with_any_tag_makes_a_workspace_or_nothing(
+    tmp_path_factory: pytest.TempPathFactory, tag: str
+) -> None:
     where = tmp_path_factory.getbasetemp() / f"init-{next(_counter)}"
     result = _invoke("init", str(where / "lab"), "--task", "toy", "--tag", tag)
     if result.exit_code == 0:
@@ -276,9 +331,19 @@ def test_init_into_odd_places_is_a_one_line_error_and_creates_nothing(tmp_path: 
 
 
 def test_run_with_a_bad_proposer_or_task_creates_nothing(tmp_path: Path) -> None:
-    for args in (["--proposer", "bogus"], ["--proposer", "llm+queue"], ["--task", "nosuchtask"],
-                 ["--set", "editable=['/etc/passwd']"], ["--set", "train='\"unclosed'"]):
-        result = _invoke("run", str(tmp_path / "lab"), *(["--task", "toy"] if "--task" not in args else []), *args)
+    for args in (
+        ["--proposer", "bogus"],
+        ["--proposer", "llm+queue"],
+        ["--task", "nosuchtask"],
+        ["--set", "editable=['/etc/passwd']"],
+        ["--set", "train='\"unclosed'"],
+    ):
+        result = _invoke(
+            "run",
+            str(tmp_path / "lab"),
+            *(["--task", "toy"] if "--task" not in args else []),
+            *args,
+        )
         assert result.exit_code == 2, (args, result.output)
         _one_line(result.stderr)
         assert not (tmp_path / "lab").exists(), args
@@ -293,14 +358,19 @@ def test_a_failed_task_copy_leaves_nothing_behind(tmp_path: Path) -> None:
     assert not (tmp_path / "lab").exists()
 
 
-@pytest.mark.parametrize("args", [
-    ["run", "newdir", "--task", "toy", "--set", "budget=abc"],
-    ["init", "newdir", "--task", "toy", "--tag", "a..b"],
-    ["train", "--task", "a" * 300],
-    ["train", "--task", "toy", "--set", "train=\"unclosed"],
-])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["run", "newdir", "--task", "toy", "--set", "budget=abc"],
+        ["init", "newdir", "--task", "toy", "--tag", "a..b"],
+        ["train", "--task", "a" * 300],
+        ["train", "--task", "toy", "--set", 'train="unclosed'],
+    ],
+)
 def test_real_processes_get_one_line_and_leave_nothing(tmp_path: Path, args: list[str]) -> None:
-    out = subprocess.run([sys.executable, "-m", "rsilab.cli", *args], cwd=tmp_path, capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "rsilab.cli", *args], cwd=tmp_path, capture_output=True, text=True
+    )
     assert out.returncode == 2, out.stdout + out.stderr
     _one_line(out.stderr)
     assert list(tmp_path.iterdir()) == []

@@ -55,7 +55,9 @@ def test_knob_change_with_an_overwhelming_first_run_is_kept_at_once() -> None:
     assert clear.verdict is Verdict.KEEP, clear.reason
     assert clear.p_value is not None and clear.p_value < SPEC.alpha / SPEC.max_runs
     assert "n=1 vs 3" in clear.reason
-    first = judge(runs([0.980]), INCUMBENT, MIN, SPEC, min_runs=1)  # 5 sd, but the noise floor has df 2
+    first = judge(
+        runs([0.980]), INCUMBENT, MIN, SPEC, min_runs=1
+    )  # 5 sd, but the noise floor has df 2
     assert first.verdict is Verdict.MORE and first.reason.startswith("promising"), first.reason
     code = judge(runs([0.950]), INCUMBENT, MIN, SPEC)  # a code change is always confirmed
     assert code.verdict is Verdict.MORE and code.reason.endswith("confirmation run")
@@ -122,10 +124,16 @@ def test_pooled_session_noise_keeps_false_keeps_bounded_and_adds_power() -> None
         noise = _session_noise(rng, sd, 20)
         null_runs, real_runs = runs(rng.normal(1.0, sd, 2)), runs(rng.normal(1.0 - 2.5 * sd, sd, 2))
         false_alone += judge(null_runs, incumbent, MIN, SPEC).verdict is Verdict.KEEP
-        false_pooled += judge(null_runs, incumbent, MIN, SPEC, noise_groups=noise).verdict is Verdict.KEEP
+        false_pooled += (
+            judge(null_runs, incumbent, MIN, SPEC, noise_groups=noise).verdict is Verdict.KEEP
+        )
         real_alone += judge(real_runs, incumbent, MIN, SPEC).verdict is Verdict.KEEP
-        real_pooled += judge(real_runs, incumbent, MIN, SPEC, noise_groups=noise).verdict is Verdict.KEEP
-    print(f"false keeps {false_alone} -> {false_pooled}, real keeps {real_alone} -> {real_pooled} / {trials}")
+        real_pooled += (
+            judge(real_runs, incumbent, MIN, SPEC, noise_groups=noise).verdict is Verdict.KEEP
+        )
+    print(
+        f"false keeps {false_alone} -> {false_pooled}, real keeps {real_alone} -> {real_pooled} / {trials}"
+    )
     assert false_pooled / trials < SPEC.alpha / (SPEC.max_runs - 1) + 0.01  # one look's level
     assert real_pooled > 1.5 * real_alone  # 20 more df: the same two runs decide far more often
 
@@ -238,7 +246,10 @@ def test_host_and_gpu_memory_are_capped_separately() -> None:
     assert j.verdict is Verdict.DISCARD
     assert "GPU memory 9.9 GB" in j.reason and "gpu_memory_gb" in j.reason
     host = runs([0.9, 0.902], peak_memory_gb=9.0, peak_gpu_memory_gb=0.0, peak_rss_gb=9.0)
-    assert "(memory_gb, run 1)" in judge(host, INCUMBENT, MIN, SPEC, memory_cap_gb=8, gpu_memory_cap_gb=40).reason
+    assert (
+        "(memory_gb, run 1)"
+        in judge(host, INCUMBENT, MIN, SPEC, memory_cap_gb=8, gpu_memory_cap_gb=40).reason
+    )
     assert cap_breach(gpu_run, memory_gb=10, gpu_memory_gb=10) is None
 
 
@@ -365,12 +376,20 @@ def test_keep_threshold_is_the_judges_own_bar(metric: Metric) -> None:
     # is alpha split over the 4 looks, so the bar is t(1 - 0.05/4, 2) * sd * sqrt(1 + 1/3).
     sd = float(np.std(INCUMBENT, ddof=1))
     first = keep_threshold(INCUMBENT, metric, SPEC, 1, min_runs=1)
-    assert first == pytest.approx(float(stats.t.ppf(1 - 0.05 / 4, 2)) * sd * (4 / 3) ** 0.5, rel=1e-4)
+    assert first == pytest.approx(
+        float(stats.t.ppf(1 - 0.05 / 4, 2)) * sd * (4 / 3) ** 0.5, rel=1e-4
+    )
     sign = -1 if metric is MIN else 1
     mean = float(np.mean(INCUMBENT))
     assert first is not None
-    assert judge([ok(mean + sign * first * 1.001)], INCUMBENT, metric, SPEC, min_runs=1).verdict is Verdict.KEEP
-    assert judge([ok(mean + sign * first * 0.999)], INCUMBENT, metric, SPEC, min_runs=1).verdict is not Verdict.KEEP
+    assert (
+        judge([ok(mean + sign * first * 1.001)], INCUMBENT, metric, SPEC, min_runs=1).verdict
+        is Verdict.KEEP
+    )
+    assert (
+        judge([ok(mean + sign * first * 0.999)], INCUMBENT, metric, SPEC, min_runs=1).verdict
+        is not Verdict.KEEP
+    )
     # More runs lower the bar; with the default min_runs (2) one run can never be kept.
     last = keep_threshold(INCUMBENT, metric, SPEC, SPEC.max_runs, min_runs=1)
     assert last is not None and last < first / 2

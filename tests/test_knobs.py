@@ -180,29 +180,40 @@ def test_format_value() -> None:
     assert format_value("gelu") == "gelu"
 
 
-KNOBBED = '''\
+KNOBBED = """\
 LR = 0.001  # learning rate
 ACTIVATION = "gelu"  # one of: gelu, relu
 if PRESET == "cpu":
     WIDTH = 64
 rng = make_rng(seed())
-'''
+"""
 
 
-@pytest.mark.parametrize(("new", "expected"), [
-    (KNOBBED, True),
-    (KNOBBED.replace("0.001  # learning rate", "0.004      # faster"), True),  # value, comment, spacing
-    (KNOBBED.replace('"gelu"', '"relu"').replace("64", "32"), True),  # a choice and a preset knob
-    (KNOBBED.replace("make_rng(seed())", "make_rng(0)"), False),  # hard-codes the seed: code
-    (KNOBBED.replace("LR = 0.001", "LEARNING_RATE = 0.001"), False),  # a renamed knob
-    (KNOBBED + "EXTRA = 1\n", False),  # a new knob
-    (KNOBBED.replace("LR = 0.001", "LR = base() * 2"), False),  # no longer a literal
-    ("def broken(:\n", False),
-])
+@pytest.mark.parametrize(
+    ("new", "expected"),
+    [
+        (KNOBBED, True),
+        (
+            KNOBBED.replace("0.001  # learning rate", "0.004      # faster"),
+            True,
+        ),  # value, comment, spacing
+        (
+            KNOBBED.replace('"gelu"', '"relu"').replace("64", "32"),
+            True,
+        ),  # a choice and a preset knob
+        (KNOBBED.replace("make_rng(seed())", "make_rng(0)"), False),  # hard-codes the seed: code
+        (KNOBBED.replace("LR = 0.001", "LEARNING_RATE = 0.001"), False),  # a renamed knob
+        (KNOBBED + "EXTRA = 1\n", False),  # a new knob
+        (KNOBBED.replace("LR = 0.001", "LR = base() * 2"), False),  # no longer a literal
+        ("def broken(:\n", False),
+    ],
+)
 def test_only_knobs_differ(new: str, expected: bool) -> None:
     assert only_knobs_differ({"train.py": KNOBBED}, {"train.py": new}) is expected
 
 
 def test_only_knobs_differ_needs_the_same_files() -> None:
-    assert not only_knobs_differ({"train.py": KNOBBED}, {"train.py": KNOBBED, "extra.py": "X = 1\n"})
+    assert not only_knobs_differ(
+        {"train.py": KNOBBED}, {"train.py": KNOBBED, "extra.py": "X = 1\n"}
+    )
     assert not only_knobs_differ({"notes.txt": "a"}, {"notes.txt": "b"})  # not Python: not knobs

@@ -76,10 +76,14 @@ def variant(tmp_path: Path, task_dir: Path, name: str, **knobs: bool) -> Path:
     return d
 
 
-def test_a_win_that_does_not_hold_at_the_longer_budget_is_rejected(tmp_path: Path, task_dir: Path) -> None:
+def test_a_win_that_does_not_hold_at_the_longer_budget_is_rejected(
+    tmp_path: Path, task_dir: Path
+) -> None:
     task = load_task(task_dir)
     cand = variant(tmp_path, task_dir, "cand", BIG_STEP=True)
-    out = confirm_on_ladder(Bench(task), [1, 2], cand, task_dir, run_root=tmp_path / "runs", experiment_id=1)
+    out = confirm_on_ladder(
+        Bench(task), [1, 2], cand, task_dir, run_root=tmp_path / "runs", experiment_id=1
+    )
     assert not out.ok
     assert out.reason.startswith("did not transfer to 2 s")
     (rung,) = out.rungs
@@ -92,8 +96,15 @@ def test_a_win_that_holds_is_confirmed(tmp_path: Path, task_dir: Path) -> None:
     task = load_task(task_dir)
     cand = variant(tmp_path, task_dir, "cand", SMALL_WIN=True)
     cache: dict[float, list[float]] = {}
-    out = confirm_on_ladder(Bench(task), [1, 2, 3], cand, task_dir, run_root=tmp_path / "runs", experiment_id=1,
-                            incumbent_cache=cache)
+    out = confirm_on_ladder(
+        Bench(task),
+        [1, 2, 3],
+        cand,
+        task_dir,
+        run_root=tmp_path / "runs",
+        experiment_id=1,
+        incumbent_cache=cache,
+    )
     assert out.ok and out.reason.startswith("transferred")
     assert [r.budget for r in out.rungs] == [2, 3] and all(r.verdict == "keep" for r in out.rungs)
     assert set(cache) == {2, 3}  # the incumbent's runs are kept for the next candidate
@@ -111,9 +122,19 @@ def test_gate_turns_a_keep_into_a_discard_and_records_it(tmp_path: Path, task_di
     ladder = Ladder(parse_ladder("1,2"))
     ladder.check_task(task)
     with Ledger(ws.ledger_path) as ledger:
-        exp = ledger.add_experiment(parent=base, commit=commit, proposer="tuner", description="big step", diff="")
-        out = ladder.gate(keep, ws=ws, task=task, ledger=ledger, experiment_id=exp, candidate=tree,
-                          incumbent_commit=base, bench=Bench(task))
+        exp = ledger.add_experiment(
+            parent=base, commit=commit, proposer="tuner", description="big step", diff=""
+        )
+        out = ladder.gate(
+            keep,
+            ws=ws,
+            task=task,
+            ledger=ledger,
+            experiment_id=exp,
+            candidate=tree,
+            incumbent_commit=base,
+            bench=Bench(task),
+        )
         assert out.verdict is Verdict.DISCARD and "ladder" in out.flags
         assert "kept at 1 s" in out.reason and "did not transfer to 2 s" in out.reason
         (t,) = transfers(ledger)
@@ -122,8 +143,19 @@ def test_gate_turns_a_keep_into_a_discard_and_records_it(tmp_path: Path, task_di
         assert ledger.runs(exp) == []  # ... but are not runs of the experiment (other budget)
         # Anything but a keep passes through untouched, at no cost.
         discard = Judgement(Verdict.DISCARD, "no gain", -0.1, None, None, None, 1, 2)
-        assert ladder.gate(discard, ws=ws, task=task, ledger=ledger, experiment_id=exp, candidate=tree,
-                           incumbent_commit=base, bench=Bench(task)) is discard
+        assert (
+            ladder.gate(
+                discard,
+                ws=ws,
+                task=task,
+                ledger=ledger,
+                experiment_id=exp,
+                candidate=tree,
+                incumbent_commit=base,
+                bench=Bench(task),
+            )
+            is discard
+        )
     ws.remove_worktree(tree)
 
 
@@ -149,7 +181,9 @@ def test_harness_budget_flops(monkeypatch: pytest.MonkeyPatch) -> None:
     assert os.environ[harness.ENV_BUDGET_FLOPS] == "2.5e12"
 
 
-def test_the_supervisor_discards_a_win_that_does_not_transfer(tmp_path: Path, task_dir: Path) -> None:
+def test_the_supervisor_discards_a_win_that_does_not_transfer(
+    tmp_path: Path, task_dir: Path
+) -> None:
     """End to end, once the supervisor calls `Ladder.gate` at its keep site (`self.ladder`)."""
     from rsilab.loop.limits import Limits
     from rsilab.loop.supervisor import Supervisor
@@ -159,7 +193,13 @@ def test_the_supervisor_discards_a_win_that_does_not_transfer(tmp_path: Path, ta
     ws.queue_dir.mkdir(parents=True, exist_ok=True)
     (ws.queue_dir / "big.toml").write_text('description = "big step"\n[knobs]\nBIG_STEP = true\n')
     with Ledger(ws.ledger_path) as ledger:
-        sup = Supervisor(ws, ledger, Bench(ws.load_task()), [create("queue", queue_dir=ws.queue_dir)], limits=Limits(max_experiments=1))
+        sup = Supervisor(
+            ws,
+            ledger,
+            Bench(ws.load_task()),
+            [create("queue", queue_dir=ws.queue_dir)],
+            limits=Limits(max_experiments=1),
+        )
         if not hasattr(sup, "ladder"):
             pytest.skip("the supervisor has no ladder hook yet (see rsilab/loop/ladder.py)")
         sup.ladder = Ladder([1, 2])
@@ -171,8 +211,12 @@ def test_the_supervisor_discards_a_win_that_does_not_transfer(tmp_path: Path, ta
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("script", ["train.py", "reference/nanogpt_cpu.py", "reference/modded_nanogpt.py"])
-def test_gpt_scripts_stop_on_a_flops_budget_and_pass_the_sealed_evaluator(tmp_path: Path, script: str) -> None:
+@pytest.mark.parametrize(
+    "script", ["train.py", "reference/nanogpt_cpu.py", "reference/modded_nanogpt.py"]
+)
+def test_gpt_scripts_stop_on_a_flops_budget_and_pass_the_sealed_evaluator(
+    tmp_path: Path, script: str
+) -> None:
     """The task's train.py and both human references: a FLOPs budget ends training (not the
     clock), and the exported model passes the sealed evaluator (causal, stateless)."""
     from rsilab.data import prepare
@@ -184,12 +228,21 @@ def test_gpt_scripts_stop_on_a_flops_budget_and_pass_the_sealed_evaluator(tmp_pa
     shutil.copytree(gpt, work, ignore=shutil.ignore_patterns("reference", "__pycache__"))
     shutil.copy(gpt / script, work / "train.py")
     corpus = tmp_path / "corpus.txt"
-    corpus.write_text("Shall I compare thee to a summer's day? Thou art more lovely and more temperate.\n" * 400)
+    corpus.write_text(
+        "Shall I compare thee to a summer's day? Thou art more lovely and more temperate.\n" * 400
+    )
     data = prepare(str(corpus), home=tmp_path / "data")
     budget = 3e9
     task = load_task(work, [("budget", 120), ("budget_flops", budget), ("eval.bytes", 4096)])
-    r = runner.run(task, work, tmp_path / "run", seed=1, train_data=data.train_path, val_data=data.val_path,
-                   preset="cpu")
+    r = runner.run(
+        task,
+        work,
+        tmp_path / "run",
+        seed=1,
+        train_data=data.train_path,
+        val_data=data.val_path,
+        preset="cpu",
+    )
     assert r.ok, f"{r.reason}\n{r.log_tail}"
     assert r.evaluation["sealed"] is True
     flops, steps = r.summary["train_flops"], r.summary["num_steps"]
@@ -205,8 +258,12 @@ def test_run_command_with_a_ladder(tmp_path: Path, task_dir: Path) -> None:
     ws = init_workspace(tmp_path / "ws", task_dir, "t")
     ws.queue_dir.mkdir(parents=True, exist_ok=True)
     (ws.queue_dir / "big.toml").write_text('description = "big step"\n[knobs]\nBIG_STEP = true\n')
-    (ws.queue_dir / "small.toml").write_text('description = "small win"\n[knobs]\nSMALL_WIN = true\n')
-    result = CliRunner().invoke(main, ["run", str(ws.root), "--proposer", "queue", "--ladder", "1,2"])
+    (ws.queue_dir / "small.toml").write_text(
+        'description = "small win"\n[knobs]\nSMALL_WIN = true\n'
+    )
+    result = CliRunner().invoke(
+        main, ["run", str(ws.root), "--proposer", "queue", "--ladder", "1,2"]
+    )
     assert result.exit_code == 0, result.output
     with Ledger(ws.ledger_path) as ledger:
         status = {e.description: e.status for e in ledger.experiments()}

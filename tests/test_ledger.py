@@ -65,7 +65,9 @@ def test_migrations_idempotent(tmp_path: Path) -> None:
     db.close()
 
 
-def test_a_ledger_from_before_the_settings_rename_keeps_its_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_ledger_from_before_the_settings_rename_keeps_its_settings(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Workspaces made before 005_settings have a `meta` table: it becomes `settings`, values kept."""
     from rsilab.record import ledger as ledger_module
 

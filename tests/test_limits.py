@@ -16,14 +16,19 @@ def test_no_limit_is_met_until_one_is() -> None:
 
 def test_cost_and_tokens_count_the_whole_workspace() -> None:
     assert reached(Limits(max_cost=1.0), started=0, elapsed_s=0.0, costs={"cost_usd": 0.99}) is None
-    assert reached(Limits(max_cost=1.0), started=0, elapsed_s=0.0,
-                   costs={"cost_usd": 1.25}) == "reached --max-cost 1.0 (spent $1.2500)"
+    assert (
+        reached(Limits(max_cost=1.0), started=0, elapsed_s=0.0, costs={"cost_usd": 1.25})
+        == "reached --max-cost 1.0 (spent $1.2500)"
+    )
     tokens = {"tokens_in": 600.0, "tokens_out": 400.0}
     assert reached(Limits(max_tokens=1001), started=0, elapsed_s=0.0, costs=tokens) is None
-    assert reached(Limits(max_tokens=1000), started=0, elapsed_s=0.0,
-                   costs=tokens) == "reached --max-tokens 1000 (spent 1000)"
+    assert (
+        reached(Limits(max_tokens=1000), started=0, elapsed_s=0.0, costs=tokens)
+        == "reached --max-tokens 1000 (spent 1000)"
+    )
 
 
 def test_zero_experiments_means_the_baseline_only() -> None:
     assert reached(Limits(max_experiments=0), started=0, elapsed_s=0.0, costs={}) == (
-        "baseline measured; no experiments asked for")
+        "baseline measured; no experiments asked for"
+    )

@@ -87,7 +87,9 @@ SCHEDULE = None
 """
 
 
-def run_loop(tmp_path: Path, fake: FakeLLM, api: str, n: int, env: dict[str, str], **spec: object) -> Ledger:
+def run_loop(
+    tmp_path: Path, fake: FakeLLM, api: str, n: int, env: dict[str, str], **spec: object
+) -> Ledger:
     ws = init_workspace(tmp_path / "ws", resolve_task_dir("toy"), "llm")
     task = ws.load_task()
     url = fake.url_openai if api == "openai" else fake.url_anthropic
@@ -95,7 +97,13 @@ def run_loop(tmp_path: Path, fake: FakeLLM, api: str, n: int, env: dict[str, str
     waits: list[float] = []
     proposer = LLMProposer(llm_spec, env=env, sleep=waits.append)
     ledger = Ledger(ws.ledger_path)
-    sup = Supervisor(ws, ledger, Bench(task), [create("queue", queue_dir=ws.queue_dir), proposer], limits=Limits(max_experiments=n))
+    sup = Supervisor(
+        ws,
+        ledger,
+        Bench(task),
+        [create("queue", queue_dir=ws.queue_dir), proposer],
+        limits=Limits(max_experiments=n),
+    )
     sup.run()
     return ledger
 
@@ -108,21 +116,38 @@ def test_llm_research_in_the_loop_openai(tmp_path: Path) -> None:
             Scripted(text=MALFORMED, tokens_in=900, tokens_out=50),
             Scripted(text=FIXED_AFTER_REPAIR, tokens_in=1100, tokens_out=60),
             Scripted(status=500, text="overloaded"),
-            Scripted(text=FROZEN), Scripted(text=FROZEN), Scripted(text=FROZEN),
+            Scripted(text=FROZEN),
+            Scripted(text=FROZEN),
+            Scripted(text=FROZEN),
         )
-        ledger = run_loop(tmp_path, fake, "openai", 3, {"TEST_KEY": SECRET}, price_in=2.0, price_out=10.0,
-                          repair_rounds=2)
+        ledger = run_loop(
+            tmp_path,
+            fake,
+            "openai",
+            3,
+            {"TEST_KEY": SECRET},
+            price_in=2.0,
+            price_out=10.0,
+            repair_rounds=2,
+        )
         requests = list(fake.requests)
     exps = ledger.experiments()
     assert [e.proposer for e in exps] == ["baseline", "llm", "llm", "llm"]
     good, repaired, frozen = exps[1:]
     assert good.status == "keep" and good.description == "lower weight decay 0.1 -> 0.01"
-    assert repaired.description == "more steps 300 -> 600" and repaired.status in ("keep", "discard")
+    assert repaired.description == "more steps 300 -> 600" and repaired.status in (
+        "keep",
+        "discard",
+    )
     assert frozen.status == "invalid" and "evaluate.py" in frozen.reason
     assert ledger.runs(frozen.id) == []  # nothing was trained for it
     # Tokens and money per experiment, from the usage the server reported.
     costs = ledger.costs(good.id)
-    assert (costs["tokens_in"], costs["tokens_out"], costs["cost_usd"]) == (1000.0, 100.0, pytest.approx(0.003))
+    assert (costs["tokens_in"], costs["tokens_out"], costs["cost_usd"]) == (
+        1000.0,
+        100.0,
+        pytest.approx(0.003),
+    )
     assert costs["compute"] > 0
     assert ledger.costs(repaired.id)["tokens_in"] == 2000.0
     # The wire: OpenAI chat completions with a bearer key; the repair shows the model its error.
@@ -139,14 +164,19 @@ def test_llm_research_in_the_loop_openai(tmp_path: Path) -> None:
 
 def test_llm_anthropic_wire_and_fix_attempt(tmp_path: Path) -> None:
     with FakeLLM() as fake:
-        fake.queue(Scripted(text=CRASHES, tokens_in=10, tokens_out=5), Scripted(text=FIX, tokens_in=20, tokens_out=7))
+        fake.queue(
+            Scripted(text=CRASHES, tokens_in=10, tokens_out=5),
+            Scripted(text=FIX, tokens_in=20, tokens_out=7),
+        )
         ledger = run_loop(tmp_path, fake, "anthropic", 2, {"TEST_KEY": SECRET}, fix_attempts=1)
         requests = list(fake.requests)
     exps = ledger.experiments()
     crash, fix = exps[1], exps[2]
     assert crash.status == "crash" and "NameError" in ledger.runs(crash.id)[0].log_tail
     assert fix.meta.get("fixes") == crash.id and fix.status in ("keep", "discard")
-    assert "SCHEDULE = None" in fix.diff and "undefined_name" not in fix.diff.split("+++")[-1].replace("-SCHEDULE", "")
+    assert "SCHEDULE = None" in fix.diff and "undefined_name" not in fix.diff.split("+++")[
+        -1
+    ].replace("-SCHEDULE", "")
     assert requests[0].path == "/v1/messages" and requests[0].headers["x-api-key"] == SECRET
     assert requests[0].headers["anthropic-version"] == "2023-06-01"
     assert "NameError" in requests[1].json["messages"][-1]["content"]  # the traceback tail is shown
@@ -154,7 +184,9 @@ def test_llm_anthropic_wire_and_fix_attempt(tmp_path: Path) -> None:
 
 def test_outage_pauses_and_resumes_by_itself(tmp_path: Path) -> None:
     with FakeLLM() as fake:
-        fake.queue(*[Scripted(status=503, text="down")] * 6, Scripted(drop=True), Scripted(text=GOOD))
+        fake.queue(
+            *[Scripted(status=503, text="down")] * 6, Scripted(drop=True), Scripted(text=GOOD)
+        )
         ledger = run_loop(tmp_path, fake, "openai", 1, {"TEST_KEY": SECRET})
     assert [e.status for e in ledger.experiments()] == ["keep", "keep"]
 
@@ -166,8 +198,12 @@ def test_keys_never_reach_the_ledger_logs_or_reports(tmp_path: Path, rsilab_home
         ledger.export_json(tmp_path / "ws" / "results.json")
         ledger.export_tsv(tmp_path / "ws" / "results.tsv")
         ledger.close()
-    leaked = [p for root in (tmp_path, rsilab_home) for p in root.rglob("*")
-              if p.is_file() and SECRET.encode() in p.read_bytes()]
+    leaked = [
+        p
+        for root in (tmp_path, rsilab_home)
+        for p in root.rglob("*")
+        if p.is_file() and SECRET.encode() in p.read_bytes()
+    ]
     assert leaked == []
 
 
@@ -205,5 +241,11 @@ def run_loop_in(ws_dir: Path, fake: FakeLLM, n: int) -> Ledger:
     spec = LLMSpec(base_url=fake.url_openai, model="test-model")
     proposer = LLMProposer(spec, env={}, sleep=lambda s: None)
     ledger = Ledger(ws.ledger_path)
-    Supervisor(ws, ledger, Bench(ws.load_task()), [create("queue", queue_dir=ws.queue_dir), proposer], limits=Limits(max_experiments=n)).run()
+    Supervisor(
+        ws,
+        ledger,
+        Bench(ws.load_task()),
+        [create("queue", queue_dir=ws.queue_dir), proposer],
+        limits=Limits(max_experiments=n),
+    ).run()
     return ledger

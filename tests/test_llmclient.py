@@ -57,16 +57,29 @@ class Recorder:
 
 
 def make(api: Any, url: str, rec: Recorder, key: str | None = KEY, **kw: Any) -> ChatClient:
-    return ChatClient(api, url, "test-model", key, sleep=rec.sleep, notify=rec.notify,
-                      should_stop=rec.should_stop, timeout=kw.pop("timeout", 5.0), **kw)
+    return ChatClient(
+        api,
+        url,
+        "test-model",
+        key,
+        sleep=rec.sleep,
+        notify=rec.notify,
+        should_stop=rec.should_stop,
+        timeout=kw.pop("timeout", 5.0),
+        **kw,
+    )
 
 
 # -- wire formats ----------------------------------------------------------------------
 
+
 def test_openai_request_and_reply(llm: FakeLLM) -> None:
     llm.queue(Scripted(text="the answer", tokens_in=12, tokens_out=3))
     with make("openai", llm.url_openai, Recorder(), temperature=0.2, max_tokens=77) as c:
-        reply = c.complete("be brief", [*MSGS, {"role": "assistant", "content": "hi"}, {"role": "user", "content": "more"}])
+        reply = c.complete(
+            "be brief",
+            [*MSGS, {"role": "assistant", "content": "hi"}, {"role": "user", "content": "more"}],
+        )
     assert reply.text == "the answer" and (reply.tokens_in, reply.tokens_out) == (12, 3)
     assert reply.model == "test-model" and reply.seconds >= 0 and not reply.truncated
     (req,) = llm.requests
@@ -75,8 +88,12 @@ def test_openai_request_and_reply(llm: FakeLLM) -> None:
     assert req.headers["content-type"] == "application/json"
     assert req.json == {
         "model": "test-model",
-        "messages": [{"role": "system", "content": "be brief"}, *MSGS,
-                     {"role": "assistant", "content": "hi"}, {"role": "user", "content": "more"}],
+        "messages": [
+            {"role": "system", "content": "be brief"},
+            *MSGS,
+            {"role": "assistant", "content": "hi"},
+            {"role": "user", "content": "more"},
+        ],
         "temperature": 0.2,
         "max_tokens": 77,
     }
@@ -101,23 +118,43 @@ def test_anthropic_request_and_reply(llm: FakeLLM) -> None:
     assert req.headers["anthropic-version"] == "2023-06-01"
     assert req.headers["content-type"] == "application/json"
     assert "authorization" not in req.headers
-    assert req.json == {"model": "test-model", "system": "you are terse", "messages": MSGS,
-                        "max_tokens": 99, "temperature": 0.5}
+    assert req.json == {
+        "model": "test-model",
+        "system": "you are terse",
+        "messages": MSGS,
+        "max_tokens": 99,
+        "temperature": 0.5,
+    }
 
 
 def test_anthropic_joins_text_blocks_and_accepts_a_v1_base_url(llm: FakeLLM) -> None:
-    body = (b'{"id":"m","type":"message","role":"assistant","model":"claude-x","content":['
-            b'{"type":"text","text":"a"},{"type":"tool_use","id":"t","name":"f","input":{}},'
-            b'{"type":"text","text":"b"}],"stop_reason":"max_tokens","usage":{"input_tokens":4,"output_tokens":2}}')
+    body = (
+        b'{"id":"m","type":"message","role":"assistant","model":"claude-x","content":['
+        b'{"type":"text","text":"a"},{"type":"tool_use","id":"t","name":"f","input":{}},'
+        b'{"type":"text","text":"b"}],"stop_reason":"max_tokens","usage":{"input_tokens":4,"output_tokens":2}}'
+    )
     llm.queue(Scripted(raw=body))
     with make("anthropic", llm.url_anthropic + "/v1/", Recorder()) as c:
         reply = c.complete("s", MSGS)
-    assert (reply.text, reply.model, reply.truncated, reply.tokens_out) == ("ab", "claude-x", True, 2)
+    assert (reply.text, reply.model, reply.truncated, reply.tokens_out) == (
+        "ab",
+        "claude-x",
+        True,
+        2,
+    )
     assert llm.requests[0].path == "/v1/messages"
 
 
-def test_missing_usage_is_estimated_and_logged(llm: FakeLLM, caplog: pytest.LogCaptureFixture) -> None:
-    llm.queue(Scripted(raw=b'{"choices":[{"message":{"role":"assistant","content":"' + b"x" * 40 + b'"},"finish_reason":"length"}]}'))
+def test_missing_usage_is_estimated_and_logged(
+    llm: FakeLLM, caplog: pytest.LogCaptureFixture
+) -> None:
+    llm.queue(
+        Scripted(
+            raw=b'{"choices":[{"message":{"role":"assistant","content":"'
+            + b"x" * 40
+            + b'"},"finish_reason":"length"}]}'
+        )
+    )
     caplog.set_level(logging.DEBUG, logger="rsilab.proposers.llmclient")
     with make("openai", llm.url_openai, Recorder()) as c:
         reply = c.complete("s" * 20, [{"role": "user", "content": "u" * 20}])
@@ -126,6 +163,7 @@ def test_missing_usage_is_estimated_and_logged(llm: FakeLLM, caplog: pytest.LogC
 
 
 # -- retries ---------------------------------------------------------------------------
+
 
 def test_429_honours_retry_after_then_succeeds(llm: FakeLLM) -> None:
     llm.queue(Scripted(429, "slow down", headers={"Retry-After": "3"}), "ok")
@@ -161,7 +199,9 @@ def test_500_then_200_is_retried(llm: FakeLLM, api: str) -> None:
     with make(api, url, rec) as c:
         assert c.complete("s", MSGS).tokens_out == 1
     assert rec.sleeps == [backoff(1), backoff(2)] and len(llm.requests) == 3
-    assert "HTTP 500" in rec.notes[0] and "HTTP 503" in rec.notes[1] and "(attempt 2)" in rec.notes[1]
+    assert (
+        "HTTP 500" in rec.notes[0] and "HTTP 503" in rec.notes[1] and "(attempt 2)" in rec.notes[1]
+    )
 
 
 def test_408_409_and_529_are_retried(llm: FakeLLM) -> None:
@@ -190,7 +230,9 @@ def test_a_dropped_connection_is_retried(llm: FakeLLM) -> None:
     assert len(rec.sleeps) == 1 and "RemoteProtocolError" in rec.notes[0]
 
 
-@pytest.mark.parametrize("raw", [b'{"choices": [{"mess', b"<html>502 Bad Gateway</html>", b"\xff\xfe"])
+@pytest.mark.parametrize(
+    "raw", [b'{"choices": [{"mess', b"<html>502 Bad Gateway</html>", b"\xff\xfe"]
+)
 def test_a_200_that_is_not_json_is_retried(llm: FakeLLM, raw: bytes) -> None:
     llm.queue(Scripted(raw=raw), "ok")
     rec = Recorder()
@@ -203,7 +245,10 @@ def test_connection_refused_is_retried() -> None:
     with FakeLLM() as dead:
         url = dead.url_openai
     rec = Recorder()
-    with make("openai", url, rec, max_attempts=2) as c, pytest.raises(ProviderError, match="gave up after 2 attempts"):
+    with (
+        make("openai", url, rec, max_attempts=2) as c,
+        pytest.raises(ProviderError, match="gave up after 2 attempts"),
+    ):
         c.complete("s", MSGS)
     assert rec.sleeps == [backoff(1)] and "ConnectError" in rec.notes[0]
 
@@ -211,9 +256,14 @@ def test_connection_refused_is_retried() -> None:
 def test_max_attempts_reached_is_a_provider_error(llm: FakeLLM) -> None:
     llm.queue(*[Scripted(503)] * 3)
     rec = Recorder()
-    with make("openai", llm.url_openai, rec, max_attempts=3) as c, pytest.raises(ProviderError) as err:
+    with (
+        make("openai", llm.url_openai, rec, max_attempts=3) as c,
+        pytest.raises(ProviderError) as err,
+    ):
         c.complete("s", MSGS)
-    assert "gave up after 3 attempts, last: HTTP 503" in str(err.value) and "\n" not in str(err.value)
+    assert "gave up after 3 attempts, last: HTTP 503" in str(err.value) and "\n" not in str(
+        err.value
+    )
     assert len(llm.requests) == 3 and len(rec.sleeps) == 2 and "(attempt 2 of 3)" in rec.notes[1]
 
 
@@ -235,15 +285,26 @@ def test_the_default_sleep_wakes_up_for_should_stop(llm: FakeLLM) -> None:
         return len(calls) > 2  # false before the wait, true one slice into it
 
     start = time.monotonic()
-    with ChatClient("openai", llm.url_openai, "m", None, should_stop=should_stop) as c, pytest.raises(Stopped):
+    with (
+        ChatClient("openai", llm.url_openai, "m", None, should_stop=should_stop) as c,
+        pytest.raises(Stopped),
+    ):
         c.complete("s", MSGS)
     assert time.monotonic() - start < 5
 
 
 # -- errors that retrying cannot fix ---------------------------------------------------
 
-@pytest.mark.parametrize(("status", "hint"), [(401, "check $OPENAI_API_KEY"), (403, "check $OPENAI_API_KEY"),
-                                              (404, "ends in /v1"), (400, "max_tokens")])
+
+@pytest.mark.parametrize(
+    ("status", "hint"),
+    [
+        (401, "check $OPENAI_API_KEY"),
+        (403, "check $OPENAI_API_KEY"),
+        (404, "ends in /v1"),
+        (400, "max_tokens"),
+    ],
+)
 def test_client_errors_fail_at_once(llm: FakeLLM, status: int, hint: str) -> None:
     llm.queue(Scripted(status, f"Incorrect API key provided: {KEY}."))
     rec = Recorder()
@@ -257,51 +318,81 @@ def test_client_errors_fail_at_once(llm: FakeLLM, status: int, hint: str) -> Non
 
 def test_anthropic_401_names_the_custom_key_variable(llm: FakeLLM) -> None:
     llm.queue(Scripted(401, "invalid x-api-key"))
-    with make("anthropic", llm.url_anthropic, Recorder(), key_env="MY_KEY") as c, pytest.raises(ProviderError) as err:
+    with (
+        make("anthropic", llm.url_anthropic, Recorder(), key_env="MY_KEY") as c,
+        pytest.raises(ProviderError) as err,
+    ):
         c.complete("s", MSGS)
     assert "invalid x-api-key" in str(err.value) and "check $MY_KEY" in str(err.value)
 
 
 def test_401_without_a_key_says_to_set_it(llm: FakeLLM) -> None:
     llm.queue(Scripted(401))
-    with make("openai", llm.url_openai, Recorder(), key=None) as c, pytest.raises(ProviderError, match=r"no key was sent; set \$OPENAI_API_KEY"):
+    with (
+        make("openai", llm.url_openai, Recorder(), key=None) as c,
+        pytest.raises(ProviderError, match=r"no key was sent; set \$OPENAI_API_KEY"),
+    ):
         c.complete("s", MSGS)
 
 
 def test_a_wrong_path_is_a_404_provider_error(llm: FakeLLM) -> None:
     llm.queue("never served")
-    with make("openai", llm.url_anthropic, Recorder()) as c, pytest.raises(ProviderError, match="HTTP 404"):
+    with (
+        make("openai", llm.url_anthropic, Recorder()) as c,
+        pytest.raises(ProviderError, match="HTTP 404"),
+    ):
         c.complete("s", MSGS)  # base_url without /v1
     assert llm.pending == 1
 
 
-@pytest.mark.parametrize("raw", [b'{"foo": 1}', b"[1, 2]", b'{"choices": []}', b'{"choices": [{"message": {"content": 5}}]}'])
+@pytest.mark.parametrize(
+    "raw",
+    [b'{"foo": 1}', b"[1, 2]", b'{"choices": []}', b'{"choices": [{"message": {"content": 5}}]}'],
+)
 def test_a_reply_of_the_wrong_shape_is_a_provider_error(llm: FakeLLM, raw: bytes) -> None:
     llm.queue(Scripted(raw=raw))
-    with make("openai", llm.url_openai, Recorder()) as c, pytest.raises(ProviderError, match="unexpected reply"):
+    with (
+        make("openai", llm.url_openai, Recorder()) as c,
+        pytest.raises(ProviderError, match="unexpected reply"),
+    ):
         c.complete("s", MSGS)
 
 
 def test_an_empty_queue_answers_500(llm: FakeLLM) -> None:
     rec = Recorder()
-    with make("openai", llm.url_openai, rec, max_attempts=1) as c, pytest.raises(ProviderError, match="HTTP 500"):
+    with (
+        make("openai", llm.url_openai, rec, max_attempts=1) as c,
+        pytest.raises(ProviderError, match="HTTP 500"),
+    ):
         c.complete("s", MSGS)
 
 
 # -- the key never leaks ---------------------------------------------------------------
 
-def test_the_key_never_appears_in_errors_reprs_notes_or_logs(llm: FakeLLM, caplog: pytest.LogCaptureFixture) -> None:
+
+def test_the_key_never_appears_in_errors_reprs_notes_or_logs(
+    llm: FakeLLM, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.DEBUG)
     rec = Recorder(stop_after_waits=1)
     seen: list[str] = []
-    llm.queue(Scripted(401, f"bad key {KEY}"), Scripted(503, f"down {KEY}"), Scripted(400, KEY), Scripted(raw=f'{{"x": "{KEY}"}}'.encode()))
+    llm.queue(
+        Scripted(401, f"bad key {KEY}"),
+        Scripted(503, f"down {KEY}"),
+        Scripted(400, KEY),
+        Scripted(raw=f'{{"x": "{KEY}"}}'.encode()),
+    )
     for api, url in [("openai", llm.url_openai), ("anthropic", llm.url_anthropic)]:
         c = make(api, url, rec)
         seen += [repr(c), str(vars(c))]
         for _ in range(2):
             with pytest.raises((ProviderError, Stopped)) as err:
                 c.complete("s", MSGS)
-            seen += [str(err.value), repr(err.value), "".join(traceback.format_exception(err.value))]
+            seen += [
+                str(err.value),
+                repr(err.value),
+                "".join(traceback.format_exception(err.value)),
+            ]
             rec.sleeps.clear()
         c.close()
     with FakeLLM() as dead:
@@ -316,6 +407,7 @@ def test_the_key_never_appears_in_errors_reprs_notes_or_logs(llm: FakeLLM, caplo
 
 # -- configuration ---------------------------------------------------------------------
 
+
 def test_from_spec_resolves_from_the_environment(llm: FakeLLM) -> None:
     env = {"OPENAI_BASE_URL": llm.url_openai, "RSILAB_LLM_MODEL": "qwen2.5-coder"}
     llm.queue("ok")
@@ -327,7 +419,11 @@ def test_from_spec_resolves_from_the_environment(llm: FakeLLM) -> None:
 
 
 def test_from_spec_prefers_the_spec_and_defaults_to_the_vendor() -> None:
-    env = {"OPENAI_API_KEY": KEY, "OPENAI_BASE_URL": "http://elsewhere/v1", "RSILAB_LLM_MODEL": "env-model"}
+    env = {
+        "OPENAI_API_KEY": KEY,
+        "OPENAI_BASE_URL": "http://elsewhere/v1",
+        "RSILAB_LLM_MODEL": "env-model",
+    }
     c = from_spec(LLMSpec(base_url="http://localhost:8000/v1", model="spec-model"), env)
     assert (c.url, c.model) == ("http://localhost:8000/v1/chat/completions", "spec-model")
     c = from_spec(LLMSpec(), {"OPENAI_API_KEY": KEY})
@@ -338,8 +434,14 @@ def test_from_spec_prefers_the_spec_and_defaults_to_the_vendor() -> None:
     assert c.timeout == 1.0 and c.key_env == "MY_KEY" and KEY not in repr(c)
 
 
-@pytest.mark.parametrize(("spec", "var"), [(LLMSpec(), "OPENAI_API_KEY"), (LLMSpec(api="anthropic"), "ANTHROPIC_API_KEY"),
-                                           (LLMSpec(base_url="http://localhost:1/v1", key_env="MY_KEY"), "MY_KEY")])
+@pytest.mark.parametrize(
+    ("spec", "var"),
+    [
+        (LLMSpec(), "OPENAI_API_KEY"),
+        (LLMSpec(api="anthropic"), "ANTHROPIC_API_KEY"),
+        (LLMSpec(base_url="http://localhost:1/v1", key_env="MY_KEY"), "MY_KEY"),
+    ],
+)
 def test_from_spec_needs_a_key_for_vendor_urls(spec: LLMSpec, var: str) -> None:
     with pytest.raises(ConfigError, match=rf"\${var} is not set"):
         from_spec(spec, {var: " "})
@@ -352,7 +454,13 @@ def test_from_spec_rejects_a_url_without_scheme() -> None:
 
 def test_configured() -> None:
     assert not configured({}) and not configured({"OPENAI_API_KEY": "", "HOME": "/x"})
-    for var in ["OPENAI_API_KEY", "OPENAI_BASE_URL", "ANTHROPIC_API_KEY", "ANTHROPIC_BASE_URL", "RSILAB_LLM_MODEL"]:
+    for var in [
+        "OPENAI_API_KEY",
+        "OPENAI_BASE_URL",
+        "ANTHROPIC_API_KEY",
+        "ANTHROPIC_BASE_URL",
+        "RSILAB_LLM_MODEL",
+    ]:
         assert configured({var: "x"})
     assert configured({"ANTHROPIC_API_KEY": "x"}, api="anthropic")
     assert not configured({"ANTHROPIC_API_KEY": "x"}, api="openai")
@@ -362,7 +470,10 @@ def test_configured() -> None:
 def test_fake_server_closes_promptly_with_a_hung_request() -> None:
     fake = FakeLLM()
     fake.queue(Scripted(delay=60))
-    with make("openai", fake.url_openai, Recorder(), timeout=0.3, max_attempts=1) as c, pytest.raises(ProviderError):
+    with (
+        make("openai", fake.url_openai, Recorder(), timeout=0.3, max_attempts=1) as c,
+        pytest.raises(ProviderError),
+    ):
         c.complete("s", MSGS)
     start = time.monotonic()
     fake.close()

@@ -31,7 +31,9 @@ def test_loop_keeps_a_real_gain_and_discards_noise(tmp_path: Path) -> None:
     ws_dir = make_ws(tmp_path)
     # Six changes that do nothing to the model (a comment), then one real gain (less weight decay).
     for i in range(6):
-        queue_patch(ws_dir, f"a{i}", TOY_TRAIN, "# heavy-ball momentum", f"# heavy-ball momentum (note {i})")
+        queue_patch(
+            ws_dir, f"a{i}", TOY_TRAIN, "# heavy-ball momentum", f"# heavy-ball momentum (note {i})"
+        )
     queue_knobs(ws_dir, "b", "less weight decay", L2=0.01)
     before_head = git(ws_dir, "rev-parse", "HEAD")
     reason, ledger = supervise(ws_dir)
@@ -76,17 +78,23 @@ def test_editing_a_frozen_file_is_invalid_and_changes_nothing(tmp_path: Path) ->
     ws_dir = make_ws(tmp_path)
     ws = open_workspace(ws_dir)
     evaluator = (ws_dir / "evaluate.py").read_text().replace("mse = float(", "mse = 0.0 * float(")
-    outside = ScriptedProposer([
-        Proposal("fake the evaluator", {"evaluate.py": evaluator}, "scripted"),
-        Proposal("write a new file", {"helper.py": "x = 1\n"}, "scripted"),
-        Proposal("escape the task", {"../../evil.py": "x = 1\n"}, "scripted"),
-    ])
+    outside = ScriptedProposer(
+        [
+            Proposal("fake the evaluator", {"evaluate.py": evaluator}, "scripted"),
+            Proposal("write a new file", {"helper.py": "x = 1\n"}, "scripted"),
+            Proposal("escape the task", {"../../evil.py": "x = 1\n"}, "scripted"),
+        ]
+    )
     tip = ws.incumbent_commit()
     ledger = Ledger(ws.ledger_path)
     Supervisor(ws, ledger, Bench(ws.load_task()), [outside]).run()
     exps = ledger.experiments()[1:]
     assert [e.status for e in exps] == ["invalid"] * 3
-    assert "evaluate.py" in exps[0].reason and "helper.py" in exps[1].reason and "outside" in exps[2].reason
+    assert (
+        "evaluate.py" in exps[0].reason
+        and "helper.py" in exps[1].reason
+        and "outside" in exps[2].reason
+    )
     assert all(ledger.runs(e.id) == [] for e in exps)  # rejected before spending compute
     assert ws.incumbent_commit() == tip
     assert not (tmp_path / "evil.py").exists()
@@ -102,7 +110,9 @@ def test_queued_patch_to_a_frozen_file_is_rejected_with_a_reason(tmp_path: Path)
 
 def test_a_crash_is_a_result_not_a_stop(tmp_path: Path) -> None:
     ws_dir = make_ws(tmp_path)
-    queue_patch(ws_dir, "a", TOY_TRAIN, "rng = np.random", "raise RuntimeError('boom')\nrng = np.random")
+    queue_patch(
+        ws_dir, "a", TOY_TRAIN, "rng = np.random", "raise RuntimeError('boom')\nrng = np.random"
+    )
     queue_knobs(ws_dir, "b", "less weight decay", L2=0.01)
     reason, ledger = supervise(ws_dir)
     statuses = [e.status for e in ledger.experiments()]
@@ -115,8 +125,13 @@ def test_a_crash_is_a_result_not_a_stop(tmp_path: Path) -> None:
 def test_kill_9_during_a_run_then_resume(tmp_path: Path) -> None:
     ws_dir = make_ws(tmp_path)
     marker = tmp_path / "started"
-    queue_patch(ws_dir, "a-slow", TOY_TRAIN, "rng = np.random",
-                f"import pathlib, time\npathlib.Path({str(marker)!r}).write_text('x')\ntime.sleep(60)\nrng = np.random")
+    queue_patch(
+        ws_dir,
+        "a-slow",
+        TOY_TRAIN,
+        "rng = np.random",
+        f"import pathlib, time\npathlib.Path({str(marker)!r}).write_text('x')\ntime.sleep(60)\nrng = np.random",
+    )
     queue_knobs(ws_dir, "b", "less weight decay", L2=0.01)
     # The sleeper times out quickly when re-run; unsandboxed so it can leave its marker.
     fast = ("--set", "budget=1", "--set", "overhead=2", "--set", 'sandbox="none"')
@@ -125,11 +140,17 @@ def test_kill_9_during_a_run_then_resume(tmp_path: Path) -> None:
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     # The supervisor died mid-run: its training process must die with it.
-    pids = subprocess.run(["pgrep", "-f", "time.sleep\\(60\\)"], capture_output=True, text=True).stdout.split()
+    pids = subprocess.run(
+        ["pgrep", "-f", "time.sleep\\(60\\)"], capture_output=True, text=True
+    ).stdout.split()
     wait_for(lambda: not any(Path(f"/proc/{p}").exists() for p in pids), timeout=10)
 
-    out = subprocess.run([sys.executable, "-m", "rsilab.cli", "run", str(ws_dir), "--proposer", "queue", *fast],
-                         capture_output=True, text=True, cwd=tmp_path)
+    out = subprocess.run(
+        [sys.executable, "-m", "rsilab.cli", "run", str(ws_dir), "--proposer", "queue", *fast],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
     assert out.returncode == 0, out.stdout + out.stderr
     ledger = assert_consistent(ws_dir)
     exps = ledger.experiments()
@@ -138,7 +159,9 @@ def test_kill_9_during_a_run_then_resume(tmp_path: Path) -> None:
     assert exps[1].description == exps[2].description == "a slow"
 
 
-def test_interrupt_once_raises_for_the_first_sigint_and_absorbs_the_rest(sigint_handler: None) -> None:
+def test_interrupt_once_raises_for_the_first_sigint_and_absorbs_the_rest(
+    sigint_handler: None,
+) -> None:
     cleaned_up = False
     with pytest.raises(KeyboardInterrupt), interrupt_once():
         try:
@@ -164,13 +187,20 @@ def test_interrupt_once_keeps_an_ignored_sigint_ignored() -> None:
 
 
 @pytest.mark.parametrize("signals", [1, 2])
-def test_ctrl_c_during_a_run_stops_cleanly_even_when_pressed_twice(tmp_path: Path, signals: int) -> None:
+def test_ctrl_c_during_a_run_stops_cleanly_even_when_pressed_twice(
+    tmp_path: Path, signals: int
+) -> None:
     # Two SIGINTs back to back is what `timeout -s INT` sends (the child, then its process
     # group) and what an impatient user does; the second must not cut the cleanup short.
     ws_dir = make_ws(tmp_path)
     marker = tmp_path / "started"
-    queue_patch(ws_dir, "a-slow", TOY_TRAIN, "rng = np.random",
-                f"import pathlib, time\npathlib.Path({str(marker)!r}).write_text('x')\ntime.sleep(60)\nrng = np.random")
+    queue_patch(
+        ws_dir,
+        "a-slow",
+        TOY_TRAIN,
+        "rng = np.random",
+        f"import pathlib, time\npathlib.Path({str(marker)!r}).write_text('x')\ntime.sleep(60)\nrng = np.random",
+    )
     fast = ("--set", "budget=1", "--set", "overhead=2", "--set", 'sandbox="none"')
     proc = start_rsilab("run", str(ws_dir), "--proposer", "queue", *fast, cwd=tmp_path)
     wait_for(marker.exists, proc=proc)
@@ -184,7 +214,9 @@ def test_ctrl_c_during_a_run_stops_cleanly_even_when_pressed_twice(tmp_path: Pat
 
 
 @pytest.mark.parametrize("decisions_before_kill", [1, 2, 3])
-def test_kill_9_at_other_moments_leaves_ledger_and_git_consistent(tmp_path: Path, decisions_before_kill: int) -> None:
+def test_kill_9_at_other_moments_leaves_ledger_and_git_consistent(
+    tmp_path: Path, decisions_before_kill: int
+) -> None:
     ws_dir = make_ws(tmp_path)
     for i, l2 in enumerate([0.05, 0.02, 0.01, 0.005]):
         queue_knobs(ws_dir, f"k{i}", f"L2 {l2}", L2=l2)
@@ -200,8 +232,12 @@ def test_kill_9_at_other_moments_leaves_ledger_and_git_consistent(tmp_path: Path
     wait_for(decided, proc=proc)
     proc.send_signal(signal.SIGKILL)  # lands wherever the supervisor happens to be
     proc.wait()
-    out = subprocess.run([sys.executable, "-m", "rsilab.cli", "run", str(ws_dir), "--proposer", "queue"],
-                         capture_output=True, text=True, cwd=tmp_path)
+    out = subprocess.run(
+        [sys.executable, "-m", "rsilab.cli", "run", str(ws_dir), "--proposer", "queue"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
     assert out.returncode == 0, out.stdout + out.stderr
     ledger = assert_consistent(ws_dir)
     done = [e.description for e in ledger.experiments()[1:] if e.status in ("keep", "discard")]
@@ -219,13 +255,20 @@ def test_resume_does_not_remeasure_the_baseline(tmp_path: Path) -> None:
     assert [e.kind for e in ledger.experiments()] == ["baseline", "candidate", "candidate"]
 
 
-def test_a_decisive_knob_change_is_kept_after_one_run_a_code_change_is_confirmed(tmp_path: Path) -> None:
+def test_a_decisive_knob_change_is_kept_after_one_run_a_code_change_is_confirmed(
+    tmp_path: Path,
+) -> None:
     knob_dir, code_dir = make_ws(tmp_path / "knob", "k"), make_ws(tmp_path / "code", "c")
     queue_knobs(knob_dir, "a", "less weight decay", L2=0.001)
-    queue_patch(code_dir, "a", TOY_TRAIN, "+ 2 * L2 * w", "+ 2 * 0.001 * w")  # the same model, as code
+    queue_patch(
+        code_dir, "a", TOY_TRAIN, "+ 2 * L2 * w", "+ 2 * 0.001 * w"
+    )  # the same model, as code
     for ws_dir in (knob_dir, code_dir):  # low noise: the gain is about 25 sd
         supervise(ws_dir, ("env.TOY_NOISE", "0.005"))[1].close()
-    knob, code = Ledger(open_workspace(knob_dir).ledger_path), Ledger(open_workspace(code_dir).ledger_path)
+    knob, code = (
+        Ledger(open_workspace(knob_dir).ledger_path),
+        Ledger(open_workspace(code_dir).ledger_path),
+    )
     k, c = knob.experiments()[-1], code.experiments()[-1]
     assert k.status == c.status == "keep", (k.reason, c.reason)
     assert len(knob.runs(k.id)) == 1 and "n=1 vs 3" in k.reason, k.reason

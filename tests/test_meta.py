@@ -73,14 +73,17 @@ def task_dir(tmp_path: Path) -> Path:
     return d
 
 
-def test_meta_finds_a_faster_tuner_strategy(tmp_path: Path, task_dir: Path,
-                                           monkeypatch: pytest.MonkeyPatch) -> None:
+def test_meta_finds_a_faster_tuner_strategy(
+    tmp_path: Path, task_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # The premise below: TPE's random start-up outlasts a 3-experiment session even after one
     # halving (8 -> 4). With the tuner's own default (5 -> 2) n_startup could matter too.
     monkeypatch.setattr("rsilab.studies.strategy.N_STARTUP", 8)
     lines: list[str] = []
     root = tmp_path / "meta"
-    state = StrategySearch(root, task_dir=task_dir, session_experiments=3, confirm_seeds=2, notify=lines.append).run(2, 3)
+    state = StrategySearch(
+        root, task_dir=task_dir, session_experiments=3, confirm_seeds=2, notify=lines.append
+    ).run(2, 3)
     start, champion = state.strategy("s0"), state.strategy(state.champion)
     assert start.settings["max_knobs"] == 1 and start.settings["n_startup"] == 8
     # Sessions of 3 experiments: TPE never leaves its random start-up, so the only step that
@@ -93,48 +96,78 @@ def test_meta_finds_a_faster_tuner_strategy(tmp_path: Path, task_dir: Path,
     sessions = {s.strategy: s for s in state.session_list() if s.generation == 0}
     assert sessions["s0"].kept == 0 and sessions["s0"].gain == 0 and sessions["s0"].velocity == 0
     best = [s for s in state.session_list() if s.strategy == champion.id]
-    assert all(s.kept >= 1 and s.gain is not None and s.gain > 0.4 for s in best)  # confirmed, fresh seeds
-    assert all(s.velocity is not None and s.velocity > 0 and s.velocity_se is not None for s in best)
+    assert all(
+        s.kept >= 1 and s.gain is not None and s.gain > 0.4 for s in best
+    )  # confirmed, fresh seeds
+    assert all(
+        s.velocity is not None and s.velocity > 0 and s.velocity_se is not None for s in best
+    )
     # Two generations; the champion was re-run in the second one (with the variants it had
     # left: the space of sensible steps is small here).
     assert len(state.generations) == 2 and len(state.generations[0]["strategies"]) == 3
     assert state.generations[1]["strategies"][0] == state.generations[0]["champion"]
     assert state.generations[-1]["velocity_change_vs_start"] > 0
     n = sum(len(g["strategies"]) for g in state.generations)
-    assert len({(s.strategy, s.generation) for s in state.session_list()}) == len(state.sessions) == n
+    assert (
+        len({(s.strategy, s.generation) for s in state.session_list()}) == len(state.sessions) == n
+    )
     # Every session started from the same baseline commit, in its own workspace.
     for s in state.session_list():
         assert (Path(s.dir) / "results.tsv").read_text().splitlines()[1].split("\t")[3] == "keep"
     on_disk = json.loads((root / META_FILE).read_text())
-    assert on_disk["champion"] == champion.id and len(on_disk["strategies"]) == len(state.strategies)
+    assert on_disk["champion"] == champion.id and len(on_disk["strategies"]) == len(
+        state.strategies
+    )
     assert "velocity change vs the starting strategy" in format_table(state)
     assert any("velocity" in line for line in lines)
     # Run again: everything is done, nothing is re-run.
-    again = StrategySearch(root, task_dir=task_dir, session_experiments=3, confirm_seeds=2, notify=lines.append).run(2, 3)
+    again = StrategySearch(
+        root, task_dir=task_dir, session_experiments=3, confirm_seeds=2, notify=lines.append
+    ).run(2, 3)
     assert len(again.sessions) == n and again.champion == champion.id
 
 
 def answer(description: str, *flags: str) -> str:
     """An LLM answer in rsilab's SEARCH/REPLACE format that sets `flags` to True."""
     lines = {line.split(" = ")[0]: line for line in TRAIN.splitlines() if line.startswith("FLAG_")}
-    blocks = "".join(f"train.py\n<<<<<<< SEARCH\n{lines[f]}\n=======\n{lines[f].replace('False', 'True', 1)}\n"
-                     ">>>>>>> REPLACE\n" for f in flags)
+    blocks = "".join(
+        f"train.py\n<<<<<<< SEARCH\n{lines[f]}\n=======\n{lines[f].replace('False', 'True', 1)}\n"
+        ">>>>>>> REPLACE\n"
+        for f in flags
+    )
     return f"DESCRIPTION: {description}\n{blocks}"
 
 
-def test_meta_with_an_llm_rewrites_the_program_from_the_evidence(tmp_path: Path, task_dir: Path) -> None:
+def test_meta_with_an_llm_rewrites_the_program_from_the_evidence(
+    tmp_path: Path, task_dir: Path
+) -> None:
     with FakeLLM() as llm:
-        llm.queue(answer("set FLAG_A", "FLAG_A"),
-                  "Here it is:\n```markdown\n# Program v2\n\nFlip FLAG_A and FLAG_B together.\n```\n",
-                  answer("set both flags", "FLAG_A", "FLAG_B"))
+        llm.queue(
+            answer("set FLAG_A", "FLAG_A"),
+            "Here it is:\n```markdown\n# Program v2\n\nFlip FLAG_A and FLAG_B together.\n```\n",
+            answer("set both flags", "FLAG_A", "FLAG_B"),
+        )
         overrides = [f'llm.base_url="{llm.url_openai}"', 'llm.model="fake"', "llm.repair_rounds=0"]
-        state = StrategySearch(tmp_path / "meta", task_dir=task_dir, overrides=overrides, proposer="llm",
-                     session_experiments=1, confirm_seeds=2, notify=lambda line: None).run(1, 2)
+        state = StrategySearch(
+            tmp_path / "meta",
+            task_dir=task_dir,
+            overrides=overrides,
+            proposer="llm",
+            session_experiments=1,
+            confirm_seeds=2,
+            notify=lambda line: None,
+        ).run(1, 2)
         assert llm.pending == 0
         first, rewrite, second = (r.json["messages"][-1]["content"] for r in llm.requests)
     assert "Change one thing at a time." in first  # the starting strategy: the task's program.md
-    assert "Change one thing at a time." in rewrite and "set FLAG_A" in rewrite and "discard" in rewrite
-    assert "Flip FLAG_A and FLAG_B together." in second  # the variant's program reached the proposer
+    assert (
+        "Change one thing at a time." in rewrite
+        and "set FLAG_A" in rewrite
+        and "discard" in rewrite
+    )
+    assert (
+        "Flip FLAG_A and FLAG_B together." in second
+    )  # the variant's program reached the proposer
     variant = state.strategy("s1")
     assert variant.parent == "s0" and variant.origin.startswith("llm rewrite")
     assert variant.program == "# Program v2\n\nFlip FLAG_A and FLAG_B together.\n"
@@ -144,7 +177,12 @@ def test_meta_with_an_llm_rewrites_the_program_from_the_evidence(tmp_path: Path,
 def test_variants_and_parsing() -> None:
     s = Strategy("s0", "tuner", {"max_knobs": 1, "n_startup": 8, "sampler": "tpe"})
     steps = {why for _, why in tuner_neighbours(s)}
-    assert steps == {"max_knobs 1 -> 2", "n_startup 8 -> 4", "n_startup 8 -> 16", "sampler tpe -> random"}
+    assert steps == {
+        "max_knobs 1 -> 2",
+        "n_startup 8 -> 4",
+        "n_startup 8 -> 16",
+        "sampler tpe -> random",
+    }
     # Sessions of 4 experiments: TPE would still be drawing at random, so only max_knobs matters.
     assert {why for _, why in tuner_neighbours(s, 4)} == {"max_knobs 1 -> 2"}
     assert {why for _, why in tuner_neighbours(s, 6)} == {"max_knobs 1 -> 2", "n_startup 8 -> 4"}
@@ -159,8 +197,23 @@ def test_meta_command(tmp_path: Path, task_dir: Path) -> None:
     from rsilab.cli import main
 
     root = tmp_path / "meta"
-    result = CliRunner().invoke(main, ["meta", str(root), "--task", str(task_dir), "--generations", "1",
-                                       "--strategies", "1", "--session-experiments", "1", "--confirm-seeds", "2"])
+    result = CliRunner().invoke(
+        main,
+        [
+            "meta",
+            str(root),
+            "--task",
+            str(task_dir),
+            "--generations",
+            "1",
+            "--strategies",
+            "1",
+            "--session-experiments",
+            "1",
+            "--confirm-seeds",
+            "2",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "s0 *" in result.output and f"wrote {root / META_FILE}" in result.output
     state = json.loads((root / META_FILE).read_text())

@@ -43,7 +43,14 @@ def test_tuner_retunes_after_a_kept_idea(tmp_path: Path) -> None:
     ws = init_workspace(tmp_path / "ws", resolve_task_dir("toy"), "mix")
     task = ws.load_task([("tuner.follow", 2)])
     ledger = Ledger(ws.ledger_path)
-    sup = Supervisor(ws, ledger, Bench(task), [create("queue", queue_dir=ws.queue_dir), IdeaProposer()], limits=Limits(max_experiments=3), follower=create("tuner", seed=1))
+    sup = Supervisor(
+        ws,
+        ledger,
+        Bench(task),
+        [create("queue", queue_dir=ws.queue_dir), IdeaProposer()],
+        limits=Limits(max_experiments=3),
+        follower=create("tuner", seed=1),
+    )
     sup.run()
     exps = ledger.experiments()
     assert [e.proposer for e in exps] == ["baseline", "llm", "tuner", "tuner"]
@@ -58,17 +65,31 @@ def test_tuner_retunes_after_a_kept_idea(tmp_path: Path) -> None:
 
 
 def test_doctor_reports_in_plain_words(tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI", "ANTHROPIC", "RSILAB_LLM"))}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("OPENAI", "ANTHROPIC", "RSILAB_LLM"))
+    }
     with FakeLLM() as fake:
         fake.queue("pong")
         env["OPENAI_BASE_URL"] = fake.url_openai
-        out = subprocess.run([sys.executable, "-m", "rsilab.cli", "doctor", "--task", "toy"], env=env,
-                             capture_output=True, text=True, cwd=tmp_path)
+        out = subprocess.run(
+            [sys.executable, "-m", "rsilab.cli", "doctor", "--task", "toy"],
+            env=env,
+            capture_output=True,
+            text=True,
+            cwd=tmp_path,
+        )
     assert out.returncode == 0, out.stderr
     lines = {line.split()[1]: line for line in out.stdout.splitlines() if line.strip()}
     assert lines["torch"].startswith("ok") and lines["git"].startswith("ok")
     assert "answered" in lines["llm"] and lines["llm"].startswith("ok")
     del env["OPENAI_BASE_URL"]
-    out = subprocess.run([sys.executable, "-m", "rsilab.cli", "doctor", "--task", "toy", "--no-ping"], env=env,
-                         capture_output=True, text=True, cwd=tmp_path)
+    out = subprocess.run(
+        [sys.executable, "-m", "rsilab.cli", "doctor", "--task", "toy", "--no-ping"],
+        env=env,
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
     assert "not configured" in out.stdout

@@ -36,14 +36,24 @@ from rsilab.run.executors import create as create_executor
 from rsilab.workspace import git, open_workspace
 
 
-def supervise(ws_dir: Path, workers: int = 2, proposers: list[object] | None = None,
-              max_experiments: int | None = None) -> Ledger:
+def supervise(
+    ws_dir: Path,
+    workers: int = 2,
+    proposers: list[object] | None = None,
+    max_experiments: int | None = None,
+) -> Ledger:
     ws = open_workspace(ws_dir)
     task = ws.load_task()
     ledger = Ledger(ws.ledger_path)
     executor = create_executor("local", task=task, workers=workers)
     try:
-        Supervisor(ws, ledger, Bench(task, executor=executor), proposers or [create("queue", queue_dir=ws.queue_dir)], limits=Limits(max_experiments=max_experiments)).run()
+        Supervisor(
+            ws,
+            ledger,
+            Bench(task, executor=executor),
+            proposers or [create("queue", queue_dir=ws.queue_dir)],
+            limits=Limits(max_experiments=max_experiments),
+        ).run()
     finally:
         executor.close()
     return ledger
@@ -52,7 +62,9 @@ def supervise(ws_dir: Path, workers: int = 2, proposers: list[object] | None = N
 def test_two_workers_run_at_once_and_merge_into_one_lineage(tmp_path: Path) -> None:
     ws_dir = make_shifted_ws(tmp_path)
     queue_patch(ws_dir, "a-fix-weight-0", "train.py", "SHIFT_A = 0.5 ", "SHIFT_A = 0.0 ")  # a knob
-    queue_patch(ws_dir, "b-fix-weight-1", "train.py", "w[1] += SHIFT_B", "w[1] += 0.0 * SHIFT_B")  # code, far below
+    queue_patch(
+        ws_dir, "b-fix-weight-1", "train.py", "w[1] += SHIFT_B", "w[1] += 0.0 * SHIFT_B"
+    )  # code, far below
     ledger = supervise(ws_dir, workers=2)
     exps = ledger.experiments()
     # Both slots were busy at once: two baseline runs, then the two ideas' first runs.
@@ -66,7 +78,10 @@ def test_two_workers_run_at_once_and_merge_into_one_lineage(tmp_path: Path) -> N
     kept, moved = sorted(exps[1:3], key=lambda e: e.status != "keep")
     merged = exps[3]
     assert kept.status == "keep" and moved.status == "discard"
-    assert moved.reason.startswith("re-applied: won against its parent #1") and f"#{merged.id}" in moved.reason
+    assert (
+        moved.reason.startswith("re-applied: won against its parent #1")
+        and f"#{merged.id}" in moved.reason
+    )
     assert moved.effect is not None and moved.effect > 0.1
     assert merged.description == moved.description and merged.proposer == "queue"
     assert merged.meta["reapply_of"] == moved.id and merged.meta["merged_onto"] == kept.id
@@ -74,7 +89,12 @@ def test_two_workers_run_at_once_and_merge_into_one_lineage(tmp_path: Path) -> N
     assert merged.parent == kept.commit and merged.effect is not None and merged.effect > 0.1
     # The lineage graph: both ideas descend from the baseline; the merge from its idea, onto the first.
     graph = {row.experiment_id: (row.parent, row.merged_onto) for row in ledger.lineage()}
-    assert graph == {1: (None, None), kept.id: (1, None), moved.id: (1, None), merged.id: (moved.id, kept.id)}
+    assert graph == {
+        1: (None, None),
+        kept.id: (1, None),
+        moved.id: (1, None),
+        merged.id: (moved.id, kept.id),
+    }
     # git agrees: the branch went baseline -> first idea -> merged second idea, fast-forward only.
     ws = open_workspace(ws_dir)
     assert ws.incumbent_commit() == merged.commit
@@ -120,14 +140,24 @@ def test_duplicates_are_skipped_without_a_run(tmp_path: Path) -> None:
     ws_dir = make_shifted_ws(tmp_path, work=0.5)
     # A bad idea (a larger error), so the incumbent stays and the same patch still applies later.
     queue_patch(ws_dir, "1-worse-weight-1", "train.py", "SHIFT_B = 0.5 ", "SHIFT_B = 0.9 ")
-    queue_patch(ws_dir, "2-worse-weight-1-again", "train.py", "SHIFT_B = 0.5 ", "SHIFT_B = 0.9 ")  # the same diff
+    queue_patch(
+        ws_dir, "2-worse-weight-1-again", "train.py", "SHIFT_B = 0.5 ", "SHIFT_B = 0.9 "
+    )  # the same diff
     ledger = supervise(ws_dir, workers=2)  # the second is proposed while the first is in flight
-    queue_patch(ws_dir, "3-worse-weight-1-once-more", "train.py", "SHIFT_B = 0.5 ", "SHIFT_B = 0.9 ")
+    queue_patch(
+        ws_dir, "3-worse-weight-1-once-more", "train.py", "SHIFT_B = 0.5 ", "SHIFT_B = 0.9 "
+    )
     supervise(ws_dir, workers=2)  # the third after the first was tried (and discarded)
     exps = ledger.experiments()
-    assert [(e.description, e.status) for e in exps] == [("baseline", "keep"), ("worse weight 1", "discard")]
+    assert [(e.description, e.status) for e in exps] == [
+        ("baseline", "keep"),
+        ("worse weight 1", "discard"),
+    ]
     dups = [ev for ev in ledger.events() if ev.kind == "duplicate"]
-    assert [ev.data["description"] for ev in dups] == ["worse weight 1 again", "worse weight 1 once more"]
+    assert [ev.data["description"] for ev in dups] == [
+        "worse weight 1 again",
+        "worse weight 1 once more",
+    ]
     assert all(ev.data["same_as"] == exps[1].id for ev in dups)
     done = ws_dir / ".rsilab" / "queue" / "done"
     assert len(list(done.iterdir())) == 3  # retired, not lost and not run
@@ -137,9 +167,15 @@ def test_the_tuner_with_two_slots_never_repeats_itself(tmp_path: Path) -> None:
     ws_dir = make_shifted_ws(tmp_path, work=0.0)
     ws = open_workspace(ws_dir)
     tuner = create("tuner", seed=3)
-    ledger = supervise(ws_dir, workers=2, proposers=[create("queue", queue_dir=ws.queue_dir), tuner],
-                       max_experiments=6)
-    tried = [e for e in ledger.experiments() if e.proposer == "tuner" and "reapply_of" not in e.meta]
+    ledger = supervise(
+        ws_dir,
+        workers=2,
+        proposers=[create("queue", queue_dir=ws.queue_dir), tuner],
+        max_experiments=6,
+    )
+    tried = [
+        e for e in ledger.experiments() if e.proposer == "tuner" and "reapply_of" not in e.meta
+    ]
     assert len(tried) == 6
     settings = [tuple(sorted(e.knobs.items())) for e in tried]
     assert len(set(settings)) == len(settings)
@@ -148,7 +184,11 @@ def test_the_tuner_with_two_slots_never_repeats_itself(tmp_path: Path) -> None:
 
 def test_proposer_shares_parse() -> None:
     choices, follow = parse_proposers("llm@model-a:2,llm@model-b,tuner:1")
-    assert [(c.label, c.share) for c in choices] == [("llm@model-a", 2), ("llm@model-b", 1), ("tuner", 1)]
+    assert [(c.label, c.share) for c in choices] == [
+        ("llm@model-a", 2),
+        ("llm@model-b", 1),
+        ("tuner", 1),
+    ]
     assert not follow
     assert parse_proposers("llm+tuner")[1] is True
     with pytest.raises(Exception, match="named twice"):
@@ -157,13 +197,20 @@ def test_proposer_shares_parse() -> None:
 
 def test_stop_now_cancels_the_runs_in_flight(tmp_path: Path) -> None:
     ws_dir = make_shifted_ws(tmp_path, work=0.0)
-    queue_patch(ws_dir, "a-slow", "train.py", "time.sleep(WORK_SECONDS)",
-                "(harness.artifact_dir() / 'started').write_text('x')\ntime.sleep(120)")
+    queue_patch(
+        ws_dir,
+        "a-slow",
+        "train.py",
+        "time.sleep(WORK_SECONDS)",
+        "(harness.artifact_dir() / 'started').write_text('x')\ntime.sleep(120)",
+    )
     ws = open_workspace(ws_dir)
     task = ws.load_task()
     ledger = Ledger(ws.ledger_path)
     executor = create_executor("local", task=task, workers=2)
-    sup = Supervisor(ws, ledger, Bench(task, executor=executor), [create("queue", queue_dir=ws.queue_dir)])
+    sup = Supervisor(
+        ws, ledger, Bench(task, executor=executor), [create("queue", queue_dir=ws.queue_dir)]
+    )
     started = ws.run_dir(2, 0) / "artifact" / "started"
     seen: list[list[int]] = []
 
@@ -205,7 +252,17 @@ def test_kill_9_with_two_workers_then_resume(tmp_path: Path) -> None:
     ws_dir = make_shifted_ws(tmp_path, work=0.5)
     for i, value in enumerate([0.4, 0.3, 0.2, 0.1]):
         queue_knobs(ws_dir, f"k{i}", f"SHIFT_A {value}", SHIFT_A=value)
-    cmd = [sys.executable, "-m", "rsilab.cli", "run", str(ws_dir), "--proposer", "queue", "--workers", "2"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "rsilab.cli",
+        "run",
+        str(ws_dir),
+        "--proposer",
+        "queue",
+        "--workers",
+        "2",
+    ]
     proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     ledger_path = ws_dir / ".rsilab" / "ledger.db"
 
@@ -226,8 +283,11 @@ def test_kill_9_with_two_workers_then_resume(tmp_path: Path) -> None:
     exps = ledger.experiments()
     assert sum(e.status == "interrupted" for e in exps) >= 2
     # Every idea reached one final decision; one cut short by the kill was run again.
-    final = [e.description for e in exps[1:]
-             if e.status in ("keep", "discard") and not e.reason.startswith("re-applied")]
+    final = [
+        e.description
+        for e in exps[1:]
+        if e.status in ("keep", "discard") and not e.reason.startswith("re-applied")
+    ]
     assert sorted(final) == sorted(f"SHIFT_A {v}" for v in [0.4, 0.3, 0.2, 0.1])
 
 
@@ -235,15 +295,36 @@ def test_status_reads_the_runs_in_flight_from_the_ledger(tmp_path: Path) -> None
     from rsilab.loop.progress import running
 
     ledger = Ledger(tmp_path / "ledger.db")
-    done = ledger.add_experiment(parent=None, commit="a" * 40, proposer="baseline", description="baseline", diff="")
+    done = ledger.add_experiment(
+        parent=None, commit="a" * 40, proposer="baseline", description="baseline", diff=""
+    )
     ledger.add_decision(done, verdict="keep", reason="baseline")
-    busy = ledger.add_experiment(parent="a" * 40, commit="b" * 40, proposer="llm@m", description="idea", diff="")
-    ledger.add_event("run", "x", data={"experiment": busy, "run": 0, "node": "h/cpu0", "label": "experiment 2 run 1"})
-    ledger.add_event("run", "x", data={"experiment": busy, "run": 1, "node": "ray: pending", "label": "experiment 2 run 2"})
-    ledger.add_event("run", "x", data={"experiment": busy, "run": 1, "node": "10.0.0.7/gpu1", "label": "experiment 2 run 2"})
+    busy = ledger.add_experiment(
+        parent="a" * 40, commit="b" * 40, proposer="llm@m", description="idea", diff=""
+    )
+    ledger.add_event(
+        "run",
+        "x",
+        data={"experiment": busy, "run": 0, "node": "h/cpu0", "label": "experiment 2 run 1"},
+    )
+    ledger.add_event(
+        "run",
+        "x",
+        data={"experiment": busy, "run": 1, "node": "ray: pending", "label": "experiment 2 run 2"},
+    )
+    ledger.add_event(
+        "run",
+        "x",
+        data={"experiment": busy, "run": 1, "node": "10.0.0.7/gpu1", "label": "experiment 2 run 2"},
+    )
     [r] = running(ledger)
     first_of_run_2 = [ev for ev in ledger.events() if ev.data.get("run") == 1][0].created_at
-    assert (r.experiment_id, r.proposer, r.label, r.node) == (busy, "llm@m", "experiment 2 run 2", "10.0.0.7/gpu1")
+    assert (r.experiment_id, r.proposer, r.label, r.node) == (
+        busy,
+        "llm@m",
+        "experiment 2 run 2",
+        "10.0.0.7/gpu1",
+    )
     assert r.since == first_of_run_2  # placed on a node later, but running since it was submitted
 
 
@@ -255,7 +336,11 @@ def test_a_knob_level_merge_refuses_a_knob_both_sides_changed() -> None:
     theirs_other = {"train.py": "LR = 0.1    # rate\nWD = 0.25   # decay\n"}
     theirs_same = {"train.py": "LR = 0.3    # rate\nWD = 0.5    # decay\n"}
     merged = knob_merge(base, mine, theirs_other, "cpu")
-    assert isinstance(merged, dict) and "LR = 0.2" in merged["train.py"] and "WD = 0.25" in merged["train.py"]
+    assert (
+        isinstance(merged, dict)
+        and "LR = 0.2" in merged["train.py"]
+        and "WD = 0.25" in merged["train.py"]
+    )
     assert knob_merge(base, mine, theirs_same, "cpu") == "the incumbent changed LR too"
     code = {"train.py": base["train.py"] + "print('hi')\n"}
     assert knob_merge(base, code, theirs_other, "cpu") == "not a change of knobs alone"

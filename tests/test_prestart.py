@@ -55,20 +55,32 @@ harness.print_summary({{"training_seconds": 0.1}})
 def data(tmp_path_factory: pytest.TempPathFactory) -> PreparedData:
     root = tmp_path_factory.mktemp("corpus")
     corpus = root / "corpus.txt"
-    corpus.write_text("Shall I compare thee to a summer's day? Thou art more lovely and more temperate.\n" * 200)
+    corpus.write_text(
+        "Shall I compare thee to a summer's day? Thou art more lovely and more temperate.\n" * 200
+    )
     return prepare(str(corpus), home=root / "home")
 
 
 def _task(tmp_path: Path, before_save: str = "") -> TaskSpec:
     work = tmp_path / "task"
-    shutil.copytree(bundled_tasks_dir() / "gpt", work, ignore=shutil.ignore_patterns("reference", "__pycache__"))
+    shutil.copytree(
+        bundled_tasks_dir() / "gpt", work, ignore=shutil.ignore_patterns("reference", "__pycache__")
+    )
     (work / "train.py").write_text(TRAIN.format(before_save=textwrap.dedent(before_save)))
     return load_task(work, [("budget", 60), ("eval.bytes", 2048), ("eval_timeout", 120)])
 
 
 def _run(task: TaskSpec, run_dir: Path, data: PreparedData, prestart: bool) -> RunResult:
-    return runner.run(task, task.root, run_dir, seed=3, train_data=data.train_path, val_data=data.val_path,
-                      preset="cpu", prestart=prestart)
+    return runner.run(
+        task,
+        task.root,
+        run_dir,
+        seed=3,
+        train_data=data.train_path,
+        val_data=data.val_path,
+        preset="cpu",
+        prestart=prestart,
+    )
 
 
 @pytest.fixture
@@ -95,14 +107,21 @@ def _evaluators_of(run_dir: Path) -> list[int]:
     return pids
 
 
-def test_a_prestarted_evaluator_scores_exactly_like_a_cold_one(tmp_path: Path, data: PreparedData,
-                                                                private_tmp: Path) -> None:
+def test_a_prestarted_evaluator_scores_exactly_like_a_cold_one(
+    tmp_path: Path, data: PreparedData, private_tmp: Path
+) -> None:
     task = _task(tmp_path)
     cold = _run(task, tmp_path / "cold", data, prestart=False)
     warm = _run(task, tmp_path / "warm", data, prestart=True)
-    assert cold.status is Status.OK and warm.status is Status.OK, (cold.reason, warm.reason, warm.log_tail)
+    assert cold.status is Status.OK and warm.status is Status.OK, (
+        cold.reason,
+        warm.reason,
+        warm.log_tail,
+    )
     assert warm.metric == cold.metric  # same seed, same program, same bytes scored
-    assert warm.evaluation["eval_prestarted"] is True and cold.evaluation["eval_prestarted"] is False
+    assert (
+        warm.evaluation["eval_prestarted"] is True and cold.evaluation["eval_prestarted"] is False
+    )
     for run_dir, result in ((tmp_path / "cold", cold), (tmp_path / "warm", warm)):
         # The evaluator's own file and log land in the run folder, byte for byte what was read.
         raw = (run_dir / "metrics.json").read_bytes()
@@ -111,8 +130,9 @@ def test_a_prestarted_evaluator_scores_exactly_like_a_cold_one(tmp_path: Path, d
     assert list(private_tmp.iterdir()) == []  # its private folders are gone
 
 
-def test_training_that_swaps_the_artifact_folder_gets_a_fresh_evaluator(tmp_path: Path, data: PreparedData,
-                                                                         private_tmp: Path) -> None:
+def test_training_that_swaps_the_artifact_folder_gets_a_fresh_evaluator(
+    tmp_path: Path, data: PreparedData, private_tmp: Path
+) -> None:
     """The waiting evaluator was shown the folder as it was; a replaced folder is scored by a
     new one, never by a process that would read the old (empty) one."""
     swap = """\
@@ -130,8 +150,9 @@ def test_training_that_swaps_the_artifact_folder_gets_a_fresh_evaluator(tmp_path
     assert list(private_tmp.iterdir()) == []
 
 
-def test_a_failed_training_run_leaves_no_evaluator_behind(tmp_path: Path, data: PreparedData,
-                                                          private_tmp: Path) -> None:
+def test_a_failed_training_run_leaves_no_evaluator_behind(
+    tmp_path: Path, data: PreparedData, private_tmp: Path
+) -> None:
     task = _task(tmp_path, before_save="raise SystemExit('boom')")
     r = _run(task, tmp_path / "run", data, prestart=True)
     assert r.status is Status.CRASH and "boom" in r.reason
@@ -140,8 +161,9 @@ def test_a_failed_training_run_leaves_no_evaluator_behind(tmp_path: Path, data: 
     assert not (tmp_path / "run" / "metrics.json").exists()
 
 
-def test_an_interrupted_run_leaves_no_evaluator_behind(tmp_path: Path, data: PreparedData,
-                                                       private_tmp: Path, sigint_handler: None) -> None:
+def test_an_interrupted_run_leaves_no_evaluator_behind(
+    tmp_path: Path, data: PreparedData, private_tmp: Path, sigint_handler: None
+) -> None:
     """Ctrl-C in the supervisor while training runs (the evaluator waiting beside it)."""
     task = _task(tmp_path, before_save="print('training-is-running', flush=True)\ntime.sleep(120)")
     run_dir = tmp_path / "run"
@@ -151,7 +173,11 @@ def test_an_interrupted_run_leaves_no_evaluator_behind(tmp_path: Path, data: Pre
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             log = run_dir / "train.log"
-            if log.is_file() and "training-is-running" in log.read_text() and _evaluators_of(run_dir):
+            if (
+                log.is_file()
+                and "training-is-running" in log.read_text()
+                and _evaluators_of(run_dir)
+            ):
                 seen.extend(_evaluators_of(run_dir))
                 _thread.interrupt_main()
                 return
@@ -169,7 +195,8 @@ def test_an_interrupted_run_leaves_no_evaluator_behind(tmp_path: Path, data: Pre
 
 @pytest.mark.parametrize("prestart", [False, True])
 def test_training_that_deletes_the_artifact_folder_is_invalid_not_an_error(
-        tmp_path: Path, data: PreparedData, private_tmp: Path, prestart: bool) -> None:
+    tmp_path: Path, data: PreparedData, private_tmp: Path, prestart: bool
+) -> None:
     gone = """\
     import shutil
     harness.save_model(model, torch.zeros(4, 16, dtype=torch.long))

@@ -25,7 +25,9 @@ FILES = {"train.py": (TASK / "train.py").read_text(), "extra.py": "DOC = '```'\n
 VERDICTS = ("discard", "discard", "keep", "crash", "discard", "timeout", "invalid", "discard")
 
 
-def item(i: int, verdict: str, metric: float | None, desc: str = "", reason: str = "") -> HistoryItem:
+def item(
+    i: int, verdict: str, metric: float | None, desc: str = "", reason: str = ""
+) -> HistoryItem:
     return HistoryItem(i, desc or f"idea {i}", {}, verdict, metric, "llm", reason=reason)
 
 
@@ -45,8 +47,15 @@ def long_history(n: int = 10_000) -> list[HistoryItem]:
 
 
 def ctx(history: Sequence[HistoryItem] = (), metric: Metric | None = None) -> Context:
-    return Context(FILES, metric or Metric(), 3.2, history, [Proposal("try rope", {}, "llm")],
-                   program=PROGRAM, editable=("train.py", "extra.py"))
+    return Context(
+        FILES,
+        metric or Metric(),
+        3.2,
+        history,
+        [Proposal("try rope", {}, "llm")],
+        program=PROGRAM,
+        editable=("train.py", "extra.py"),
+    )
 
 
 def total_tokens(system: str, messages: list[dict[str, str]]) -> int:
@@ -55,8 +64,15 @@ def total_tokens(system: str, messages: list[dict[str, str]]) -> int:
 
 def fixed_tokens(c: Context, fix: Fix | None = None) -> int:
     """The prompt's size with an empty history (what is never trimmed)."""
-    empty = Context(c.files, c.metric, c.incumbent_metric, [], c.in_flight, program=c.program,
-                    editable=c.editable)
+    empty = Context(
+        c.files,
+        c.metric,
+        c.incumbent_metric,
+        [],
+        c.in_flight,
+        program=c.program,
+        editable=c.editable,
+    )
     return total_tokens(*build_messages(empty, budget_tokens=10**9, fix=fix))
 
 
@@ -85,7 +101,9 @@ def test_the_limits_of_a_run_are_in_the_prompt_and_only_when_set() -> None:
     user = build_messages(c, budget_tokens=50_000)[1][0]["content"]
     block = user.split("# Limits of one run\n\n")[1].split("\n\n")[0].splitlines()
     assert block == [f"- {line}" for line in limits]
-    assert any("GPU memory: 40 GB" in line for line in block) and any("60 s" in line for line in block)
+    assert any("GPU memory: 40 GB" in line for line in block) and any(
+        "60 s" in line for line in block
+    )
     assert "# Limits" not in build_messages(ctx(), budget_tokens=50_000)[1][0]["content"]
     flops = load_task(resolve_task_dir("gpt"), overrides=[("budget_flops", 3e12)]).limits()
     assert flops[0].startswith("training budget: 3e+12 estimated FLOPs per run")
@@ -113,26 +131,32 @@ def test_history_of_10000_fits_the_budget_and_keeps_baseline_and_best() -> None:
 
 
 def test_history_sections_lines_and_order() -> None:
-    history = [HistoryItem(0, "baseline", {}, "keep", 3.2355, "baseline"),
-               item(12, "keep", 3.2145, "LR 0.001 -> 0.003"),
-               item(13, "discard", 3.25, "wider MLP", "no gain"),
-               item(14, "crash", None, "rope", "exit 1: RuntimeError: shape mismatch"),
-               item(15, "discard", 3.22, "relu2", "no gain")]
+    history = [
+        HistoryItem(0, "baseline", {}, "keep", 3.2355, "baseline"),
+        item(12, "keep", 3.2145, "LR 0.001 -> 0.003"),
+        item(13, "discard", 3.25, "wider MLP", "no gain"),
+        item(14, "crash", None, "rope", "exit 1: RuntimeError: shape mismatch"),
+        item(15, "discard", 3.22, "relu2", "no gain"),
+    ]
     text = history_block(history, Metric(), 10_000)
     lines = text.splitlines()
     assert "#12 keep 3.2145 (-0.0210) LR 0.001 -> 0.003" in lines
     assert "#13 discard 3.2500 (+0.0355) wider MLP: no gain" in lines
     assert "#14 crash - rope: exit 1: RuntimeError: shape mismatch" in lines
     assert lines.index("#12 keep 3.2145 (-0.0210) LR 0.001 -> 0.003") < lines.index(
-        "#0 keep 3.2355 baseline")
-    recent = lines[lines.index("Most recent:") + 1:]
+        "#0 keep 3.2355 baseline"
+    )
+    recent = lines[lines.index("Most recent:") + 1 :]
     assert recent[:3] == [x for x in lines if x.startswith(("#15", "#14", "#13"))]
     assert "omitted" not in text
 
 
 def test_history_best_follows_the_metric_direction() -> None:
-    history = [HistoryItem(0, "baseline", {}, "keep", 0.5, "baseline"),
-               item(1, "keep", 0.7, "better"), item(2, "keep", 0.6, "kept later")]
+    history = [
+        HistoryItem(0, "baseline", {}, "keep", 0.5, "baseline"),
+        item(1, "keep", 0.7, "better"),
+        item(2, "keep", 0.6, "kept later"),
+    ]
     text = history_block(history, Metric("accuracy", "max"), 30)
     assert text == "#1 keep 0.7000 (+0.2000) better"
 
@@ -153,9 +177,13 @@ def test_history_block_respects_every_budget() -> None:
 
 def test_failures_get_a_share_of_a_long_history() -> None:
     text = history_block(long_history(), Metric(), 3000)
-    failures = text.split("Notable failures:\n")[1].splitlines()[:-1]  # the last is "(N ... omitted)"
+    failures = text.split("Notable failures:\n")[1].splitlines()[
+        :-1
+    ]  # the last is "(N ... omitted)"
     assert len(failures) > 10
-    assert all(re.search(r"^#\d+ (crash|timeout|invalid) - .*: \w+ reason \d+$", f) for f in failures)
+    assert all(
+        re.search(r"^#\d+ (crash|timeout|invalid) - .*: \w+ reason \d+$", f) for f in failures
+    )
     assert "Kept:" in text
 
 
@@ -170,8 +198,10 @@ def test_fixed_part_over_budget_keeps_files_and_gives_best_line() -> None:
 
 
 def test_repair_turns_follow_in_order() -> None:
-    repair = [("answer one", "the answer has no DESCRIPTION line"),
-              ("answer two", "SEARCH block 2 for train.py does not match")]
+    repair = [
+        ("answer one", "the answer has no DESCRIPTION line"),
+        ("answer two", "SEARCH block 2 for train.py does not match"),
+    ]
     system, messages = build_messages(ctx(long_history(2000)), budget_tokens=25_000, repair=repair)
     assert [m["role"] for m in messages] == ["user", "assistant", "user", "assistant", "user"]
     assert messages[1]["content"] == "answer one"
@@ -186,7 +216,7 @@ def test_fix_block_has_the_change_and_the_traceback_tail() -> None:
     fix = Fix(41, "use rope", "--- a/train.py\n+++ b/train.py\n-POS = 1\n+POS = 2\n", tail)
     system, messages = build_messages(ctx(long_history(300)), budget_tokens=20_000, fix=fix)
     user = messages[0]["content"]
-    block = user[user.index("# Fix a crash"):]
+    block = user[user.index("# Fix a crash") :]
     assert "#41 (use rope) crashed" in block and "+POS = 2" in block and tail in block
     assert "same idea again with the bug fixed" in block
     assert "# Your turn" not in user

@@ -22,7 +22,9 @@ from rsilab.run.bench import Bench
 from rsilab.run.executors import create as create_executor
 from rsilab.workspace import open_workspace
 
-ray = pytest.importorskip("ray", reason="Ray is not installed (the optional extra: pip install 'rsilab[ray]')")
+ray = pytest.importorskip(
+    "ray", reason="Ray is not installed (the optional extra: pip install 'rsilab[ray]')"
+)
 
 FAST = [("judge.noise_runs", 2), ("judge.max_runs", 2)]
 
@@ -36,13 +38,21 @@ def local_ray() -> Iterator[None]:
     ray.shutdown()
 
 
-def supervise(ws_dir: Path, executor_name: str, *, workers: int | None, overrides: list[tuple[str, Any]],
-              on_start: Any = None) -> tuple[str, Ledger]:
+def supervise(
+    ws_dir: Path,
+    executor_name: str,
+    *,
+    workers: int | None,
+    overrides: list[tuple[str, Any]],
+    on_start: Any = None,
+) -> tuple[str, Ledger]:
     ws = open_workspace(ws_dir)
     task = ws.load_task(overrides)
     ledger = Ledger(ws.ledger_path)
     executor = create_executor(executor_name, task=task, workers=workers)
-    sup = Supervisor(ws, ledger, Bench(task, executor=executor), [create("queue", queue_dir=ws.queue_dir)])
+    sup = Supervisor(
+        ws, ledger, Bench(task, executor=executor), [create("queue", queue_dir=ws.queue_dir)]
+    )
     if on_start is not None:
         threading.Thread(target=on_start, args=(sup,), daemon=True).start()
     try:
@@ -53,9 +63,14 @@ def supervise(ws_dir: Path, executor_name: str, *, workers: int | None, override
 
 def shape(ledger: Ledger) -> list[Any]:
     """Everything that must not depend on where runs execute (not times, paths, nodes)."""
-    return [[(e.kind, e.proposer, e.description, e.status, e.metric, e.parent is None) for e in ledger.experiments()],
-            [(r.experiment_id, r.kind, r.status, r.seed, r.metric) for r in ledger.runs()],
-            ledger.lineage()]
+    return [
+        [
+            (e.kind, e.proposer, e.description, e.status, e.metric, e.parent is None)
+            for e in ledger.experiments()
+        ],
+        [(r.experiment_id, r.kind, r.status, r.seed, r.metric) for r in ledger.runs()],
+        ledger.lineage(),
+    ]
 
 
 def test_ray_runs_complete_and_the_ledger_matches_the_local_executor(tmp_path: Path) -> None:
@@ -63,7 +78,9 @@ def test_ray_runs_complete_and_the_ledger_matches_the_local_executor(tmp_path: P
     for name in ("local", "ray"):
         ws_dir = make_shifted_ws(tmp_path / name, work=0.0)
         queue_patch(ws_dir, "a-fix-weight-0", "train.py", "SHIFT_A = 0.5 ", "SHIFT_A = 0.0 ")
-        queue_patch(ws_dir, "b-worse-weight-1", "train.py", "w[1] += SHIFT_B", "w[1] += 2 * SHIFT_B")
+        queue_patch(
+            ws_dir, "b-worse-weight-1", "train.py", "w[1] += SHIFT_B", "w[1] += 2 * SHIFT_B"
+        )
         _, ledgers[name] = supervise(ws_dir, name, workers=1, overrides=FAST)
         assert_consistent(ws_dir)
     assert shape(ledgers["ray"]) == shape(ledgers["local"])
@@ -71,7 +88,12 @@ def test_ray_runs_complete_and_the_ledger_matches_the_local_executor(tmp_path: P
     # The node's logs and the evaluator's own metrics file came back into the run folders.
     for r in ledgers["ray"].runs():
         folder = Path(r.log_path).parent
-        assert (folder / "train.log").read_text().rstrip().endswith(f"train_mse: {r.summary['train_mse']:.6f}")
+        assert (
+            (folder / "train.log")
+            .read_text()
+            .rstrip()
+            .endswith(f"train_mse: {r.summary['train_mse']:.6f}")
+        )
         assert '"val_loss"' in (folder / "metrics.json").read_text()
         assert "/.rsilab/runs/" in r.log_path
 
@@ -81,8 +103,13 @@ def test_two_runs_at_once_each_on_its_own_gpu(tmp_path: Path) -> None:
     _, ledger = supervise(ws_dir, "ray", workers=None, overrides=FAST)  # a slot per (fake) GPU
     base = spans(ledger, 1)  # the baseline's two runs
     assert len(base) == 2 and overlap(base[0], base[1])
-    nodes = {ev.data["run"]: ev.data["node"] for ev in ledger.events()
-             if ev.kind == "run" and ev.data.get("experiment") == 1 and "/gpu" in str(ev.data.get("node"))}
+    nodes = {
+        ev.data["run"]: ev.data["node"]
+        for ev in ledger.events()
+        if ev.kind == "run"
+        and ev.data.get("experiment") == 1
+        and "/gpu" in str(ev.data.get("node"))
+    }
     assert sorted(node.rsplit("/gpu", 1)[1] for node in nodes.values()) == ["0", "1"]
 
 
@@ -101,9 +128,14 @@ def test_a_killed_ray_worker_is_retried(tmp_path: Path) -> None:
     ws_dir = make_shifted_ws(tmp_path, work=0.0)
     marker = tmp_path / "first-attempt"
     # The first attempt records its pid and hangs; the retry finds the marker and trains.
-    queue_patch(ws_dir, "b-hang-once", "train.py", "time.sleep(WORK_SECONDS)",
-                f"import os, pathlib\nm = pathlib.Path({str(marker)!r})\n"
-                "if not m.exists():\n    m.write_text(str(os.getpid()))\n    time.sleep(120)")
+    queue_patch(
+        ws_dir,
+        "b-hang-once",
+        "train.py",
+        "time.sleep(WORK_SECONDS)",
+        f"import os, pathlib\nm = pathlib.Path({str(marker)!r})\n"
+        "if not m.exists():\n    m.write_text(str(os.getpid()))\n    time.sleep(120)",
+    )
     killed: list[int] = []
 
     def kill_its_worker(sup: Supervisor) -> None:
@@ -114,8 +146,9 @@ def test_a_killed_ray_worker_is_retried(tmp_path: Path) -> None:
 
     t0 = time.monotonic()
     # No sandbox here: the hanging attempt and its retry share the marker outside their folders.
-    _, ledger = supervise(ws_dir, "ray", workers=1, overrides=[*FAST, ("sandbox", "none")],
-                          on_start=kill_its_worker)
+    _, ledger = supervise(
+        ws_dir, "ray", workers=1, overrides=[*FAST, ("sandbox", "none")], on_start=kill_its_worker
+    )
     assert killed and time.monotonic() - t0 < 100  # the hang (120 s) did not have to end
     hung = next(e for e in ledger.experiments() if e.description == "b hang once")
     runs = ledger.runs(hung.id)
@@ -127,19 +160,27 @@ def test_a_killed_ray_worker_is_retried(tmp_path: Path) -> None:
 def test_a_stop_cancels_the_runs_in_flight_on_ray(tmp_path: Path) -> None:
     ws_dir = make_shifted_ws(tmp_path, work=0.0)
     marker = tmp_path / "running"
-    queue_patch(ws_dir, "a-slow", "train.py", "time.sleep(WORK_SECONDS)",
-                f"import os, pathlib\npathlib.Path({str(marker)!r}).write_text(str(os.getpid()))\ntime.sleep(120)")
+    queue_patch(
+        ws_dir,
+        "a-slow",
+        "train.py",
+        "time.sleep(WORK_SECONDS)",
+        f"import os, pathlib\npathlib.Path({str(marker)!r}).write_text(str(os.getpid()))\ntime.sleep(120)",
+    )
 
     def stop_when_running(sup: Supervisor) -> None:
         wait_for(lambda: marker.is_file() and marker.read_text().strip(), timeout=120)
         sup.stop(now=True)
 
     t0 = time.monotonic()
-    reason, ledger = supervise(ws_dir, "ray", workers=1, overrides=[*FAST, ("sandbox", "none")],
-                               on_start=stop_when_running)
+    reason, ledger = supervise(
+        ws_dir, "ray", workers=1, overrides=[*FAST, ("sandbox", "none")], on_start=stop_when_running
+    )
     assert "cancelling the runs in flight" in reason and time.monotonic() - t0 < 100
     slow = ledger.experiments()[1]
     assert slow.status == "interrupted" and ledger.runs(slow.id) == []
-    assert (ws_dir / ".rsilab" / "queue" / "a-slow.patch").is_file()  # back in line for the next run
+    assert (
+        ws_dir / ".rsilab" / "queue" / "a-slow.patch"
+    ).is_file()  # back in line for the next run
     # The training process on the node is gone.
     wait_for(lambda: not Path(f"/proc/{marker.read_text().strip()}").exists(), timeout=20)

@@ -31,8 +31,15 @@ def test_report_shows_counts_sections_and_escapes_everything(tmp_path: Path) -> 
     page = render_report(snapshot(led, "lab"))
     assert "5 experiments, 2 kept</b>, 2 discarded, 1 failed" in page
     assert "baseline 1.0000 → incumbent #3 0.9902 (gain +0.0098)" in page  # trials and the recheck
-    for section in ("Progress", "Experiments", "Kept changes", "Noise floor over time", "Proposers",
-                    "Costs", "Human actions"):
+    for section in (
+        "Progress",
+        "Experiments",
+        "Kept changes",
+        "Noise floor over time",
+        "Proposers",
+        "Costs",
+        "Human actions",
+    ):
         assert f"<h2>{section}</h2>" in page
     # Model-written text never becomes markup.
     assert EVIL not in page and "window.pwned" in page
@@ -43,8 +50,11 @@ def test_report_shows_counts_sections_and_escapes_everything(tmp_path: Path) -> 
     assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", page)
     assert "<link" not in page and "@import" not in page
     # Proposer comparison and costs.
-    assert re.search(r"<td>llm</td><td class=num>2</td><td class=num>1</td><td class=num>50%</td>"
-                     r"<td class=num>1</td><td class=num>\+0.0095</td>", page)
+    assert re.search(
+        r"<td>llm</td><td class=num>2</td><td class=num>1</td><td class=num>50%</td>"
+        r"<td class=num>1</td><td class=num>\+0.0095</td>",
+        page,
+    )
     assert "tokens in <b>2,400</b>" in page and "money <b>$0.0250</b>" in page
     # Effect and CI of the kept change; the serial history needs no lineage section.
     assert "+0.0095 [0.0040, 0.0150]" in page

@@ -36,16 +36,23 @@ np.save(harness.artifact_dir() / "weights.npy", w)
 """
 
 
-def _task(root: Path, train: str, *, evaluator: str = "script:evaluate.py",
-          **keys: object) -> TaskSpec:
+def _task(
+    root: Path, train: str, *, evaluator: str = "script:evaluate.py", **keys: object
+) -> TaskSpec:
     """A toy-style task folder in `root`: the toy's frozen data and evaluator, our train.py."""
     root.mkdir(parents=True)
     for name in ("toydata.py", "evaluate.py"):
         shutil.copy(TOY / name, root / name)
     (root / "train.py").write_text(textwrap.dedent(train))
     settings = {"budget": 1, "overhead": 2, "eval_timeout": 60, **keys}
-    lines = ['name = "t"', 'editable = ["train.py"]', 'frozen = ["rsilab.toml", "toydata.py", "evaluate.py"]',
-             'train = "python train.py"', f'evaluator = "{evaluator}"', 'data = "none"']
+    lines = [
+        'name = "t"',
+        'editable = ["train.py"]',
+        'frozen = ["rsilab.toml", "toydata.py", "evaluate.py"]',
+        'train = "python train.py"',
+        f'evaluator = "{evaluator}"',
+        'data = "none"',
+    ]
     lines += [f"{k} = {v}" for k, v in settings.items()]
     lines += ["[env]", 'TOY_NOISE = "0"', "[metric]", 'name = "val_loss"', 'direction = "min"']
     (root / "rsilab.toml").write_text("\n".join(lines) + "\n")
@@ -53,8 +60,15 @@ def _task(root: Path, train: str, *, evaluator: str = "script:evaluate.py",
 
 
 def _run(task: TaskSpec, tmp_path: Path, seed: int = 0, isolation: str = "auto") -> RunResult:
-    return runner.run(task, task.root, tmp_path / "run", seed=seed, train_data=None, val_data=None,
-                      isolation=isolation)
+    return runner.run(
+        task,
+        task.root,
+        tmp_path / "run",
+        seed=seed,
+        train_data=None,
+        val_data=None,
+        isolation=isolation,
+    )
 
 
 # Tests that look up a process on the host run unsandboxed (a sandboxed pid is a namespace
@@ -113,10 +127,14 @@ def test_parse_summary_reads_the_last_block_only() -> None:
 
 
 def test_ok_run_takes_the_metric_from_the_evaluator_not_from_train_output(tmp_path: Path) -> None:
-    task = _task(tmp_path / "task", TOY_TRAIN + """
+    task = _task(
+        tmp_path / "task",
+        TOY_TRAIN
+        + """
 print("---")
 print("val_loss: 0.000001")   # a lie: the evaluator scores the saved weights itself
-""")
+""",
+    )
     result = _run(task, tmp_path, seed=3)
     assert result.status is Status.OK, result.reason
     assert result.summary["val_loss"] == 1e-6  # what train.py claimed, recorded but unused
@@ -129,10 +147,14 @@ print("val_loss: 0.000001")   # a lie: the evaluator scores the saved weights it
 
 
 def test_reported_device_memory_and_host_rss_are_recorded_apart(tmp_path: Path) -> None:
-    task = _task(tmp_path / "task", TOY_TRAIN + """
+    task = _task(
+        tmp_path / "task",
+        TOY_TRAIN
+        + """
 print("---")
 print("peak_memory_gb: 0.000123")   # what a GPU script reports: its device's peak
-""")
+""",
+    )
     result = _run(task, tmp_path)
     assert result.status is Status.OK, result.reason
     assert result.peak_gpu_memory_gb == pytest.approx(0.000123)
@@ -141,11 +163,14 @@ print("peak_memory_gb: 0.000123")   # what a GPU script reports: its device's pe
 
 
 def test_train_that_raises_is_a_crash_with_the_traceback(tmp_path: Path) -> None:
-    task = _task(tmp_path / "task", """
+    task = _task(
+        tmp_path / "task",
+        """
         def build():
             raise ValueError("bad knob: WIDTH=-1")
         build()
-    """)
+    """,
+    )
     result = _run(task, tmp_path)
     assert result.status is Status.CRASH
     assert result.metric is None and not result.ok
@@ -158,7 +183,9 @@ def test_train_that_raises_is_a_crash_with_the_traceback(tmp_path: Path) -> None
 def test_train_past_the_budget_is_killed_with_its_children(tmp_path: Path) -> None:
     # train.py and the child it starts both ignore SIGTERM: only the runner's SIGKILL of
     # the whole process group after the grace period can end them.
-    task = _task(tmp_path / "task", """
+    task = _task(
+        tmp_path / "task",
+        """
         import signal, subprocess, sys, time
         from pathlib import Path
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
@@ -166,7 +193,8 @@ def test_train_past_the_budget_is_killed_with_its_children(tmp_path: Path) -> No
             "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(600)"])
         (PID_DIR / "child.pid").write_text(str(child.pid))
         time.sleep(600)
-    """.replace("PID_DIR", PID_DIR))
+    """.replace("PID_DIR", PID_DIR),
+    )
     t0 = time.monotonic()
     result = _run(task, tmp_path, isolation="none")
     elapsed = time.monotonic() - t0
@@ -182,12 +210,16 @@ def test_train_past_the_budget_is_killed_with_its_children(tmp_path: Path) -> No
 def test_train_that_exits_early_leaves_no_grandchild_behind(tmp_path: Path) -> None:
     # train.py returns at once; a daemon it started would keep running if the runner
     # only waited for its direct child.
-    task = _task(tmp_path / "task", TOY_TRAIN + """
+    task = _task(
+        tmp_path / "task",
+        TOY_TRAIN
+        + """
 import subprocess, sys
 from pathlib import Path
 child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
 (PID_DIR / "child.pid").write_text(str(child.pid))
-""".replace("PID_DIR", PID_DIR))
+""".replace("PID_DIR", PID_DIR),
+    )
     result = _run(task, tmp_path, isolation="none")
     assert result.status is Status.OK, result.reason
     assert not _running(int(_pid_file(tmp_path, "child.pid").read_text()))
@@ -222,10 +254,14 @@ for k in kids:
 
 
 def test_in_process_mode_reads_the_summary_and_is_marked_unsealed(tmp_path: Path) -> None:
-    task = _task(tmp_path / "task", """
+    task = _task(
+        tmp_path / "task",
+        """
         from rsilab import harness
         harness.print_summary({"val_loss": 0.25 + harness.seed() / 100, "budget": harness.budget_seconds()})
-    """, evaluator="in-process")
+    """,
+        evaluator="in-process",
+    )
     result = _run(task, tmp_path, seed=7)
     assert result.status is Status.OK, result.reason
     assert result.metric == pytest.approx(0.32)
@@ -242,11 +278,14 @@ def test_in_process_mode_without_the_metric_is_a_crash(tmp_path: Path) -> None:
 
 
 def test_evaluator_refusal_is_invalid(tmp_path: Path) -> None:
-    task = _task(tmp_path / "task", """
+    task = _task(
+        tmp_path / "task",
+        """
         import numpy as np
         from rsilab import harness
         np.save(harness.artifact_dir() / "weights.npy", np.zeros(3))   # wrong shape
-    """)
+    """,
+    )
     result = _run(task, tmp_path)
     assert result.status is Status.INVALID
     assert result.reason.startswith("invalid: weights must be 16 finite numbers")
@@ -263,14 +302,20 @@ def _gpt_run(tmp_path: Path, overrides: list[tuple[str, object]]) -> RunResult:
     task = load_task(task_dir, overrides=overrides)
     assert task.evaluator == "sealed" and task.budget == dict(overrides)["budget"]
     corpus = tmp_path / "corpus.txt"
-    verses = ["Shall I compare thee to a summer's day?", "Thou art more lovely and more temperate:",
-              "Rough winds do shake the darling buds of May,", "And summer's lease hath all too short a date;",
-              "Sometime too hot the eye of heaven shines,", "And often is his gold complexion dimm'd;"]
+    verses = [
+        "Shall I compare thee to a summer's day?",
+        "Thou art more lovely and more temperate:",
+        "Rough winds do shake the darling buds of May,",
+        "And summer's lease hath all too short a date;",
+        "Sometime too hot the eye of heaven shines,",
+        "And often is his gold complexion dimm'd;",
+    ]
     rng = np.random.default_rng(0)
     corpus.write_text("\n".join(verses[i] for i in rng.integers(0, len(verses), 3000)) + "\n")
     data = prepare(str(corpus), home=tmp_path / "data")
-    return runner.run(task, task_dir, tmp_path / "run", seed=1, train_data=data.train_path,
-                      val_data=data.val_path)
+    return runner.run(
+        task, task_dir, tmp_path / "run", seed=1, train_data=data.train_path, val_data=data.val_path
+    )
 
 
 def _check_gpt(result: RunResult) -> None:

@@ -34,11 +34,13 @@ from rsilab.results import RunResult, Status
 from rsilab.run import runner, sandbox
 from rsilab.workspace import Workspace, git, init_workspace
 
-needs_bwrap = pytest.mark.skipif(sandbox.bwrap_problem() is not None,
-                                 reason=f"bubblewrap not usable here: {sandbox.bwrap_problem()}")
+needs_bwrap = pytest.mark.skipif(
+    sandbox.bwrap_problem() is not None,
+    reason=f"bubblewrap not usable here: {sandbox.bwrap_problem()}",
+)
 
 # Attempts shared by train.py and the evaluator: name -> outcome ("ok" or the error).
-PROBE_LIB = '''
+PROBE_LIB = """
 import glob, json, os, socket, sys
 T = json.loads({targets!r})
 out = {{}}
@@ -89,17 +91,17 @@ attempt("write_artifact", write(os.path.join(T["artifact"], "written.txt")))
 out["tmp"] = sorted(os.listdir("/tmp"))
 out["uid"] = os.getuid()
 out["pids_seen"] = len([p for p in os.listdir("/proc") if p.isdigit()])
-'''
+"""
 
-TRAIN = '''
+TRAIN = """
 from rsilab import harness
 {lib}
 with open(harness.artifact_dir() / "train_probe.json", "w") as f:
     json.dump(out, f)
 harness.print_summary({{"probe": 1.0}})
-'''
+"""
 
-EVALUATE = '''
+EVALUATE = """
 import argparse
 {lib}
 p = argparse.ArgumentParser()
@@ -110,7 +112,7 @@ attempt("read_given_val", read(args.val))
 attempt("see_worktree", lambda: os.listdir(T["worktree"]))
 with open(args.out, "w") as f:
     json.dump({{"val_loss": 1.0, "probe": out}}, f)
-'''
+"""
 
 
 @dataclass
@@ -125,11 +127,20 @@ class Lab:
     tag: str
 
     def run(self, k: int = 0, **options: object) -> RunResult:
-        return runner.run(self.task, self.worktree, self.ws.run_dir(1, k), seed=k, train_data=self.train,
-                          val_data=self.val, **options)  # type: ignore[arg-type]
+        return runner.run(
+            self.task,
+            self.worktree,
+            self.ws.run_dir(1, k),
+            seed=k,
+            train_data=self.train,
+            val_data=self.val,
+            **options,
+        )  # type: ignore[arg-type]
 
     def probe(self, k: int = 0, name: str = "train_probe.json") -> dict[str, object]:
-        loaded: dict[str, object] = json.loads((self.ws.run_dir(1, k) / "artifact" / name).read_text())
+        loaded: dict[str, object] = json.loads(
+            (self.ws.run_dir(1, k) / "artifact" / name).read_text()
+        )
         return loaded
 
 
@@ -140,8 +151,16 @@ def listener() -> Iterator[tuple[int, list[int]]]:
         yield served
 
 
-def make_lab(tmp_path: Path, rsilab_home: Path, port: int, hits: list[int], *, train: str | None = None,
-             home: Path | None = None, **settings: object) -> Lab:
+def make_lab(
+    tmp_path: Path,
+    rsilab_home: Path,
+    port: int,
+    hits: list[int],
+    *,
+    train: str | None = None,
+    home: Path | None = None,
+    **settings: object,
+) -> Lab:
     """A workspace of the probe task with one worktree to run in and one decoy worktree.
     `home` is what the probes treat as $HOME (the real one only where bwrap hides it)."""
     corpus = tmp_path / "corpus.txt"
@@ -150,9 +169,16 @@ def make_lab(tmp_path: Path, rsilab_home: Path, port: int, hits: list[int], *, t
     ws_dir = tmp_path / "ws"
     tag = uuid.uuid4().hex[:8]
     targets = {
-        "port": port, "val": str(data.val_path), "train": str(data.train_path), "tag": tag,
-        "ledger": str(ws_dir / ".rsilab" / "ledger.db"), "decoy": str(ws_dir / ".rsilab" / "worktrees" / "exp-2" / "train.py"),
-        "home": str(home or tmp_path / "home"), "rsilab_home": str(rsilab_home), "gitdir": str(ws_dir / ".git"), "ws": str(ws_dir),
+        "port": port,
+        "val": str(data.val_path),
+        "train": str(data.train_path),
+        "tag": tag,
+        "ledger": str(ws_dir / ".rsilab" / "ledger.db"),
+        "decoy": str(ws_dir / ".rsilab" / "worktrees" / "exp-2" / "train.py"),
+        "home": str(home or tmp_path / "home"),
+        "rsilab_home": str(rsilab_home),
+        "gitdir": str(ws_dir / ".git"),
+        "ws": str(ws_dir),
         "worktree": str(ws_dir / ".rsilab" / "worktrees" / "exp-1"),
         "artifact": str(ws_dir / ".rsilab" / "runs" / "exp-0001" / "run-0" / "artifact"),
     }
@@ -162,17 +188,32 @@ def make_lab(tmp_path: Path, rsilab_home: Path, port: int, hits: list[int], *, t
     (task_dir / "train.py").write_text(train if train is not None else TRAIN.format(lib=lib))
     (task_dir / "evaluate.py").write_text(EVALUATE.format(lib=lib))
     keys = {"budget": 10, "overhead": 20, "eval_timeout": 60, "max_procs": 64, **settings}
-    (task_dir / "rsilab.toml").write_text("\n".join([
-        'name = "probe"', 'editable = ["train.py"]', 'frozen = ["rsilab.toml", "evaluate.py"]',
-        'train = "python train.py"', 'evaluator = "script:evaluate.py"', 'data = "none"',
-        *(f"{k} = {v}" for k, v in keys.items()), "[metric]", 'name = "val_loss"', 'direction = "min"']) + "\n")
+    (task_dir / "rsilab.toml").write_text(
+        "\n".join(
+            [
+                'name = "probe"',
+                'editable = ["train.py"]',
+                'frozen = ["rsilab.toml", "evaluate.py"]',
+                'train = "python train.py"',
+                'evaluator = "script:evaluate.py"',
+                'data = "none"',
+                *(f"{k} = {v}" for k, v in keys.items()),
+                "[metric]",
+                'name = "val_loss"',
+                'direction = "min"',
+            ]
+        )
+        + "\n"
+    )
     init_workspace(ws_dir, task_dir, "t")
     ws = Workspace(ws_dir, "t")
     ws.ledger_path.write_text("LEDGER")
     head = ws.incumbent_commit()
     worktree = ws.create_worktree("exp-1", head)
     decoy = ws.create_worktree("exp-2", head)
-    return Lab(ws, ws.load_task(), worktree, decoy / "train.py", data.train_path, data.val_path, hits, tag)
+    return Lab(
+        ws, ws.load_task(), worktree, decoy / "train.py", data.train_path, data.val_path, hits, tag
+    )
 
 
 @pytest.fixture
@@ -224,22 +265,34 @@ def test_no_network_not_even_the_hosts_loopback(probed: tuple[Lab, RunResult]) -
 
 
 @needs_bwrap
-def test_training_cannot_see_validation_data_ledger_or_other_worktrees(probed: tuple[Lab, RunResult]) -> None:
+def test_training_cannot_see_validation_data_ledger_or_other_worktrees(
+    probed: tuple[Lab, RunResult],
+) -> None:
     lab, _ = probed
     out = lab.probe()
     assert out["read_train"] == "ok"  # the training split is bound in, read-only
     for name in ("read_val", "find_val", "read_ledger", "read_decoy", "read_home"):
         assert _failed(out[name]), (name, out[name])
-    assert "FileNotFoundError" in str(out["read_val"]) and "FileNotFoundError" in str(out["read_ledger"])
+    assert "FileNotFoundError" in str(out["read_val"]) and "FileNotFoundError" in str(
+        out["read_ledger"]
+    )
 
 
 @needs_bwrap
 def test_writes_outside_the_worktree_and_run_folder_fail_and_leave_the_host_untouched(
-        probed: tuple[Lab, RunResult]) -> None:
+    probed: tuple[Lab, RunResult],
+) -> None:
     lab, _ = probed
     out = lab.probe()
-    for name in ("write_home", "write_rsilab_home", "write_decoy", "write_ledger", "write_ref", "write_ws_root",
-                 "write_frozen_in_cwd"):
+    for name in (
+        "write_home",
+        "write_rsilab_home",
+        "write_decoy",
+        "write_ledger",
+        "write_ref",
+        "write_ws_root",
+        "write_frozen_in_cwd",
+    ):
         assert _failed(out[name]), (name, out[name])
     assert out["write_cwd"] == out["write_artifact"] == out["write_tmp"] == "ok"
     assert lab.ws.ledger_path.read_text() == "LEDGER"
@@ -260,7 +313,9 @@ def test_private_tmp(probed: tuple[Lab, RunResult]) -> None:
     # the run's own folders (pytest's tmp) and, when the checkout lives in /tmp (a CI clone),
     # the interpreter and the rsilab source.
     bound = [Path(sys.prefix), Path(rsilab.__file__).resolve().parent]
-    mounts = {"pytest-of-root"} | {p.relative_to("/tmp").parts[0] for p in bound if p.is_relative_to("/tmp")}
+    mounts = {"pytest-of-root"} | {
+        p.relative_to("/tmp").parts[0] for p in bound if p.is_relative_to("/tmp")
+    }
     allowed = mounts | {f"marker-{lab.tag}"}
     assert isinstance(out["tmp"], list) and set(out["tmp"]) <= allowed, out["tmp"]
     assert not (set(os.listdir("/tmp")) - allowed) & set(out["tmp"])  # nothing of the host's own
@@ -270,24 +325,35 @@ def test_private_tmp(probed: tuple[Lab, RunResult]) -> None:
 def test_run_is_alone_in_its_pid_namespace_and_drops_root(probed: tuple[Lab, RunResult]) -> None:
     lab, _ = probed
     out = lab.probe()
-    assert isinstance(out["pids_seen"], int) and out["pids_seen"] <= 5  # init, launcher's exec, python
+    assert (
+        isinstance(out["pids_seen"], int) and out["pids_seen"] <= 5
+    )  # init, launcher's exec, python
     if os.geteuid() == 0 and sandbox.uid_drop_works():
         assert out["uid"] != 0
 
 
 @needs_bwrap
 def test_evaluator_sees_the_validation_split_but_not_training_data_nor_the_worktree(
-        probed: tuple[Lab, RunResult]) -> None:
+    probed: tuple[Lab, RunResult],
+) -> None:
     lab, result = probed
     evaluator = result.evaluation["probe"]
     assert evaluator["read_given_val"] == "ok"
-    for name in ("read_train", "see_worktree", "write_artifact", "write_cwd", "read_ledger", "write_ledger"):
+    for name in (
+        "read_train",
+        "see_worktree",
+        "write_artifact",
+        "write_cwd",
+        "read_ledger",
+        "write_ledger",
+    ):
         assert _failed(evaluator[name]), (name, evaluator[name])
 
 
 @needs_bwrap
 def test_a_runs_writes_do_not_reach_the_next_run(lab: Lab) -> None:
-    (lab.worktree / "train.py").write_text(textwrap.dedent("""\
+    (lab.worktree / "train.py").write_text(
+        textwrap.dedent("""\
         import os
         from pathlib import Path
         from rsilab import harness
@@ -295,17 +361,24 @@ def test_a_runs_writes_do_not_reach_the_next_run(lab: Lab) -> None:
         Path("state.txt").write_text("from the previous run")
         Path("train.py").write_text("raise SystemExit('rewritten by the previous run')")
         harness.print_summary({"carried": float(carried)})
-        """))
+        """)
+    )
     results = [lab.run(k) for k in range(2)]
     assert [r.summary.get("carried") for r in results] == [0.0, 0.0], [r.reason for r in results]
     assert not (lab.worktree / "state.txt").exists()
 
 
 @needs_bwrap
-@pytest.mark.skipif(os.geteuid() == 0 and not sandbox.uid_drop_works(),
-                    reason="as root, RLIMIT_NPROC only holds through the sandbox's uid drop")
-def test_fork_bomb_is_contained(tmp_path: Path, rsilab_home: Path, listener: tuple[int, list[int]]) -> None:
-    bomb = "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass\n"
+@pytest.mark.skipif(
+    os.geteuid() == 0 and not sandbox.uid_drop_works(),
+    reason="as root, RLIMIT_NPROC only holds through the sandbox's uid drop",
+)
+def test_fork_bomb_is_contained(
+    tmp_path: Path, rsilab_home: Path, listener: tuple[int, list[int]]
+) -> None:
+    bomb = (
+        "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass\n"
+    )
     lab = make_lab(tmp_path, rsilab_home, *listener, train=bomb, max_procs=32)
     t0 = time.monotonic()
     result = lab.run()
@@ -344,8 +417,9 @@ def _with_marker(marker: str) -> list[int]:
 
 
 @needs_bwrap
-def test_a_detached_process_does_not_outlive_the_run(tmp_path: Path, rsilab_home: Path,
-                                                     listener: tuple[int, list[int]]) -> None:
+def test_a_detached_process_does_not_outlive_the_run(
+    tmp_path: Path, rsilab_home: Path, listener: tuple[int, list[int]]
+) -> None:
     marker = f"rsilab-detached-{uuid.uuid4().hex[:8]}"
     daemon = textwrap.dedent(f"""\
         import os, sys, time
@@ -378,31 +452,43 @@ def no_bwrap(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(sandbox, "uid_drop_works", lambda: False)
 
 
-def test_without_bwrap_auto_falls_back_and_records_it(no_bwrap: None, lab: Lab,
-                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+def test_without_bwrap_auto_falls_back_and_records_it(
+    no_bwrap: None, lab: Lab, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(sandbox, "netns_prefix", lambda: None)
     result = lab.run()
     # Nothing stops the probe's writes now; the runner still catches the frozen file it changed.
-    assert result.status is Status.INVALID and result.reason == "invalid: the run changed the frozen file evaluate.py"
+    assert (
+        result.status is Status.INVALID
+        and result.reason == "invalid: the run changed the frozen file evaluate.py"
+    )
     assert result.isolation == "none"
-    assert lab.probe()["connect_host"] == "ok" and lab.hits == [1]  # no sandbox: the network is open
+    assert lab.probe()["connect_host"] == "ok" and lab.hits == [
+        1
+    ]  # no sandbox: the network is open
     assert sandbox.describe("none") == "none (runs are not isolated: forced off by the test)"
 
 
 def test_require_refuses_before_running_anything(no_bwrap: None, lab: Lab) -> None:
     with pytest.raises(RsilabError) as err:
         lab.run(isolation="require")
-    assert str(err.value) == ("--require-sandbox: bubblewrap is not usable here: forced off by the test; "
-                              "install bubblewrap or drop --require-sandbox")
+    assert str(err.value) == (
+        "--require-sandbox: bubblewrap is not usable here: forced off by the test; "
+        "install bubblewrap or drop --require-sandbox"
+    )
     assert not lab.ws.run_dir(1, 0).exists()
 
 
 def test_cli_require_sandbox_is_a_one_line_error(no_bwrap: None, tmp_path: Path) -> None:
-    for args in (["train", "--task", "toy", "--require-sandbox"],
-                 ["run", str(tmp_path / "ws"), "--task", "toy", "--require-sandbox"]):
+    for args in (
+        ["train", "--task", "toy", "--require-sandbox"],
+        ["run", str(tmp_path / "ws"), "--task", "toy", "--require-sandbox"],
+    ):
         out = CliRunner().invoke(main, args)
         assert out.exit_code == 2, out.output
-        assert "--require-sandbox: bubblewrap is not usable here: forced off by the test" in out.output
+        assert (
+            "--require-sandbox: bubblewrap is not usable here: forced off by the test" in out.output
+        )
     assert not (tmp_path / "ws").exists()  # refused before the workspace was created
 
 
@@ -423,14 +509,22 @@ def test_wrap_mount_order_puts_children_on_top_of_hidden_parents(tmp_path: Path)
 
 
 def test_unknown_isolation_is_a_clear_error() -> None:
-    with pytest.raises(RsilabError, match="sandbox 'docker': use one of auto, require, bwrap, netns, none"):
+    with pytest.raises(
+        RsilabError, match="sandbox 'docker': use one of auto, require, bwrap, netns, none"
+    ):
         sandbox.resolve("docker")
 
 
 @needs_bwrap
 def test_sandboxed_python_can_import_the_harness(tmp_path: Path) -> None:
-    cmd, level = sandbox.wrap([sys.executable, "-c", "import rsilab.harness, numpy; print('ok')"],
-                              workdir=tmp_path, readonly=[], writable=[tmp_path], hidden=[], max_procs=64)
+    cmd, level = sandbox.wrap(
+        [sys.executable, "-c", "import rsilab.harness, numpy; print('ok')"],
+        workdir=tmp_path,
+        readonly=[],
+        writable=[tmp_path],
+        hidden=[],
+        max_procs=64,
+    )
     try:
         out = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     finally:
@@ -440,15 +534,22 @@ def test_sandboxed_python_can_import_the_harness(tmp_path: Path) -> None:
 
 @needs_bwrap
 def test_private_tmp_stays_writable_when_the_supervisor_runs_a_script_from_tmp(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A script in /tmp puts /tmp on sys.path; binding it read-only over the sandbox's
     private /tmp made torch's import fail there ("No usable temporary directory")."""
     monkeypatch.setattr(sys, "path", ["/tmp", *sys.path])
     # A hidden path below /tmp (the tests' RSILAB_HOME) would keep /tmp out by another rule.
     monkeypatch.setenv("RSILAB_HOME", str(Path.home() / ".cache" / "rsilab"))
     probe = "import tempfile; print(tempfile.gettempdir())"
-    cmd, _ = sandbox.wrap([sys.executable, "-c", probe], workdir=tmp_path, readonly=[], writable=[tmp_path],
-                          hidden=[], max_procs=64)
+    cmd, _ = sandbox.wrap(
+        [sys.executable, "-c", probe],
+        workdir=tmp_path,
+        readonly=[],
+        writable=[tmp_path],
+        hidden=[],
+        max_procs=64,
+    )
     try:
         out = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     finally:
@@ -471,11 +572,18 @@ def test_logs_planted_as_links_are_never_followed(lab: Lab, tmp_path: Path) -> N
         """)
     (lab.worktree / "train.py").write_text(plant.format(target=str(victim), name="eval.log"))
     appended = lab.run(0)
-    assert appended.status is Status.OK, appended.reason  # the link was removed before the evaluator
+    assert appended.status is Status.OK, (
+        appended.reason
+    )  # the link was removed before the evaluator
     assert victim.read_text() == "untouched\n"
-    os.remove(lab.worktree / "train.py")  # (restored from the commit by the run; written again below)
+    os.remove(
+        lab.worktree / "train.py"
+    )  # (restored from the commit by the run; written again below)
     (lab.worktree / "train.py").write_text(
-        plant.format(target=str(secret), name="train.log").replace("os.symlink", "os.remove(run_dir / 'train.log'); os.symlink"))
+        plant.format(target=str(secret), name="train.log").replace(
+            "os.symlink", "os.remove(run_dir / 'train.log'); os.symlink"
+        )
+    )
     leaked = lab.run(1)
     assert leaked.status is Status.INVALID and "replaced or removed its log" in leaked.reason
     assert "secret" not in leaked.log_tail and "secret" not in json.dumps(leaked.summary)

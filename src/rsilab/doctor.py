@@ -33,7 +33,9 @@ def _version(cmd: list[str]) -> str | None:
     return text[0] if out.returncode == 0 and text else None
 
 
-def checks(task: TaskSpec, env: Mapping[str, str] = os.environ, *, ping: bool = True) -> list[Check]:
+def checks(
+    task: TaskSpec, env: Mapping[str, str] = os.environ, *, ping: bool = True
+) -> list[Check]:
     """Every check, in the order a person reads them."""
     from rsilab import __version__
 
@@ -75,8 +77,12 @@ def _llm_check(task: TaskSpec, env: Mapping[str, str], *, ping: bool) -> Check:
     from rsilab.proposers.llmclient import configured, from_spec
 
     if not configured(env) and not task.llm.base_url and not task.llm.model:
-        return Check("llm", False, "not configured: set OPENAI_BASE_URL (any compatible server) or "
-                                   "OPENAI_API_KEY / ANTHROPIC_API_KEY; the tuner works without")
+        return Check(
+            "llm",
+            False,
+            "not configured: set OPENAI_BASE_URL (any compatible server) or "
+            "OPENAI_API_KEY / ANTHROPIC_API_KEY; the tuner works without",
+        )
     try:
         client = from_spec(task.llm, env, max_attempts=1, max_tokens=1)
     except RsilabError as e:
@@ -90,4 +96,8 @@ def _llm_check(task: TaskSpec, env: Mapping[str, str], *, ping: bool) -> Check:
         return Check("llm", False, f"{where}: {e}")
     finally:
         client.close()
-    return Check("llm", True, f"{where}: answered in {reply.seconds:.1f} s ({reply.tokens_in}+{reply.tokens_out} tokens)")
+    return Check(
+        "llm",
+        True,
+        f"{where}: answered in {reply.seconds:.1f} s ({reply.tokens_in}+{reply.tokens_out} tokens)",
+    )

@@ -80,7 +80,9 @@ class Registry(Generic[T]):
         if factory is None:
             if name in self._errors:
                 raise ConfigError(f"{self.kind} {name!r} failed to load: {self._errors[name]}")
-            raise ConfigError(f"unknown {self.kind} {name!r} (known: {', '.join(self.available())})")
+            raise ConfigError(
+                f"unknown {self.kind} {name!r} (known: {', '.join(self.available())})"
+            )
         return factory
 
     def factory(self, name: str, *args: Any, **options: Any) -> Callable[..., T]:
@@ -89,7 +91,9 @@ class Registry(Generic[T]):
         return check_call(self.kind, name, factory, *args, **options)
 
 
-def check_call(kind: str, name: str, fn: Callable[..., T], *args: Any, **options: Any) -> Callable[..., T]:
+def check_call(
+    kind: str, name: str, fn: Callable[..., T], *args: Any, **options: Any
+) -> Callable[..., T]:
     """`fn` if it accepts these arguments; else a ConfigError that names `kind` `name`."""
     try:
         inspect.signature(fn).bind(*args, **options)

@@ -37,8 +37,10 @@ log = logging.getLogger(__name__)
 STATE_DIR = ".rsilab"
 META_FILE = "workspace.json"
 _GIT_ENV = {
-    "GIT_AUTHOR_NAME": "rsilab", "GIT_AUTHOR_EMAIL": "rsilab@localhost",
-    "GIT_COMMITTER_NAME": "rsilab", "GIT_COMMITTER_EMAIL": "rsilab@localhost",
+    "GIT_AUTHOR_NAME": "rsilab",
+    "GIT_AUTHOR_EMAIL": "rsilab@localhost",
+    "GIT_COMMITTER_NAME": "rsilab",
+    "GIT_COMMITTER_EMAIL": "rsilab@localhost",
     "GIT_TERMINAL_PROMPT": "0",
 }
 
@@ -57,23 +59,39 @@ def git(cwd: Path, *args: str, check: bool = True, stdin: str | None = None) -> 
     return proc.stdout
 
 
-def git_process(cwd: Path | None, *args: str, stdin: str | None = None, env: Mapping[str, str] | None = None,
-                timeout: float | None = None) -> subprocess.CompletedProcess[str]:
+def git_process(
+    cwd: Path | None,
+    *args: str,
+    stdin: str | None = None,
+    env: Mapping[str, str] | None = None,
+    timeout: float | None = None,
+) -> subprocess.CompletedProcess[str]:
     """Run git in `cwd` (None: here) and return it finished, whatever its exit code, for a
     caller that reads the code itself; `env` adds variables. Not caught: OSError (no git,
     no `cwd`) and subprocess.TimeoutExpired."""
-    return subprocess.run(["git", *args], cwd=cwd, env={**os.environ, **_GIT_ENV, **(env or {})}, input=stdin,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        ["git", *args],
+        cwd=cwd,
+        env={**os.environ, **_GIT_ENV, **(env or {})},
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def git_bytes(cwd: Path, *args: str) -> bytes:
     """Like `git`, for output that is bytes (a blob's content)."""
     try:
-        proc = subprocess.run(["git", *args], cwd=cwd, env={**os.environ, **_GIT_ENV}, capture_output=True)
+        proc = subprocess.run(
+            ["git", *args], cwd=cwd, env={**os.environ, **_GIT_ENV}, capture_output=True
+        )
     except (FileNotFoundError, NotADirectoryError):
         raise _not_run(cwd, args) from None
     if proc.returncode != 0:
-        raise _failed(cwd, args, proc.returncode, (proc.stderr or proc.stdout).decode(errors="replace"))
+        raise _failed(
+            cwd, args, proc.returncode, (proc.stderr or proc.stdout).decode(errors="replace")
+        )
     return proc.stdout
 
 
@@ -84,8 +102,13 @@ def export_tree(repo: Path, commit: str, dest: Path) -> None:
     args = ("archive", "--format=tar", commit)
     with tempfile.TemporaryFile() as tar:
         try:
-            proc = subprocess.run(["git", *args], cwd=repo, env={**os.environ, **_GIT_ENV}, stdout=tar,
-                                  stderr=subprocess.PIPE)
+            proc = subprocess.run(
+                ["git", *args],
+                cwd=repo,
+                env={**os.environ, **_GIT_ENV},
+                stdout=tar,
+                stderr=subprocess.PIPE,
+            )
         except (FileNotFoundError, NotADirectoryError):
             raise _not_run(repo, args) from None
         if proc.returncode != 0:
@@ -148,7 +171,9 @@ class Workspace:
     def load_task(self, overrides: list[tuple[str, object]] | None = None) -> TaskSpec:
         return load_task(self.root, overrides)
 
-    def research_task(self, ledger: Ledger, sets: Sequence[str], preset: str) -> tuple[TaskSpec, list[str]]:
+    def research_task(
+        self, ledger: Ledger, sets: Sequence[str], preset: str
+    ) -> tuple[TaskSpec, list[str]]:
         """The task research runs under, and the `--set` overrides in force.
 
         Overrides stick to the workspace: with none given, the ones recorded by the last run
@@ -167,8 +192,10 @@ class Workspace:
         else:
             for key, value in current.items():
                 if key in settled and settled[key] != value:
-                    raise ConfigError(f"{key} = {value!r} differs from this workspace's {settled[key]!r}: results "
-                                      "would not be comparable; start a new workspace (or --tag) for other settings")
+                    raise ConfigError(
+                        f"{key} = {value!r} differs from this workspace's {settled[key]!r}: results "
+                        "would not be comparable; start a new workspace (or --tag) for other settings"
+                    )
         if in_force != recorded:
             ledger.set_setting("overrides", in_force)
             ledger.add_event("config", f"overrides: {' '.join(in_force) or '(none)'}", source="cli")
@@ -180,10 +207,25 @@ class Workspace:
 
     def advance(self, new: str, expected_old: str) -> None:
         """Fast-forward the research branch from `expected_old` to `new` (compare-and-swap)."""
-        git(self.root, "update-ref", "-m", "rsilab: keep", f"refs/heads/{self.branch}", new, expected_old)
+        git(
+            self.root,
+            "update-ref",
+            "-m",
+            "rsilab: keep",
+            f"refs/heads/{self.branch}",
+            new,
+            expected_old,
+        )
 
     def reset_branch(self, commit: str) -> None:
-        git(self.root, "update-ref", "-m", "rsilab: reconcile with ledger", f"refs/heads/{self.branch}", commit)
+        git(
+            self.root,
+            "update-ref",
+            "-m",
+            "rsilab: reconcile with ledger",
+            f"refs/heads/{self.branch}",
+            commit,
+        )
 
     def is_ancestor(self, a: str, b: str) -> bool:
         return git_process(self.root, "merge-base", "--is-ancestor", a, b).returncode == 0
@@ -194,7 +236,11 @@ class Workspace:
     def tagged(self) -> set[int]:
         """Ids of the experiments whose ref `refs/rsilab/<tag>/exp-<id>` exists."""
         raw = git(self.root, "for-each-ref", "--format=%(refname)", f"refs/rsilab/{self.tag}/")
-        return {int(ref.rsplit("exp-", 1)[1]) for ref in raw.split() if ref.rsplit("exp-", 1)[-1].isdigit()}
+        return {
+            int(ref.rsplit("exp-", 1)[1])
+            for ref in raw.split()
+            if ref.rsplit("exp-", 1)[-1].isdigit()
+        }
 
     def read_file(self, commit: str, rel: str) -> str:
         return git(self.root, "show", f"{commit}:{rel}")
@@ -238,7 +284,11 @@ class Workspace:
         """Write a proposal's files into the worktree; a reason string when a path is unsafe."""
         for rel, content in files.items():
             p = Path(rel)
-            if p.is_absolute() or ".." in p.parts or (p.parts and p.parts[0] in (".git", STATE_DIR)):
+            if (
+                p.is_absolute()
+                or ".." in p.parts
+                or (p.parts and p.parts[0] in (".git", STATE_DIR))
+            ):
                 return f"path {rel!r} is outside the task"
             target = worktree / p
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -251,7 +301,9 @@ class Workspace:
         for entry in filter(None, status.split("\0")):
             rel = entry[3:]
             if not task.is_editable(rel):
-                return f"changes {rel}, which is not editable (editable: {', '.join(task.editable)})"
+                return (
+                    f"changes {rel}, which is not editable (editable: {', '.join(task.editable)})"
+                )
         for rel, digest in self.frozen_hashes().items():
             path = worktree / rel
             if not path.is_file() or sha256_file(path) != digest:
@@ -277,28 +329,42 @@ class Workspace:
         conflicts = [line.strip() for line in lines if line.startswith("CONFLICT")]
         git(worktree, "cherry-pick", "--abort", check=False)
         git(worktree, "reset", "-q", "--hard", check=False)
-        return "; ".join(conflicts) or (lines[-1] if lines else f"git cherry-pick failed ({proc.returncode})")
+        return "; ".join(conflicts) or (
+            lines[-1] if lines else f"git cherry-pick failed ({proc.returncode})"
+        )
 
     def trees(self, commits: list[str]) -> dict[str, str]:
         """commit -> the sha of its tree (identical trees: identical files)."""
         if not commits:
             return {}
         # One git process for any number of commits (stdin, not argv: a long ledger fits).
-        out = git(self.root, "cat-file", "--batch-check=%(objectname)",
-                  stdin="".join(f"{c}^{{tree}}\n" for c in commits)).splitlines()
+        out = git(
+            self.root,
+            "cat-file",
+            "--batch-check=%(objectname)",
+            stdin="".join(f"{c}^{{tree}}\n" for c in commits),
+        ).splitlines()
         # A commit that is not in the repository gets a line "<name> missing": left out.
         return {c: line for c, line in zip(commits, out, strict=False) if " " not in line}
 
 
 def check_tag(tag: str) -> None:
     """A research tag must make valid git refs: `rsilab/<tag>` and `refs/rsilab/<tag>/exp-N`."""
-    if (not tag or tag.startswith("-") or any(c in tag for c in " ~^:?*[\\")
-            or any(ord(c) < 32 or ord(c) == 127 for c in tag)
-            or git_process(None, "check-ref-format", f"refs/heads/rsilab/{tag}").returncode != 0):
-        raise WorkspaceError(f"tag {tag!r}: not usable in a git branch name; use letters, digits, '-', '_' or '.'")
+    if (
+        not tag
+        or tag.startswith("-")
+        or any(c in tag for c in " ~^:?*[\\")
+        or any(ord(c) < 32 or ord(c) == 127 for c in tag)
+        or git_process(None, "check-ref-format", f"refs/heads/rsilab/{tag}").returncode != 0
+    ):
+        raise WorkspaceError(
+            f"tag {tag!r}: not usable in a git branch name; use letters, digits, '-', '_' or '.'"
+        )
 
 
-def init_workspace(directory: Path, task_dir: Path | None, tag: str, *, resume: bool = False) -> Workspace:
+def init_workspace(
+    directory: Path, task_dir: Path | None, tag: str, *, resume: bool = False
+) -> Workspace:
     """Create (or adopt) a workspace in `directory` with research branch `rsilab/<tag>`.
 
     - `directory` is a git repo with an rsilab.toml: adopted as is (task_dir ignored).
@@ -312,7 +378,11 @@ def init_workspace(directory: Path, task_dir: Path | None, tag: str, *, resume: 
     directory = directory.resolve()
     if directory.exists() and not directory.is_dir():
         raise WorkspaceError(f"{directory}: is a file; choose a new folder for the workspace")
-    if (directory / ".git").exists() or task_dir is None or (directory.exists() and any(directory.iterdir())):
+    if (
+        (directory / ".git").exists()
+        or task_dir is None
+        or (directory.exists() and any(directory.iterdir()))
+    ):
         return _init_workspace(directory, task_dir, tag, resume=resume)  # adopts, or refuses
     load_task(task_dir)  # a broken task is refused before anything is copied
     created = directory  # the highest folder this call creates: removed again on failure
@@ -331,14 +401,18 @@ def init_workspace(directory: Path, task_dir: Path | None, tag: str, *, resume: 
         else:
             shutil.rmtree(created, ignore_errors=True)
         if isinstance(e, OSError):
-            raise WorkspaceError(f"{directory}: cannot create the workspace: {e.strerror or e}") from None
+            raise WorkspaceError(
+                f"{directory}: cannot create the workspace: {e.strerror or e}"
+            ) from None
         raise
 
 
 def _init_workspace(directory: Path, task_dir: Path | None, tag: str, *, resume: bool) -> Workspace:
     if (directory / ".git").exists():
         if not (directory / CONFIG_NAME).is_file():
-            raise WorkspaceError(f"{directory}: a git repo without {CONFIG_NAME}; pass an empty folder to copy a task into")
+            raise WorkspaceError(
+                f"{directory}: a git repo without {CONFIG_NAME}; pass an empty folder to copy a task into"
+            )
         if not git(directory, "rev-parse", "--verify", "-q", "HEAD", check=False).strip():
             raise WorkspaceError(f"{directory}: the repo has no commit yet; commit the task first")
     else:
@@ -346,9 +420,13 @@ def _init_workspace(directory: Path, task_dir: Path | None, tag: str, *, resume:
             raise WorkspaceError(f"{directory}: not a workspace; give --task to create one")
         if directory.exists() and any(directory.iterdir()):
             raise WorkspaceError(f"{directory}: not empty and not a git repo; choose a new folder")
-        shutil.copytree(task_dir, directory, dirs_exist_ok=True,
-                        # reference/: human solutions (`rsilab score`) must not be readable by agents
-                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc", STATE_DIR, ".git", "reference"))
+        shutil.copytree(
+            task_dir,
+            directory,
+            dirs_exist_ok=True,
+            # reference/: human solutions (`rsilab score`) must not be readable by agents
+            ignore=shutil.ignore_patterns("__pycache__", "*.pyc", STATE_DIR, ".git", "reference"),
+        )
         git(directory, "init", "-q", "-b", "main")
         git(directory, "add", "-A")
         git(directory, "commit", "-q", "-m", f"rsilab: task {task_dir.name}")
@@ -359,9 +437,15 @@ def _init_workspace(directory: Path, task_dir: Path | None, tag: str, *, resume:
         with open(exclude, "a") as f:
             f.write(f"\n/{STATE_DIR}/\n")
     ws = Workspace(directory, tag)
-    exists = bool(git(directory, "rev-parse", "--verify", "-q", f"refs/heads/{ws.branch}", check=False).strip())
+    exists = bool(
+        git(
+            directory, "rev-parse", "--verify", "-q", f"refs/heads/{ws.branch}", check=False
+        ).strip()
+    )
     if exists and not resume:
-        raise WorkspaceError(f"branch {ws.branch} already exists in {directory}: use another --tag, or `rsilab run` to resume it")
+        raise WorkspaceError(
+            f"branch {ws.branch} already exists in {directory}: use another --tag, or `rsilab run` to resume it"
+        )
     if not exists:
         git(directory, "branch", ws.branch, "HEAD")
     ws.state.mkdir(exist_ok=True)
@@ -369,7 +453,13 @@ def _init_workspace(directory: Path, task_dir: Path | None, tag: str, *, resume:
     if not meta_path.exists() or not resume:
         head = ws.incumbent_commit()
         frozen = {rel: sha256_file(directory / rel) for rel in task.frozen_files(directory)}
-        meta = {"tag": tag, "branch": ws.branch, "task": task.name, "base_commit": head, "frozen": frozen}
+        meta = {
+            "tag": tag,
+            "branch": ws.branch,
+            "task": task.name,
+            "base_commit": head,
+            "frozen": frozen,
+        }
         atomic_write(meta_path, json.dumps(meta, indent=1))
     return ws
 
@@ -379,7 +469,9 @@ def open_workspace(directory: Path) -> Workspace:
     directory = directory.resolve()
     meta_path = directory / STATE_DIR / META_FILE
     if not meta_path.is_file():
-        raise WorkspaceError(f"{directory}: not an rsilab workspace (no {STATE_DIR}/{META_FILE}); run `rsilab init` first")
+        raise WorkspaceError(
+            f"{directory}: not an rsilab workspace (no {STATE_DIR}/{META_FILE}); run `rsilab init` first"
+        )
     try:
         meta = json.loads(meta_path.read_text())
         return Workspace(directory, str(meta["tag"]))

@@ -86,8 +86,14 @@ class ScriptedProposer:
         self.after[proposal.description] = (self.ws.incumbent_commit(), inc.id if inc else None)
 
 
-def run_attacks(ws: Workspace, attacks: list[Attack], *, overrides: list[tuple[str, object]],
-                train_data: Path | None = None, val_data: Path | None = None) -> Lab:
+def run_attacks(
+    ws: Workspace,
+    attacks: list[Attack],
+    *,
+    overrides: list[tuple[str, object]],
+    train_data: Path | None = None,
+    val_data: Path | None = None,
+) -> Lab:
     """Measure the baseline, then put every attack through the real loop."""
     ledger = Ledger(ws.ledger_path)
     task = ws.load_task(overrides)
@@ -109,9 +115,13 @@ def check(lab: Lab, attack: Attack) -> Outcome:
     """The attack ended caught, with the expected reason, and changed nothing; adds its row."""
     out = lab.outcomes.get(attack.cls)
     outcome = "no experiment recorded" if out is None else _outcome(out.experiment)
-    caught = (out is not None and out.experiment.status in attack.verdicts
-              and re.search(attack.reason, out.experiment.reason) is not None
-              and out.tip_after == lab.base_tip and out.incumbent_after == lab.base_incumbent)
+    caught = (
+        out is not None
+        and out.experiment.status in attack.verdicts
+        and re.search(attack.reason, out.experiment.reason) is not None
+        and out.tip_after == lab.base_tip
+        and out.incumbent_after == lab.base_incumbent
+    )
     ROWS.append((attack.cls, attack.expected, outcome, caught))
     assert out is not None, f"{attack.cls}: {outcome} (loop stopped: {lab.stop_reason})"
     assert out.experiment.status in attack.verdicts, outcome
@@ -161,5 +171,7 @@ def table(previous: str = "") -> str:
     for cls, expected, outcome, caught in ROWS:
         short = outcome.replace("|", "/").replace("\n", " ")
         short = short if len(short) <= 110 else short[:107] + "..."
-        lines.append(f"| {cls} | {expected.replace('|', '/')} | {short} | {'yes' if caught else 'NO'} |")
+        lines.append(
+            f"| {cls} | {expected.replace('|', '/')} | {short} | {'yes' if caught else 'NO'} |"
+        )
     return "\n".join(lines)

@@ -131,7 +131,9 @@ def train_bytes() -> bytes:
     return Path(path).read_bytes()
 
 
-def train_batches(batch_size: int, seq_len: int, dev: torch.device | str = "cpu") -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+def train_batches(
+    batch_size: int, seq_len: int, dev: torch.device | str = "cpu"
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Endless random windows of the training split: (x, y) int64 tensors of shape (B, T).
 
     Window positions come from a generator seeded by the harness seed, so the data
@@ -142,7 +144,9 @@ def train_batches(batch_size: int, seq_len: int, dev: torch.device | str = "cpu"
 
     data = torch.from_numpy(np.frombuffer(train_bytes(), dtype=np.uint8).copy())
     if data.numel() <= seq_len + 1:
-        raise RuntimeError(f"training split has {data.numel()} bytes, fewer than seq_len+1={seq_len + 1}")
+        raise RuntimeError(
+            f"training split has {data.numel()} bytes, fewer than seq_len+1={seq_len + 1}"
+        )
     gen = torch.Generator().manual_seed(seed())
     offsets = torch.arange(seq_len + 1)
     pin = torch.device(dev).type == "cuda"
@@ -194,8 +198,17 @@ def print_summary(figures: Mapping[str, Any]) -> None:
 
 
 # Dense bf16 peak FLOP/s of common accelerators (vendor datasheets), for MFU.
-_GPU_PEAK = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12, "A10": 125e12,
-             "4090": 165e12, "3090": 71e12, "V100": 125e12, "T4": 65e12}
+_GPU_PEAK = {
+    "H100": 989e12,
+    "H200": 989e12,
+    "A100": 312e12,
+    "L4": 121e12,
+    "A10": 125e12,
+    "4090": 165e12,
+    "3090": 71e12,
+    "V100": 125e12,
+    "T4": 65e12,
+}
 
 
 def peak_flops(dev: torch.device | str) -> float:
@@ -215,13 +228,18 @@ def peak_flops(dev: torch.device | str) -> float:
         return 100e12
     # A reading taken while the machine is busy is too low and would inflate MFU past
     # 100%; so each run takes a short new reading and the cache keeps the best ever seen.
-    cache = Path(os.environ.get("RSILAB_HOME") or Path.home() / ".cache" / "rsilab") / "cpu_peak_flops.json"
+    cache = (
+        Path(os.environ.get("RSILAB_HOME") or Path.home() / ".cache" / "rsilab")
+        / "cpu_peak_flops.json"
+    )
     key = str(torch.get_num_threads())
     try:
         known = json.loads(cache.read_text())
     except (OSError, ValueError):
         known = {}
-    best = max(float(known.get(key, 0.0)), measure_cpu_matmul_flops(seconds=0.3 if key in known else 1.0))
+    best = max(
+        float(known.get(key, 0.0)), measure_cpu_matmul_flops(seconds=0.3 if key in known else 1.0)
+    )
     if best > float(known.get(key, 0.0)):
         known[key] = best
         try:
@@ -232,7 +250,9 @@ def peak_flops(dev: torch.device | str) -> float:
     return best
 
 
-def measure_cpu_matmul_flops(sizes: tuple[int, ...] = (256, 512, 1024), seconds: float = 1.0) -> float:
+def measure_cpu_matmul_flops(
+    sizes: tuple[int, ...] = (256, 512, 1024), seconds: float = 1.0
+) -> float:
     """Best-of fp32 matmul throughput over a few square sizes, current thread count (FLOP/s)."""
     import torch
 

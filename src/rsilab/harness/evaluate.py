@@ -68,14 +68,22 @@ def _no_unpickling() -> Iterator[None]:
         try:
             return real_load(*args, **kwargs)
         except pickle.UnpicklingError:
-            raise Refused("the exported model holds pickled Python objects that are not plain tensors; "
-                          "the evaluator does not unpickle them") from None
+            raise Refused(
+                "the exported model holds pickled Python objects that are not plain tensors; "
+                "the evaluator does not unpickle them"
+            ) from None
 
     def refuse(*args: Any, **kwargs: Any) -> Any:
-        raise Refused("the exported model holds pickled Python objects; the evaluator does not unpickle")
+        raise Refused(
+            "the exported model holds pickled Python objects; the evaluator does not unpickle"
+        )
 
-    patches = [(torch, "load", weights_only_load), (pickle, "loads", refuse), (pickle, "load", refuse),
-               (torch._C, "_pickle_load_obj", refuse)]
+    patches = [
+        (torch, "load", weights_only_load),
+        (pickle, "loads", refuse),
+        (pickle, "load", refuse),
+        (torch._C, "_pickle_load_obj", refuse),
+    ]
     saved = [(obj, name, getattr(obj, name)) for obj, name, _ in patches]
     try:
         for obj, name, new in patches:
@@ -123,7 +131,9 @@ def _windows(val: torch.Tensor, n_bytes: int, seq_len: int) -> torch.Tensor:
     n_windows = max(1, math.ceil(n_bytes / seq_len))
     last = val.numel() - seq_len - 1
     if last < 0:
-        raise SystemExit(f"validation split has {val.numel()} bytes, fewer than context {seq_len + 1}")
+        raise SystemExit(
+            f"validation split has {val.numel()} bytes, fewer than context {seq_len + 1}"
+        )
     n_windows = min(n_windows, last + 1)
     if n_windows == 1:
         starts = torch.zeros(1, dtype=torch.long)
@@ -132,7 +142,9 @@ def _windows(val: torch.Tensor, n_bytes: int, seq_len: int) -> torch.Tensor:
     return val[starts[:, None] + torch.arange(seq_len + 1)].long()
 
 
-def evaluate(artifact: Path, val_path: Path, n_bytes: int, probes: int, seed: int) -> dict[str, Any]:
+def evaluate(
+    artifact: Path, val_path: Path, n_bytes: int, probes: int, seed: int
+) -> dict[str, Any]:
     """Score the exported model in `artifact`; raises Refused with the reason."""
     t0 = time.perf_counter()
     path = artifact / "model.pt2"
@@ -147,7 +159,9 @@ def evaluate(artifact: Path, val_path: Path, n_bytes: int, probes: int, seed: in
         raise Refused(f"cannot load the exported model: {type(e).__name__}: {e}") from None
     if program.graph_signature.buffers_to_mutate:
         names = ", ".join(sorted(program.graph_signature.buffers_to_mutate.values()))
-        raise Refused(f"the model mutates buffers ({names}): it must be a pure function of its input")
+        raise Refused(
+            f"the model mutates buffers ({names}): it must be a pure function of its input"
+        )
     batch, seq_len = _input_shape(program)
     module = program.module()
     dev = next((t.device for t in module.state_dict().values()), torch.device("cpu"))
@@ -163,7 +177,9 @@ def evaluate(artifact: Path, val_path: Path, n_bytes: int, probes: int, seed: in
             raise Refused("the model must return one logits tensor, not a tuple")
         if not isinstance(out, torch.Tensor) or tuple(out.shape) != (x.shape[0], seq_len, VOCAB):
             shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-            raise Refused(f"the model must return logits of shape ({x.shape[0]}, {seq_len}, {VOCAB}), got {shape}")
+            raise Refused(
+                f"the model must return logits of shape ({x.shape[0]}, {seq_len}, {VOCAB}), got {shape}"
+            )
         return out.float().cpu()
 
     # Purity: same input twice -> same logits, and no parameter/buffer/constant moves.
@@ -175,9 +191,13 @@ def evaluate(artifact: Path, val_path: Path, n_bytes: int, probes: int, seed: in
     b = run(x0)
     moved = _changed(before, _state(module, program))
     if moved:
-        raise Refused(f"the model changes its state when called ({moved}): it must be a pure function of its input")
+        raise Refused(
+            f"the model changes its state when called ({moved}): it must be a pure function of its input"
+        )
     if not torch.equal(a, b):
-        raise Refused("the model gives different logits for the same input twice: it keeps state between calls")
+        raise Refused(
+            "the model gives different logits for the same input twice: it keeps state between calls"
+        )
 
     # Probes on what is scored: batches exactly as the scoring loop builds them (a model
     # cannot tell a probe from a scored batch), picked by the seed.
@@ -197,7 +217,9 @@ def evaluate(artifact: Path, val_path: Path, n_bytes: int, probes: int, seed: in
     # that peeks only when its input looks like text is caught too.
     max_diff = 0.0
     positions = [0, seq_len // 2, seq_len - 2][: max(0, probes)]
-    positions += torch.randint(0, max(1, seq_len - 1), (max(0, probes - 3),), generator=gen).tolist()
+    positions += torch.randint(
+        0, max(1, seq_len - 1), (max(0, probes - 3),), generator=gen
+    ).tolist()
     for t in positions:
         if t >= seq_len - 1:
             continue
@@ -210,7 +232,9 @@ def evaluate(artifact: Path, val_path: Path, n_bytes: int, probes: int, seed: in
             diff = float((run(a_in)[:, : t + 1] - run(b_in)[:, : t + 1]).abs().max())
             max_diff = max(max_diff, diff)
             if diff > 1e-4:
-                raise Refused(f"the model is not causal: logits at position {t} change by {diff:.3g} when later tokens change")
+                raise Refused(
+                    f"the model is not causal: logits at position {t} change by {diff:.3g} when later tokens change"
+                )
 
     # Rows must not see each other: a row's logits may not change when the other rows of its
     # batch do (validation windows may overlap, so a row could read its own future there).
@@ -219,8 +243,10 @@ def evaluate(artifact: Path, val_path: Path, n_bytes: int, probes: int, seed: in
         mixed[1:] = other[1:]
         diff = float((run(text)[0] - run(mixed)[0]).abs().max())
         if diff > 1e-4:
-            raise Refused(f"the rows of a batch are not independent: the logits of one sequence change by {diff:.3g}"
-                          " when the other sequences of the batch change")
+            raise Refused(
+                f"the rows of a batch are not independent: the logits of one sequence change by {diff:.3g}"
+                " when the other sequences of the batch change"
+            )
 
     # The metric: cross-entropy computed here, in float64, from the logits.
     total_nats = 0.0

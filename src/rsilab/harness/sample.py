@@ -62,8 +62,14 @@ def sample(artifact: Path, n_bytes: int, temperature: float, seed: int) -> bytes
     with torch.no_grad():
         for i in range(per_stream):
             logits = module(window.to(dev))
-            if not isinstance(logits, torch.Tensor) or tuple(logits.shape) != (batch, seq_len, VOCAB):
-                raise Refused(f"the model must return logits of shape ({batch}, {seq_len}, {VOCAB})")
+            if not isinstance(logits, torch.Tensor) or tuple(logits.shape) != (
+                batch,
+                seq_len,
+                VOCAB,
+            ):
+                raise Refused(
+                    f"the model must return logits of shape ({batch}, {seq_len}, {VOCAB})"
+                )
             last = logits[:, filled - 1].double().cpu()
             if temperature == 0:
                 nxt = last.argmax(dim=-1)
@@ -97,8 +103,15 @@ def main(argv: list[str] | None = None) -> int:
         return 3
     atomic_write(args.out, data)
     seconds = time.perf_counter() - t0
-    print(json.dumps({"bytes": len(data), "seconds": seconds,
-                      "bytes_per_second": len(data) / max(seconds, 1e-9)}))
+    print(
+        json.dumps(
+            {
+                "bytes": len(data),
+                "seconds": seconds,
+                "bytes_per_second": len(data) / max(seconds, 1e-9),
+            }
+        )
+    )
     return 0
 
 

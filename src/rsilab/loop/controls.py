@@ -254,7 +254,11 @@ class Controls:
             # As of what poll() delivered, not a fresh read: a resume posted after the poll
             # would end the wait without being taken (or told); the next turn takes it.
             pause = self.pause_action(upto=self._cursor)
-            if pause is None or self.stop_requested() or (should_stop is not None and should_stop()):
+            if (
+                pause is None
+                or self.stop_requested()
+                or (should_stop is not None and should_stop())
+            ):
                 if waiting:
                     tell("resumed" if pause is None else "stop requested during the pause")
                 return taken
@@ -312,8 +316,10 @@ class Controls:
                                      ci_high=exp.ci_high, p_value=exp.p_value)  # fmt: skip
             done = f"veto #{exp.id}: recorded as discarded (not the incumbent)"
             if revert.strip():
-                path = queue_idea(self.ws.queue_dir,
-                                  {"patch": revert, "description": f"revert #{exp.id}: {exp.description}"})
+                path = queue_idea(
+                    self.ws.queue_dir,
+                    {"patch": revert, "description": f"revert #{exp.id}: {exp.description}"},
+                )
                 done += f"; its revert is queued as {path.name}"
         self.ledger.add_event("veto", done, data={"experiment": exp.id, "reason": reason},
                               source=source)  # fmt: skip

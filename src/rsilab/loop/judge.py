@@ -167,8 +167,13 @@ def _stats(
     )  # fmt: skip
 
 
-def cap_breach(runs: Sequence[RunResult], *, memory_gb: float = 0.0, gpu_memory_gb: float = 0.0,
-               constraints: Mapping[str, float] | None = None) -> str | None:
+def cap_breach(
+    runs: Sequence[RunResult],
+    *,
+    memory_gb: float = 0.0,
+    gpu_memory_gb: float = 0.0,
+    constraints: Mapping[str, float] | None = None,
+) -> str | None:
     """Why the first run that breaks a cap breaks it (None: none does). 0 means no cap.
 
     `memory_gb` caps host memory (the watchdog's RSS), `gpu_memory_gb` the peak that
@@ -178,8 +183,10 @@ def cap_breach(runs: Sequence[RunResult], *, memory_gb: float = 0.0, gpu_memory_
         if memory_gb > 0 and r.peak_rss_gb > memory_gb:
             return f"peak memory {r.peak_rss_gb:.3g} GB over the {memory_gb:g} GB cap (memory_gb, run {i})"
         if gpu_memory_gb > 0 and r.peak_gpu_memory_gb > gpu_memory_gb:
-            return (f"peak GPU memory {r.peak_gpu_memory_gb:.3g} GB over the {gpu_memory_gb:g} GB cap "
-                    f"(gpu_memory_gb, run {i})")
+            return (
+                f"peak GPU memory {r.peak_gpu_memory_gb:.3g} GB over the {gpu_memory_gb:g} GB cap "
+                f"(gpu_memory_gb, run {i})"
+            )
         for key, limit in (constraints or {}).items():
             value = r.summary.get(key)
             if value is None:
@@ -238,8 +245,9 @@ def judge(
                 _FAILED[r.status], _prefixed(r.status.value, r.reason or "no reason given") + where
             )
     assert st is not None
-    breach = cap_breach(candidate, memory_gb=memory_cap_gb, gpu_memory_gb=gpu_memory_cap_gb,
-                        constraints=constraints)
+    breach = cap_breach(
+        candidate, memory_gb=memory_cap_gb, gpu_memory_gb=gpu_memory_cap_gb, constraints=constraints
+    )
     if breach:
         return out(Verdict.DISCARD, breach)
     seeds = {r.seed for r in ok}
@@ -251,7 +259,11 @@ def judge(
 
 
 def keep_threshold(
-    incumbent: Sequence[float], metric: Metric, spec: JudgeSpec, runs: int, min_runs: int | None = None
+    incumbent: Sequence[float],
+    metric: Metric,
+    spec: JudgeSpec,
+    runs: int,
+    min_runs: int | None = None,
 ) -> float | None:
     """The smallest gain that `judge` keeps from a candidate of `runs` ok runs (capped at
     spec.max_runs) against `incumbent`, with no other noise groups: what a change must buy

@@ -23,7 +23,9 @@ class Limits:
     max_tokens: int | None = None  # tokens in + out spent on proposals, whole workspace
 
 
-def reached(limits: Limits, *, started: int, elapsed_s: float, costs: Mapping[str, float]) -> str | None:
+def reached(
+    limits: Limits, *, started: int, elapsed_s: float, costs: Mapping[str, float]
+) -> str | None:
     """Which limit is met, as the line `rsilab run` ends with; None while none is.
 
     `started`: experiments started in this invocation; `elapsed_s`: seconds since it began;

@@ -35,36 +35,56 @@ class Merge:
     conflict: str = ""
 
 
-def reapply(ws: Workspace, task: TaskSpec, worktree: Path, *, parent: str, commit: str, onto: str,
-            preset: str) -> Merge:
+def reapply(
+    ws: Workspace,
+    task: TaskSpec,
+    worktree: Path,
+    *,
+    parent: str,
+    commit: str,
+    onto: str,
+    preset: str,
+) -> Merge:
     """Carry the change parent -> commit onto `onto`, checked out in `worktree`."""
     conflict = ws.cherry_pick(worktree, commit)
     if conflict is None:
         return Merge("git")
-    files = knob_merge(ws.editable_files(task, parent), ws.editable_files(task, commit),
-                       ws.editable_files(task, onto), preset)
+    files = knob_merge(
+        ws.editable_files(task, parent),
+        ws.editable_files(task, commit),
+        ws.editable_files(task, onto),
+        preset,
+    )
     if isinstance(files, str):
         return Merge("", f"{conflict} ({files})")
     problem = ws.apply(worktree, files)
     return Merge("", problem) if problem else Merge("knobs")
 
 
-def knob_merge(parent: Mapping[str, str], candidate: Mapping[str, str], onto: Mapping[str, str],
-               preset: str) -> dict[str, str] | str:
+def knob_merge(
+    parent: Mapping[str, str], candidate: Mapping[str, str], onto: Mapping[str, str], preset: str
+) -> dict[str, str] | str:
     """The files of `onto` with the candidate's knob changes (parent -> candidate) set, or
     why a knob-level merge does not apply."""
     from rsilab.proposers.knobs import collect_knobs, same_value, set_knobs_in_files
 
     before, after = collect_knobs(parent, preset), collect_knobs(candidate, preset)
-    changed: dict[str, Any] = {name: knob.value for name, (_, knob) in after.items()
-                               if name in before and not same_value(before[name][1].value, knob.value)}
+    changed: dict[str, Any] = {
+        name: knob.value
+        for name, (_, knob) in after.items()
+        if name in before and not same_value(before[name][1].value, knob.value)
+    }
     if not changed or set(after) != set(before):
         return "not a change of knobs alone"
     try:
         if {**parent, **set_knobs_in_files(parent, changed, preset)} != dict(candidate):
             return "it changes more than knobs"
         now = collect_knobs(onto, preset)
-        moved = sorted(n for n in changed if n not in now or not same_value(now[n][1].value, before[n][1].value))
+        moved = sorted(
+            n
+            for n in changed
+            if n not in now or not same_value(now[n][1].value, before[n][1].value)
+        )
         if moved:
             return f"the incumbent changed {', '.join(moved)} too"
         return set_knobs_in_files(onto, changed, preset)

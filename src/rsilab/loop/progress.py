@@ -64,7 +64,12 @@ def running(ledger: Ledger) -> list[Running]:
             continue
         prev = latest.get(exp)
         if prev is None or run > prev[0]:
-            latest[exp] = (run, ev.created_at, str(ev.data.get("node", "")), str(ev.data.get("label", "")))
+            latest[exp] = (
+                run,
+                ev.created_at,
+                str(ev.data.get("node", "")),
+                str(ev.data.get("label", "")),
+            )
         elif run == prev[0]:  # the run was placed on a node later (a Ray task starting)
             latest[exp] = (run, prev[1], str(ev.data.get("node", prev[2])), prev[3])
     out = []

@@ -24,9 +24,15 @@ Event = Callable[..., None]  # (kind, message, **data): records an event and sho
 def recover(ws: Workspace, ledger: Ledger, event: Event) -> None:
     """Make ledger and git agree (see the module docstring)."""
     for exp in ledger.undecided():
-        ledger.add_decision(exp.id, verdict=Verdict.INTERRUPTED, source="supervisor",
-                            reason="interrupted: the supervisor stopped during this experiment")
-        event("recover", f"experiment {exp.id} was running when the supervisor stopped: interrupted")
+        ledger.add_decision(
+            exp.id,
+            verdict=Verdict.INTERRUPTED,
+            source="supervisor",
+            reason="interrupted: the supervisor stopped during this experiment",
+        )
+        event(
+            "recover", f"experiment {exp.id} was running when the supervisor stopped: interrupted"
+        )
     dropped = ws.remove_all_worktrees()
     if dropped:
         event("recover", f"removed stale worktrees: {', '.join(dropped)}")
@@ -46,7 +52,9 @@ def recover(ws: Workspace, ledger: Ledger, event: Event) -> None:
         event("recover", f"finished keeping experiment {inc.id}: {ws.branch} -> {inc.commit[:7]}")
     else:
         ws.reset_branch(inc.commit)
-        event("recover", f"{ws.branch} was at {tip[:7]}, not in the ledger; reset to {inc.commit[:7]}")
+        event(
+            "recover", f"{ws.branch} was at {tip[:7]}, not in the ledger; reset to {inc.commit[:7]}"
+        )
 
 
 def history(ledger: Ledger) -> list[HistoryItem]:
@@ -59,8 +67,19 @@ def history(ledger: Ledger) -> list[HistoryItem]:
         if e.status in (Verdict.CRASH, Verdict.TIMEOUT, Verdict.INVALID):
             failed = [r for r in ledger.runs(e.id) if not r.ok]
             tail = failed[0].log_tail if failed else ""
-        items.append(HistoryItem(e.id, e.description, e.knobs, e.status, e.metric, e.proposer,
-                                 reason=e.reason, log_tail=tail, meta=e.meta))
+        items.append(
+            HistoryItem(
+                e.id,
+                e.description,
+                e.knobs,
+                e.status,
+                e.metric,
+                e.proposer,
+                reason=e.reason,
+                log_tail=tail,
+                meta=e.meta,
+            )
+        )
     return items
 
 
@@ -69,7 +88,11 @@ def warm_start(ledger: Ledger, proposers: Sequence[Proposer]) -> None:
     resumed run learns on (and a queue retires the ideas judged just before a crash). A
     change that was re-applied onto a newer incumbent is told once, by the re-application."""
     superseded = {row.parent for row in ledger.lineage() if row.merged_onto is not None}
-    done = [e for e in ledger.experiments() if e.decided and e.kind != "baseline" and e.id not in superseded]
+    done = [
+        e
+        for e in ledger.experiments()
+        if e.decided and e.kind != "baseline" and e.id not in superseded
+    ]
     for e in sorted(done, key=lambda e: (e.decided_at or 0.0, e.id)):
         proposal = Proposal(e.description, {}, e.proposer, dict(e.knobs), dict(e.meta))
         for p in proposers:

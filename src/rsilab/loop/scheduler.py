@@ -71,8 +71,12 @@ class ProposalJob:
 class ProposerPool:
     """The proposers of one supervisor (see the module docstring)."""
 
-    def __init__(self, proposers: Sequence[Proposer], follower: Proposer | None,
-                 shares: Mapping[str, int] | None = None) -> None:
+    def __init__(
+        self,
+        proposers: Sequence[Proposer],
+        follower: Proposer | None,
+        shares: Mapping[str, int] | None = None,
+    ) -> None:
         self.follower = follower
         self.proposers = list(proposers) + ([follower] if follower is not None else [])
         self.shares = {p.name: max(1, int((shares or {}).get(p.name, 1))) for p in self.proposers}
@@ -92,8 +96,13 @@ class ProposerPool:
         queue = [p for p in self.proposers if p.name == QUEUE and p is not self.follower]
         rest = [p for p in self.proposers if p.name != QUEUE and p is not self.follower]
         index = {id(p): i for i, p in enumerate(rest)}
-        rest.sort(key=lambda p: (in_flight.get(p.name, 0) / self.shares[p.name],
-                                 self.started[p.name] / self.shares[p.name], index[id(p)]))
+        rest.sort(
+            key=lambda p: (
+                in_flight.get(p.name, 0) / self.shares[p.name],
+                self.started[p.name] / self.shares[p.name],
+                index[id(p)],
+            )
+        )
         if self.follower is None:
             return queue + rest
         if self.follow_left > 0:

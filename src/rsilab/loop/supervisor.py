@@ -91,8 +91,19 @@ View = Callable[[str, Progress], None]
 class KeepGate(Protocol):
     """A last check of a keep before it is recorded (the fidelity ladder, rsilab/loop/ladder.py)."""
 
-    def gate(self, j: Judgement, *, ws: Workspace, task: TaskSpec, ledger: Ledger, experiment_id: int,
-             candidate: Path, incumbent_commit: str, bench: Bench, notify: Notify) -> Judgement: ...
+    def gate(
+        self,
+        j: Judgement,
+        *,
+        ws: Workspace,
+        task: TaskSpec,
+        ledger: Ledger,
+        experiment_id: int,
+        candidate: Path,
+        incumbent_commit: str,
+        bench: Bench,
+        notify: Notify,
+    ) -> Judgement: ...
 
 
 def _no_view(message: str, progress: Progress) -> None:
@@ -140,9 +151,18 @@ def interrupt_once() -> Iterator[None]:
 class Supervisor:
     """Runs experiments on one workspace until a stop rule fires."""
 
-    def __init__(self, ws: Workspace, ledger: Ledger, bench: Bench, proposers: Sequence[Proposer], *,
-                 limits: Limits | None = None, view: View | None = None,
-                 follower: Proposer | None = None, shares: Mapping[str, int] | None = None) -> None:
+    def __init__(
+        self,
+        ws: Workspace,
+        ledger: Ledger,
+        bench: Bench,
+        proposers: Sequence[Proposer],
+        *,
+        limits: Limits | None = None,
+        view: View | None = None,
+        follower: Proposer | None = None,
+        shares: Mapping[str, int] | None = None,
+    ) -> None:
         """`bench` runs every training run (its task is the research task); the caller owns it
         and closes it."""
         self.ws, self.ledger, self.bench = ws, ledger, bench
@@ -208,27 +228,47 @@ class Supervisor:
         estimate. Crashed and invalid experiments are left out (a metric that ignores the
         seed would fake a low noise).
         """
-        judged = {e.id for e in self.ledger.experiments()
-                  if e.status in (Verdict.KEEP.value, Verdict.DISCARD.value) and e.id not in exclude}
+        judged = {
+            e.id
+            for e in self.ledger.experiments()
+            if e.status in (Verdict.KEEP.value, Verdict.DISCARD.value) and e.id not in exclude
+        }
         groups: dict[int, list[float]] = {}
         for r in self.ledger.runs():
             if r.experiment_id in judged and r.ok and r.metric is not None:
                 groups.setdefault(r.experiment_id, []).append(r.metric)
         return [g for g in groups.values() if len(g) >= 2]
 
-    def _open_experiment(self, proposal: Proposal, *, parent: str | None, commit: str, diff: str,
-                         lineage_parent: int | None, kind: str = "candidate", merged_onto: int | None = None,
-                         worktree: Path | None = None, then: Callable[[int], None] | None = None) -> int:
+    def _open_experiment(
+        self,
+        proposal: Proposal,
+        *,
+        parent: str | None,
+        commit: str,
+        diff: str,
+        lineage_parent: int | None,
+        kind: str = "candidate",
+        merged_onto: int | None = None,
+        worktree: Path | None = None,
+        then: Callable[[int], None] | None = None,
+    ) -> int:
         """Record a new experiment of `proposal` at `commit` (with its data-provenance flags and
         its place in the lineage) and tag the commit; returns its id. `then` runs inside the
         same transaction with the new id, so both are recorded or neither."""
         meta = {k: v for k, v in proposal.meta.items() if k not in ("log", "usage")}
         meta |= provenance.experiment_flags(self.task.allow_generated_data)  # marked in reports
         with self.ledger.transaction():
-            exp_id = self.ledger.add_experiment(parent=parent, commit=commit, proposer=proposal.proposer,
-                                                description=proposal.description, diff=diff, kind=kind,
-                                                knobs=proposal.knobs, meta=meta,
-                                                worktree=str(worktree) if worktree is not None else "")
+            exp_id = self.ledger.add_experiment(
+                parent=parent,
+                commit=commit,
+                proposer=proposal.proposer,
+                description=proposal.description,
+                diff=diff,
+                kind=kind,
+                knobs=proposal.knobs,
+                meta=meta,
+                worktree=str(worktree) if worktree is not None else "",
+            )
             self.ledger.add_lineage(exp_id, parent=lineage_parent, merged_onto=merged_onto)
             if then is not None:
                 then(exp_id)
@@ -239,34 +279,59 @@ class Supervisor:
         with self.ledger.transaction():
             self.ledger.add_run(exp_id, result, kind=kind)
             self.ledger.add_cost(exp_id, "compute", result.train_seconds + result.eval_seconds, "s")
-        shown = f"{result.status} {result.metric:.4f}" if result.metric is not None else result.reason
+        shown = (
+            f"{result.status} {result.metric:.4f}" if result.metric is not None else result.reason
+        )
         self._say(f"  #{exp_id} run seed={result.seed}: {shown}")
 
     def _request(self, exp_id: int, k: int, worktree: Path, commit: str, label: str) -> RunRequest:
-        return self.bench.request(worktree, self.ws.run_dir(exp_id, k), seed_schedule(self.task.seed, exp_id, k),
-                                  label=label, key=f"exp-{exp_id:04d}/run-{k}", commit=commit)
+        return self.bench.request(
+            worktree,
+            self.ws.run_dir(exp_id, k),
+            seed_schedule(self.task.seed, exp_id, k),
+            label=label,
+            key=f"exp-{exp_id:04d}/run-{k}",
+            commit=commit,
+        )
 
     def _submitted(self, exp_id: int, req: RunRequest, future: RunFuture) -> str:
         node = self.bench.where(future)
-        self._event("run", f"{req.label} on {node} (seed {req.seed})", experiment=exp_id,
-                    run=int(req.key.rsplit("-", 1)[1]), node=node, seed=req.seed, label=req.label)
+        self._event(
+            "run",
+            f"{req.label} on {node} (seed {req.seed})",
+            experiment=exp_id,
+            run=int(req.key.rsplit("-", 1)[1]),
+            node=node,
+            seed=req.seed,
+            label=req.label,
+        )
         return node
 
     def _show(self) -> None:
         """Refresh the workers in the live view (and write where a run landed, once known)."""
-        flying = [f for f in self._batch + self._flights if f.future is not None and not f.future.done()]
+        flying = [
+            f for f in self._batch + self._flights if f.future is not None and not f.future.done()
+        ]
         for f in flying:
             assert f.future is not None
             if (node := self.bench.where(f.future)) != f.node:
                 f.node = node
-                self._event("run", f"{f.label} on {node}", experiment=f.exp_id, run=f.run_index, node=node,
-                            label=f.label)
+                self._event(
+                    "run",
+                    f"{f.label} on {node}",
+                    experiment=f.exp_id,
+                    run=f.run_index,
+                    node=node,
+                    label=f.label,
+                )
         workers = [Worker(f.label, f.since, f.node) for f in flying]
         p = self.progress
         p.workers = workers
         p.current, p.current_since = (workers[0].label, workers[0].since) if workers else ("", 0.0)
-        p.proposing = [f"{job.proposer.name} since {time.strftime('%H:%M:%S', time.localtime(job.since))}"
-                       for job in self.pool.jobs]
+        p.proposing = [
+            f"{job.proposer.name} since {time.strftime('%H:%M:%S', time.localtime(job.since))}"
+            for job in self.pool.jobs
+        ]
         self._say("")  # a re-render, no new line
 
     def ensure_baseline(self) -> Experiment:
@@ -275,8 +340,14 @@ class Supervisor:
         if inc is not None:
             return inc
         commit = self.ws.incumbent_commit()
-        exp_id = self._open_experiment(Proposal("baseline", {}, "baseline"), parent=None, commit=commit, diff="",
-                                       lineage_parent=None, kind="baseline")
+        exp_id = self._open_experiment(
+            Proposal("baseline", {}, "baseline"),
+            parent=None,
+            commit=commit,
+            diff="",
+            lineage_parent=None,
+            kind="baseline",
+        )
         worktree = self.ws.create_worktree(f"exp-{exp_id:04d}", commit)
         n = self.task.judge.noise_runs
         try:
@@ -284,9 +355,21 @@ class Supervisor:
             for k in range(n):  # side by side when there are slots for them
                 req = self._request(exp_id, k, worktree, commit, f"baseline run {k + 1}/{n}")
                 future = self.bench.submit(req)
-                self._batch.append(Flight(exp_id, Proposal("baseline", {}, "baseline"), row, commit, worktree,
-                                          kind="baseline", future=future, run_index=k, label=req.label,
-                                          since=time.time(), node=self._submitted(exp_id, req, future)))
+                self._batch.append(
+                    Flight(
+                        exp_id,
+                        Proposal("baseline", {}, "baseline"),
+                        row,
+                        commit,
+                        worktree,
+                        kind="baseline",
+                        future=future,
+                        run_index=k,
+                        label=req.label,
+                        since=time.time(),
+                        node=self._submitted(exp_id, req, future),
+                    )
+                )
             futures = [f.future for f in self._batch if f.future is not None]
             while not all(fut.done() for fut in futures):
                 concurrent.futures.wait(futures, timeout=POLL_SECONDS)
@@ -300,18 +383,34 @@ class Supervisor:
         ok = [r.metric for r in results if r.ok and r.metric is not None]
         if not ok:
             first = results[0]
-            self.ledger.add_decision(exp_id, verdict=Verdict.CRASH, reason=f"baseline failed: {first.reason}")
+            self.ledger.add_decision(
+                exp_id, verdict=Verdict.CRASH, reason=f"baseline failed: {first.reason}"
+            )
             tail = first.log_tail.strip().splitlines()[-1:] or [""]
-            raise RsilabError(f"the baseline failed ({first.reason}); log: {first.log_path} {tail[0]}".strip())
+            raise RsilabError(
+                f"the baseline failed ({first.reason}); log: {first.log_path} {tail[0]}".strip()
+            )
         mean = sum(ok) / len(ok)
         sd = math.sqrt(sum((v - mean) ** 2 for v in ok) / (len(ok) - 1)) if len(ok) > 1 else 0.0
-        self.ledger.add_decision(exp_id, verdict=Verdict.KEEP, metric=mean, source="supervisor",
-                                 reason=f"baseline: {len(ok)} runs, mean {mean:.4f}, sd {sd:.4f} (the noise floor)")
+        self.ledger.add_decision(
+            exp_id,
+            verdict=Verdict.KEEP,
+            metric=mean,
+            source="supervisor",
+            reason=f"baseline: {len(ok)} runs, mean {mean:.4f}, sd {sd:.4f} (the noise floor)",
+        )
         spec = self.task.judge
         bar = keep_threshold(ok, self.metric, spec, 1, min_runs=spec.knob_min_runs)
-        self._event("baseline", f"baseline {self.metric.name} {mean:.4f} ± {sd:.4f} over {len(ok)} seeds"
-                    + (f"; a knob change that beats it by {bar:.4g} is kept on its first run, a smaller "
-                       f"gain is confirmed with more runs (up to {spec.max_runs})" if bar is not None else ""))
+        self._event(
+            "baseline",
+            f"baseline {self.metric.name} {mean:.4f} ± {sd:.4f} over {len(ok)} seeds"
+            + (
+                f"; a knob change that beats it by {bar:.4g} is kept on its first run, a smaller "
+                f"gain is confirmed with more runs (up to {spec.max_runs})"
+                if bar is not None
+                else ""
+            ),
+        )
         return self.ledger.experiment(exp_id)
 
     def _check_caps(self) -> None:
@@ -326,12 +425,16 @@ class Supervisor:
         runs = [r.result for r in self.ledger.runs(inc.id) if r.result.ok]
         host = cap_breach(runs, memory_gb=self.task.memory_gb)
         gpu = cap_breach(runs, gpu_memory_gb=self.task.gpu_memory_gb)
-        for key, breach, peak in (("memory_gb", host, max((r.peak_rss_gb for r in runs), default=0.0)),
-                                  ("gpu_memory_gb", gpu, max((r.peak_gpu_memory_gb for r in runs), default=0.0))):
+        for key, breach, peak in (
+            ("memory_gb", host, max((r.peak_rss_gb for r in runs), default=0.0)),
+            ("gpu_memory_gb", gpu, max((r.peak_gpu_memory_gb for r in runs), default=0.0)),
+        ):
             if breach:
-                raise RsilabError(f"the incumbent #{inc.id} itself breaks a cap: {breach}; no candidate of its "
-                                  f"size could be kept. Run again with a higher cap, e.g. `--set {key}="
-                                  f"{math.ceil(2 * peak)}`: the measurements so far are kept")
+                raise RsilabError(
+                    f"the incumbent #{inc.id} itself breaks a cap: {breach}; no candidate of its "
+                    f"size could be kept. Run again with a higher cap, e.g. `--set {key}="
+                    f"{math.ceil(2 * peak)}`: the measurements so far are kept"
+                )
 
     # ---- proposals --------------------------------------------------------------------
     def _should_stop(self) -> bool:
@@ -342,12 +445,25 @@ class Supervisor:
         program_path = self.ws.root / self.task.program
         program = program_path.read_text() if program_path.is_file() else ""
         in_flight = [f.proposal for f in self._flights if f.kind == "trial"]
-        ideas = [(path, path.read_text(errors="replace")) for path in sorted(self.ws.queue_dir.glob("*.idea.md"))]
-        return Context(files=files, metric=self.metric, incumbent_metric=mean_or_none(self._values(inc.id)), ideas=ideas,
-                       history=self.history(), in_flight=in_flight, preset=self.preset or "cpu",
-                       program=program, editable=tuple(self.task.editable), limits=self.task.limits(),
-                       workdir=workdir,
-                       notify=self._say, should_stop=self._should_stop)
+        ideas = [
+            (path, path.read_text(errors="replace"))
+            for path in sorted(self.ws.queue_dir.glob("*.idea.md"))
+        ]
+        return Context(
+            files=files,
+            metric=self.metric,
+            incumbent_metric=mean_or_none(self._values(inc.id)),
+            ideas=ideas,
+            history=self.history(),
+            in_flight=in_flight,
+            preset=self.preset or "cpu",
+            program=program,
+            editable=tuple(self.task.editable),
+            limits=self.task.limits(),
+            workdir=workdir,
+            notify=self._say,
+            should_stop=self._should_stop,
+        )
 
     def _known_trees(self) -> dict[str, int]:
         """The files of every experiment tried or in flight (a tree sha) -> its id."""
@@ -374,7 +490,9 @@ class Supervisor:
         else:
             self._begin(job.inc, proposal, job.worktree, job.proposer)
 
-    def _begin(self, inc: Experiment, proposal: Proposal, worktree: Path, proposer: Proposer) -> None:
+    def _begin(
+        self, inc: Experiment, proposal: Proposal, worktree: Path, proposer: Proposer
+    ) -> None:
         """Apply, check and record one proposal against `inc` in `worktree` (a fresh checkout
         of the incumbent, possibly already edited in place by the proposer); start its runs."""
         parent = inc.commit
@@ -384,23 +502,36 @@ class Supervisor:
         problem = problem or self.ws.check(worktree, self.task)
         commit = self.ws.commit(worktree, proposal.description) or parent
         if commit == parent and problem is None:
-            problem = "the proposal changes nothing" + (f" ({proposal.meta['error']})" if "error" in proposal.meta else "")
+            problem = "the proposal changes nothing" + (
+                f" ({proposal.meta['error']})" if "error" in proposal.meta else ""
+            )
         tree = self.ws.trees([commit]).get(commit, "")
         same = self._known_trees().get(tree) if problem is None else None
         if same is not None:  # the very files were tried, or are in flight: no run, no row
             self._record_proposal_costs(None, proposal)
             status = self.ledger.experiment(same).status
-            self._event("duplicate", f"skipped a duplicate from {proposal.proposer}: {proposal.description} "
-                        f"(the same files as experiment {same}, {status})", proposer=proposal.proposer,
-                        description=proposal.description, same_as=same)
+            self._event(
+                "duplicate",
+                f"skipped a duplicate from {proposal.proposer}: {proposal.description} "
+                f"(the same files as experiment {same}, {status})",
+                proposer=proposal.proposer,
+                description=proposal.description,
+                same_as=same,
+            )
             self.pool.observe(proposal, "duplicate", None)
             self.pool.duplicate(proposer)
             self.ws.remove_worktree(worktree)
             return
         self.pool.proposed(proposer)
         diff = self.ws.diff(parent, commit) if commit != parent else ""
-        exp_id = self._open_experiment(proposal, parent=parent, commit=commit, diff=diff, lineage_parent=inc.id,
-                                       worktree=worktree)
+        exp_id = self._open_experiment(
+            proposal,
+            parent=parent,
+            commit=commit,
+            diff=diff,
+            lineage_parent=inc.id,
+            worktree=worktree,
+        )
         self._record_proposal_costs(exp_id, proposal)
         self._started += 1
         self._say(f"experiment {exp_id} [{proposal.proposer}]: {proposal.description}")
@@ -415,14 +546,21 @@ class Supervisor:
     def _compare(self, commit: str, parent: str) -> dict[str, Any]:
         """Flight fields from the editable files of `commit` and its parent: their sizes
         (the simplicity rule) and whether only knob values differ (judge.knob_min_runs)."""
-        new, old = self.ws.editable_files(self.task, commit), self.ws.editable_files(self.task, parent)
+        new, old = (
+            self.ws.editable_files(self.task, commit),
+            self.ws.editable_files(self.task, parent),
+        )
         return {"sizes": (_size(new), _size(old)), "knob_only": only_knobs_differ(old, new)}
 
     def _record_proposal_costs(self, exp_id: int | None, proposal: Proposal) -> None:
         """Tokens and money a proposal cost, and its transcript (a file next to its runs)."""
         usage = proposal.meta.get("usage") or {}
         with self.ledger.transaction():
-            for kind, unit in (("tokens_in", "tokens"), ("tokens_out", "tokens"), ("cost_usd", "usd")):
+            for kind, unit in (
+                ("tokens_in", "tokens"),
+                ("tokens_out", "tokens"),
+                ("cost_usd", "usd"),
+            ):
                 if usage.get(kind):
                     self.ledger.add_cost(exp_id, kind, float(usage[kind]), unit)
         log = proposal.meta.get("log")
@@ -439,10 +577,18 @@ class Supervisor:
     def _submit(self, flight: Flight) -> None:
         """Start the flight's next run on the executor."""
         k = len(flight.runs) if flight.kind == "trial" else flight.run_index
-        label = (f"experiment {flight.exp_id} run {k + 1}" if flight.kind == "trial"
-                 else f"recheck of incumbent #{flight.exp_id}")
+        label = (
+            f"experiment {flight.exp_id} run {k + 1}"
+            if flight.kind == "trial"
+            else f"recheck of incumbent #{flight.exp_id}"
+        )
         req = self._request(flight.exp_id, k, flight.worktree, flight.commit, label)
-        flight.future, flight.run_index, flight.label, flight.since = self.bench.submit(req), k, label, time.time()
+        flight.future, flight.run_index, flight.label, flight.since = (
+            self.bench.submit(req),
+            k,
+            label,
+            time.time(),
+        )
         flight.node = self._submitted(flight.exp_id, req, flight.future)
         self._show()
 
@@ -459,12 +605,19 @@ class Supervisor:
         if not cancelled:
             self._record_run(flight.exp_id, result)
             flight.runs.append(result)
-            j = judge(flight.runs, self._values(flight.parent.id), self.metric, self.task.judge,
-                      candidate_size=flight.sizes[0], incumbent_size=flight.sizes[1],
-                      memory_cap_gb=self.task.memory_gb, gpu_memory_cap_gb=self.task.gpu_memory_gb,
-                      constraints=self.task.constraints,
-                      noise_groups=self._noise_groups(flight.exp_id, flight.parent.id),
-                      min_runs=self.task.judge.knob_min_runs if flight.knob_only else None)
+            j = judge(
+                flight.runs,
+                self._values(flight.parent.id),
+                self.metric,
+                self.task.judge,
+                candidate_size=flight.sizes[0],
+                incumbent_size=flight.sizes[1],
+                memory_cap_gb=self.task.memory_gb,
+                gpu_memory_cap_gb=self.task.gpu_memory_gb,
+                constraints=self.task.constraints,
+                noise_groups=self._noise_groups(flight.exp_id, flight.parent.id),
+                min_runs=self.task.judge.knob_min_runs if flight.knob_only else None,
+            )
             if j.verdict is not Verdict.MORE:
                 self._decide(flight, j)
                 return
@@ -473,8 +626,12 @@ class Supervisor:
                 return
         # A hard stop: the run was cut short on purpose (or no more runs may start), so the
         # idea is not judged; an interrupted one is proposed again by a later `rsilab run`.
-        self.ledger.add_decision(flight.exp_id, verdict=Verdict.INTERRUPTED, source="supervisor",
-                                 reason=f"interrupted: {self._requested or 'stopped'}")
+        self.ledger.add_decision(
+            flight.exp_id,
+            verdict=Verdict.INTERRUPTED,
+            source="supervisor",
+            reason=f"interrupted: {self._requested or 'stopped'}",
+        )
         self._drop(flight)
         self._settled(flight.exp_id, flight.proposal)
 
@@ -489,33 +646,73 @@ class Supervisor:
             # Every keep is re-checked at acceptance (diff confined, frozen hashes, evaluator
             # provenance), then re-tested on the fidelity ladder when there is one.
             j = AcceptanceGate(then=self.ladder).gate(
-                j, ws=self.ws, task=self.task, ledger=self.ledger, experiment_id=flight.exp_id,
-                candidate=flight.worktree, incumbent_commit=flight.parent.commit, bench=self.bench, notify=self._say)
+                j,
+                ws=self.ws,
+                task=self.task,
+                ledger=self.ledger,
+                experiment_id=flight.exp_id,
+                candidate=flight.worktree,
+                incumbent_commit=flight.parent.commit,
+                bench=self.bench,
+                notify=self._say,
+            )
             reason = j.reason if not j.flags else f"{j.reason} [{', '.join(j.flags)}]"
         # The decision is durable before the branch moves (see recover()).
-        log.debug("experiment %d: %s after %d run(s): %s", flight.exp_id, j.verdict, len(flight.runs), reason)
-        self.ledger.add_decision(flight.exp_id, verdict=j.verdict, reason=reason, effect=j.effect,
-                                 ci_low=j.ci_low, ci_high=j.ci_high, p_value=j.p_value, metric=mean)
+        log.debug(
+            "experiment %d: %s after %d run(s): %s",
+            flight.exp_id,
+            j.verdict,
+            len(flight.runs),
+            reason,
+        )
+        self.ledger.add_decision(
+            flight.exp_id,
+            verdict=j.verdict,
+            reason=reason,
+            effect=j.effect,
+            ci_low=j.ci_low,
+            ci_high=j.ci_high,
+            p_value=j.p_value,
+            metric=mean,
+        )
         if j.verdict is Verdict.KEEP:
             self.ws.advance(flight.commit, flight.parent.commit)
         self._drop(flight)
         self._settled(flight.exp_id, flight.proposal)
 
-    def _reapply(self, flight: Flight, j: Judgement, inc: Experiment, mean: float | None, reason: str) -> None:
+    def _reapply(
+        self, flight: Flight, j: Judgement, inc: Experiment, mean: float | None, reason: str
+    ) -> None:
         """`flight` won against its parent, but `inc` was kept meanwhile: merge its change onto
         `inc` and confirm it there as a new experiment, or record why that cannot be done."""
         won = f"won against its parent #{flight.parent.id} ({reason})"
-        figures: dict[str, Any] = {"effect": j.effect, "ci_low": j.ci_low, "ci_high": j.ci_high,
-                                   "p_value": j.p_value, "metric": mean}
+        figures: dict[str, Any] = {
+            "effect": j.effect,
+            "ci_low": j.ci_low,
+            "ci_high": j.ci_high,
+            "p_value": j.p_value,
+            "metric": mean,
+        }
         why, worktree, commit, tree, merged = "", None, None, "", Merge("")
         if self._hard:
             why = f"interrupted: {won}, but the supervisor is stopping"
         elif flight.depth >= MAX_REAPPLY:
-            why = f"superseded: {won}, but the incumbent kept moving ({MAX_REAPPLY} re-applications)"
+            why = (
+                f"superseded: {won}, but the incumbent kept moving ({MAX_REAPPLY} re-applications)"
+            )
         else:
-            worktree = self.ws.create_worktree(f"reapply-{flight.exp_id:04d}-{time.time_ns()}", inc.commit)
-            merged = reapply(self.ws, self.task, worktree, parent=flight.parent.commit, commit=flight.commit,
-                             onto=inc.commit, preset=self.preset or "cpu")
+            worktree = self.ws.create_worktree(
+                f"reapply-{flight.exp_id:04d}-{time.time_ns()}", inc.commit
+            )
+            merged = reapply(
+                self.ws,
+                self.task,
+                worktree,
+                parent=flight.parent.commit,
+                commit=flight.commit,
+                onto=inc.commit,
+                preset=self.preset or "cpu",
+            )
             conflict = merged.conflict
             problem = conflict or self.ws.check(worktree, self.task)
             commit = None if problem else self.ws.commit(worktree, flight.proposal.description)
@@ -544,23 +741,61 @@ class Supervisor:
 
             now = collect_knobs(self.ws.editable_files(self.task, commit), self.preset or "cpu")
             knobs = {n: now[n][1].value if n in now else v for n, v in knobs.items()}
-        proposal = replace(flight.proposal, knobs=knobs, meta={**flight.proposal.meta, "reapply_of": flight.exp_id,
-                                                              "merged_onto": inc.id, "merge": merged.how})
-        def decide_winner(new_id: int) -> None:  # with the new experiment: both or neither
-            self.ledger.add_decision(flight.exp_id, verdict=Verdict.DISCARD, **figures, reason=(
-                f"re-applied: {won}; the incumbent moved to #{inc.id}, so it is confirmed there as #{new_id}"))
+        proposal = replace(
+            flight.proposal,
+            knobs=knobs,
+            meta={
+                **flight.proposal.meta,
+                "reapply_of": flight.exp_id,
+                "merged_onto": inc.id,
+                "merge": merged.how,
+            },
+        )
 
-        new_id = self._open_experiment(proposal, parent=inc.commit, commit=commit, diff=self.ws.diff(inc.commit, commit),
-                                       lineage_parent=flight.exp_id, merged_onto=inc.id, worktree=worktree,
-                                       then=decide_winner)
-        self._event("reapply", f"experiment {flight.exp_id} won against #{flight.parent.id}; re-applied onto "
-                    f"the incumbent #{inc.id} as experiment {new_id}", experiment=flight.exp_id,
-                    reapplied_as=new_id, merged_onto=inc.id)
+        def decide_winner(new_id: int) -> None:  # with the new experiment: both or neither
+            self.ledger.add_decision(
+                flight.exp_id,
+                verdict=Verdict.DISCARD,
+                **figures,
+                reason=(
+                    f"re-applied: {won}; the incumbent moved to #{inc.id}, so it is confirmed there as #{new_id}"
+                ),
+            )
+
+        new_id = self._open_experiment(
+            proposal,
+            parent=inc.commit,
+            commit=commit,
+            diff=self.ws.diff(inc.commit, commit),
+            lineage_parent=flight.exp_id,
+            merged_onto=inc.id,
+            worktree=worktree,
+            then=decide_winner,
+        )
+        self._event(
+            "reapply",
+            f"experiment {flight.exp_id} won against #{flight.parent.id}; re-applied onto "
+            f"the incumbent #{inc.id} as experiment {new_id}",
+            experiment=flight.exp_id,
+            reapplied_as=new_id,
+            merged_onto=inc.id,
+        )
         self._drop(flight)
-        self._settled(flight.exp_id, flight.proposal, observe=False)  # told once, by the new one's result
+        self._settled(
+            flight.exp_id, flight.proposal, observe=False
+        )  # told once, by the new one's result
         self._known_trees()[tree] = new_id
-        self._fly(Flight(new_id, proposal, inc, commit, worktree, depth=flight.depth + 1,
-                         **self._compare(commit, inc.commit)))
+        self._fly(
+            Flight(
+                new_id,
+                proposal,
+                inc,
+                commit,
+                worktree,
+                depth=flight.depth + 1,
+                **self._compare(commit, inc.commit),
+            )
+        )
 
     def _drop(self, flight: Flight) -> None:
         self.ws.remove_worktree(flight.worktree)
@@ -572,22 +807,31 @@ class Supervisor:
         if observe:
             self.pool.observe(proposal, exp.status, exp.metric)
         self._tally(exp)
-        if (self.follower is not None and exp.status == Verdict.KEEP
-                and proposal.proposer not in (self.follower.name, "queue")):
+        if (
+            self.follower is not None
+            and exp.status == Verdict.KEEP
+            and proposal.proposer not in (self.follower.name, "queue")
+        ):
             self.pool.follow_left = self.task.tuner.follow
         self._since_recheck += 1
         self.pool.decided()
 
     # ---- the loop ---------------------------------------------------------------------
     def _stop_reason(self) -> str | None:
-        limit = reached(self.limits, started=self._started, elapsed_s=time.time() - self.progress.started,
-                        costs=self.ledger.costs())
+        limit = reached(
+            self.limits,
+            started=self._started,
+            elapsed_s=time.time() - self.progress.started,
+            costs=self.ledger.costs(),
+        )
         if limit is not None:
             return limit
         if self.ws.stop_file.exists():
             now = self._stop_now_file()
             self.ws.stop_file.unlink(missing_ok=True)
-            return f"stop file {self.ws.stop_file} found" + (": cancelling the runs in flight" if now else "")
+            return f"stop file {self.ws.stop_file} found" + (
+                ": cancelling the runs in flight" if now else ""
+            )
         if self.controls.stop_requested():
             return "stop requested from the dashboard: finishing the experiments in flight"
         return self._requested
@@ -630,11 +874,26 @@ class Supervisor:
             inc = self.ledger.incumbent()
             assert inc is not None
             every = self.task.judge.recheck_every
-            if every and self._since_recheck >= every and not any(f.kind == "recheck" for f in self._flights):
+            if (
+                every
+                and self._since_recheck >= every
+                and not any(f.kind == "recheck" for f in self._flights)
+            ):
                 self._since_recheck = 0
-                worktree = self.ws.create_worktree(f"recheck-{inc.id:04d}-{time.time_ns()}", inc.commit)
-                self._fly(Flight(inc.id, Proposal("recheck", {}, "supervisor"), inc, inc.commit, worktree,
-                                 kind="recheck", run_index=len(self.ledger.runs(inc.id))))
+                worktree = self.ws.create_worktree(
+                    f"recheck-{inc.id:04d}-{time.time_ns()}", inc.commit
+                )
+                self._fly(
+                    Flight(
+                        inc.id,
+                        Proposal("recheck", {}, "supervisor"),
+                        inc,
+                        inc.commit,
+                        worktree,
+                        kind="recheck",
+                        run_index=len(self.ledger.runs(inc.id)),
+                    )
+                )
                 continue
             cap = self.limits.max_experiments
             if cap is not None and self._started + len(self.pool.jobs) >= cap:
@@ -655,8 +914,9 @@ class Supervisor:
                 waiting[f.future] = f
         for job in self.pool.jobs:
             waiting[job.future] = job
-        done, _ = concurrent.futures.wait(list(waiting), timeout=POLL_SECONDS,
-                                          return_when=concurrent.futures.FIRST_COMPLETED)
+        done, _ = concurrent.futures.wait(
+            list(waiting), timeout=POLL_SECONDS, return_when=concurrent.futures.FIRST_COMPLETED
+        )
         for fut, item in waiting.items():  # in a fixed order, whatever order they finished in
             if fut in done:
                 self._proposed(item) if isinstance(item, ProposalJob) else self._ran(item)
@@ -676,7 +936,9 @@ class Supervisor:
             if reason is None:
                 reason = self._stop_reason()
                 self._stopping = reason is not None
-            elif self.ws.stop_file.exists() and self._stop_now_file():  # `stop --now` after a `stop`
+            elif (
+                self.ws.stop_file.exists() and self._stop_now_file()
+            ):  # `stop --now` after a `stop`
                 self.ws.stop_file.unlink(missing_ok=True)
             if self._hard and not cancelled:
                 reason, cancelled = reason or "stop requested: cancelling the runs in flight", True

@@ -84,12 +84,19 @@ class AgentProposer:
 
     name = "agent"
 
-    def __init__(self, cli: str = "claude", command: Sequence[str] = (), model: str = "",
-                 timeout: float = 900.0) -> None:
+    def __init__(
+        self,
+        cli: str = "claude",
+        command: Sequence[str] = (),
+        model: str = "",
+        timeout: float = 900.0,
+    ) -> None:
         if cli not in CLIS:
             raise ConfigError(f"agent.cli {cli!r}: must be one of {', '.join(CLIS)}")
         if cli == "command" and not command:
-            raise ConfigError('agent.cli = "command" needs agent.command (an argv with {prompt_file})')
+            raise ConfigError(
+                'agent.cli = "command" needs agent.command (an argv with {prompt_file})'
+            )
         if cli != "command" and command:
             raise ConfigError(f'agent.command is set but agent.cli is {cli!r}; set cli = "command"')
         if timeout <= 0:
@@ -97,7 +104,9 @@ class AgentProposer:
         exe = command[0] if cli == "command" else cli
         found = shutil.which(exe)
         if found is None:
-            hint = {"claude": "install Claude Code", "codex": "install the Codex CLI"}.get(cli, "fix agent.command")
+            hint = {"claude": "install Claude Code", "codex": "install the Codex CLI"}.get(
+                cli, "fix agent.command"
+            )
             raise ConfigError(f"{exe} not found on PATH; {hint} or use --proposer llm/tuner")
         self.cli, self.model, self.timeout = cli, model, float(timeout)
         self.command = [found, *command[1:]] if cli == "command" else [found]
@@ -106,28 +115,60 @@ class AgentProposer:
     def from_task(cls, task: TaskSpec, **options: Any) -> AgentProposer:
         """The agent of `task`'s `[agent]` section; `options` override its keys."""
         a = task.agent
-        return cls(**{"cli": a.cli, "command": a.command, "model": a.model, "timeout": a.timeout, **options})
+        return cls(
+            **{
+                "cli": a.cli,
+                "command": a.command,
+                "model": a.model,
+                "timeout": a.timeout,
+                **options,
+            }
+        )
 
     def argv(self, prompt_file: Path, description_file: Path, workdir: Path) -> list[str]:
         """The command line for one run."""
         if self.cli == "command":
-            subs = {"{prompt_file}": str(prompt_file), "{description_file}": str(description_file),
-                    "{workdir}": str(workdir)}
+            subs = {
+                "{prompt_file}": str(prompt_file),
+                "{description_file}": str(description_file),
+                "{workdir}": str(workdir),
+            }
             out = []
             for arg in self.command:
                 for key, value in subs.items():
                     arg = arg.replace(key, value)
                 out.append(arg)
             return out
-        instruction = (f"Read {prompt_file} and follow it: it describes one ML research experiment "
-                       f"on the code in the current folder. Edit only the files it allows, then write "
-                       f"a one-line description of your change to {description_file}.")
+        instruction = (
+            f"Read {prompt_file} and follow it: it describes one ML research experiment "
+            f"on the code in the current folder. Edit only the files it allows, then write "
+            f"a one-line description of your change to {description_file}."
+        )
         if self.cli == "claude":
-            argv = [*self.command, "-p", instruction, "--output-format", "json",
-                    "--permission-mode", "acceptEdits", "--allowedTools", CLAUDE_TOOLS,
-                    "--disallowedTools", CLAUDE_DENIED, "--add-dir", str(prompt_file.parent)]
+            argv = [
+                *self.command,
+                "-p",
+                instruction,
+                "--output-format",
+                "json",
+                "--permission-mode",
+                "acceptEdits",
+                "--allowedTools",
+                CLAUDE_TOOLS,
+                "--disallowedTools",
+                CLAUDE_DENIED,
+                "--add-dir",
+                str(prompt_file.parent),
+            ]
             return argv + (["--model", self.model] if self.model else [])
-        argv = [*self.command, "exec", "--json", "--sandbox", "workspace-write", "--skip-git-repo-check"]
+        argv = [
+            *self.command,
+            "exec",
+            "--json",
+            "--sandbox",
+            "workspace-write",
+            "--skip-git-repo-check",
+        ]
         return argv + (["-m", self.model] if self.model else []) + [instruction]
 
     def propose(self, ctx: Context) -> Proposal | None:
@@ -147,20 +188,34 @@ class AgentProposer:
             run = run_cli(argv, workdir, folder, self.timeout, ctx.should_stop)
             if run.stopped:
                 return None
-            written = _first_line(description_file.read_text(errors="replace")) if description_file.is_file() else ""
+            written = (
+                _first_line(description_file.read_text(errors="replace"))
+                if description_file.is_file()
+                else ""
+            )
             files = {} if ctx.workdir is not None else _changed(workdir, ctx.files)
-        final, usage, error = (parse_claude(run.stdout) if self.cli == "claude" else
-                               parse_codex(run.stdout) if self.cli == "codex" else
-                               (_last_line(run.stdout), {}, ""))
-        meta: dict[str, Any] = {"in_place": ctx.workdir is not None, "cli": self.cli, "usage": usage,
-                                "seconds": round(run.seconds, 1),
-                                "log": _log(argv, prompt, run)}
+        final, usage, error = (
+            parse_claude(run.stdout)
+            if self.cli == "claude"
+            else parse_codex(run.stdout)
+            if self.cli == "codex"
+            else (_last_line(run.stdout), {}, "")
+        )
+        meta: dict[str, Any] = {
+            "in_place": ctx.workdir is not None,
+            "cli": self.cli,
+            "usage": usage,
+            "seconds": round(run.seconds, 1),
+            "log": _log(argv, prompt, run),
+        }
         if run.timed_out:
             meta["timed_out"] = True
             error = f"{self.cli} timed out after {self.timeout:.0f} s"
         elif run.returncode != 0:
             last = error or _last_line(run.stderr) or _last_line(run.stdout)
-            error = f"{self.cli} exited with code {run.returncode}" + (f": {last[:200]}" if last else "")
+            error = f"{self.cli} exited with code {run.returncode}" + (
+                f": {last[:200]}" if last else ""
+            )
         if error:
             meta["error"] = error
         fallback = "agent timed out" if run.timed_out else _first_line(final) or "agent change"
@@ -176,21 +231,39 @@ def build_prompt(ctx: Context, description_file: Path) -> str:
     better = "lower" if metric.direction == "min" else "higher"
     inc = "not measured yet" if ctx.incumbent_metric is None else f"{ctx.incumbent_metric:.6g}"
     editable = ", ".join(ctx.editable) or ", ".join(sorted(ctx.files)) or "(none)"
-    parts = ["# One rsilab experiment: you are the researcher", "",
-             "## Research program", "", ctx.program.strip() or "(none given)", "",
-             "## Goal", "", f"Metric: {metric.name} ({better} is better). Incumbent: {inc}.",
-             "The current folder is a fresh checkout of the incumbent. Make ONE focused change that "
-             "you expect to improve the metric; it is kept only if it beats the incumbent beyond "
-             "the run-to-run noise.", "",
-             *(["## Limits of one run", "", *(f"- {line}" for line in ctx.limits), ""] if ctx.limits else []),
-             "## History", "", *_history(ctx.history, ctx), "",
-             "## Rules", "",
-             f"- Edit only files matching: {editable}. Any other change makes the experiment invalid.",
-             "- Do not run training, evaluation or any long command: the supervisor trains and "
-             "scores your change under its own budget after you finish.",
-             "- Do not use git, and do not read or write anything outside the current folder "
-             "except this file and the description file below.",
-             f"- Finish by writing ONE line describing your change to: {description_file}", ""]
+    parts = [
+        "# One rsilab experiment: you are the researcher",
+        "",
+        "## Research program",
+        "",
+        ctx.program.strip() or "(none given)",
+        "",
+        "## Goal",
+        "",
+        f"Metric: {metric.name} ({better} is better). Incumbent: {inc}.",
+        "The current folder is a fresh checkout of the incumbent. Make ONE focused change that "
+        "you expect to improve the metric; it is kept only if it beats the incumbent beyond "
+        "the run-to-run noise.",
+        "",
+        *(
+            ["## Limits of one run", "", *(f"- {line}" for line in ctx.limits), ""]
+            if ctx.limits
+            else []
+        ),
+        "## History",
+        "",
+        *_history(ctx.history, ctx),
+        "",
+        "## Rules",
+        "",
+        f"- Edit only files matching: {editable}. Any other change makes the experiment invalid.",
+        "- Do not run training, evaluation or any long command: the supervisor trains and "
+        "scores your change under its own budget after you finish.",
+        "- Do not use git, and do not read or write anything outside the current folder "
+        "except this file and the description file below.",
+        f"- Finish by writing ONE line describing your change to: {description_file}",
+        "",
+    ]
     return "\n".join(parts)
 
 
@@ -211,8 +284,13 @@ def _history(history: Sequence[HistoryItem], ctx: Context) -> list[str]:
     return out
 
 
-def run_cli(argv: list[str], cwd: Path, folder: Path, timeout: float,
-            should_stop: Callable[[], bool] = lambda: False) -> CliRun:
+def run_cli(
+    argv: list[str],
+    cwd: Path,
+    folder: Path,
+    timeout: float,
+    should_stop: Callable[[], bool] = lambda: False,
+) -> CliRun:
     """Run `argv` in its own session, stdin from /dev/null, output to files in `folder`;
     past `timeout` or once `should_stop()` is true, kill the whole session."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("RSILAB_")}
@@ -220,8 +298,16 @@ def run_cli(argv: list[str], cwd: Path, folder: Path, timeout: float,
     out_path, err_path = folder / "stdout.txt", folder / "stderr.txt"
     start = time.monotonic()
     with open(out_path, "wb") as out, open(err_path, "wb") as err:
-        proc = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=out,
-                                stderr=err, start_new_session=True, preexec_fn=die_with_parent)
+        proc = subprocess.Popen(
+            argv,
+            cwd=cwd,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=err,
+            start_new_session=True,
+            preexec_fn=die_with_parent,
+        )
     timed_out = stopped = False
     try:
         while proc.poll() is None:
@@ -242,8 +328,14 @@ def run_cli(argv: list[str], cwd: Path, folder: Path, timeout: float,
     finally:  # leftovers of the session (a child that outlived the CLI), waited for
         kill_session(proc.pid, time.monotonic() + GRACE_SECONDS)
     rc = None if (timed_out or stopped) else proc.returncode
-    return CliRun(rc, timed_out, stopped, out_path.read_text(errors="replace"),
-                  err_path.read_text(errors="replace"), time.monotonic() - start)
+    return CliRun(
+        rc,
+        timed_out,
+        stopped,
+        out_path.read_text(errors="replace"),
+        err_path.read_text(errors="replace"),
+        time.monotonic() - start,
+    )
 
 
 def parse_claude(stdout: str) -> tuple[str, dict[str, float], str]:
@@ -259,12 +351,21 @@ def parse_claude(stdout: str) -> tuple[str, dict[str, float], str]:
         return "", {}, ""
     u = data.get("usage") or {}
     # Cached prompt tokens are input too (Claude Code caches most of its context).
-    tokens_in = sum(_num(u.get(k)) for k in ("input_tokens", "cache_creation_input_tokens",
-                                            "cache_read_input_tokens"))
-    usage = {"tokens_in": tokens_in, "tokens_out": _num(u.get("output_tokens")),
-             "cost_usd": _num(data.get("total_cost_usd"))}
+    tokens_in = sum(
+        _num(u.get(k))
+        for k in ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
+    )
+    usage = {
+        "tokens_in": tokens_in,
+        "tokens_out": _num(u.get("output_tokens")),
+        "cost_usd": _num(data.get("total_cost_usd")),
+    }
     result = str(data.get("result") or "")
-    error = f"claude: {data.get('subtype', 'error')}: {_first_line(result)}" if data.get("is_error") else ""
+    error = (
+        f"claude: {data.get('subtype', 'error')}: {_first_line(result)}"
+        if data.get("is_error")
+        else ""
+    )
     return result, usage, error
 
 
@@ -283,8 +384,11 @@ def parse_codex(stdout: str) -> tuple[str, dict[str, float], str]:
             u = ev.get("usage") or {}
             tokens_in += _num(u.get("input_tokens"))  # cached_input_tokens is a part of these
             tokens_out += _num(u.get("output_tokens"))
-        elif kind == "item.completed" and isinstance(item, dict) and item.get("type") in (
-                "agent_message", "assistant_message"):
+        elif (
+            kind == "item.completed"
+            and isinstance(item, dict)
+            and item.get("type") in ("agent_message", "assistant_message")
+        ):
             final = str(item.get("text") or final)
         elif kind in ("turn.failed", "error"):
             msg = ev.get("message") or (ev.get("error") or {}).get("message", "")
@@ -319,6 +423,15 @@ def _changed(workdir: Path, files: Mapping[str, str]) -> dict[str, str]:
 def _log(argv: list[str], prompt: str, run: CliRun) -> str:
     """The proposal log: the command, the prompt, how it ended, its stdout and stderr (tails)."""
     end = "timed out" if run.timed_out else f"exit code {run.returncode}"
-    return "\n".join([f"$ {' '.join(argv)}", "--- prompt ---", prompt.rstrip(),
-                      f"--- stdout ({end} after {run.seconds:.1f} s) ---", run.stdout[-LOG_CHARS:].rstrip(),
-                      "--- stderr ---", run.stderr[-LOG_CHARS:].rstrip(), ""])
+    return "\n".join(
+        [
+            f"$ {' '.join(argv)}",
+            "--- prompt ---",
+            prompt.rstrip(),
+            f"--- stdout ({end} after {run.seconds:.1f} s) ---",
+            run.stdout[-LOG_CHARS:].rstrip(),
+            "--- stderr ---",
+            run.stderr[-LOG_CHARS:].rstrip(),
+            "",
+        ]
+    )

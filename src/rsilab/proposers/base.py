@@ -51,7 +51,9 @@ class HistoryItem:
 
     def to_proposal(self) -> Proposal:
         """The proposal rebuilt for a warm-start `observe` (its files are not kept)."""
-        return Proposal(self.description, {}, self.proposer, knobs=dict(self.knobs), meta=dict(self.meta))
+        return Proposal(
+            self.description, {}, self.proposer, knobs=dict(self.knobs), meta=dict(self.meta)
+        )
 
 
 @dataclass(frozen=True)
@@ -93,7 +95,9 @@ class Proposer(Protocol):
         ...
 
 
-REGISTRY: Registry[Proposer] = Registry("proposer", "rsilab.proposers", _BUILTIN_MODULES, ENTRY_POINT_GROUP)
+REGISTRY: Registry[Proposer] = Registry(
+    "proposer", "rsilab.proposers", _BUILTIN_MODULES, ENTRY_POINT_GROUP
+)
 F = TypeVar("F", bound=Callable[..., Proposer])
 
 

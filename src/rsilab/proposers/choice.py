@@ -18,7 +18,9 @@ from rsilab.config import TaskSpec
 from rsilab.errors import ConfigError
 
 DEFAULT = "tuner"  # the offline proposer: no key, no network
-_ITEM = re.compile(r"^(?P<name>[A-Za-z_][\w.-]*)(?:@(?P<model>[^:+,]+))?(?::(?P<share>\d+))?(?P<follow>\+tuner)?$")
+_ITEM = re.compile(
+    r"^(?P<name>[A-Za-z_][\w.-]*)(?:@(?P<model>[^:+,]+))?(?::(?P<share>\d+))?(?P<follow>\+tuner)?$"
+)
 
 
 @dataclass(frozen=True)
@@ -43,8 +45,10 @@ def parse_proposers(text: str) -> tuple[list[ProposerChoice], bool]:
         item = raw.strip()
         m = _ITEM.match(item)
         if m is None:
-            raise ConfigError(f"--proposer {text!r}: {item!r} is not NAME[@MODEL][:SHARE][+tuner] "
-                              "(e.g. llm:2,tuner:1 or llm+tuner)")
+            raise ConfigError(
+                f"--proposer {text!r}: {item!r} is not NAME[@MODEL][:SHARE][+tuner] "
+                "(e.g. llm:2,tuner:1 or llm+tuner)"
+            )
         share = int(m["share"] or 1)
         if share < 1:
             raise ConfigError(f"--proposer {text!r}: a share must be >= 1")
@@ -52,9 +56,13 @@ def parse_proposers(text: str) -> tuple[list[ProposerChoice], bool]:
         choices.append(ProposerChoice(m["name"], m["model"] or "", share))
     labels = [c.label for c in choices]
     if len(set(labels)) != len(labels):
-        raise ConfigError(f"--proposer {text!r}: a proposer is named twice; give each its own @MODEL")
+        raise ConfigError(
+            f"--proposer {text!r}: a proposer is named twice; give each its own @MODEL"
+        )
     if follow and "tuner" in labels:
-        raise ConfigError(f"--proposer {text!r}: the tuner is already a proposer; it cannot also follow")
+        raise ConfigError(
+            f"--proposer {text!r}: the tuner is already a proposer; it cannot also follow"
+        )
     return choices, follow
 
 

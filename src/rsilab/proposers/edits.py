@@ -99,8 +99,10 @@ def parse_answer(text: str) -> Answer:
             n = len(edits) + 1
             path = _path_above(lines, i) or last_path
             if path is None:
-                raise EditError(f"SEARCH block {n} has no file path; put the path (e.g. train.py) "
-                                "on its own line right before <<<<<<< SEARCH")
+                raise EditError(
+                    f"SEARCH block {n} has no file path; put the path (e.g. train.py) "
+                    "on its own line right before <<<<<<< SEARCH"
+                )
             edit, i = _read_block(lines, i, path, n)
             edits.append(edit)
             last_path = path
@@ -109,14 +111,18 @@ def parse_answer(text: str) -> Answer:
         if m:
             path = _clean_path(m.group(1))
             if not _PATH.match(path):
-                raise EditError(f"FILE: needs a file path, e.g. `FILE: train.py`, not {m.group(1)!r}")
+                raise EditError(
+                    f"FILE: needs a file path, e.g. `FILE: train.py`, not {m.group(1)!r}"
+                )
             j = _next_nonblank(lines, i + 1)
             if j < len(lines) and _SEARCH.match(lines[j]):
                 i = j  # `FILE: x` used as the path line of a SEARCH block
                 continue
             if j >= len(lines) or not _FENCE.match(lines[j]):
-                raise EditError(f"FILE: {path} must be followed by the file's entire new "
-                                "content inside a ``` fence")
+                raise EditError(
+                    f"FILE: {path} must be followed by the file's entire new "
+                    "content inside a ``` fence"
+                )
             k = _next_nonblank(lines, j + 1)
             if k < len(lines) and _SEARCH.match(lines[k]):
                 i = k  # a fenced SEARCH block under a `FILE: x` heading
@@ -128,21 +134,27 @@ def parse_answer(text: str) -> Answer:
         i += 1
     description = _description("\n".join(lines))
     if not edits and not whole:
-        raise EditError("the answer has no edits: after the DESCRIPTION line, give SEARCH/REPLACE "
-                        "blocks (path line, <<<<<<< SEARCH, =======, >>>>>>> REPLACE) or a "
-                        "FILE: block with a file's whole content")
+        raise EditError(
+            "the answer has no edits: after the DESCRIPTION line, give SEARCH/REPLACE "
+            "blocks (path line, <<<<<<< SEARCH, =======, >>>>>>> REPLACE) or a "
+            "FILE: block with a file's whole content"
+        )
     return Answer(description, tuple(edits), whole)
 
 
 def _description(text: str) -> str:
     m = _DESCRIPTION.search(text)
     if m is None:
-        raise EditError("the answer has no DESCRIPTION line; start it with "
-                        "`DESCRIPTION: <one line saying what the change does>`")
+        raise EditError(
+            "the answer has no DESCRIPTION line; start it with "
+            "`DESCRIPTION: <one line saying what the change does>`"
+        )
     desc = " ".join(m.group(1).strip(" *_`").split())
     if not desc:
-        raise EditError("the DESCRIPTION line is empty; write the one-line description after "
-                        "`DESCRIPTION:` on the same line")
+        raise EditError(
+            "the DESCRIPTION line is empty; write the one-line description after "
+            "`DESCRIPTION:` on the same line"
+        )
     return desc
 
 
@@ -184,8 +196,10 @@ def _read_block(lines: list[str], i: int, path: str, n: int) -> tuple[Edit, int]
             part = replace
         elif _REPLACE.match(line):
             if part is search:
-                raise EditError(f"SEARCH block {n} for {path} has no ======= line; separate the "
-                                "SEARCH lines from the REPLACE lines with =======")
+                raise EditError(
+                    f"SEARCH block {n} for {path} has no ======= line; separate the "
+                    "SEARCH lines from the REPLACE lines with ======="
+                )
             return Edit(path, _join(search), _join(replace)), j + 1
         else:
             part.append(line)
@@ -199,17 +213,19 @@ def _read_fenced(lines: list[str], j: int, path: str) -> tuple[str, int]:
     close = re.compile(rf"^\s*{re.escape(char)}{{{width},}}\s*$")
     for k in range(j + 1, len(lines)):
         if close.match(lines[k]):
-            return _join(lines[j + 1:k]), k + 1
-    raise EditError(f"the ``` fence after FILE: {path} is not closed; end the file's content "
-                    "with a line of ```")
+            return _join(lines[j + 1 : k]), k + 1
+    raise EditError(
+        f"the ``` fence after FILE: {path} is not closed; end the file's content with a line of ```"
+    )
 
 
 def _join(lines: list[str]) -> str:
     return "".join(line + "\n" for line in lines)
 
 
-def apply_answer(files: Mapping[str, str], answer: Answer,
-                 is_editable: Callable[[str], bool]) -> dict[str, str]:
+def apply_answer(
+    files: Mapping[str, str], answer: Answer, is_editable: Callable[[str], bool]
+) -> dict[str, str]:
     """The files `answer` changes (path -> new content), applied to `files`.
 
     Whole files are applied first, then the blocks in order. A SEARCH must match whole
@@ -231,8 +247,10 @@ def apply_answer(files: Mapping[str, str], answer: Answer,
         work[edit.path] = _apply_edit(work.get(edit.path), edit, n, list(work))
     changed = {p: c for p, c in work.items() if files.get(p) != c}
     if not changed:
-        raise EditError("the answer changes nothing: the result equals the current files; "
-                        "make a real change (REPLACE must differ from SEARCH)")
+        raise EditError(
+            "the answer changes nothing: the result equals the current files; "
+            "make a real change (REPLACE must differ from SEARCH)"
+        )
     for path, content in changed.items():
         if path.endswith(".py"):
             _check_compiles(path, content)
@@ -243,21 +261,27 @@ def _apply_edit(content: str | None, edit: Edit, n: int, known: list[str]) -> st
     where = f"SEARCH block {n} for {edit.path}"
     if content is None:
         if edit.search:
-            raise EditError(f"{edit.path} does not exist, so {where} cannot match; edit one of: "
-                            f"{', '.join(sorted(known))} (an empty SEARCH creates a new file)")
+            raise EditError(
+                f"{edit.path} does not exist, so {where} cannot match; edit one of: "
+                f"{', '.join(sorted(known))} (an empty SEARCH creates a new file)"
+            )
         return edit.replace
     if not edit.search.strip():
-        raise EditError(f"{where} is empty; to add code, SEARCH for the lines next to where it "
-                        "goes and repeat them in REPLACE together with the new lines")
+        raise EditError(
+            f"{where} is empty; to add code, SEARCH for the lines next to where it "
+            "goes and repeat them in REPLACE together with the new lines"
+        )
     added_newline = bool(content) and not content.endswith("\n")
     text = content + "\n" if added_newline else content
     starts = _exact_matches(text, edit.search)
     if len(starts) > 1:
-        raise EditError(f"{where} matches {len(starts)} places; add neighbouring lines to SEARCH "
-                        "so that it matches exactly one")
+        raise EditError(
+            f"{where} matches {len(starts)} places; add neighbouring lines to SEARCH "
+            "so that it matches exactly one"
+        )
     if starts:
         s = starts[0]
-        result = text[:s] + edit.replace + text[s + len(edit.search):]
+        result = text[:s] + edit.replace + text[s + len(edit.search) :]
     else:
         result = _fuzzy_apply(text, edit, where)
     if added_newline and result.endswith("\n"):
@@ -285,7 +309,7 @@ def _strip_blank(lines: list[str]) -> tuple[list[str], int, int]:
     """`lines` without its leading and trailing blank lines, and how many of each it had."""
     lead = _blank_run(lines)
     trail = _blank_run(lines[::-1]) if lead < len(lines) else 0
-    return lines[lead:len(lines) - trail], lead, trail
+    return lines[lead : len(lines) - trail], lead, trail
 
 
 def _norm(line: str) -> str:
@@ -301,26 +325,34 @@ def _fuzzy_apply(text: str, edit: Edit, where: str) -> str:
     file_lines = text.split("\n")[:-1]  # text ends with "\n"
     core, lead, trail = _strip_blank(edit.search.split("\n")[:-1])
     replace = edit.replace.split("\n")[:-1]
-    replace = replace[_blank_run(replace[:lead]):]  # drop the blank lines SEARCH dropped
-    replace = replace[:len(replace) - _blank_run(replace[::-1][:trail])]
+    replace = replace[_blank_run(replace[:lead]) :]  # drop the blank lines SEARCH dropped
+    replace = replace[: len(replace) - _blank_run(replace[::-1][:trail])]
     want = [_norm(s) for s in core]
     have = [_norm(s) for s in file_lines]
-    hits = [i for i in range(len(have) - len(want) + 1) if have[i:i + len(want)] == want]
+    hits = [i for i in range(len(have) - len(want) + 1) if have[i : i + len(want)] == want]
     if len(hits) != 1:
         raise EditError(_no_match_message(where, core, file_lines, len(hits)))
     i = hits[0]
     delta = _indent(file_lines[i]) - _indent(core[0])
-    pad = file_lines[i][:_indent(file_lines[i])][:1] or " "
-    shifted = [line if not line.strip() else pad * delta + line if delta >= 0
-               else line[min(-delta, _indent(line)):] for line in replace]
-    return _join(file_lines[:i] + shifted + file_lines[i + len(core):])
+    pad = file_lines[i][: _indent(file_lines[i])][:1] or " "
+    shifted = [
+        line
+        if not line.strip()
+        else pad * delta + line
+        if delta >= 0
+        else line[min(-delta, _indent(line)) :]
+        for line in replace
+    ]
+    return _join(file_lines[:i] + shifted + file_lines[i + len(core) :])
 
 
 def _no_match_message(where: str, core: list[str], file_lines: list[str], hits: int) -> str:
     if hits > 1:
-        return (f"{where} does not match the file exactly, and ignoring whitespace it matches "
-                f"{hits} places; copy the lines verbatim and add neighbouring lines so that "
-                "it matches exactly one")
+        return (
+            f"{where} does not match the file exactly, and ignoring whitespace it matches "
+            f"{hits} places; copy the lines verbatim and add neighbouring lines so that "
+            "it matches exactly one"
+        )
     msg = f"{where} does not match the file exactly; copy the lines verbatim, including spaces"
     first = core[0].strip() if core else ""
     close = difflib.get_close_matches(first, [s.strip() for s in file_lines], n=1, cutoff=0.6)
@@ -337,7 +369,9 @@ def _check_compiles(path: str, content: str) -> None:
             compile(content, path, "exec")
     except SyntaxError as e:
         shown = f": {e.text.strip()!r}" if e.text and e.text.strip() else ""
-        raise EditError(f"{path} does not compile after the edits: line {e.lineno}: {e.msg}"
-                        f"{shown}; fix the syntax (indentation included)") from None
+        raise EditError(
+            f"{path} does not compile after the edits: line {e.lineno}: {e.msg}"
+            f"{shown}; fix the syntax (indentation included)"
+        ) from None
     except (ValueError, OverflowError, RecursionError, MemoryError) as e:
         raise EditError(f"{path} does not compile after the edits: {e}") from None

@@ -39,13 +39,21 @@ class LLMProposer:
 
     name = "llm"
 
-    def __init__(self, spec: LLMSpec | None = None, env: Mapping[str, str] | None = None,
-                 **client_options: Any) -> None:
+    def __init__(
+        self,
+        spec: LLMSpec | None = None,
+        env: Mapping[str, str] | None = None,
+        **client_options: Any,
+    ) -> None:
         spec = spec or LLMSpec()
         env = os.environ if env is None else env
         # Only an Anthropic key in the environment: speak Anthropic without being told.
-        if spec.api == "openai" and not spec.base_url and not configured(env, "openai") \
-                and configured(env, "anthropic"):
+        if (
+            spec.api == "openai"
+            and not spec.base_url
+            and not configured(env, "openai")
+            and configured(env, "anthropic")
+        ):
             spec = dataclasses.replace(spec, api="anthropic")
         self.spec, self.env, self.client_options = spec, env, client_options
         from_spec(spec, env, **client_options).close()  # a missing key fails now, not at 3 am
@@ -76,8 +84,9 @@ class LLMProposer:
         error = ""
         with self._client(ctx) as client:
             for _ in range(self.spec.repair_rounds + 1):
-                system, messages = build_messages(view, budget_tokens=self.spec.context_tokens, fix=fix,
-                                                  repair=repair, idea=idea)
+                system, messages = build_messages(
+                    view, budget_tokens=self.spec.context_tokens, fix=fix, repair=repair, idea=idea
+                )
                 if not transcript:
                     transcript.append(f"## system\n{system}")
                 transcript.append(f"## user\n{messages[-1]['content']}")
@@ -86,7 +95,9 @@ class LLMProposer:
                 except Stopped:
                     return None  # the supervisor is stopping; nothing was decided
                 self._count(usage, reply)
-                transcript.append(f"## assistant ({reply.model}, {reply.tokens_in}+{reply.tokens_out} tokens)\n{reply.text}")
+                transcript.append(
+                    f"## assistant ({reply.model}, {reply.tokens_in}+{reply.tokens_out} tokens)\n{reply.text}"
+                )
                 try:
                     answer = parse_answer(reply.text)
                     changed = apply_answer(base_files, answer, is_editable)
@@ -95,9 +106,16 @@ class LLMProposer:
                     repair.append((reply.text, error))
                     transcript.append(f"## error\n{error}")
                     continue
-                files = {**{k: v for k, v in base_files.items() if v != ctx.files.get(k)}, **changed}
+                files = {
+                    **{k: v for k, v in base_files.items() if v != ctx.files.get(k)},
+                    **changed,
+                }
                 self._proposed[answer.description] = {**base_files, **changed}
-                meta: dict[str, Any] = {"usage": usage, "log": "\n\n".join(transcript), "model": reply.model}
+                meta: dict[str, Any] = {
+                    "usage": usage,
+                    "log": "\n\n".join(transcript),
+                    "model": reply.model,
+                }
                 if fix is not None:
                     meta["fixes"] = fix.experiment_id
                 if idea_path is not None:
@@ -105,9 +123,16 @@ class LLMProposer:
                     _retire(idea_path)
                 return Proposal(answer.description, files, self.name, meta=meta)
         rounds = self.spec.repair_rounds + 1
-        return Proposal(f"malformed answer ({rounds} tries)", {}, self.name,
-                        meta={"invalid": f"the model's answer could not be applied after {rounds} tries: {error}",
-                              "usage": usage, "log": "\n\n".join(transcript)})
+        return Proposal(
+            f"malformed answer ({rounds} tries)",
+            {},
+            self.name,
+            meta={
+                "invalid": f"the model's answer could not be applied after {rounds} tries: {error}",
+                "usage": usage,
+                "log": "\n\n".join(transcript),
+            },
+        )
 
     def observe(self, proposal: Proposal, verdict: str, metric: float | None) -> None:
         """Nothing to learn in-process: the next prompt carries the history from the ledger."""
@@ -115,19 +140,27 @@ class LLMProposer:
     def _count(self, usage: dict[str, Any], reply: Reply) -> None:
         usage["tokens_in"] += reply.tokens_in
         usage["tokens_out"] += reply.tokens_out
-        usage["cost_usd"] += (reply.tokens_in * self.spec.price_in + reply.tokens_out * self.spec.price_out) / 1e6
+        usage["cost_usd"] += (
+            reply.tokens_in * self.spec.price_in + reply.tokens_out * self.spec.price_out
+        ) / 1e6
 
     def _fix_for(self, ctx: Context) -> Fix | None:
         """A fix attempt when the last experiment was our own crash with fixes left."""
         if not ctx.history or self.spec.fix_attempts <= 0:
             return None
         last = ctx.history[-1]
-        if last.proposer != self.name or last.verdict not in FAILED or last.description not in self._proposed:
+        if (
+            last.proposer != self.name
+            or last.verdict not in FAILED
+            or last.description not in self._proposed
+        ):
             return None
         if _fix_depth(ctx.history, last) >= self.spec.fix_attempts:
             return None
         crashed = self._proposed[last.description]
-        shown = "\n\n".join(f"{path}:\n{text}" for path, text in crashed.items() if text != ctx.files.get(path))
+        shown = "\n\n".join(
+            f"{path}:\n{text}" for path, text in crashed.items() if text != ctx.files.get(path)
+        )
         return Fix(last.experiment_id, last.description, shown, last.log_tail or last.reason)
 
 

@@ -40,13 +40,22 @@ Api = Literal["openai", "anthropic"]
 ANTHROPIC_VERSION = "2023-06-01"
 MAX_BACKOFF = 300.0  # seconds: the longest wait between attempts (unless Retry-After asks more)
 MAX_RETRY_AFTER = 3600.0  # seconds: a longer Retry-After is taken as this
-VENDOR_URLS: dict[str, str] = {"openai": "https://api.openai.com/v1", "anthropic": "https://api.anthropic.com"}
+VENDOR_URLS: dict[str, str] = {
+    "openai": "https://api.openai.com/v1",
+    "anthropic": "https://api.anthropic.com",
+}
 DEFAULT_MODELS: dict[str, str] = {"openai": "gpt-4o-mini", "anthropic": "claude-sonnet-4-5"}
 URL_ENV: dict[str, str] = {"openai": "OPENAI_BASE_URL", "anthropic": "ANTHROPIC_BASE_URL"}
 KEY_ENV: dict[str, str] = {"openai": "OPENAI_API_KEY", "anthropic": "ANTHROPIC_API_KEY"}
 MODEL_ENV = "RSILAB_LLM_MODEL"
 # The variables `configured()` looks at: any one set (non-empty) means "an LLM is configured".
-CONFIGURED_ENV = ("OPENAI_API_KEY", "OPENAI_BASE_URL", "ANTHROPIC_API_KEY", "ANTHROPIC_BASE_URL", MODEL_ENV)
+CONFIGURED_ENV = (
+    "OPENAI_API_KEY",
+    "OPENAI_BASE_URL",
+    "ANTHROPIC_API_KEY",
+    "ANTHROPIC_BASE_URL",
+    MODEL_ENV,
+)
 _RETRY_STATUS = {408, 409, 429}
 _HINTS = {
     400: "check the model name and llm.max_tokens",
@@ -63,7 +72,9 @@ class Reply:
     tokens_out: int
     model: str  # as the server names it (falls back to the requested model)
     seconds: float  # wall time of complete(), retries and waits included
-    truncated: bool = False  # the answer hit max_tokens (finish_reason "length" / stop_reason "max_tokens")
+    truncated: bool = (
+        False  # the answer hit max_tokens (finish_reason "length" / stop_reason "max_tokens")
+    )
 
 
 class ProviderError(RsilabError):
@@ -130,8 +141,10 @@ class ChatClient:
         temperature: float = 0.7,
         max_tokens: int = 4096,
         timeout: float = 180.0,
-        max_attempts: int | None = None,  # None: retry forever (an outage pauses, then resumes by itself)
-        sleep: Callable[[float], object] | None = None,  # None: sleep in slices, watching should_stop
+        max_attempts: int
+        | None = None,  # None: retry forever (an outage pauses, then resumes by itself)
+        sleep: Callable[[float], object]
+        | None = None,  # None: sleep in slices, watching should_stop
         notify: Notify = silent,
         should_stop: Callable[[], bool] = lambda: False,
         transport: httpx.BaseTransport | None = None,
@@ -169,7 +182,12 @@ class ChatClient:
         for m in msgs:
             if m["role"] not in ("user", "assistant"):
                 raise ValueError(f"message role must be 'user' or 'assistant', got {m['role']!r}")
-        body: dict[str, Any] = {"model": self.model, "messages": msgs, "max_tokens": self.max_tokens, "temperature": self.temperature}
+        body: dict[str, Any] = {
+            "model": self.model,
+            "messages": msgs,
+            "max_tokens": self.max_tokens,
+            "temperature": self.temperature,
+        }
         headers = {"content-type": "application/json", "user-agent": "rsilab"}
         key = self._key.value
         if self.api == "openai":
@@ -196,7 +214,9 @@ class ChatClient:
             except _Transient as t:
                 reason, asked = self._scrub(t.reason), t.retry_after
             if self.max_attempts is not None and attempt >= self.max_attempts:
-                raise ProviderError(f"{self._where()}: gave up after {attempt} attempts, last: {reason}; is the server up?")
+                raise ProviderError(
+                    f"{self._where()}: gave up after {attempt} attempts, last: {reason}; is the server up?"
+                )
             delay = max(0.5, asked) if asked is not None else backoff(attempt)  # a 0 would hammer
             of = f" of {self.max_attempts}" if self.max_attempts else ""
             if self._should_stop():
@@ -237,7 +257,9 @@ class ChatClient:
             raise ProviderError(self._bad_shape(data))
         return data
 
-    def _parse(self, data: dict[str, Any], system: str, msgs: list[dict[str, str]], seconds: float) -> Reply:
+    def _parse(
+        self, data: dict[str, Any], system: str, msgs: list[dict[str, str]], seconds: float
+    ) -> Reply:
         try:
             if self.api == "openai":
                 choice = data["choices"][0]
@@ -258,9 +280,18 @@ class ChatClient:
         except (KeyError, TypeError, ValueError):
             chars_in = len(system) + sum(len(m["content"]) for m in msgs)
             tokens_in, tokens_out = chars_in // 4, len(text) // 4
-            log.debug("%s: no usage in the reply; token counts estimated as characters / 4", self._where())
+            log.debug(
+                "%s: no usage in the reply; token counts estimated as characters / 4", self._where()
+            )
         model = data.get("model")
-        return Reply(text, tokens_in, tokens_out, model if isinstance(model, str) and model else self.model, seconds, truncated)
+        return Reply(
+            text,
+            tokens_in,
+            tokens_out,
+            model if isinstance(model, str) and model else self.model,
+            seconds,
+            truncated,
+        )
 
     # -- messages ----------------------------------------------------------------------
     def _where(self) -> str:
@@ -284,7 +315,11 @@ class ChatClient:
         except (ValueError, AttributeError):
             pass
         if status in (401, 403):
-            hint = f"check ${self.key_env}" if self._key.value else f"no key was sent; set ${self.key_env}"
+            hint = (
+                f"check ${self.key_env}"
+                if self._key.value
+                else f"no key was sent; set ${self.key_env}"
+            )
         else:
             hint = _HINTS.get(status, "the server rejected the request")
         if status == 404 and self.api == "openai":
@@ -318,8 +353,15 @@ def from_spec(spec: LLMSpec, env: Mapping[str, str] = os.environ, **kwargs: Any)
     key_env = spec.key_env or KEY_ENV[api]
     key = env.get(key_env, "").strip() or None
     if key is None and (spec.key_env or _is_vendor(base_url)):
-        raise ConfigError(f"llm: ${key_env} is not set; export the API key for {base_url} (or set llm.base_url to a local server)")
-    options: dict[str, Any] = {"temperature": spec.temperature, "max_tokens": spec.max_tokens, "timeout": spec.timeout, "key_env": key_env}
+        raise ConfigError(
+            f"llm: ${key_env} is not set; export the API key for {base_url} (or set llm.base_url to a local server)"
+        )
+    options: dict[str, Any] = {
+        "temperature": spec.temperature,
+        "max_tokens": spec.max_tokens,
+        "timeout": spec.timeout,
+        "key_env": key_env,
+    }
     options.update(kwargs)
     return ChatClient(api, base_url, model, key, **options)
 
@@ -327,5 +369,7 @@ def from_spec(spec: LLMSpec, env: Mapping[str, str] = os.environ, **kwargs: Any)
 def configured(env: Mapping[str, str] = os.environ, api: Api | None = None) -> bool:
     """True when one of CONFIGURED_ENV is set (non-empty); with `api`, only that api's two
     variables and $RSILAB_LLM_MODEL count. Used to pick `llm` as the default proposer."""
-    names = [n for n in CONFIGURED_ENV if api is None or n == MODEL_ENV or n.startswith(api.upper())]
+    names = [
+        n for n in CONFIGURED_ENV if api is None or n == MODEL_ENV or n.startswith(api.upper())
+    ]
     return any(env.get(n, "").strip() for n in names)

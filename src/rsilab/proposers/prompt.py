@@ -79,9 +79,14 @@ def estimate_tokens(text: str) -> int:
     return math.ceil(len(text) / 4)
 
 
-def build_messages(ctx: Context, *, budget_tokens: int, fix: Fix | None = None,
-                   repair: Sequence[tuple[str, str]] = (), idea: str | None = None,
-                   ) -> tuple[str, list[dict[str, str]]]:
+def build_messages(
+    ctx: Context,
+    *,
+    budget_tokens: int,
+    fix: Fix | None = None,
+    repair: Sequence[tuple[str, str]] = (),
+    idea: str | None = None,
+) -> tuple[str, list[dict[str, str]]]:
     """`(system, messages)` for a chat API, sized to `budget_tokens` (see the module doc).
 
     `idea` is a person's free-text idea (queued from the dashboard): the model is asked to
@@ -91,18 +96,26 @@ def build_messages(ctx: Context, *, budget_tokens: int, fix: Fix | None = None,
     assistant turn and a user turn that asks for a corrected answer.
     """
     editable = ", ".join(ctx.editable or sorted(ctx.files)) or "(none)"
-    system = "\n\n".join([_ROLE, _RULES.format(editable=editable), FORMAT_INSTRUCTIONS.strip(),
-                          HARNESS_API.strip()])
+    system = "\n\n".join(
+        [_ROLE, _RULES.format(editable=editable), FORMAT_INSTRUCTIONS.strip(), HARNESS_API.strip()]
+    )
     head: list[str] = []
     if ctx.program.strip():
         head.append("# Research program\n\n" + ctx.program.strip("\n"))
-    head.append("# The editable files (the incumbent)\n\n"
-                + "\n\n".join(_file_block(p, c) for p, c in ctx.files.items()))
+    head.append(
+        "# The editable files (the incumbent)\n\n"
+        + "\n\n".join(_file_block(p, c) for p, c in ctx.files.items())
+    )
     direction = "lower" if ctx.metric.direction == "min" else "higher"
-    score = ("has no score yet" if ctx.incumbent_metric is None
-             else f"scores {ctx.incumbent_metric:.4f}; your change must beat it")
-    head.append(f"# Metric\n\n{ctx.metric.name}, {direction} is better. "
-                f"The incumbent (the files above) {score}.")
+    score = (
+        "has no score yet"
+        if ctx.incumbent_metric is None
+        else f"scores {ctx.incumbent_metric:.4f}; your change must beat it"
+    )
+    head.append(
+        f"# Metric\n\n{ctx.metric.name}, {direction} is better. "
+        f"The incumbent (the files above) {score}."
+    )
     if ctx.limits:
         head.append("# Limits of one run\n\n" + "\n".join(f"- {line}" for line in ctx.limits))
     head.append("# History\n\n")
@@ -110,19 +123,28 @@ def build_messages(ctx: Context, *, budget_tokens: int, fix: Fix | None = None,
     if ctx.in_flight:
         shown = [f"- {_one_line(p.description)}" for p in ctx.in_flight[:_MAX_IN_FLIGHT]]
         more = len(ctx.in_flight) - len(shown)
-        tail.append("# Running now (do not propose these again)\n\n" + "\n".join(shown)
-                    + (f"\n- ... and {more} more" if more > 0 else ""))
+        tail.append(
+            "# Running now (do not propose these again)\n\n"
+            + "\n".join(shown)
+            + (f"\n- ... and {more} more" if more > 0 else "")
+        )
     if idea is not None and fix is None:
-        tail.append("# A person's idea for this experiment\n\nA person watching the research asks you "
-                    "to try this (turn it into one concrete change):\n\n" + idea.strip())
+        tail.append(
+            "# A person's idea for this experiment\n\nA person watching the research asks you "
+            "to try this (turn it into one concrete change):\n\n" + idea.strip()
+        )
     tail.append(_fix_block(fix) if fix is not None else _TURN)
     before, after = "\n\n".join(head), "\n\n" + "\n\n".join(tail)
     turns: list[dict[str, str]] = []
     for answer, error in repair:
         turns.append({"role": "assistant", "content": answer})
         turns.append({"role": "user", "content": _REPAIR.format(error=error.strip())})
-    fixed = (estimate_tokens(system) + estimate_tokens(before) + estimate_tokens(after)
-             + sum(estimate_tokens(t["content"]) for t in turns))
+    fixed = (
+        estimate_tokens(system)
+        + estimate_tokens(before)
+        + estimate_tokens(after)
+        + sum(estimate_tokens(t["content"]) for t in turns)
+    )
     history = history_block(ctx.history, ctx.metric, budget_tokens - fixed)
     return system, [{"role": "user", "content": before + history + after}, *turns]
 
@@ -141,17 +163,20 @@ SEARCH blocks must match the files as shown in the first message."""
 
 def _fix_block(fix: Fix) -> str:
     log = fix.log_tail.strip("\n")[-_MAX_TAIL:]
-    return (f"# Fix a crash\n\nExperiment #{fix.experiment_id} ({_one_line(fix.description)}) "
-            f"crashed. Its change:\n\n{_fence(fix.diff_or_files, 'diff')}\n\n"
-            f"The end of its log:\n\n{_fence(log, 'text')}\n\n"
-            "Find the cause and propose the same idea again with the bug fixed (not a "
-            "different idea). Your edits apply to the files shown above. Answer in the format "
-            "of the system prompt.")
+    return (
+        f"# Fix a crash\n\nExperiment #{fix.experiment_id} ({_one_line(fix.description)}) "
+        f"crashed. Its change:\n\n{_fence(fix.diff_or_files, 'diff')}\n\n"
+        f"The end of its log:\n\n{_fence(log, 'text')}\n\n"
+        "Find the cause and propose the same idea again with the bug fixed (not a "
+        "different idea). Your edits apply to the files shown above. Answer in the format "
+        "of the system prompt."
+    )
 
 
 def _file_block(path: str, content: str) -> str:
     lang = {"py": "python", "md": "markdown", "toml": "toml", "sh": "bash"}.get(
-        path.rsplit(".", 1)[-1], "")
+        path.rsplit(".", 1)[-1], ""
+    )
     return f"## {path}\n\n{_fence(content, lang)}"
 
 
@@ -168,7 +193,7 @@ def _fence(content: str, lang: str = "") -> str:
 
 def _one_line(text: str, limit: int = 120) -> str:
     s = " ".join(text.split())
-    return s if len(s) <= limit else s[:limit - 3] + "..."
+    return s if len(s) <= limit else s[: limit - 3] + "..."
 
 
 def history_block(history: Sequence[HistoryItem], metric: Metric, budget_tokens: int) -> str:
@@ -184,8 +209,11 @@ def history_block(history: Sequence[HistoryItem], metric: Metric, budget_tokens:
         return "No experiments yet."
     lines = _history_lines(history)
     base = next((i for i, h in enumerate(history) if h.proposer == "baseline"), 0)
-    kept = [i for i, h in enumerate(history)
-            if str(h.verdict) == "keep" and h.metric is not None and math.isfinite(h.metric)]
+    kept = [
+        i
+        for i, h in enumerate(history)
+        if str(h.verdict) == "keep" and h.metric is not None and math.isfinite(h.metric)
+    ]
     best = base
     for i in kept:
         value, top = history[i].metric, history[best].metric
@@ -194,15 +222,24 @@ def history_block(history: Sequence[HistoryItem], metric: Metric, budget_tokens:
     must = [best] if best == base else [best, base]
     n_kept = sum(str(h.verdict) == "keep" for h in history)
     n_failed = sum(str(h.verdict) in _FAILED for h in history)
-    header = (f"{len(history)} experiments ({n_kept} kept, {n_failed} failed, "
-              f"{len(history) - n_kept - n_failed} other). One line each: #id verdict "
-              f"{metric.name} (change vs the incumbent of the time) description: reason.")
-    titles = {"must": "Best kept and baseline:", "kept": "Kept:", "recent": "Most recent:",
-              "failures": "Notable failures:"}
-    pools = {"kept": [i for i in reversed(kept) if i not in must],
-             "recent": list(range(len(history) - 1, -1, -1)),
-             "failures": [i for i in range(len(history) - 1, -1, -1)
-                          if str(history[i].verdict) in _FAILED]}
+    header = (
+        f"{len(history)} experiments ({n_kept} kept, {n_failed} failed, "
+        f"{len(history) - n_kept - n_failed} other). One line each: #id verdict "
+        f"{metric.name} (change vs the incumbent of the time) description: reason."
+    )
+    titles = {
+        "must": "Best kept and baseline:",
+        "kept": "Kept:",
+        "recent": "Most recent:",
+        "failures": "Notable failures:",
+    }
+    pools = {
+        "kept": [i for i in reversed(kept) if i not in must],
+        "recent": list(range(len(history) - 1, -1, -1)),
+        "failures": [
+            i for i in range(len(history) - 1, -1, -1) if str(history[i].verdict) in _FAILED
+        ],
+    }
     chosen: dict[str, list[int]] = {"must": must, "kept": [], "recent": [], "failures": []}
     taken = set(must)
     omitted_reserve = len(f"({len(history)} older experiments omitted)") + 1

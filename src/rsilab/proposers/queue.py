@@ -97,7 +97,9 @@ class QueueProposer:
         if taken is None or not taken.is_file():
             return  # a warm-start replay, or a proposal of another queue
         original = taken.name.split(_SEP, 1)[-1]
-        _move(taken, self.queue_dir if verdict == "interrupted" else self.queue_dir / "done", original)
+        _move(
+            taken, self.queue_dir if verdict == "interrupted" else self.queue_dir / "done", original
+        )
 
     def _requeue_taken(self) -> None:
         """Files taken by a supervisor that died before the result: they go back in line."""

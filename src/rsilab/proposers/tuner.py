@@ -165,13 +165,17 @@ class Tuner:
     def observe(self, proposal: Proposal, verdict: str, metric: float | None) -> None:
         moved = proposal.meta.get("changed")
         parent = proposal.meta.get("parent_metric")
-        self._observed.append((
-            dict(proposal.knobs),
-            [str(n) for n in moved] if isinstance(moved, list) else None,
-            float(parent) if isinstance(parent, int | float) and not isinstance(parent, bool) else None,
-            str(verdict),
-            metric,
-        ))
+        self._observed.append(
+            (
+                dict(proposal.knobs),
+                [str(n) for n in moved] if isinstance(moved, list) else None,
+                float(parent)
+                if isinstance(parent, int | float) and not isinstance(parent, bool)
+                else None,
+                str(verdict),
+                metric,
+            )
+        )
         self._catch_up()
 
     def _catch_up(self) -> None:

@@ -73,7 +73,9 @@ class _Repo:
         """commit -> its parents, for the commits that exist."""
         out: dict[str, list[str]] = {}
         for sha in dict.fromkeys(commits):
-            line = git(self.root, "rev-list", "--no-walk", "--parents", sha, "--", check=False).strip()
+            line = git(
+                self.root, "rev-list", "--no-walk", "--parents", sha, "--", check=False
+            ).strip()
             if line:
                 head, *rest = line.split()
                 out[sha] = rest
@@ -109,8 +111,9 @@ class _Repo:
 # -- the checks of one change and one run --------------------------------------------------
 
 
-def _change_problems(repo: _Repo, task: TaskSpec, frozen: dict[str, str], parent: str,
-                     commit: str) -> list[str]:
+def _change_problems(
+    repo: _Repo, task: TaskSpec, frozen: dict[str, str], parent: str, commit: str
+) -> list[str]:
     """A change must be one commit on its parent, touching only editable files, with every
     frozen file as it was when the workspace was made."""
     problems = []
@@ -120,8 +123,11 @@ def _change_problems(repo: _Repo, task: TaskSpec, frozen: dict[str, str], parent
     if parents != [parent]:
         shown = ", ".join(p[:12] for p in parents) or "none"
         problems.append(f"commit {commit[:12]} has parent {shown}, not the recorded {parent[:12]}")
-    problems += [f"changes {rel}, which is not editable (editable: {', '.join(task.editable)})"
-                 for rel in repo.changed(parent, commit) if not task.is_editable(rel)]
+    problems += [
+        f"changes {rel}, which is not editable (editable: {', '.join(task.editable)})"
+        for rel in repo.changed(parent, commit)
+        if not task.is_editable(rel)
+    ]
     return problems + _frozen_problems(repo, frozen, commit)
 
 
@@ -133,7 +139,9 @@ def _frozen_problems(repo: _Repo, frozen: dict[str, str], commit: str) -> list[s
         if blob is None:
             problems.append(f"frozen file {rel} is missing at {commit[:12]}")
         elif repo.sha256(blob) != digest:
-            problems.append(f"frozen file {rel} at {commit[:12]} does not match its recorded sha256")
+            problems.append(
+                f"frozen file {rel} at {commit[:12]} does not match its recorded sha256"
+            )
     return problems
 
 
@@ -182,13 +190,17 @@ def run_problems(task: TaskSpec, run: RunResult, run_dir: Path) -> list[str]:
     problems = []
     if figures.get(name) != run.metric:
         problems.append(f"{metrics} says {name} {figures.get(name)}, the ledger {run.metric}")
-    problems += [f"{metrics} says {key} {value!r}, the ledger {run.evaluation.get(key)!r}"
-                 for key, value in figures.items() if key != name and run.evaluation.get(key) != value]
+    problems += [
+        f"{metrics} says {key} {value!r}, the ledger {run.evaluation.get(key)!r}"
+        for key, value in figures.items()
+        if key != name and run.evaluation.get(key) != value
+    ]
     return problems
 
 
-def check_acceptance(ws: Workspace, task: TaskSpec, *, parent: str, commit: str,
-                     runs: Sequence[RunResult]) -> list[str]:
+def check_acceptance(
+    ws: Workspace, task: TaskSpec, *, parent: str, commit: str, runs: Sequence[RunResult]
+) -> list[str]:
     """Problems that forbid keeping `commit` (one line each); empty when it may be kept.
 
     For the supervisor, after the judge says keep and before it records the keep and
@@ -202,7 +214,9 @@ def check_acceptance(ws: Workspace, task: TaskSpec, *, parent: str, commit: str,
         if not r.ok:
             problems.append(f"run seed {r.seed} is {r.status}, not ok")
             continue
-        problems += [f"run seed {r.seed}: {p}" for p in run_problems(task, r, _run_dir(ws, r.log_path))]
+        problems += [
+            f"run seed {r.seed}: {p}" for p in run_problems(task, r, _run_dir(ws, r.log_path))
+        ]
     return problems
 
 
@@ -217,21 +231,39 @@ class AcceptanceGate:
     def __init__(self, then: Any = None) -> None:
         self.then = then
 
-    def gate(self, j: Judgement, *, ws: Workspace, task: TaskSpec, ledger: Ledger, experiment_id: int,
-             incumbent_commit: str, **rest: Any) -> Judgement:
+    def gate(
+        self,
+        j: Judgement,
+        *,
+        ws: Workspace,
+        task: TaskSpec,
+        ledger: Ledger,
+        experiment_id: int,
+        incumbent_commit: str,
+        **rest: Any,
+    ) -> Judgement:
         if j.verdict is not Verdict.KEEP:
             return j
         exp = ledger.experiment(experiment_id)
         runs = [r.result for r in ledger.runs(experiment_id) if r.kind == "trial"]
-        problems = check_acceptance(ws, task, parent=exp.parent or incumbent_commit, commit=exp.commit,
-                                    runs=runs)
+        problems = check_acceptance(
+            ws, task, parent=exp.parent or incumbent_commit, commit=exp.commit, runs=runs
+        )
         if problems:
-            return dataclasses.replace(j, verdict=Verdict.INVALID,
-                                       reason=f"invalid at acceptance: {'; '.join(problems)}")
+            return dataclasses.replace(
+                j, verdict=Verdict.INVALID, reason=f"invalid at acceptance: {'; '.join(problems)}"
+            )
         if self.then is None:
             return j
-        return self.then.gate(j, ws=ws, task=task, ledger=ledger, experiment_id=experiment_id,
-                              incumbent_commit=incumbent_commit, **rest)
+        return self.then.gate(
+            j,
+            ws=ws,
+            task=task,
+            ledger=ledger,
+            experiment_id=experiment_id,
+            incumbent_commit=incumbent_commit,
+            **rest,
+        )
 
 
 # -- the whole workspace -------------------------------------------------------------------
@@ -286,7 +318,9 @@ def audit(ws: Workspace, ledger: Ledger, *, live: bool = False) -> AuditReport:
         elif refs[ref] != e.commit:
             say(f"{where}: {ref} is {refs[ref][:12]}, the ledger records {e.commit[:12]}")
         if not e.decided and not live:
-            say(f"{where}: no decision (the supervisor stopped mid-experiment; `rsilab run` recovers it)")
+            say(
+                f"{where}: no decision (the supervisor stopped mid-experiment; `rsilab run` recovers it)"
+            )
         mine = by_exp.get(e.id, [])
         for r in mine:
             folder = _run_dir(ws, r.log_path)
@@ -302,8 +336,10 @@ def audit(ws: Workspace, ledger: Ledger, *, live: bool = False) -> AuditReport:
         if task is not None:
             for r in mine:
                 if r.ok:
-                    report.problems += [f"{where} run {r.id}: {p}"
-                                        for p in run_problems(task, r.result, _run_dir(ws, r.log_path))]
+                    report.problems += [
+                        f"{where} run {r.id}: {p}"
+                        for p in run_problems(task, r.result, _run_dir(ws, r.log_path))
+                    ]
         if e.status == Verdict.KEEP:
             report.kept += 1
             report.problems += [f"{where} (kept): {p}" for p in _kept_problems(e, mine)]
@@ -313,8 +349,10 @@ def audit(ws: Workspace, ledger: Ledger, *, live: bool = False) -> AuditReport:
         say(f"{ref} ({refs[ref][:12]}) has no experiment in the ledger: an experiment was lost")
     base = ws.info().get("base_commit")
     if exps and exps[0].kind == "baseline" and base and exps[0].commit != base:
-        say(f"experiment {exps[0].id}: the baseline commit {exps[0].commit[:12]} is not the workspace's "
-            f"base commit {str(base)[:12]}")
+        say(
+            f"experiment {exps[0].id}: the baseline commit {exps[0].commit[:12]} is not the workspace's "
+            f"base commit {str(base)[:12]}"
+        )
     report.problems += _lineage_problems(ws, ledger, exps, latest, live=live)
     if not live:
         listed = git(ws.root, "worktree", "list", "--porcelain").count("worktree ")
@@ -324,16 +362,21 @@ def audit(ws: Workspace, ledger: Ledger, *, live: bool = False) -> AuditReport:
 
 
 def _refs(ws: Workspace) -> dict[str, str]:
-    raw = git(ws.root, "for-each-ref", "--format=%(refname) %(objectname)", f"refs/rsilab/{ws.tag}/")
+    raw = git(
+        ws.root, "for-each-ref", "--format=%(refname) %(objectname)", f"refs/rsilab/{ws.tag}/"
+    )
     return dict(line.split(" ", 1) for line in raw.splitlines() if line)
 
 
 def _exists(repo: _Repo, commit: str) -> bool:
-    return bool(git(repo.root, "rev-parse", "--verify", "-q", f"{commit}^{{commit}}", check=False).strip())
+    return bool(
+        git(repo.root, "rev-parse", "--verify", "-q", f"{commit}^{{commit}}", check=False).strip()
+    )
 
 
-def _experiment_problems(repo: _Repo, task: TaskSpec | None, frozen: dict[str, str],
-                         e: Experiment, runs: list[Run]) -> list[str]:
+def _experiment_problems(
+    repo: _Repo, task: TaskSpec | None, frozen: dict[str, str], e: Experiment, runs: list[Run]
+) -> list[str]:
     """The commit of one experiment against its parent and its recorded diff."""
     if not _exists(repo, e.commit):
         return [f"commit {e.commit[:12]} is not in the repository"]
@@ -355,7 +398,9 @@ def _experiment_problems(repo: _Repo, task: TaskSpec | None, frozen: dict[str, s
     elif task is not None:
         parents = repo.parents([e.commit]).get(e.commit)
         if parents != [e.parent]:
-            problems.append(f"commit {e.commit[:12]} is not a child of the recorded parent {e.parent[:12]}")
+            problems.append(
+                f"commit {e.commit[:12]} is not a child of the recorded parent {e.parent[:12]}"
+            )
     return problems
 
 
@@ -375,44 +420,57 @@ def _kept_problems(e: Experiment, runs: list[Run]) -> list[str]:
     if ok:
         mean = sum(float(r.metric or 0.0) for r in ok) / len(ok)
         if e.metric is None or not math.isclose(e.metric, mean, rel_tol=REL_TOL, abs_tol=1e-12):
-            problems.append(f"decision metric {e.metric} is not the mean {mean} of its {len(ok)} ok runs")
+            problems.append(
+                f"decision metric {e.metric} is not the mean {mean} of its {len(ok)} ok runs"
+            )
     return problems
 
 
-def _lineage_problems(ws: Workspace, ledger: Ledger, exps: list[Experiment], latest: dict[int, Any],
-                      *, live: bool) -> list[str]:
+def _lineage_problems(
+    ws: Workspace, ledger: Ledger, exps: list[Experiment], latest: dict[int, Any], *, live: bool
+) -> list[str]:
     """The kept experiments, in the order they were kept, are the research branch's
     first-parent history: each one's parent is the previous one, the last is the tip."""
     kept = sorted((e for e in exps if e.status == Verdict.KEEP), key=lambda e: latest[e.id].id)
-    tip = git(ws.root, "rev-parse", "--verify", "-q", f"refs/heads/{ws.branch}", check=False).strip()
+    tip = git(
+        ws.root, "rev-parse", "--verify", "-q", f"refs/heads/{ws.branch}", check=False
+    ).strip()
     if not kept:  # no baseline yet: the branch must still be where the workspace began
         base = str(ws.info().get("base_commit", ""))
         if tip != base:
-            return [f"{ws.branch} is at {tip[:12] or 'nothing'}, but the ledger has kept nothing since "
-                    f"the base commit {base[:12]}"]
+            return [
+                f"{ws.branch} is at {tip[:12] or 'nothing'}, but the ledger has kept nothing since "
+                f"the base commit {base[:12]}"
+            ]
         return []
     problems = []
     if kept[0].kind != "baseline":
         problems.append(f"experiment {kept[0].id} was kept before any baseline")
     for prev, e in zip(kept, kept[1:], strict=False):
         if e.parent != prev.commit:
-            problems.append(f"experiment {e.id} was kept on {str(e.parent)[:12]}, not on the incumbent "
-                            f"before it (experiment {prev.id}, {prev.commit[:12]})")
+            problems.append(
+                f"experiment {e.id} was kept on {str(e.parent)[:12]}, not on the incumbent "
+                f"before it (experiment {prev.id}, {prev.commit[:12]})"
+            )
     inc = ledger.incumbent()
     if not tip:
         return [*problems, f"the research branch {ws.branch} is missing"]
     assert inc is not None  # there is a kept experiment
     if tip != inc.commit and not (live and tip == inc.parent):
-        problems.append(f"{ws.branch} is at {tip[:12]}, the ledger's incumbent (experiment {inc.id}) is "
-                        f"{inc.commit[:12]}")
+        problems.append(
+            f"{ws.branch} is at {tip[:12]}, the ledger's incumbent (experiment {inc.id}) is "
+            f"{inc.commit[:12]}"
+        )
     line = git(ws.root, "rev-list", "--first-parent", tip).split()
     position = {sha: i for i, sha in enumerate(reversed(line))}
     last = -1
     for e in kept:
         if e.commit not in position:
             if not (live and e is kept[-1]):
-                problems.append(f"kept experiment {e.id} ({e.commit[:12]}) is not on the first-parent "
-                                f"history of {ws.branch}")
+                problems.append(
+                    f"kept experiment {e.id} ({e.commit[:12]}) is not on the first-parent "
+                    f"history of {ws.branch}"
+                )
             continue
         if position[e.commit] < last:
             problems.append(f"kept experiment {e.id} is out of order on {ws.branch}")

@@ -151,15 +151,26 @@ def to_mlflow(ledger: Ledger, ws: Workspace, *, uri: str | None = None,
             rid = run.info.run_id
             stamp = _ms(item.exp.decided_at) or 0
             metrics = [Metric(k, v, stamp, 0) for k, v in item.metrics(metric).items()]
-            metrics += [Metric(f"{metric}_run", float(r.metric), _ms(r.created_at) or stamp, k)
-                        for k, r in enumerate(item.runs) if r.metric is not None and math.isfinite(r.metric)]
+            metrics += [
+                Metric(f"{metric}_run", float(r.metric), _ms(r.created_at) or stamp, k)
+                for k, r in enumerate(item.runs)
+                if r.metric is not None and math.isfinite(r.metric)
+            ]
             params = [Param(k, v) for k, v in item.params().items()]
-            client.log_batch(rid, metrics=metrics, params=params,
-                             tags=[RunTag("mlflow.note.content", f"{item.exp.description}\n\n{item.exp.reason}")])
+            client.log_batch(
+                rid,
+                metrics=metrics,
+                params=params,
+                tags=[
+                    RunTag("mlflow.note.content", f"{item.exp.description}\n\n{item.exp.reason}")
+                ],
+            )
             if item.exp.diff:
                 client.log_text(rid, item.exp.diff, "diff.patch")
             failed = item.exp.status in ("crash", "invalid", "timeout")
-            status = "KILLED" if item.exp.status == "interrupted" else "FAILED" if failed else "FINISHED"
+            status = (
+                "KILLED" if item.exp.status == "interrupted" else "FAILED" if failed else "FINISHED"
+            )
             client.set_terminated(rid, status, end_time=_ms(item.exp.decided_at))
             written += 1
     except MlflowException as err:

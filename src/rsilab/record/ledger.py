@@ -94,8 +94,10 @@ def _m003_collapse_cells(db: sqlite3.Connection) -> None:
         data TEXT NOT NULL, samples TEXT NOT NULL, run TEXT NOT NULL, created_at REAL NOT NULL)""")
     db.execute("CREATE INDEX collapse_cells_key ON collapse_cells(policy, seed, generation, id)")
     for op in ("UPDATE", "DELETE"):
-        db.execute(f"CREATE TRIGGER collapse_cells_no_{op.lower()} BEFORE {op} ON collapse_cells "
-                   "BEGIN SELECT RAISE(ABORT, 'collapse_cells is append-only'); END")
+        db.execute(
+            f"CREATE TRIGGER collapse_cells_no_{op.lower()} BEFORE {op} ON collapse_cells "
+            "BEGIN SELECT RAISE(ABORT, 'collapse_cells is append-only'); END"
+        )
 
 
 def _m004_lineage(db: sqlite3.Connection) -> None:
@@ -107,8 +109,10 @@ def _m004_lineage(db: sqlite3.Connection) -> None:
         parent INTEGER REFERENCES experiments(id), merged_onto INTEGER REFERENCES experiments(id),
         created_at REAL NOT NULL)""")
     for op in ("UPDATE", "DELETE"):
-        db.execute(f"CREATE TRIGGER lineage_no_{op.lower()} BEFORE {op} ON lineage "
-                   "BEGIN SELECT RAISE(ABORT, 'lineage is append-only'); END")
+        db.execute(
+            f"CREATE TRIGGER lineage_no_{op.lower()} BEFORE {op} ON lineage "
+            "BEGIN SELECT RAISE(ABORT, 'lineage is append-only'); END"
+        )
 
 
 def _m005_settings(db: sqlite3.Connection) -> None:
@@ -253,7 +257,9 @@ class Ledger:
             problems = [r[0] for r in self._db.execute("PRAGMA quick_check(3)")]
             if problems != ["ok"]:
                 self._db.close()
-                detail = " ".join(" ".join(problems).replace("*** in database main ***", "").split())
+                detail = " ".join(
+                    " ".join(problems).replace("*** in database main ***", "").split()
+                )
                 raise _corrupt(self.path, detail)  # one line: sqlite's report spans several
             self._migrate()
 
@@ -402,10 +408,17 @@ class Ledger:
             source=source, created_at=time.time(),
         )  # fmt: skip
 
-    def add_lineage(self, experiment_id: int, *, parent: int | None, merged_onto: int | None = None) -> None:
+    def add_lineage(
+        self, experiment_id: int, *, parent: int | None, merged_onto: int | None = None
+    ) -> None:
         """Record where an experiment sits in the lineage graph (once per experiment)."""
-        self._insert("lineage", experiment_id=experiment_id, parent=parent, merged_onto=merged_onto,
-                     created_at=time.time())
+        self._insert(
+            "lineage",
+            experiment_id=experiment_id,
+            parent=parent,
+            merged_onto=merged_onto,
+            created_at=time.time(),
+        )
 
     def add_cost(self, experiment_id: int | None, kind: str, amount: float, unit: str) -> None:
         """Record a cost, e.g. ("compute", 63.2, "s"), ("tokens_in", 1200, "tokens")."""
@@ -490,12 +503,16 @@ class Ledger:
     def collapse_cells(self) -> list[dict[str, Any]]:
         """Every recorded collapse cell in id order (a retried cell appears once per try)."""
         rows = self._select("SELECT * FROM collapse_cells ORDER BY id")
-        return [dict(r) | {k: json.loads(r[k]) for k in ("metrics", "data", "samples", "run")}
-                for r in rows]
+        return [
+            dict(r) | {k: json.loads(r[k]) for k in ("metrics", "data", "samples", "run")}
+            for r in rows
+        ]
 
     def lineage(self) -> list[Lineage]:
         """The lineage graph in experiment order (experiments from before it existed lack a row)."""
-        rows = self._select("SELECT experiment_id, parent, merged_onto FROM lineage ORDER BY experiment_id")
+        rows = self._select(
+            "SELECT experiment_id, parent, merged_onto FROM lineage ORDER BY experiment_id"
+        )
         return [Lineage(**dict(r)) for r in rows]
 
     def costs(self, experiment_id: int | None = None) -> dict[str, float]:
@@ -526,7 +543,9 @@ class Ledger:
     def export_json(self, path: Path) -> None:
         """Write everything: settings, experiments with their runs and decisions, events, costs."""
         runs, decisions = self.runs(), self.decisions()
-        settings = {r[0]: json.loads(r[1]) for r in self._select("SELECT * FROM settings ORDER BY key")}
+        settings = {
+            r[0]: json.loads(r[1]) for r in self._select("SELECT * FROM settings ORDER BY key")
+        }
         dump = {
             "settings": settings,
             "experiments": [
@@ -611,11 +630,15 @@ def storage_error(path: Path, e: sqlite3.Error) -> RsilabError | None:
     if code in (_SQLITE_CORRUPT, _SQLITE_NOTADB):
         return _corrupt(path, str(e))
     if code in _SQLITE_STORAGE:
-        return RsilabError(f"{path}: cannot use the ledger ({e}): free disk space or fix the "
-                           "file's permissions, then `rsilab run` resumes where it stopped")
+        return RsilabError(
+            f"{path}: cannot use the ledger ({e}): free disk space or fix the "
+            "file's permissions, then `rsilab run` resumes where it stopped"
+        )
     if code in _SQLITE_BUSY:
-        return RsilabError(f"{path}: the ledger stayed locked by another process for "
-                           f"{BUSY_TIMEOUT_S:.0f} s ({e}); is another rsilab writing to it?")
+        return RsilabError(
+            f"{path}: the ledger stayed locked by another process for "
+            f"{BUSY_TIMEOUT_S:.0f} s ({e}); is another rsilab writing to it?"
+        )
     return None
 
 

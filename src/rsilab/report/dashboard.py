@@ -115,9 +115,13 @@ class Dashboard:
             state, cls = "running " + ", ".join(f"#{x.id}" for x in running), "running"
         else:
             state, cls = "idle (no experiment running)", "idle"
-        parts = [f'<p>supervisor: <span class="state {cls}" id="state-text">{H.e(state)}</span></p>']
+        parts = [
+            f'<p>supervisor: <span class="state {cls}" id="state-text">{H.e(state)}</span></p>'
+        ]
         if pending:
-            parts.append(f'<p class="muted">{len(pending)} action(s) not yet read by the supervisor</p>')
+            parts.append(
+                f'<p class="muted">{len(pending)} action(s) not yet read by the supervisor</p>'
+            )
         queued = self.queued()
         if queued:
             names = ", ".join(H.e(p.name) for p in queued[:5]) + ("…" if len(queued) > 5 else "")
@@ -128,8 +132,13 @@ class Dashboard:
         q = self.ws.queue_dir
         if not q.is_dir():
             return []
-        return sorted(p for p in q.iterdir() if p.is_file() and not p.name.startswith(".")
-                      and (p.suffix in (".toml", ".patch", ".diff") or p.name.endswith(IDEA_SUFFIX)))
+        return sorted(
+            p
+            for p in q.iterdir()
+            if p.is_file()
+            and not p.name.startswith(".")
+            and (p.suffix in (".toml", ".patch", ".diff") or p.name.endswith(IDEA_SUFFIX))
+        )
 
     def running_html(self) -> str:
         """Each running experiment with the tail of its newest run's train.log."""
@@ -143,7 +152,9 @@ class Dashboard:
             blocks.append(head + _tail_html(log))
         if not blocks:
             log = _newest_log(self.ws.state / "runs")
-            if log is not None and now - log.stat().st_mtime < 60:  # e.g. a recheck of the incumbent
+            if (
+                log is not None and now - log.stat().st_mtime < 60
+            ):  # e.g. a recheck of the incumbent
                 blocks.append(f'<p class="muted">{H.e(log.parent.parent.name)}/{H.e(log.parent.name)}</p>'
                               + _tail_html(log))  # fmt: skip
         return "".join(blocks) or '<p class="muted">nothing running</p>'
@@ -173,7 +184,9 @@ class Dashboard:
 
 
 def _row_attrs(r: H.Row) -> str:
-    return f' hx-get="/experiment/{r.exp.id}" hx-target="#detail" hx-swap="innerHTML show:#detail:top"'
+    return (
+        f' hx-get="/experiment/{r.exp.id}" hx-target="#detail" hx-swap="innerHTML show:#detail:top"'
+    )
 
 
 def _newest_log(folder: Path) -> Path | None:
@@ -214,7 +227,9 @@ def create_app(ws: Workspace, *, token: str | None = None, loopback: bool = True
         from starlette.responses import HTMLResponse, PlainTextResponse, Response, StreamingResponse
         from starlette.routing import Route
     except ImportError:
-        raise ConfigError("rsilab serve needs Starlette and uvicorn: pip install 'rsilab[serve]'") from None
+        raise ConfigError(
+            "rsilab serve needs Starlette and uvicorn: pip install 'rsilab[serve]'"
+        ) from None
 
     ledger = Ledger(ws.ledger_path)
     dash = Dashboard(ws, ledger)
@@ -238,13 +253,17 @@ def create_app(ws: Workspace, *, token: str | None = None, loopback: bool = True
 
     async def control(request: Request) -> Response:
         if request.headers.get("hx-request") != "true":
-            return PlainTextResponse("controls are posted by the dashboard page (HX-Request header)", 403)
+            return PlainTextResponse(
+                "controls are posted by the dashboard page (HX-Request header)", 403
+            )
         action = request.path_params["action"]
         raw = parse_qs((await request.body()).decode(errors="replace"), keep_blank_values=True)
         form = {k: v[-1] for k, v in raw.items()}
         source = f"dashboard@{request.client.host if request.client else 'unknown'}"
         try:
-            done = await run_in_threadpool(lambda: post(ledger, action, _payload(action, form), source))
+            done = await run_in_threadpool(
+                lambda: post(ledger, action, _payload(action, form), source)
+            )
         except ControlError as err:
             return HTMLResponse(f'<p class="err">{H.e(err)}</p>', 400)
         return HTMLResponse(f'<p class="ok" id="flash-ok">{H.e(done.message)} '
@@ -269,7 +288,11 @@ def create_app(ws: Workspace, *, token: str | None = None, loopback: bool = True
                     if sent.get(name) != body:
                         sent[name] = body
                         last_out = now
-                        yield f"event: {name}\n" + "".join(f"data: {line}\n" for line in body.split("\n")) + "\n"
+                        yield (
+                            f"event: {name}\n"
+                            + "".join(f"data: {line}\n" for line in body.split("\n"))
+                            + "\n"
+                        )
                 if now - last_out > PING_S:
                     last_out = now
                     yield ": ping\n\n"
@@ -285,6 +308,7 @@ def create_app(ws: Workspace, *, token: str | None = None, loopback: bool = True
         Route("/control/{action}", control, methods=["POST"]),
         Route("/events", events),
     ]
+
     @contextlib.asynccontextmanager
     async def lifespan(app: Any) -> AsyncIterator[None]:
         yield
@@ -360,8 +384,12 @@ def serve(ws: Workspace, host: str = "127.0.0.1", port: int = 8765, token: str |
     try:
         import uvicorn
     except ImportError:
-        raise ConfigError("rsilab serve needs Starlette and uvicorn: pip install 'rsilab[serve]'") from None
+        raise ConfigError(
+            "rsilab serve needs Starlette and uvicorn: pip install 'rsilab[serve]'"
+        ) from None
     app = create_app(ws, token=token, loopback=is_loopback(host))
     shown = f"[{host}]" if ":" in host else host
-    announce(f"dashboard for {ws.root} at http://{shown}:{port}/" + (f"?token={token}" if token else ""))
+    announce(
+        f"dashboard for {ws.root} at http://{shown}:{port}/" + (f"?token={token}" if token else "")
+    )
     uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=2)

@@ -79,7 +79,9 @@ class Snapshot:
     events: list[Event]
     controls: list[Action]
     totals: dict[str, float]
-    lineage: dict[int, tuple[int | None, int | None]] = field(default_factory=dict)  # id -> parent, onto
+    lineage: dict[int, tuple[int | None, int | None]] = field(
+        default_factory=dict
+    )  # id -> parent, onto
     taken_at: float = field(default_factory=time.time)
 
     @property
@@ -175,18 +177,20 @@ def summary_html(s: Snapshot) -> str:
     parts = [f'<b class="n-experiments">{c["experiments"]} experiments, {c["kept"]} kept</b>',
              f'{c["discarded"]} discarded', f'{c["failed"]} failed']  # fmt: skip
     if c["running"]:
-        parts.append(f'{c["running"]} running')
+        parts.append(f"{c['running']} running")
     text = ", ".join(parts)
     base, inc = s.baseline, s.incumbent
     if base is not None and inc is not None and base.exp.metric is not None:
         values = [r.metric for r in inc.runs if r.ok and r.metric is not None]
         best = statistics.fmean(values) if values else inc.exp.metric
         if best is not None:
-            gain = Metric(s.metric, "max" if s.direction == "max" else "min").gain(best, base.exp.metric)
+            gain = Metric(s.metric, "max" if s.direction == "max" else "min").gain(
+                best, base.exp.metric
+            )
             text += (f' · {e(s.metric)}: baseline {num(base.exp.metric)} → incumbent '
                      f'#{inc.exp.id} {num(best)} (gain {gain:+.4f})')  # fmt: skip
     t = s.totals
-    text += f' · compute {t.get("compute", 0.0) / 3600:.2f} h'
+    text += f" · compute {t.get('compute', 0.0) / 3600:.2f} h"
     return f'<p class="counts">{text}</p>'
 
 
@@ -194,7 +198,9 @@ def chart_html(s: Snapshot) -> str:
     return chart_svg(s.points, metric=s.metric, direction=s.direction)
 
 
-def table_html(s: Snapshot, row_attrs: Callable[[Row], str] | None = None, body_attrs: str = "") -> str:
+def table_html(
+    s: Snapshot, row_attrs: Callable[[Row], str] | None = None, body_attrs: str = ""
+) -> str:
     """The experiment table with its filters; `row_attrs` adds attributes to each row,
     `body_attrs` to the tbody (trusted markup)."""
     proposers = sorted({r.exp.proposer for r in s.rows})
@@ -207,7 +213,8 @@ def table_html(s: Snapshot, row_attrs: Callable[[Row], str] | None = None, body_
     head = "".join(
         f'<th data-type="{t.split()[0]}" class="{"num" if t.startswith("num") else ""}'
         f'{" opt" if t.endswith("opt") else ""}"{" data-dir=desc" if i == 0 else ""}>{e(c)}</th>'
-        for i, (c, t) in enumerate(cols))
+        for i, (c, t) in enumerate(cols)
+    )
     return (
         '<div class="filters" id="filters">'
         f'<label>status <select name="status"><option value="">all</option>{options}</select></label>'
@@ -240,7 +247,7 @@ def rows_html(s: Snapshot, row_attrs: Callable[[Row], str] | None = None) -> str
             f'<td class="num" data-v="{r.compute_s:.1f}">{duration(r.compute_s)}</td>'
             f'<td class="num opt">{r.tokens:.0f}</td>'
             f'<td class="num opt" data-v="{x.started_at:.3f}" title="{when(x.started_at)}">'
-            f'{time.strftime("%H:%M:%S", time.localtime(x.started_at))}</td></tr>'
+            f"{time.strftime('%H:%M:%S', time.localtime(x.started_at))}</td></tr>"
         )
     return "".join(out)
 
@@ -256,8 +263,10 @@ def runs_table(runs: list[Run]) -> str:
         f"<tr><td>{r.kind}</td><td class=num>{r.seed}</td><td>{badge(r.status)}</td>"
         f"<td class=num>{num(r.metric, 6)}</td><td class=num>{r.train_seconds:.1f} s</td>"
         f"<td>{e(r.reason)}</td></tr>" for r in runs)  # fmt: skip
-    return ("<table><thead><tr><th>run</th><th class=num>seed</th><th>status</th><th class=num>metric</th>"
-            f"<th class=num>train</th><th>reason</th></tr></thead><tbody>{body}</tbody></table>")
+    return (
+        "<table><thead><tr><th>run</th><th class=num>seed</th><th>status</th><th class=num>metric</th>"
+        f"<th class=num>train</th><th>reason</th></tr></thead><tbody>{body}</tbody></table>"
+    )
 
 
 def experiment_html(r: Row, *, open_diff: bool = True) -> str:
@@ -271,18 +280,22 @@ def experiment_html(r: Row, *, open_diff: bool = True) -> str:
         facts.append(f"tokens <b>{r.tokens:.0f}</b> (${r.usd:.4f})")
     if x.meta.get("merged_onto") not in (None, ""):
         onto = x.meta["merged_onto"]
-        facts.append(f"re-applied onto <b>{e(f'#{onto}' if isinstance(onto, int) else str(onto)[:10])}</b>")
+        facts.append(
+            f"re-applied onto <b>{e(f'#{onto}' if isinstance(onto, int) else str(onto)[:10])}</b>"
+        )
     vetoed = badge("human", " vetoed") if r.vetoed else ""
     return (
         f'<div class="kept-change" id="exp-{x.id}"><h3>#{x.id} {badge(x.status)}{vetoed} {e(x.description)}</h3>'
         f'<div class="facts">{"".join(f"<span>{f}</span>" for f in facts)}</div>'
         f'<p class="muted">{e(x.reason)}</p>{runs_table(r.runs)}'
-        f'<details{" open" if open_diff else ""}><summary>diff</summary>{diff_html(x.diff)}</details></div>'
+        f"<details{' open' if open_diff else ''}><summary>diff</summary>{diff_html(x.diff)}</details></div>"
     )
 
 
 def kept_html(s: Snapshot) -> str:
-    kept = [r for r in s.rows if r.exp.kind != "baseline" and (r.exp.status == Verdict.KEEP or r.vetoed)]
+    kept = [
+        r for r in s.rows if r.exp.kind != "baseline" and (r.exp.status == Verdict.KEEP or r.vetoed)
+    ]
     if not kept:
         return '<p class="muted">no change kept yet</p>'
     return "".join(experiment_html(r) for r in kept)
@@ -354,7 +367,11 @@ def costs_html(s: Snapshot) -> str:
     for kind, amount in sorted(t.items()):
         if kind not in ("tokens_in", "tokens_out", "cost_usd", "compute"):
             items.append((kind, f"{amount:g}"))
-    return '<div class="facts">' + "".join(f"<span>{e(k)} <b>{e(v)}</b></span>" for k, v in items) + "</div>"
+    return (
+        '<div class="facts">'
+        + "".join(f"<span>{e(k)} <b>{e(v)}</b></span>" for k, v in items)
+        + "</div>"
+    )
 
 
 def _parents(s: Snapshot) -> dict[int, int | None]:
@@ -403,7 +420,11 @@ def lineage_html(s: Snapshot) -> str:
             kids.setdefault(parents[r.exp.id], []).append(r)
     shown: set[int] = set()
     for r in reversed(s.rows):  # children have larger ids than their parents
-        if r.ever_kept or r.exp.kind == "baseline" or any(c.exp.id in shown for c in kids.get(r.exp.id, [])):
+        if (
+            r.ever_kept
+            or r.exp.kind == "baseline"
+            or any(c.exp.id in shown for c in kids.get(r.exp.id, []))
+        ):
             shown.add(r.exp.id)
     roots = [r for r in s.rows if r.exp.kind == "baseline"]
     roots += [r for r in kids.get(None, []) if r.exp.id in shown]
@@ -419,8 +440,10 @@ def lineage_html(s: Snapshot) -> str:
         rest = (f' <span class="muted">+ {len(other)} tried: '
                 + ", ".join(f"#{c.exp.id} {e(c.exp.status)}" for c in other[:12])
                 + ("…" if len(other) > 12 else "") + "</span>") if other else ""  # fmt: skip
-        out.append(f'<li style="margin-left:{min(depth, 12) * 18}px">#{r.exp.id} {badge(r.exp.status)} '
-                   f'{e(r.exp.description)} <span class="muted">{e(r.exp.commit[:7])}</span>{merged}{rest}</li>')
+        out.append(
+            f'<li style="margin-left:{min(depth, 12) * 18}px">#{r.exp.id} {badge(r.exp.status)} '
+            f'{e(r.exp.description)} <span class="muted">{e(r.exp.commit[:7])}</span>{merged}{rest}</li>'
+        )
         step = 1 if len(branch) > 1 else 0
         stack += [(depth + step, c) for c in reversed(branch)]
     return '<ul class="lineage">' + "".join(out) + "</ul>"
@@ -471,7 +494,7 @@ def render_report(s: Snapshot) -> str:
 def _anchor(r: Row) -> str:
     """Rows of kept changes jump to their section of the report."""
     shown = r.exp.kind != "baseline" and (r.exp.status == Verdict.KEEP or r.vetoed)
-    return f' onclick="location.hash=\'exp-{r.exp.id}\'"' if shown else ""
+    return f" onclick=\"location.hash='exp-{r.exp.id}'\"" if shown else ""
 
 
 def write_report(ledger: Ledger, path: Path, title: str = "") -> Path:

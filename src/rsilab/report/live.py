@@ -27,8 +27,9 @@ def _fmt(v: float | None) -> str:
 class LiveView:
     """The supervisor's `View` (a progress line and the loop state); use as a context manager."""
 
-    def __init__(self, metric: str, workspace: str, *, rich_ui: bool | None = None,
-                 isolation: str = "") -> None:
+    def __init__(
+        self, metric: str, workspace: str, *, rich_ui: bool | None = None, isolation: str = ""
+    ) -> None:
         self.metric = metric
         self.workspace = workspace
         # The sandbox of the runs (rsilab.run.sandbox.describe): one level per supervisor, since
@@ -48,7 +49,9 @@ class LiveView:
             print(f"{time.strftime('%H:%M:%S')} sandbox: {self.isolation}", flush=True)
         return self
 
-    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None) -> None:
+    def __exit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
         if self._live is not None:
             self._live.__exit__(et, ev, tb)
             self._live = None
@@ -74,13 +77,18 @@ class LiveView:
         running = [f"{w.node:<16} {w.label} ({now - w.since:.0f} s)" for w in p.workers]
         if not running and p.current:
             running = [f"{p.current} ({now - p.current_since:.0f} s)"]
-        grid.add_row(f"workers ({len(p.workers)})" if p.workers else "now", "\n".join(running) or "-")
+        grid.add_row(
+            f"workers ({len(p.workers)})" if p.workers else "now", "\n".join(running) or "-"
+        )
         if p.proposing:
             grid.add_row("proposing", ", ".join(p.proposing))
         gain = f" (baseline {_fmt(p.baseline)})" if p.baseline is not None else ""
         grid.add_row(f"best {self.metric}", _fmt(p.best) + gain)
-        grid.add_row("experiments", f"{p.experiments}: {p.kept} kept, {p.discarded} discarded, "
-                     f"{p.failed} failed; {p.experiments / hours:.1f}/hour")
+        grid.add_row(
+            "experiments",
+            f"{p.experiments}: {p.kept} kept, {p.discarded} discarded, "
+            f"{p.failed} failed; {p.experiments / hours:.1f}/hour",
+        )
         grid.add_row("last", p.last or "-")
         if self.isolation:
             grid.add_row("sandbox", self.isolation)

@@ -81,32 +81,42 @@ def chart_svg(points: Sequence[Point], *, metric: str = "val_bpb", direction: st
     out.append(f'<rect x="{_LEFT}" y="{_TOP}" width="{pw}" height="{ph}" class="frame"/>')
     for t in nice_ticks(y0, y1):
         y = sy(t)
-        out.append(f'<line x1="{_LEFT}" x2="{_LEFT + pw}" y1="{y:.1f}" y2="{y:.1f}" class="grid"/>'
-                   f'<text x="{_LEFT - 6}" y="{y + 4:.1f}" text-anchor="end" class="tick">{_fmt(t)}</text>')
+        out.append(
+            f'<line x1="{_LEFT}" x2="{_LEFT + pw}" y1="{y:.1f}" y2="{y:.1f}" class="grid"/>'
+            f'<text x="{_LEFT - 6}" y="{y + 4:.1f}" text-anchor="end" class="tick">{_fmt(t)}</text>'
+        )
     for t in nice_ticks(max(x0, 0), x1, 10):
         if t != int(t):
             continue
         x = sx(t)
-        out.append(f'<line x1="{x:.1f}" x2="{x:.1f}" y1="{_TOP + ph}" y2="{_TOP + ph + 4}" class="axis"/>'
-                   f'<text x="{x:.1f}" y="{_TOP + ph + 17}" text-anchor="middle" class="tick">{int(t)}</text>')
+        out.append(
+            f'<line x1="{x:.1f}" x2="{x:.1f}" y1="{_TOP + ph}" y2="{_TOP + ph + 4}" class="axis"/>'
+            f'<text x="{x:.1f}" y="{_TOP + ph + 17}" text-anchor="middle" class="tick">{int(t)}</text>'
+        )
     better = "lower" if m.direction == "min" else "higher"
-    out.append(f'<text x="{_LEFT + pw / 2}" y="{height - 8}" text-anchor="middle" class="label">Experiment #</text>'
-               f'<text transform="translate(16 {_TOP + ph / 2}) rotate(-90)" text-anchor="middle" '
-               f'class="label">{escape(metric)} ({better} is better)</text>')
+    out.append(
+        f'<text x="{_LEFT + pw / 2}" y="{height - 8}" text-anchor="middle" class="label">Experiment #</text>'
+        f'<text transform="translate(16 {_TOP + ph / 2}) rotate(-90)" text-anchor="middle" '
+        f'class="label">{escape(metric)} ({better} is better)</text>'
+    )
     out.append('<g clip-path="url(#plot)">')
     out.append(_band(points, sx, sy, x1))
     for p in scored:
         if p.status != Verdict.KEEP:
             assert p.metric is not None
             if y0 <= p.metric <= y1:
-                out.append(f'<circle cx="{sx(p.index):.1f}" cy="{sy(p.metric):.1f}" r="4" class="pt-discard" '
-                           f'data-id="{p.index}"><title>{_tip(p)}</title></circle>')
+                out.append(
+                    f'<circle cx="{sx(p.index):.1f}" cy="{sy(p.metric):.1f}" r="4" class="pt-discard" '
+                    f'data-id="{p.index}"><title>{_tip(p)}</title></circle>'
+                )
             else:  # off the chart (far worse, usually): a small arrow at the edge it is beyond
                 cx, up = sx(p.index), p.metric > y1
                 d = (f"M{cx:.1f},{_TOP + 1} l-4,7 h8 z" if up else
                      f"M{cx:.1f},{_TOP + ph - 1} l-4,-7 h8 z")  # fmt: skip
-                out.append(f'<path d="{d}" class="pt-discard pt-out" data-id="{p.index}">'
-                           f'<title>{_tip(p)} (off the chart)</title></path>')
+                out.append(
+                    f'<path d="{d}" class="pt-discard pt-out" data-id="{p.index}">'
+                    f"<title>{_tip(p)} (off the chart)</title></path>"
+                )
     if kept:
         best: list[float] = []
         for p in kept:
@@ -121,16 +131,23 @@ def chart_svg(points: Sequence[Point], *, metric: str = "val_bpb", direction: st
             assert p.metric is not None
             cx, cy = sx(p.index), sy(p.metric)
             # Labels go up-right; near the right edge up-left, so they stay inside the chart.
-            label = (f'transform="translate({cx + 7:.1f} {cy - 7:.1f}) rotate(-30)"' if cx < _LEFT + pw * 0.7
-                     else f'transform="translate({cx - 7:.1f} {cy - 7:.1f}) rotate(30)" text-anchor="end"')
-            out.append(f'<circle cx="{cx:.1f}" cy="{cy:.1f}" r="6" class="pt-keep" data-id="{p.index}">'
-                       f'<title>{_tip(p)}</title></circle>'
-                       f'<text {label} class="pt-label">{escape(_short(p.description))}</text>')
+            label = (
+                f'transform="translate({cx + 7:.1f} {cy - 7:.1f}) rotate(-30)"'
+                if cx < _LEFT + pw * 0.7
+                else f'transform="translate({cx - 7:.1f} {cy - 7:.1f}) rotate(30)" text-anchor="end"'
+            )
+            out.append(
+                f'<circle cx="{cx:.1f}" cy="{cy:.1f}" r="6" class="pt-keep" data-id="{p.index}">'
+                f"<title>{_tip(p)}</title></circle>"
+                f'<text {label} class="pt-label">{escape(_short(p.description))}</text>'
+            )
     out.append("</g>")
     for p in failed:
         cx, cy = sx(p.index), _TOP + ph - 8
-        out.append(f'<path d="M{cx - 4:.1f},{cy - 4:.1f} l8,8 m0,-8 l-8,8" class="pt-fail" data-id="{p.index}">'
-                   f'<title>{_tip(p)}</title></path>')
+        out.append(
+            f'<path d="M{cx - 4:.1f},{cy - 4:.1f} l8,8 m0,-8 l-8,8" class="pt-fail" data-id="{p.index}">'
+            f"<title>{_tip(p)}</title></path>"
+        )
     out.append(_legend(width, bool(kept), any(p.band for p in points), bool(failed), metric))
     out.append("</svg>")
     return "".join(out)
@@ -166,7 +183,9 @@ def _band(points: Sequence[Point], sx: Callable[[float], float], sy: Callable[[f
     out = []
     for seg in polys:
         top = " ".join(f"{sx(a):.1f},{sy(b[1]):.1f} {sx(e):.1f},{sy(b[1]):.1f}" for a, e, b in seg)
-        bottom = " ".join(f"{sx(e):.1f},{sy(b[0]):.1f} {sx(a):.1f},{sy(b[0]):.1f}" for a, e, b in reversed(seg))
+        bottom = " ".join(
+            f"{sx(e):.1f},{sy(b[0]):.1f} {sx(a):.1f},{sy(b[0]):.1f}" for a, e, b in reversed(seg)
+        )
         out.append(f'<polygon points="{top} {bottom}" class="band"/>')
     return "".join(out)
 
@@ -185,7 +204,9 @@ def _legend(width: int, kept: bool, band: bool, failed: bool, metric: str) -> st
     if failed:
         items.append(("pt-fail", f"Crashed / no {metric}"))
     x, y = width - _RIGHT - 210, _TOP + 8
-    out = [f'<g class="legend"><rect x="{x}" y="{y}" width="204" height="{len(items) * 18 + 8}" class="legend-box"/>']
+    out = [
+        f'<g class="legend"><rect x="{x}" y="{y}" width="204" height="{len(items) * 18 + 8}" class="legend-box"/>'
+    ]
     for i, (cls, label) in enumerate(items):
         cy = y + 14 + i * 18
         if cls == "best":

@@ -42,9 +42,17 @@ CANCEL_WAIT_SECONDS = 30.0  # after an interrupt, how long `measure` waits for i
 class Bench:
     """Runs checkouts of one task: `submit` one run, or `measure` several and wait."""
 
-    def __init__(self, task: TaskSpec, *, train_data: Path | None = None, val_data: Path | None = None,
-                 preset: str | None = None, isolation: str | None = None,
-                 executor: Executor | None = None, owns_executor: bool | None = None) -> None:
+    def __init__(
+        self,
+        task: TaskSpec,
+        *,
+        train_data: Path | None = None,
+        val_data: Path | None = None,
+        preset: str | None = None,
+        isolation: str | None = None,
+        executor: Executor | None = None,
+        owns_executor: bool | None = None,
+    ) -> None:
         """`isolation`: the runner's sandbox choice (rsilab.run.sandbox.CHOICES); None: the
         task's `sandbox` key. `executor`: where runs execute; None: one local slot, made on
         first use. The bench closes the executor in `close()` when it owns it: by default
@@ -69,25 +77,61 @@ class Bench:
         """How many runs execute at once."""
         return self.executor.slots
 
-    def derive(self, *, task: TaskSpec | None = None, train_data: Path | None = None,
-               val_data: Path | None = None) -> Bench:
+    def derive(
+        self,
+        *,
+        task: TaskSpec | None = None,
+        train_data: Path | None = None,
+        val_data: Path | None = None,
+    ) -> Bench:
         """A bench for another task or data on the same executor (this bench still owns it)."""
-        return Bench(task or self.task, train_data=train_data or self.train_data,
-                     val_data=val_data or self.val_data, preset=self.preset, isolation=self.isolation,
-                     executor=self.executor)
+        return Bench(
+            task or self.task,
+            train_data=train_data or self.train_data,
+            val_data=val_data or self.val_data,
+            preset=self.preset,
+            isolation=self.isolation,
+            executor=self.executor,
+        )
 
-    def request(self, workdir: Path, run_dir: Path, seed: int, *, label: str = "", key: str | None = None,
-                commit: str = "", env: Mapping[str, str] | None = None) -> RunRequest:
+    def request(
+        self,
+        workdir: Path,
+        run_dir: Path,
+        seed: int,
+        *,
+        label: str = "",
+        key: str | None = None,
+        commit: str = "",
+        env: Mapping[str, str] | None = None,
+    ) -> RunRequest:
         """The request for one run of `workdir` (a checkout of `commit`) with `seed`, its
         files in `run_dir`. `key` must be unique among the runs in flight (default: a counter)."""
-        return RunRequest(key or f"bench-{next(self._keys)}", self.task, Path(workdir), commit, Path(run_dir),
-                          seed, self.train_data, self.val_data, self.preset, self.isolation, label,
-                          dict(env or {}))
+        return RunRequest(
+            key or f"bench-{next(self._keys)}",
+            self.task,
+            Path(workdir),
+            commit,
+            Path(run_dir),
+            seed,
+            self.train_data,
+            self.val_data,
+            self.preset,
+            self.isolation,
+            label,
+            dict(env or {}),
+        )
 
     def submit(self, request: RunRequest) -> RunFuture:
         """Start (or queue) a run; the future resolves to its RunResult."""
-        log.debug("run %s (%s): %s with seed %d, files in %s", request.key, request.label or "-", request.workdir,
-                  request.seed, request.run_dir)
+        log.debug(
+            "run %s (%s): %s with seed %d, files in %s",
+            request.key,
+            request.label or "-",
+            request.workdir,
+            request.seed,
+            request.run_dir,
+        )
         future = self.executor.submit(request)
         future.add_done_callback(lambda f: log.debug("run %s ended: %s", request.key, _shown(f)))
         return future
@@ -100,14 +144,17 @@ class Bench:
         """Where the run executes, in words, or "queued"."""
         return self.executor.where(future)
 
-    def measure(self, workdir: Path, runs: Sequence[tuple[int, Path]], *, label: str = "",
-                commit: str = "") -> list[RunResult]:
+    def measure(
+        self, workdir: Path, runs: Sequence[tuple[int, Path]], *, label: str = "", commit: str = ""
+    ) -> list[RunResult]:
         """Train and evaluate `workdir` once per (seed, run folder), side by side when the
         executor has slots for it; the results in the order of `runs`."""
         futures = []
         for k, (seed, run_dir) in enumerate(runs):
             shown = f"{label} {k + 1}/{len(runs)}" if len(runs) > 1 else label
-            futures.append(self.submit(self.request(workdir, run_dir, seed, label=shown, commit=commit)))
+            futures.append(
+                self.submit(self.request(workdir, run_dir, seed, label=shown, commit=commit))
+            )
         return self.wait(futures)
 
     def run(self, workdir: Path, run_dir: Path, seed: int, *, label: str = "") -> RunResult:
@@ -133,7 +180,9 @@ class Bench:
     def close(self) -> None:
         """Cancel what is still running and release the executor, if this bench made it."""
         with self._lock:
-            executor, self._executor = (self._executor, None) if self._owner else (None, self._executor)
+            executor, self._executor = (
+                (self._executor, None) if self._owner else (None, self._executor)
+            )
         if executor is not None:
             executor.close()
 
@@ -142,7 +191,6 @@ class Bench:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
 
 
 def _shown(future: RunFuture) -> str:

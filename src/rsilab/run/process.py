@@ -70,8 +70,15 @@ def scan() -> dict[int, _Proc]:
                 stat = f.read()
             fields = stat[stat.rindex(")") + 2 :].split()  # fields[i] is field i + 3 of proc(5)
             pid = int(entry.name)
-            out[pid] = _Proc(pid, int(fields[1]), int(fields[3]), fields[0], int(fields[17]),
-                             int(fields[21]) * page, int(fields[19]))
+            out[pid] = _Proc(
+                pid,
+                int(fields[1]),
+                int(fields[3]),
+                fields[0],
+                int(fields[17]),
+                int(fields[21]) * page,
+                int(fields[19]),
+            )
         except (OSError, ValueError, IndexError):
             continue  # the process ended while we looked
     return out
@@ -102,8 +109,11 @@ def _finish(root: int, seen: dict[int, int], deadline: float) -> None:
     next one on its slot."""
     kill_group(root, signal.SIGKILL)
     while time.monotonic() < deadline:
-        alive = [p for p in scan().values() if p.state not in ("Z", "X")
-                 and (p.sid == root or seen.get(p.pid) == p.start)]
+        alive = [
+            p
+            for p in scan().values()
+            if p.state not in ("Z", "X") and (p.sid == root or seen.get(p.pid) == p.start)
+        ]
         if not alive:
             return
         for p in alive:
@@ -171,32 +181,57 @@ def die_with_parent() -> None:
         pass  # not Linux: the process group is still killed when the run ends
 
 
-def run_process(cmd: list[str], *, cwd: Path, env: dict[str, str], log: Path, timeout: float,
-                memory_cap_gb: float = 0.0, max_procs: int = 0) -> ProcessOutcome:
+def run_process(
+    cmd: list[str],
+    *,
+    cwd: Path,
+    env: dict[str, str],
+    log: Path,
+    timeout: float,
+    memory_cap_gb: float = 0.0,
+    max_procs: int = 0,
+) -> ProcessOutcome:
     """Run `cmd` in its own session with output to `log`; enforce wall time, memory (RSS
     summed over the run's processes) and, when `max_procs` > 0, the number of its tasks."""
     start = time.monotonic()
     proc = spawn(cmd, cwd=cwd, env=env, log=log)
     if isinstance(proc, ProcessOutcome):
         return proc
-    return watch(proc, start=start, timeout=timeout, memory_cap_gb=memory_cap_gb, max_procs=max_procs)
+    return watch(
+        proc, start=start, timeout=timeout, memory_cap_gb=memory_cap_gb, max_procs=max_procs
+    )
 
 
-def spawn(cmd: list[str], *, cwd: Path, env: dict[str, str], log: Path,
-           stdin: int = subprocess.DEVNULL) -> subprocess.Popen[bytes] | ProcessOutcome:
+def spawn(
+    cmd: list[str], *, cwd: Path, env: dict[str, str], log: Path, stdin: int = subprocess.DEVNULL
+) -> subprocess.Popen[bytes] | ProcessOutcome:
     """Start `cmd` in its own session, output appended to `log`; an outcome if it cannot start."""
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "ab") as out:
         try:
-            return subprocess.Popen(cmd, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                    stdin=stdin, start_new_session=True, preexec_fn=die_with_parent)
+            return subprocess.Popen(
+                cmd,
+                cwd=cwd,
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=stdin,
+                start_new_session=True,
+                preexec_fn=die_with_parent,
+            )
         except OSError as e:  # no such command, or its folder (a worktree) is gone: a result
             out.write(f"rsilab: cannot start {cmd[0]} in {cwd}: {e.strerror or e}\n".encode())
             return ProcessOutcome(127, 0.0, False, False, 0.0)
 
 
-def watch(proc: subprocess.Popen[bytes], *, start: float, timeout: float, memory_cap_gb: float = 0.0,
-           max_procs: int = 0) -> ProcessOutcome:
+def watch(
+    proc: subprocess.Popen[bytes],
+    *,
+    start: float,
+    timeout: float,
+    memory_cap_gb: float = 0.0,
+    max_procs: int = 0,
+) -> ProcessOutcome:
     """Wait for `proc` (a session leader from `spawn`), enforcing `timeout` seconds from
     `start` (a time.monotonic() reading) and the watchdogs; then kill what is left of it."""
     pgid = proc.pid
@@ -234,7 +269,9 @@ def watch(proc: subprocess.Popen[bytes], *, start: float, timeout: float, memory
                 rss = sum(m.rss for m in members)
                 peak = max(peak, rss)
                 oom = memory_cap_gb > 0 and rss > memory_cap_gb * 2**30
-                too_many = not oom and max_procs > 0 and sum(m.threads for m in members) >= max_procs
+                too_many = (
+                    not oom and max_procs > 0 and sum(m.threads for m in members) >= max_procs
+                )
                 if oom or too_many:
                     kill_group(pgid, signal.SIGKILL)
                     for m in members:
@@ -273,8 +310,10 @@ def tail(path: Path, n: int = TAIL_LINES) -> str:
             lines = f.read().decode(errors="replace").splitlines()
     except OSError:
         return ""
-    return "\n".join(line if len(line) <= TAIL_LINE_CHARS else line[:TAIL_LINE_CHARS] + " [...]"
-                     for line in lines[-n:])
+    return "\n".join(
+        line if len(line) <= TAIL_LINE_CHARS else line[:TAIL_LINE_CHARS] + " [...]"
+        for line in lines[-n:]
+    )
 
 
 def usable_cores() -> int:

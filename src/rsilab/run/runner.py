@@ -104,8 +104,17 @@ def _command(task: TaskSpec) -> list[str]:
 
 
 def _base_env(task: TaskSpec) -> dict[str, str]:
-    keep = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "RSILAB_HOME", "CUDA_VISIBLE_DEVICES",
-            "RSILAB_PRESET", "VIRTUAL_ENV")
+    keep = (
+        "PATH",
+        "HOME",
+        "LANG",
+        "LC_ALL",
+        "TMPDIR",
+        "RSILAB_HOME",
+        "CUDA_VISIBLE_DEVICES",
+        "RSILAB_PRESET",
+        "VIRTUAL_ENV",
+    )
     env = {k: os.environ[k] for k in keep if k in os.environ}
     env.update(task.env)
     env["PYTHONUNBUFFERED"] = "1"
@@ -115,9 +124,18 @@ def _base_env(task: TaskSpec) -> dict[str, str]:
     return env
 
 
-def run(task: TaskSpec, workdir: Path, run_dir: Path, *, seed: int, train_data: Path | None,
-        val_data: Path | None, preset: str | None = None, isolation: str = "auto",
-        prestart: bool | None = None) -> RunResult:
+def run(
+    task: TaskSpec,
+    workdir: Path,
+    run_dir: Path,
+    *,
+    seed: int,
+    train_data: Path | None,
+    val_data: Path | None,
+    preset: str | None = None,
+    isolation: str = "auto",
+    prestart: bool | None = None,
+) -> RunResult:
     """Train `workdir` (a checkout of the task) with `seed`, then evaluate. Never raises for
     a failure of the task's code.
 
@@ -136,8 +154,19 @@ def run(task: TaskSpec, workdir: Path, run_dir: Path, *, seed: int, train_data: 
     pristine = sandbox.Pristine.take(workdir)
     try:
         with contextlib.ExitStack() as cleanup:  # a started evaluator never outlives the run
-            result = _run(task, workdir, run_dir, seed=seed, train_data=train_data, val_data=val_data,
-                          preset=preset, level=level, pristine=pristine, prestart=prestart, cleanup=cleanup)
+            result = _run(
+                task,
+                workdir,
+                run_dir,
+                seed=seed,
+                train_data=train_data,
+                val_data=val_data,
+                preset=preset,
+                level=level,
+                pristine=pristine,
+                prestart=prestart,
+                cleanup=cleanup,
+            )
     finally:
         pristine.restore()
         pristine.drop()
@@ -154,24 +183,40 @@ def _hidden(workdir: Path, val_data: Path | None) -> list[Path]:
     return hidden
 
 
-def _run(task: TaskSpec, workdir: Path, run_dir: Path, *, seed: int, train_data: Path | None,
-         val_data: Path | None, preset: str | None, level: str, pristine: sandbox.Pristine,
-         prestart: bool, cleanup: contextlib.ExitStack) -> RunResult:
+def _run(
+    task: TaskSpec,
+    workdir: Path,
+    run_dir: Path,
+    *,
+    seed: int,
+    train_data: Path | None,
+    val_data: Path | None,
+    preset: str | None,
+    level: str,
+    pristine: sandbox.Pristine,
+    prestart: bool,
+    cleanup: contextlib.ExitStack,
+) -> RunResult:
     paths = RunPaths(run_dir)
     paths.artifact.mkdir(parents=True, exist_ok=True)
     # The guard: real, hash-locked validation data; generated training data only when the
     # task allows it. Checked before training, and recorded with every result.
-    data, refusal = provenance.check_run_data(train_data, val_data,
-                                              allow_generated=task.allow_generated_data)
+    data, refusal = provenance.check_run_data(
+        train_data, val_data, allow_generated=task.allow_generated_data
+    )
     if refusal:
-        return RunResult(Status.INVALID, seed, reason=f"invalid: {refusal}", evaluation={"data": data})
+        return RunResult(
+            Status.INVALID, seed, reason=f"invalid: {refusal}", evaluation={"data": data}
+        )
     env = _base_env(task)
-    env.update({
-        harness.ENV_BUDGET: repr(float(task.budget)),
-        harness.ENV_SEED: str(seed),
-        harness.ENV_THREADS: str(task.threads),
-        harness.ENV_ARTIFACT_DIR: str(paths.artifact.resolve()),
-    })
+    env.update(
+        {
+            harness.ENV_BUDGET: repr(float(task.budget)),
+            harness.ENV_SEED: str(seed),
+            harness.ENV_THREADS: str(task.threads),
+            harness.ENV_ARTIFACT_DIR: str(paths.artifact.resolve()),
+        }
+    )
     if preset:
         env[harness.ENV_PRESET] = preset
     if train_data is not None:
@@ -186,14 +231,37 @@ def _run(task: TaskSpec, workdir: Path, run_dir: Path, *, seed: int, train_data:
     eval_hidden = [*hidden, *([train_data] if train_data is not None else [])]
     waiting = None
     if prestart and task.evaluator == "sealed" and val_data is not None:
-        waiting = _start_evaluator(task, pristine.copy, paths, env, seed, val_data, level=level,
-                                   hidden=eval_hidden, wait=True)
+        waiting = _start_evaluator(
+            task,
+            pristine.copy,
+            paths,
+            env,
+            seed,
+            val_data,
+            level=level,
+            hidden=eval_hidden,
+            wait=True,
+        )
         cleanup.callback(waiting.close)
-    cmd, _ = sandbox.wrap(_command(task), workdir=workdir, readonly=readonly, writable=[workdir, run_dir],
-                          hidden=hidden, max_procs=task.max_procs, isolation=level)
+    cmd, _ = sandbox.wrap(
+        _command(task),
+        workdir=workdir,
+        readonly=readonly,
+        writable=[workdir, run_dir],
+        hidden=hidden,
+        max_procs=task.max_procs,
+        isolation=level,
+    )
     try:
-        train = run_process(cmd, cwd=workdir, env=env, log=paths.train_log, timeout=task.budget + task.overhead,
-                            memory_cap_gb=task.memory_gb, max_procs=task.max_procs)
+        train = run_process(
+            cmd,
+            cwd=workdir,
+            env=env,
+            log=paths.train_log,
+            timeout=task.budget + task.overhead,
+            memory_cap_gb=task.memory_gb,
+            max_procs=task.max_procs,
+        )
     finally:
         sandbox.reclaim([workdir, run_dir])
     # The run can write its run folder: it could swap its log for a link to a file of the
@@ -211,34 +279,65 @@ def _run(task: TaskSpec, workdir: Path, run_dir: Path, *, seed: int, train_data:
     summary["peak_rss_gb"] = train.peak_rss_gb
     summary["peak_memory_gb"] = max(reported, train.peak_rss_gb)
 
-    def result(status: Status, reason: str = "", *, metric: float | None = None,
-               evaluation: dict[str, Any] | None = None, log: Path | None = None,
-               eval_seconds: float = 0.0) -> RunResult:
-        return RunResult(status, seed, metric=metric, reason=reason, summary=summary,
-                         evaluation={**(evaluation or {}), **({"data": data} if data else {})},
-                         train_seconds=train.seconds,
-                         eval_seconds=eval_seconds, log_path=str(paths.train_log),
-                         log_tail=tail(log) if log else "")
+    def result(
+        status: Status,
+        reason: str = "",
+        *,
+        metric: float | None = None,
+        evaluation: dict[str, Any] | None = None,
+        log: Path | None = None,
+        eval_seconds: float = 0.0,
+    ) -> RunResult:
+        return RunResult(
+            status,
+            seed,
+            metric=metric,
+            reason=reason,
+            summary=summary,
+            evaluation={**(evaluation or {}), **({"data": data} if data else {})},
+            train_seconds=train.seconds,
+            eval_seconds=eval_seconds,
+            log_path=str(paths.train_log),
+            log_tail=tail(log) if log else "",
+        )
 
     if not workdir.is_dir():  # deleted under the run (from outside: a sandbox keeps its mount)
-        return result(Status.CRASH, f"crash: the worktree {workdir} was deleted during the run",
-                      log=paths.train_log)
+        return result(
+            Status.CRASH,
+            f"crash: the worktree {workdir} was deleted during the run",
+            log=paths.train_log,
+        )
     # Frozen files are read-only in a sandbox; without one, a change is caught here.
     if log_replaced:
-        return result(Status.INVALID, "invalid: the run replaced or removed its log file (train.log)")
+        return result(
+            Status.INVALID, "invalid: the run replaced or removed its log file (train.log)"
+        )
     tampered = pristine.changed(frozen)
     if tampered:
-        return result(Status.INVALID, f"invalid: the run changed the frozen file {tampered[0]}",
-                      log=paths.train_log)
+        return result(
+            Status.INVALID,
+            f"invalid: the run changed the frozen file {tampered[0]}",
+            log=paths.train_log,
+        )
     if train.oom:
-        return result(Status.OOM, f"oom: over the memory cap of {task.memory_gb} GB", log=paths.train_log)
+        return result(
+            Status.OOM, f"oom: over the memory cap of {task.memory_gb} GB", log=paths.train_log
+        )
     if train.timed_out:
         limit = task.budget + task.overhead
-        return result(Status.TIMEOUT, f"timeout: killed after {limit:.0f} s (budget {task.budget:.0f} s"
-                      f" + overhead {task.overhead:.0f} s)", log=paths.train_log)
+        return result(
+            Status.TIMEOUT,
+            f"timeout: killed after {limit:.0f} s (budget {task.budget:.0f} s"
+            f" + overhead {task.overhead:.0f} s)",
+            log=paths.train_log,
+        )
     if train.too_many_procs:
-        return result(Status.CRASH, f"crash: over the limit of {task.max_procs} processes and threads"
-                      " (max_procs): a fork bomb?", log=paths.train_log)
+        return result(
+            Status.CRASH,
+            f"crash: over the limit of {task.max_procs} processes and threads"
+            " (max_procs): a fork bomb?",
+            log=paths.train_log,
+        )
     if train.returncode != 0:
         last = tail(paths.train_log, 1).strip() or f"exit code {train.returncode}"
         return result(Status.CRASH, f"crash: {last[:200]}", log=paths.train_log)
@@ -246,29 +345,60 @@ def _run(task: TaskSpec, workdir: Path, run_dir: Path, *, seed: int, train_data:
     if task.evaluator == "in-process":
         value = summary.get(task.metric.name)
         if value is None or not math.isfinite(value):
-            return result(Status.CRASH, f"crash: train.py printed no finite {task.metric.name}",
-                          log=paths.train_log)
+            return result(
+                Status.CRASH,
+                f"crash: train.py printed no finite {task.metric.name}",
+                log=paths.train_log,
+            )
         return result(Status.OK, metric=value, evaluation={"sealed": False})
     if val_data is None and task.evaluator == "sealed":
         return result(Status.CRASH, "crash: no validation data for the evaluator")
     if paths.artifact.is_symlink():  # the evaluator would be shown whatever it points to
         return result(Status.INVALID, "invalid: the run replaced its artifact folder with a link")
 
-    ev, figures = _evaluate(task, pristine.copy, paths, env, seed, val_data, level=level, hidden=eval_hidden,
-                            waiting=waiting)
+    ev, figures = _evaluate(
+        task,
+        pristine.copy,
+        paths,
+        env,
+        seed,
+        val_data,
+        level=level,
+        hidden=eval_hidden,
+        waiting=waiting,
+    )
     value = figures.get(task.metric.name)
     if ev.timed_out:
-        return result(Status.TIMEOUT, f"timeout: evaluation took over {task.eval_timeout:.0f} s",
-                      evaluation=figures, log=paths.eval_log, eval_seconds=ev.seconds)
+        return result(
+            Status.TIMEOUT,
+            f"timeout: evaluation took over {task.eval_timeout:.0f} s",
+            evaluation=figures,
+            log=paths.eval_log,
+            eval_seconds=ev.seconds,
+        )
     if "refused" in figures:
-        return result(Status.INVALID, f"invalid: {figures['refused']}", evaluation=figures,
-                      log=paths.eval_log, eval_seconds=ev.seconds)
+        return result(
+            Status.INVALID,
+            f"invalid: {figures['refused']}",
+            evaluation=figures,
+            log=paths.eval_log,
+            eval_seconds=ev.seconds,
+        )
     if ev.returncode != 0 or not isinstance(value, int | float) or not math.isfinite(value):
         last = tail(paths.eval_log, 1).strip() or f"exit code {ev.returncode}"
-        return result(Status.CRASH, f"crash: evaluator failed: {last[:200]}", evaluation=figures,
-                      log=paths.eval_log, eval_seconds=ev.seconds)
-    return result(Status.OK, metric=float(value), evaluation={"sealed": True, **figures},
-                  eval_seconds=ev.seconds)
+        return result(
+            Status.CRASH,
+            f"crash: evaluator failed: {last[:200]}",
+            evaluation=figures,
+            log=paths.eval_log,
+            eval_seconds=ev.seconds,
+        )
+    return result(
+        Status.OK,
+        metric=float(value),
+        evaluation={"sealed": True, **figures},
+        eval_seconds=ev.seconds,
+    )
 
 
 @dataclass
@@ -285,7 +415,9 @@ class _Evaluator:
         """Kill it if it still runs (a waiting one also exits at the end of its input) and
         delete its folder. Idempotent."""
         if isinstance(self.proc, subprocess.Popen) and self.proc.returncode is None:
-            seen = {m.pid: m.start for m in members_of(scan(), self.proc.pid)}  # inside its sandbox too
+            seen = {
+                m.pid: m.start for m in members_of(scan(), self.proc.pid)
+            }  # inside its sandbox too
             with contextlib.suppress(OSError):
                 if self.proc.stdin is not None:
                     self.proc.stdin.close()
@@ -303,8 +435,18 @@ def _identity(path: Path) -> tuple[int, int] | None:
     return st.st_dev, st.st_ino
 
 
-def _start_evaluator(task: TaskSpec, workdir: Path, paths: RunPaths, env: dict[str, str], seed: int,
-                     val_data: Path | None, *, level: str, hidden: list[Path], wait: bool) -> _Evaluator:
+def _start_evaluator(
+    task: TaskSpec,
+    workdir: Path,
+    paths: RunPaths,
+    env: dict[str, str],
+    seed: int,
+    val_data: Path | None,
+    *,
+    level: str,
+    hidden: list[Path],
+    wait: bool,
+) -> _Evaluator:
     """Start the task's evaluator on the run's artifact folder; `_evaluate` finishes it.
 
     `workdir` is the pristine copy of the task folder. The evaluator gets the same sandbox
@@ -320,26 +462,74 @@ def _start_evaluator(task: TaskSpec, workdir: Path, paths: RunPaths, env: dict[s
     Training cannot reach its folder, and it reads the artifact only after training ended.
     """
     files = RunPaths(Path(tempfile.mkdtemp(prefix="rsilab-eval-")))
-    args = ["--artifact", str(paths.artifact.resolve()), "--val", str(val_data or ""),
-            "--out", str(files.metrics), "--seed", str(seed), "--threads", str(task.threads)]
+    args = [
+        "--artifact",
+        str(paths.artifact.resolve()),
+        "--val",
+        str(val_data or ""),
+        "--out",
+        str(files.metrics),
+        "--seed",
+        str(seed),
+        "--threads",
+        str(task.threads),
+    ]
     if task.evaluator == "sealed":
-        cmd = [sys.executable, "-I", "-B", "-m", "rsilab.harness.evaluate", *args,
-               "--bytes", str(task.eval.bytes), "--probes", str(task.eval.probes), *(["--wait"] if wait else [])]
+        cmd = [
+            sys.executable,
+            "-I",
+            "-B",
+            "-m",
+            "rsilab.harness.evaluate",
+            *args,
+            "--bytes",
+            str(task.eval.bytes),
+            "--probes",
+            str(task.eval.probes),
+            *(["--wait"] if wait else []),
+        ]
     else:
-        cmd = [sys.executable, "-s", "-B", str(workdir / task.evaluator.removeprefix("script:")), *args]
+        cmd = [
+            sys.executable,
+            "-s",
+            "-B",
+            str(workdir / task.evaluator.removeprefix("script:")),
+            *args,
+        ]
     # The evaluator never sees the path of the training split.
     eval_env = {k: v for k, v in env.items() if k != harness.ENV_TRAIN_DATA}
     readonly = [workdir, paths.artifact] + ([val_data] if val_data is not None else [])
-    cmd, _ = sandbox.wrap(cmd, workdir=workdir, readonly=readonly, writable=[files.run_dir], hidden=hidden,
-                          max_procs=task.max_procs, isolation=level)
-    proc = spawn(cmd, cwd=workdir, env=eval_env, log=files.eval_log,
-                  stdin=subprocess.PIPE if wait else subprocess.DEVNULL)
+    cmd, _ = sandbox.wrap(
+        cmd,
+        workdir=workdir,
+        readonly=readonly,
+        writable=[files.run_dir],
+        hidden=hidden,
+        max_procs=task.max_procs,
+        isolation=level,
+    )
+    proc = spawn(
+        cmd,
+        cwd=workdir,
+        env=eval_env,
+        log=files.eval_log,
+        stdin=subprocess.PIPE if wait else subprocess.DEVNULL,
+    )
     return _Evaluator(proc, files, _identity(paths.artifact), wait)
 
 
-def _evaluate(task: TaskSpec, workdir: Path, paths: RunPaths, env: dict[str, str], seed: int,
-              val_data: Path | None, *, level: str = "none", hidden: list[Path] | None = None,
-              waiting: _Evaluator | None = None) -> tuple[ProcessOutcome, dict[str, Any]]:
+def _evaluate(
+    task: TaskSpec,
+    workdir: Path,
+    paths: RunPaths,
+    env: dict[str, str],
+    seed: int,
+    val_data: Path | None,
+    *,
+    level: str = "none",
+    hidden: list[Path] | None = None,
+    waiting: _Evaluator | None = None,
+) -> tuple[ProcessOutcome, dict[str, Any]]:
     """Run the task's evaluator on the artifact; its outcome and the figures it wrote (with
     `eval_prestarted`). `waiting`: one started with training (`_start_evaluator`, wait)."""
     # Provenance: the metrics file must be this evaluator's. One already in the run folder
@@ -349,12 +539,15 @@ def _evaluate(task: TaskSpec, workdir: Path, paths: RunPaths, env: dict[str, str
     for planted in (paths.metrics, paths.eval_log):
         sandbox.remove(planted)
     ev = waiting
-    if ev is not None and (isinstance(ev.proc, ProcessOutcome) or _identity(paths.artifact) != ev.artifact):
+    if ev is not None and (
+        isinstance(ev.proc, ProcessOutcome) or _identity(paths.artifact) != ev.artifact
+    ):
         ev.close()  # training swapped the artifact folder for another one: start afresh
         ev = None
     if ev is None:
-        ev = _start_evaluator(task, workdir, paths, env, seed, val_data, level=level, hidden=hidden or [],
-                              wait=False)
+        ev = _start_evaluator(
+            task, workdir, paths, env, seed, val_data, level=level, hidden=hidden or [], wait=False
+        )
     try:
         start = time.monotonic()
         if isinstance(ev.proc, ProcessOutcome):
@@ -365,7 +558,9 @@ def _evaluate(task: TaskSpec, workdir: Path, paths: RunPaths, env: dict[str, str
                 with contextlib.suppress(OSError):  # it died waiting: its exit status says why
                     ev.proc.stdin.write(b"go\n")
                     ev.proc.stdin.close()
-            outcome = watch(ev.proc, start=start, timeout=task.eval_timeout, max_procs=task.max_procs)
+            outcome = watch(
+                ev.proc, start=start, timeout=task.eval_timeout, max_procs=task.max_procs
+            )
         sandbox.reclaim([ev.files.run_dir])
         # Into the run folder by rename (atomic_write), never through whatever path a run
         # may have put there since; the metrics file byte for byte, as `rsilab audit`

@@ -84,8 +84,17 @@ _LAUNCHER = (
 
 def _bwrap_base(network: bool = False) -> list[str]:
     exe = shutil.which("bwrap") or "bwrap"
-    args = [exe, "--die-with-parent", "--new-session", "--unshare-pid", "--unshare-ipc",
-            "--unshare-uts", "--hostname", "rsilab-sandbox", "--unshare-cgroup-try"]
+    args = [
+        exe,
+        "--die-with-parent",
+        "--new-session",
+        "--unshare-pid",
+        "--unshare-ipc",
+        "--unshare-uts",
+        "--hostname",
+        "rsilab-sandbox",
+        "--unshare-cgroup-try",
+    ]
     if not network:
         args.append("--unshare-net")
     return [*args, "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc"]
@@ -94,8 +103,9 @@ def _bwrap_base(network: bool = False) -> list[str]:
 def _try(cmd: list[str]) -> str | None:
     """None when `cmd` runs and exits 0; else why not, in one line."""
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=PROBE_TIMEOUT,
-                              stdin=subprocess.DEVNULL)
+        proc = subprocess.run(
+            cmd, capture_output=True, text=True, timeout=PROBE_TIMEOUT, stdin=subprocess.DEVNULL
+        )
     except (OSError, subprocess.TimeoutExpired) as e:
         return f"{Path(cmd[0]).name} failed to start: {e}"
     if proc.returncode == 0:
@@ -135,8 +145,12 @@ def netns_prefix() -> tuple[str, ...] | None:
         return None
     true = shutil.which("true") or "/bin/true"
     pid = ("--pid", "--fork", "--kill-child", "--mount-proc")
-    candidates = [(exe, "--net", *pid), (exe, "--user", "--map-root-user", "--net", *pid),
-                  (exe, "--net"), (exe, "--user", "--map-root-user", "--net")]
+    candidates = [
+        (exe, "--net", *pid),
+        (exe, "--user", "--map-root-user", "--net", *pid),
+        (exe, "--net"),
+        (exe, "--user", "--map-root-user", "--net"),
+    ]
     for prefix in candidates:
         if _try([*prefix, true]) is None:
             return prefix
@@ -152,14 +166,20 @@ def resolve(isolation: str = "auto") -> str:
         problem = bwrap_problem()
         if problem is not None:
             if isolation == "require":
-                raise RsilabError(f"--require-sandbox: bubblewrap is not usable here: {problem}; "
-                                  "install bubblewrap or drop --require-sandbox")
-            raise RsilabError(f'sandbox = "bwrap": bubblewrap is not usable here: {problem}; '
-                              'install bubblewrap or set sandbox = "auto"')
+                raise RsilabError(
+                    f"--require-sandbox: bubblewrap is not usable here: {problem}; "
+                    "install bubblewrap or drop --require-sandbox"
+                )
+            raise RsilabError(
+                f'sandbox = "bwrap": bubblewrap is not usable here: {problem}; '
+                'install bubblewrap or set sandbox = "auto"'
+            )
         return "bwrap"
     if isolation == "netns":
         if netns_prefix() is None:
-            raise RsilabError('sandbox = "netns": `unshare --net` does not work here; set sandbox = "auto"')
+            raise RsilabError(
+                'sandbox = "netns": `unshare --net` does not work here; set sandbox = "auto"'
+            )
         return "netns"
     if isolation == "auto":
         if bwrap_problem() is None:
@@ -229,9 +249,15 @@ def python_paths() -> list[Path]:
 
     import rsilab
 
-    found = [sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix,
-             os.path.dirname(os.path.realpath(sys.executable)), *site.getsitepackages(),
-             str(Path(rsilab.__file__).resolve().parents[1])]
+    found = [
+        sys.prefix,
+        sys.base_prefix,
+        sys.exec_prefix,
+        sys.base_exec_prefix,
+        os.path.dirname(os.path.realpath(sys.executable)),
+        *site.getsitepackages(),
+        str(Path(rsilab.__file__).resolve().parents[1]),
+    ]
     cwd = _real(os.getcwd())
     found += [p for p in sys.path if p and os.path.isabs(p) and _real(p) != cwd]
     dirs = {_real(p) for p in found}
@@ -253,7 +279,9 @@ def default_hidden() -> list[Path]:
 # ---- the command line -----------------------------------------------------------------
 
 
-def _mounts(readonly: Iterable[Path], writable: Iterable[Path], hidden: Iterable[Path]) -> list[str]:
+def _mounts(
+    readonly: Iterable[Path], writable: Iterable[Path], hidden: Iterable[Path]
+) -> list[str]:
     """bwrap mount options, parents before children so that a path bound back inside a
     hidden folder (the worktree inside `.rsilab`, the training data inside RSILAB_HOME, a
     frozen file inside the writable worktree) lands on top of it."""
@@ -337,9 +365,17 @@ def _launcher(max_procs: int | None, uid: int | None) -> list[str]:
     return [sys.executable, "-I", "-S", "-c", _LAUNCHER, str(n), str(-1 if uid is None else uid)]
 
 
-def wrap(cmd: Sequence[str], *, workdir: Path, readonly: Sequence[Path], writable: Sequence[Path],
-         hidden: Sequence[Path], network: bool = False, max_procs: int | None = None,
-         isolation: str = "auto") -> tuple[list[str], str]:
+def wrap(
+    cmd: Sequence[str],
+    *,
+    workdir: Path,
+    readonly: Sequence[Path],
+    writable: Sequence[Path],
+    hidden: Sequence[Path],
+    network: bool = False,
+    max_procs: int | None = None,
+    isolation: str = "auto",
+) -> tuple[list[str], str]:
     """The command that runs `cmd` (in `workdir`) isolated, and the level it gets.
 
     `hidden` comes on top of `default_hidden()`; the Python install is added to `readonly`.
@@ -358,15 +394,36 @@ def wrap(cmd: Sequence[str], *, workdir: Path, readonly: Sequence[Path], writabl
     for dev in sorted(glob.glob("/dev/nvidia*")) + ["/dev/dri"]:
         if os.path.exists(dev):
             args += ["--dev-bind", dev, dev]
-    args += ["--perms", "1777", "--size", str(TMP_BYTES), "--tmpfs", "/tmp",
-             "--perms", "1777", "--size", str(SHM_BYTES), "--tmpfs", "/dev/shm"]
+    args += [
+        "--perms",
+        "1777",
+        "--size",
+        str(TMP_BYTES),
+        "--tmpfs",
+        "/tmp",
+        "--perms",
+        "1777",
+        "--size",
+        str(SHM_BYTES),
+        "--tmpfs",
+        "/dev/shm",
+    ]
     # The Python install, except a folder that would expose a hidden path again (sys.path
     # may hold the folder a supervisor was started from, e.g. one above the workspace).
     ro = [*readonly, *(p for p in python_paths() if not any(_inside(_real(h), p) for h in hide))]
     if uid is not None:  # the throwaway uid must reach what is bound in: see _closed_parents
         hide += _closed_parents([*ro, *writable])
     args += _mounts(ro, writable, hide)
-    args += ["--setenv", "HOME", "/tmp", "--setenv", "TMPDIR", "/tmp", "--chdir", str(_real(workdir))]
+    args += [
+        "--setenv",
+        "HOME",
+        "/tmp",
+        "--setenv",
+        "TMPDIR",
+        "/tmp",
+        "--chdir",
+        str(_real(workdir)),
+    ]
     if uid is not None:
         for p in writable:
             _chown_tree(_real(p), uid, uid)
@@ -450,7 +507,11 @@ class Pristine:
         try:
             if rel in self.links:
                 return path.is_symlink() and os.readlink(path) == self.links[rel]
-            return not path.is_symlink() and path.is_file() and sha256_file(path) == self.hashes.get(rel)
+            return (
+                not path.is_symlink()
+                and path.is_file()
+                and sha256_file(path) == self.hashes.get(rel)
+            )
         except OSError:
             return False
 
@@ -468,8 +529,15 @@ class Pristine:
                 rel = path.relative_to(self.source).as_posix()
                 if here == self.source and name == ".git" and name in dirs:
                     continue
-                known = rel in self.links or rel in self.hashes or (name in dirs and (self.copy / rel).is_dir()
-                                                                     and not (self.copy / rel).is_symlink())
+                known = (
+                    rel in self.links
+                    or rel in self.hashes
+                    or (
+                        name in dirs
+                        and (self.copy / rel).is_dir()
+                        and not (self.copy / rel).is_symlink()
+                    )
+                )
                 if not known or (not self._same(rel) and (rel in self.links or path.is_symlink())):
                     remove(path)
                 elif name in dirs and not path.is_symlink():

@@ -79,7 +79,6 @@ MILESTONES = ("adequacy", "parity", "supremacy")
 ACROSS_WORKSPACES = (*(k for k in COMPARABLE_KEYS if k != "seed"), "preset")
 
 
-
 # ---- contenders and their results ------------------------------------------------------
 
 
@@ -154,9 +153,15 @@ class Autonomy:
     def reason(self) -> str:
         if self.unattended:
             return "no control action, queued idea or human decision in the ledger"
-        parts = [f"{n} {what}" for n, what in ((self.control_events, "control events"),
-                                               (self.queue_experiments, "queued experiments"),
-                                               (self.human_decisions, "human decisions")) if n]
+        parts = [
+            f"{n} {what}"
+            for n, what in (
+                (self.control_events, "control events"),
+                (self.queue_experiments, "queued experiments"),
+                (self.human_decisions, "human decisions"),
+            )
+            if n
+        ]
         return "steered by a person: " + ", ".join(parts)
 
 
@@ -171,7 +176,9 @@ def _paired(*arms: PerSeed) -> list[int]:
     return sorted(common)
 
 
-def normalized_score(baseline: float, reference: float, candidate: float, metric: Metric) -> float | None:
+def normalized_score(
+    baseline: float, reference: float, candidate: float, metric: Metric
+) -> float | None:
     """RE-Bench's normalized score: 0 at the baseline, 1 at the reference (None if they tie)."""
     denom = metric.gain(reference, baseline)
     if denom == 0:
@@ -179,8 +186,9 @@ def normalized_score(baseline: float, reference: float, candidate: float, metric
     return metric.gain(candidate, baseline) / denom
 
 
-def fieller(baseline: PerSeed, reference: PerSeed, candidate: PerSeed, metric: Metric,
-            level: float = 0.95) -> Interval:
+def fieller(
+    baseline: PerSeed, reference: PerSeed, candidate: PerSeed, metric: Metric, level: float = 0.95
+) -> Interval:
     """The normalized score with Fieller's interval, paired by seed (see the module docstring).
 
     Per seed k: A_k = gain(candidate_k, baseline_k), B_k = gain(reference_k, baseline_k);
@@ -196,22 +204,34 @@ def fieller(baseline: PerSeed, reference: PerSeed, candidate: PerSeed, metric: M
     ma, mb = statistics.fmean(a), statistics.fmean(b)
     point = ma / mb if mb != 0 else None
     if mb <= 0:  # a ratio to a reference that is not better than the baseline measures nothing
-        return Interval(point, None, None, False,
-                        "the reference is not better than the baseline at this budget: no scale")
+        return Interval(
+            point,
+            None,
+            None,
+            False,
+            "the reference is not better than the baseline at this budget: no scale",
+        )
     n = len(seeds)
     if n < 2:
         return Interval(point, None, None, False, "one seed: no noise estimate")
     v11, v22 = statistics.variance(a) / n, statistics.variance(b) / n
     v12 = statistics.covariance(a, b) / n
     if v11 == 0 and v22 == 0:
-        return Interval(point, point, point, point is not None, "no noise: the gains are the same on every seed")
+        return Interval(
+            point, point, point, point is not None, "no noise: the gains are the same on every seed"
+        )
     t2 = float(stats.t.ppf(0.5 + level / 2, n - 1)) ** 2
     qa = mb**2 - t2 * v22
     qb = ma * mb - t2 * v12
     qc = ma**2 - t2 * v11
     if qa <= 0:
-        return Interval(point, None, None, False,
-                        "the reference does not beat the baseline clearly: the score is not bounded")
+        return Interval(
+            point,
+            None,
+            None,
+            False,
+            "the reference does not beat the baseline clearly: the score is not bounded",
+        )
     half = math.sqrt(max(qb**2 - qa * qc, 0.0))
     return Interval(point, (qb - half) / qa, (qb + half) / qa, True)
 
@@ -288,14 +308,17 @@ class SteeredRun:
     note: str = ""
 
 
-def steered_runs(ws: Workspace, task_name: str, ours: Mapping[str, Any], compare_dirs: Sequence[Path]
-                 ) -> tuple[list[SteeredRun], list[str]]:
+def steered_runs(
+    ws: Workspace, task_name: str, ours: Mapping[str, Any], compare_dirs: Sequence[Path]
+) -> tuple[list[SteeredRun], list[str]]:
     """Steered, comparable runs among `compare_dirs` and the other tags of `ws`'s repository;
     also the reasons others were skipped."""
     found: list[SteeredRun] = []
     skipped: list[str] = []
     candidates: list[tuple[Workspace, str]] = []
-    branches = git(ws.root, "for-each-ref", "--format=%(refname:short)", "refs/heads/rsilab/", check=False)
+    branches = git(
+        ws.root, "for-each-ref", "--format=%(refname:short)", "refs/heads/rsilab/", check=False
+    )
     for branch in branches.split():
         tag = branch.removeprefix("rsilab/")
         if tag != ws.tag:
@@ -331,7 +354,11 @@ def steered_runs(ws: Workspace, task_name: str, ours: Mapping[str, Any], compare
         if not commit:
             skipped.append(f"{label}: no incumbent")
             continue
-        found.append(SteeredRun(Contender(f"steered:{label}", "steered", other.root, commit, {}, label), aut, note))
+        found.append(
+            SteeredRun(
+                Contender(f"steered:{label}", "steered", other.root, commit, {}, label), aut, note
+            )
+        )
     return found, skipped
 
 
@@ -348,8 +375,9 @@ def reference_dir(ws_root: Path, task_name: str) -> Path | None:
     return None
 
 
-def load_references(folder: Path, task: TaskSpec, editable: Sequence[str], names: Sequence[str] | None
-                    ) -> dict[str, tuple[dict[str, str], str]]:
+def load_references(
+    folder: Path, task: TaskSpec, editable: Sequence[str], names: Sequence[str] | None
+) -> dict[str, tuple[dict[str, str], str]]:
     """Reference name -> (files to write over a checkout, source path).
 
     `NAME.py` replaces the task's one editable `.py` file; a folder `NAME/` holds files at
@@ -362,20 +390,29 @@ def load_references(folder: Path, task: TaskSpec, editable: Sequence[str], names
             continue
         if entry.is_file() and entry.suffix == ".py":
             if len(py_editable) != 1:
-                raise ConfigError(f"{entry}: a reference file needs exactly one editable .py file in the task, "
-                                  f"found {py_editable}; use a folder {entry.stem}/ with the files instead")
+                raise ConfigError(
+                    f"{entry}: a reference file needs exactly one editable .py file in the task, "
+                    f"found {py_editable}; use a folder {entry.stem}/ with the files instead"
+                )
             found[entry.stem] = ({py_editable[0]: entry.read_text()}, str(entry))
         elif entry.is_dir():
-            files = {p.relative_to(entry).as_posix(): p.read_text() for p in sorted(entry.rglob("*"))
-                     if p.is_file() and "__pycache__" not in p.parts}
+            files = {
+                p.relative_to(entry).as_posix(): p.read_text()
+                for p in sorted(entry.rglob("*"))
+                if p.is_file() and "__pycache__" not in p.parts
+            }
             bad = [rel for rel in files if not task.is_editable(rel)]
             if bad:
-                raise ConfigError(f"{entry}: reference files must be editable files of the task, not {bad}")
+                raise ConfigError(
+                    f"{entry}: reference files must be editable files of the task, not {bad}"
+                )
             found[entry.name] = (files, str(entry))
     if names is not None:
         missing = [n for n in names if n not in found]
         if missing:
-            raise ConfigError(f"unknown reference {', '.join(missing)} (known: {', '.join(sorted(found)) or 'none'})")
+            raise ConfigError(
+                f"unknown reference {', '.join(missing)} (known: {', '.join(sorted(found)) or 'none'})"
+            )
         found = {n: found[n] for n in names}
     return found
 
@@ -393,8 +430,14 @@ def export_commit(repo: Path, commit: str, dest: Path) -> Path:
     return dest
 
 
-def evaluate(contenders: Sequence[Contender], bench: Bench, seeds: Sequence[int], run_root: Path, *,
-             notify: Notify = silent) -> list[Arm]:
+def evaluate(
+    contenders: Sequence[Contender],
+    bench: Bench,
+    seeds: Sequence[int],
+    run_root: Path,
+    *,
+    notify: Notify = silent,
+) -> list[Arm]:
     """Run every contender on `bench` under every seed (seed-major order, one run at a time,
     so a change of machine load hits every contender alike); identical code runs once."""
     arms = [Arm(c.name, c.kind, c.commit, c.source) for c in contenders]
@@ -413,7 +456,9 @@ def evaluate(contenders: Sequence[Contender], bench: Bench, seeds: Sequence[int]
         for i, arm in workdirs.items():
             name = contenders[i].name
             notify(f"score: {name} seed {seed} ({k + 1}/{len(seeds)})")
-            r = bench.run(arm, run_root / _slug(name) / f"seed-{k}", seed, label=f"score: {name} seed {seed}")
+            r = bench.run(
+                arm, run_root / _slug(name) / f"seed-{k}", seed, label=f"score: {name} seed {seed}"
+            )
             target = arms[i]
             target.seeds.append(seed)
             target.compute_s += r.train_seconds + r.eval_seconds
@@ -443,9 +488,16 @@ def _slug(name: str) -> str:
 # ---- the report --------------------------------------------------------------------------
 
 
-def build_report(arms: Sequence[Arm], metric: Metric, unattended: Autonomy, *, alpha: float,
-                 settings: Mapping[str, Any], skipped: Sequence[str] = (), notes: Sequence[str] = ()
-                 ) -> dict[str, Any]:
+def build_report(
+    arms: Sequence[Arm],
+    metric: Metric,
+    unattended: Autonomy,
+    *,
+    alpha: float,
+    settings: Mapping[str, Any],
+    skipped: Sequence[str] = (),
+    notes: Sequence[str] = (),
+) -> dict[str, Any]:
     """The score report (the content of score.json) from the arms' results. Pure."""
     by_kind: dict[str, list[Arm]] = {}
     for a in arms:
@@ -467,7 +519,11 @@ def build_report(arms: Sequence[Arm], metric: Metric, unattended: Autonomy, *, a
     milestones: dict[str, dict[str, Any]] = {}
     gate = "" if unattended.unattended else f"not unattended ({unattended.reason})"
 
-    significant = improvement.p_value is not None and improvement.p_value < alpha and (improvement.gain or 0) > 0
+    significant = (
+        improvement.p_value is not None
+        and improvement.p_value < alpha
+        and (improvement.gain or 0) > 0
+    )
     if gate:
         milestones["adequacy"] = {"reached": False, "reason": gate}
     elif not cand.values:
@@ -475,9 +531,12 @@ def build_report(arms: Sequence[Arm], metric: Metric, unattended: Autonomy, *, a
     else:
         milestones["adequacy"] = {
             "reached": significant,
-            "reason": (f"gain over the baseline {fmt(improvement.gain)} (95% CI {fmt(improvement.ci_low)}.."
-                       f"{fmt(improvement.ci_high)}), p={fmt(improvement.p_value, '.2g')}, "
-                       f"{'significant' if significant else 'not significant'} at alpha {alpha:g}")}
+            "reason": (
+                f"gain over the baseline {fmt(improvement.gain)} (95% CI {fmt(improvement.ci_low)}.."
+                f"{fmt(improvement.ci_high)}), p={fmt(improvement.p_value, '.2g')}, "
+                f"{'significant' if significant else 'not significant'} at alpha {alpha:g}"
+            ),
+        }
     primary = scores.get(best_ref.name) if best_ref is not None else None
     if gate:
         milestones["parity"] = {"reached": False, "reason": gate}
@@ -486,58 +545,83 @@ def build_report(arms: Sequence[Arm], metric: Metric, unattended: Autonomy, *, a
     else:
         low = primary["low"]
         reached = bool(primary["bounded"] and low is not None and low >= 1)
-        why = primary["note"] or f"score {fmt(primary['estimate'], '.3f')}, 95% CI low {fmt(low, '.3f')}"
-        milestones["parity"] = {"reached": reached, "reason": f"against {best_ref.name}: {why} "
-                                f"({'>=' if reached else 'not >='} 1)"}
+        why = (
+            primary["note"]
+            or f"score {fmt(primary['estimate'], '.3f')}, 95% CI low {fmt(low, '.3f')}"
+        )
+        milestones["parity"] = {
+            "reached": reached,
+            "reason": f"against {best_ref.name}: {why} ({'>=' if reached else 'not >='} 1)",
+        }
     best_steered = _best(steered, metric)
     if gate:
         milestones["supremacy"] = {"reached": False, "reason": gate}
     elif best_steered is None:
-        milestones["supremacy"] = {"reached": False,
-                                   "reason": "no human-steered run on the same task and budget to compare "
-                                             "(give one with --compare DIR)"}
+        milestones["supremacy"] = {
+            "reached": False,
+            "reason": "no human-steered run on the same task and budget to compare "
+            "(give one with --compare DIR)",
+        }
     else:
         vs = compare(cand.by_seed, best_steered.by_seed, metric)
         beat = vs.p_value is not None and vs.p_value < alpha and (vs.gain or 0) > 0
         milestones["supremacy"] = {
-            "reached": beat, "against": best_steered.name,
-            "reason": (f"against {best_steered.name}: gain {fmt(vs.gain)} (95% CI {fmt(vs.ci_low)}.."
-                       f"{fmt(vs.ci_high)}), p={fmt(vs.p_value, '.2g')}, "
-                       f"{'significant' if beat else 'not significant'} at alpha {alpha:g}")}
+            "reached": beat,
+            "against": best_steered.name,
+            "reason": (
+                f"against {best_steered.name}: gain {fmt(vs.gain)} (95% CI {fmt(vs.ci_low)}.."
+                f"{fmt(vs.ci_high)}), p={fmt(vs.p_value, '.2g')}, "
+                f"{'significant' if beat else 'not significant'} at alpha {alpha:g}"
+            ),
+        }
     hit = [m for m in MILESTONES if milestones[m]["reached"]]
-    return json_safe({
-        "version": 1,
-        "created_at": time.time(),
-        "metric": {"name": metric.name, "direction": metric.direction},
-        "settings": dict(settings),
-        "ci_method": "Fieller 95% interval of the ratio of mean gains, paired by seed (every contender ran "
-                     "the same seeds); Student t with pairs - 1 degrees of freedom",
-        "arms": [_arm_json(a) for a in arms],
-        "reference": best_ref.name if best_ref is not None else None,
-        "scores": scores,
-        "score": primary,
-        "arm_scores": per_arm,
-        "improvement": asdict(improvement),
-        "autonomy": asdict(unattended) | {"reason": unattended.reason},
-        "milestones": milestones,
-        "milestone": hit[-1] if hit else None,  # the highest one reached
-        "skipped": list(skipped),
-        "notes": list(notes),
-    })
+    return json_safe(
+        {
+            "version": 1,
+            "created_at": time.time(),
+            "metric": {"name": metric.name, "direction": metric.direction},
+            "settings": dict(settings),
+            "ci_method": "Fieller 95% interval of the ratio of mean gains, paired by seed (every contender ran "
+            "the same seeds); Student t with pairs - 1 degrees of freedom",
+            "arms": [_arm_json(a) for a in arms],
+            "reference": best_ref.name if best_ref is not None else None,
+            "scores": scores,
+            "score": primary,
+            "arm_scores": per_arm,
+            "improvement": asdict(improvement),
+            "autonomy": asdict(unattended) | {"reason": unattended.reason},
+            "milestones": milestones,
+            "milestone": hit[-1] if hit else None,  # the highest one reached
+            "skipped": list(skipped),
+            "notes": list(notes),
+        }
+    )
 
 
 def _best(arms: Sequence[Arm], metric: Metric) -> Arm | None:
     best: Arm | None = None
     for a in arms:
-        if a.mean is not None and (best is None or best.mean is None or metric.better(a.mean, best.mean)):
+        if a.mean is not None and (
+            best is None or best.mean is None or metric.better(a.mean, best.mean)
+        ):
             best = a
     return best
 
 
 def _arm_json(a: Arm) -> dict[str, Any]:
-    return {"name": a.name, "kind": a.kind, "commit": a.commit, "source": a.source, "seeds": a.seeds,
-            "results": a.results, "mean": a.mean, "sd": a.sd, "n_ok": len(a.values), "failures": a.failures,
-            "compute_s": a.compute_s}
+    return {
+        "name": a.name,
+        "kind": a.kind,
+        "commit": a.commit,
+        "source": a.source,
+        "seeds": a.seeds,
+        "results": a.results,
+        "mean": a.mean,
+        "sd": a.sd,
+        "n_ok": len(a.values),
+        "failures": a.failures,
+        "compute_s": a.compute_s,
+    }
 
 
 def fmt(x: float | None, spec: str = "+.4g") -> str:
@@ -562,10 +646,20 @@ def format_table(report: Mapping[str, Any]) -> str:
         else:
             shown = f"{s['estimate']:.3f} [unbounded]"
         fails = f" ({len(a['failures'])} failed)" if a["failures"] else ""
-        rows.append((a["name"], a["kind"], a["commit"][:7], f"{a['n_ok']}/{len(a['seeds'])}{fails}",
-                     f"{fmt(a['mean'], '.4f')} ± {fmt(a['sd'], '.4f')}", shown))
+        rows.append(
+            (
+                a["name"],
+                a["kind"],
+                a["commit"][:7],
+                f"{a['n_ok']}/{len(a['seeds'])}{fails}",
+                f"{fmt(a['mean'], '.4f')} ± {fmt(a['sd'], '.4f')}",
+                shown,
+            )
+        )
     widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+    lines = [
+        "  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows
+    ]
     lines.insert(1, "  ".join("-" * w for w in widths))
     lines.append("")
     lines.append(f"interval: {report['ci_method']}")
@@ -591,9 +685,17 @@ def baseline_commit(ws: Workspace, ledger: Ledger) -> str:
     return str(ws.info().get("base_commit") or ws.incumbent_commit())
 
 
-def score_workspace(ws: Workspace, bench: Bench, *, references: Sequence[str] | None = None,
-                    seeds: int = 3, commit: str | None = None, compare_dirs: Sequence[Path] = (),
-                    reference_folder: Path | None = None, notify: Notify = silent) -> dict[str, Any]:
+def score_workspace(
+    ws: Workspace,
+    bench: Bench,
+    *,
+    references: Sequence[str] | None = None,
+    seeds: int = 3,
+    commit: str | None = None,
+    compare_dirs: Sequence[Path] = (),
+    reference_folder: Path | None = None,
+    notify: Notify = silent,
+) -> dict[str, Any]:
     """Evaluate and score the incumbent (or `commit`) of `ws` on `bench` (the research task,
     data and preset); writes score.json, records a "score" event in the ledger, returns the
     report."""
@@ -602,12 +704,16 @@ def score_workspace(ws: Workspace, bench: Bench, *, references: Sequence[str] | 
         raise ConfigError(f"--seeds must be >= 1, got {seeds}")
     folder = reference_folder or reference_dir(ws.root, task.name)
     if folder is None or not folder.is_dir():
-        raise ConfigError(f"task {task.name!r} has no {REFERENCE_DIR}/ folder of human reference solutions")
+        raise ConfigError(
+            f"task {task.name!r} has no {REFERENCE_DIR}/ folder of human reference solutions"
+        )
     with Ledger(ws.ledger_path) as ledger:
         base = baseline_commit(ws, ledger)
         aut = autonomy(ledger, tag_experiments(ws.root, ws.tag))
     if commit is not None:
-        resolved = git(ws.root, "rev-parse", "--verify", "-q", f"{commit}^{{commit}}", check=False).strip()
+        resolved = git(
+            ws.root, "rev-parse", "--verify", "-q", f"{commit}^{{commit}}", check=False
+        ).strip()
         if not resolved:
             raise ConfigError(f"--commit {commit}: no such commit in {ws.root}")
         target = Contender(f"commit:{resolved[:7]}", "commit", ws.root, resolved, {}, commit)
@@ -620,7 +726,10 @@ def score_workspace(ws: Workspace, bench: Bench, *, references: Sequence[str] | 
     settings = task.comparable(preset)
     steered, skipped = steered_runs(ws, task.name, settings, compare_dirs)
     contenders = [Contender("baseline", "baseline", ws.root, base, {}, "the ledger's baseline")]
-    contenders += [Contender(name, "reference", ws.root, base, files, src) for name, (files, src) in refs.items()]
+    contenders += [
+        Contender(name, "reference", ws.root, base, files, src)
+        for name, (files, src) in refs.items()
+    ]
     contenders.append(target)
     contenders += [s.contender for s in steered]
     seed_list = [seed_schedule(SCORE_SEED_BASE, 0, k) for k in range(seeds)]
@@ -628,10 +737,18 @@ def score_workspace(ws: Workspace, bench: Bench, *, references: Sequence[str] | 
     arms = evaluate(contenders, bench, seed_list, run_root, notify=notify)
     notes = [f"{s.contender.name}: {s.note}" for s in steered if s.note]
     if target.commit == base:
-        notes.append("the incumbent is the baseline commit (nothing was kept): its score is 0 by definition")
-    report = build_report(arms, task.metric_obj, aut, alpha=task.judge.alpha,
-                          settings=settings | {"seeds": seed_list, "workspace": str(ws.root), "tag": ws.tag},
-                          skipped=skipped, notes=notes)
+        notes.append(
+            "the incumbent is the baseline commit (nothing was kept): its score is 0 by definition"
+        )
+    report = build_report(
+        arms,
+        task.metric_obj,
+        aut,
+        alpha=task.judge.alpha,
+        settings=settings | {"seeds": seed_list, "workspace": str(ws.root), "tag": ws.tag},
+        skipped=skipped,
+        notes=notes,
+    )
     atomic_write(ws.root / SCORE_FILE, json.dumps(report, indent=2, allow_nan=False) + "\n")
     with Ledger(ws.ledger_path) as ledger, ledger.transaction():
         ledger.add_event("score", _summary_line(report), data=_event_data(report), source="score")
@@ -652,8 +769,13 @@ def _summary_line(report: Mapping[str, Any]) -> str:
 
 def _event_data(report: Mapping[str, Any]) -> dict[str, Any]:
     """What the ledger keeps of a score: the figures, not every run."""
-    return {"reference": report["reference"], "score": report["score"], "scores": report["scores"],
-            "milestone": report["milestone"],
-            "milestones": {k: v["reached"] for k, v in report["milestones"].items()},
-            "means": {a["name"]: a["mean"] for a in report["arms"]},
-            "commits": {a["name"]: a["commit"] for a in report["arms"]}, "settings": report["settings"]}
+    return {
+        "reference": report["reference"],
+        "score": report["score"],
+        "scores": report["scores"],
+        "milestone": report["milestone"],
+        "milestones": {k: v["reached"] for k, v in report["milestones"].items()},
+        "means": {a["name"]: a["mean"] for a in report["arms"]},
+        "commits": {a["name"]: a["commit"] for a in report["arms"]},
+        "settings": report["settings"],
+    }

@@ -70,12 +70,13 @@ from rsilab.run.executors.base import Executor
 from rsilab.studies.score import export_commit, fmt
 from rsilab.workspace import git, init_workspace
 
-CONFIRM_SEED_BASE = 3_000_017  # seeds of confirmation runs (research: task.seed; score/ladder: their own)
+CONFIRM_SEED_BASE = (
+    3_000_017  # seeds of confirmation runs (research: task.seed; score/ladder: their own)
+)
 META_FILE = "meta.json"
 MAX_KNOBS_CAP = 8
 N_STARTUP_RANGE = (1, 64)
 TEMPERATURE_STEP = 0.3
-
 
 
 # ---- strategies --------------------------------------------------------------------------
@@ -135,29 +136,44 @@ def make_proposer(strategy: Strategy, task: TaskSpec, seed: int) -> Proposer:
         options: dict[str, Any] = {"seed": seed, "max_knobs": int(s["max_knobs"])}
         if s.get("sampler") == "random":
             return RandomSearch.from_task(task, **options)
-        return StrategyTuner.from_task(task, n_startup=int(s.get("n_startup", N_STARTUP)), **options)
+        return StrategyTuner.from_task(
+            task, n_startup=int(s.get("n_startup", N_STARTUP)), **options
+        )
     if strategy.proposer == "llm":
-        spec = dataclasses.replace(task.llm, temperature=float(s.get("temperature", task.llm.temperature)))
+        spec = dataclasses.replace(
+            task.llm, temperature=float(s.get("temperature", task.llm.temperature))
+        )
         inner = create("llm", task=task, spec=spec)
     elif strategy.proposer == "agent":
         inner = create("agent", task=task)
     else:
-        raise ConfigError(f"meta: unknown proposer {strategy.proposer!r} (tuner, random, llm or agent)")
+        raise ConfigError(
+            f"meta: unknown proposer {strategy.proposer!r} (tuner, random, llm or agent)"
+        )
     return ProgramOverride(inner, strategy.program) if strategy.program is not None else inner
 
 
 def starting_strategy(task: TaskSpec, proposer: str, program: str) -> Strategy:
     """The strategy `rsilab run --proposer PROPOSER` would use on this task."""
     if proposer in ("tuner", "random"):
-        return Strategy("s0", "tuner", {"max_knobs": task.tuner.max_knobs, "n_startup": N_STARTUP,
-                                        "sampler": "tpe" if proposer == "tuner" else "random"})
+        return Strategy(
+            "s0",
+            "tuner",
+            {
+                "max_knobs": task.tuner.max_knobs,
+                "n_startup": N_STARTUP,
+                "sampler": "tpe" if proposer == "tuner" else "random",
+            },
+        )
     if proposer in ("llm", "agent"):
         settings = {"temperature": task.llm.temperature} if proposer == "llm" else {}
         return Strategy("s0", proposer, settings, program=program)
     raise ConfigError(f"meta: --proposer {proposer!r}: one of tuner, random, llm, agent")
 
 
-def tuner_neighbours(s: Strategy, session_experiments: int | None = None) -> list[tuple[dict[str, Any], str]]:
+def tuner_neighbours(
+    s: Strategy, session_experiments: int | None = None
+) -> list[tuple[dict[str, Any], str]]:
     """Settings one step from `s`'s, each with a one-line description of the step.
 
     With sessions of `session_experiments`, steps that cannot change a session are left
@@ -201,14 +217,23 @@ def parse_program(text: str) -> str | None:
     return body + "\n" if body else None
 
 
-def rewrite_program(client: Any, task: TaskSpec, program: str, evidence: str) -> tuple[str | None, dict[str, Any]]:
+def rewrite_program(
+    client: Any, task: TaskSpec, program: str, evidence: str
+) -> tuple[str | None, dict[str, Any]]:
     """Ask the LLM (a `ChatClient`) for a better program; (program or None, usage figures)."""
     better = "lower" if task.metric.direction == "min" else "higher"
-    user = (f"# The task\n\n{task.description}\nMetric: {task.metric.name}, {better} is better.\n\n"
-            f"# The current program.md\n\n{program.strip()}\n\n# Evidence\n\n{evidence.strip()}\n")
+    user = (
+        f"# The task\n\n{task.description}\nMetric: {task.metric.name}, {better} is better.\n\n"
+        f"# The current program.md\n\n{program.strip()}\n\n# Evidence\n\n{evidence.strip()}\n"
+    )
     reply = client.complete(REWRITE_SYSTEM, [{"role": "user", "content": user}])
-    usage = {"tokens_in": reply.tokens_in, "tokens_out": reply.tokens_out, "model": reply.model,
-             "cost_usd": (reply.tokens_in * task.llm.price_in + reply.tokens_out * task.llm.price_out) / 1e6}
+    usage = {
+        "tokens_in": reply.tokens_in,
+        "tokens_out": reply.tokens_out,
+        "model": reply.model,
+        "cost_usd": (reply.tokens_in * task.llm.price_in + reply.tokens_out * task.llm.price_out)
+        / 1e6,
+    }
     return parse_program(reply.text), usage
 
 
@@ -297,16 +322,32 @@ def strategy_velocity(sessions: Sequence[Session]) -> tuple[float | None, float 
 class StrategySearch:
     """Runs `generations` of strategy search in `root` (see the module docstring)."""
 
-    def __init__(self, root: Path, *, task_dir: Path, overrides: Sequence[str] = (), preset: str = "cpu",
-                 proposer: str = "tuner", session_experiments: int | None = None,
-                 session_minutes: float | None = None, confirm_seeds: int = 3, seed: int = 0,
-                 train_data: Path | None = None, val_data: Path | None = None, executor: Executor | None = None,
-                 notify: Notify = print) -> None:
+    def __init__(
+        self,
+        root: Path,
+        *,
+        task_dir: Path,
+        overrides: Sequence[str] = (),
+        preset: str = "cpu",
+        proposer: str = "tuner",
+        session_experiments: int | None = None,
+        session_minutes: float | None = None,
+        confirm_seeds: int = 3,
+        seed: int = 0,
+        train_data: Path | None = None,
+        val_data: Path | None = None,
+        executor: Executor | None = None,
+        notify: Notify = print,
+    ) -> None:
         """`executor`: where the runs execute (None: one local slot, closed by `run`)."""
         if (session_experiments is None) == (session_minutes is None):
-            raise ConfigError("meta: give one session size: --session-experiments N or --session-minutes M")
+            raise ConfigError(
+                "meta: give one session size: --session-experiments N or --session-minutes M"
+            )
         if confirm_seeds < 2:
-            raise ConfigError("meta: --confirm-seeds must be >= 2 (the gain needs a noise estimate)")
+            raise ConfigError(
+                "meta: --confirm-seeds must be >= 2 (the gain needs a noise estimate)"
+            )
         self.root = root.resolve()
         self.say = notify
         self.n_confirm = confirm_seeds
@@ -314,24 +355,52 @@ class StrategySearch:
         path = self.root / META_FILE
         if path.is_file():
             self.state = SearchState(**json.loads(path.read_text()))
-            wanted = (self.task.name, list(overrides), proposer, session_experiments, session_minutes)
-            have = (self.state.task, self.state.overrides, self.state.proposer, self.state.session_experiments,
-                    self.state.session_minutes)
+            wanted = (
+                self.task.name,
+                list(overrides),
+                proposer,
+                session_experiments,
+                session_minutes,
+            )
+            have = (
+                self.state.task,
+                self.state.overrides,
+                self.state.proposer,
+                self.state.session_experiments,
+                self.state.session_minutes,
+            )
             if wanted != have:
-                raise ConfigError(f"{path}: made with task/overrides/proposer/session {have}, not {wanted}; "
-                                  "use another folder to change them")
+                raise ConfigError(
+                    f"{path}: made with task/overrides/proposer/session {have}, not {wanted}; "
+                    "use another folder to change them"
+                )
             notify(f"resuming {path}: {len(self.state.sessions)} sessions done")
         else:
-            self.state = SearchState(self.task.name, str(task_dir.resolve()), list(overrides), preset, proposer,
-                                   session_experiments=session_experiments, session_minutes=session_minutes,
-                                   seed=seed)
+            self.state = SearchState(
+                self.task.name,
+                str(task_dir.resolve()),
+                list(overrides),
+                preset,
+                proposer,
+                session_experiments=session_experiments,
+                session_minutes=session_minutes,
+                seed=seed,
+            )
         self.metric = self.task.metric_obj
-        self.bench = Bench(self.task, train_data=train_data, val_data=val_data, preset=self.state.preset,
-                           executor=executor)
+        self.bench = Bench(
+            self.task,
+            train_data=train_data,
+            val_data=val_data,
+            preset=self.state.preset,
+            executor=executor,
+        )
 
     # ---- bookkeeping ------------------------------------------------------------------
     def save(self) -> None:
-        atomic_write(self.root / META_FILE, json.dumps(json_safe(dataclasses.asdict(self.state)), indent=1) + "\n")
+        atomic_write(
+            self.root / META_FILE,
+            json.dumps(json_safe(dataclasses.asdict(self.state)), indent=1) + "\n",
+        )
 
     def _add_strategy(self, s: Strategy) -> Strategy:
         self.state.strategies.append(dataclasses.asdict(s))
@@ -354,22 +423,35 @@ class StrategySearch:
         if not self.state.base_commit:
             if self.base_repo.exists():
                 shutil.rmtree(self.base_repo)
-            shutil.copytree(self.state.task_dir, self.base_repo,
-                            ignore=shutil.ignore_patterns("__pycache__", "*.pyc", ".rsilab", ".git", "reference"))
+            shutil.copytree(
+                self.state.task_dir,
+                self.base_repo,
+                ignore=shutil.ignore_patterns(
+                    "__pycache__", "*.pyc", ".rsilab", ".git", "reference"
+                ),
+            )
             git(self.base_repo, "init", "-q", "-b", "main")
             git(self.base_repo, "add", "-A")
             git(self.base_repo, "commit", "-q", "-m", f"rsilab meta: task {self.task.name}")
             self.state.base_commit = git(self.base_repo, "rev-parse", "HEAD").strip()
-            self.state.confirm_seeds = [seed_schedule(CONFIRM_SEED_BASE, 0, k) for k in range(self.n_confirm)]
+            self.state.confirm_seeds = [
+                seed_schedule(CONFIRM_SEED_BASE, 0, k) for k in range(self.n_confirm)
+            ]
             self.save()
         if not self.state.baseline_confirm:
-            values, failures = self._confirm(self.base_repo, self.state.base_commit, self.root / "confirm-baseline")
+            values, failures = self._confirm(
+                self.base_repo, self.state.base_commit, self.root / "confirm-baseline"
+            )
             if len(values) < 2:
-                raise ConfigError(f"meta: the baseline failed its confirmation runs: {failures[:1]}")
+                raise ConfigError(
+                    f"meta: the baseline failed its confirmation runs: {failures[:1]}"
+                )
             self.state.baseline_confirm = values
             self.save()
-            self.say(f"baseline {self.metric.name} {statistics.fmean(values):.4f} ± "
-                     f"{statistics.stdev(values):.4f} over {len(values)} confirmation seeds")
+            self.say(
+                f"baseline {self.metric.name} {statistics.fmean(values):.4f} ± "
+                f"{statistics.stdev(values):.4f} over {len(values)} confirmation seeds"
+            )
 
     def _confirm(self, repo: Path, commit: str, where: Path) -> tuple[list[float], list[str]]:
         work = export_commit(repo, commit, where / "work")
@@ -398,8 +480,11 @@ class StrategySearch:
         # The same tuner seed for every strategy of a generation: common random numbers.
         tuner_seed = self.state.seed * 1000 + generation
         session = Session(strategy.id, generation, str(sdir), tuner_seed)
-        limits = (Limits(max_experiments=self.state.session_experiments) if self.state.session_experiments
-                  else Limits(hours=(self.state.session_minutes or 0) / 60))
+        limits = (
+            Limits(max_experiments=self.state.session_experiments)
+            if self.state.session_experiments
+            else Limits(hours=(self.state.session_minutes or 0) / 60)
+        )
         tag = f"[{name}]"
 
         def view(message: str, progress: Any) -> None:
@@ -413,8 +498,14 @@ class StrategySearch:
             ledger.set_setting("comparable", task.comparable(self.state.preset))
             ledger.set_setting("metric", task.metric.name)
             ledger.set_setting("meta_strategy", dataclasses.asdict(strategy))
-            sup = Supervisor(ws, ledger, self.bench.derive(task=task), [make_proposer(strategy, task, tuner_seed)],
-                             limits=limits, view=view)
+            sup = Supervisor(
+                ws,
+                ledger,
+                self.bench.derive(task=task),
+                [make_proposer(strategy, task, tuner_seed)],
+                limits=limits,
+                view=view,
+            )
             session.stop = sup.run()
             session.wall_s = time.time() - t0
             exps = ledger.experiments()
@@ -432,7 +523,9 @@ class StrategySearch:
 
             claimed = (ok_values(inc.id), ok_values(base.id))
             if all(claimed):
-                session.claimed_gain = self.metric.gain(statistics.fmean(claimed[0]), statistics.fmean(claimed[1]))
+                session.claimed_gain = self.metric.gain(
+                    statistics.fmean(claimed[0]), statistics.fmean(claimed[1])
+                )
             ledger.export_tsv(sdir / "results.tsv", task.metric.name)
         base_values = self.state.baseline_confirm
         if inc.commit == self.state.base_commit:
@@ -441,7 +534,9 @@ class StrategySearch:
             values, failures = self._confirm(sdir, inc.commit, ws.state / "confirm")
             session.confirm_values, session.confirm_failures = values, failures
             if values:
-                session.gain = self.metric.gain(statistics.fmean(values), statistics.fmean(base_values))
+                session.gain = self.metric.gain(
+                    statistics.fmean(values), statistics.fmean(base_values)
+                )
                 session.gain_se = _pooled_se(values, base_values)
         hours = session.compute_s / 3600
         if session.gain is not None and hours > 0:
@@ -451,9 +546,11 @@ class StrategySearch:
             shutil.rmtree(artifact, ignore_errors=True)
         self.state.sessions.append(dataclasses.asdict(session))
         self.save()
-        self.say(f"{tag} {strategy.label()}: {session.experiments} experiments, {session.kept} kept, compute "
-                 f"{session.compute_s / 60:.1f} min, confirmed gain {fmt(session.gain)} ± {fmt(session.gain_se)}, "
-                 f"velocity {fmt(session.velocity)} per compute-hour")
+        self.say(
+            f"{tag} {strategy.label()}: {session.experiments} experiments, {session.kept} kept, compute "
+            f"{session.compute_s / 60:.1f} min, confirmed gain {fmt(session.gain)} ± {fmt(session.gain_se)}, "
+            f"velocity {fmt(session.velocity)} per compute-hour"
+        )
         return session
 
     # ---- variants ----------------------------------------------------------------------
@@ -472,18 +569,32 @@ class StrategySearch:
         tried = {self.state.strategy(d["id"]).key() for d in self.state.strategies}
         rng = random.Random(f"{self.state.seed}:{generation}")
         size = self.state.session_experiments
-        options = [(s, why) for s, why in tuner_neighbours(champion, size)
-                   if Strategy("", "tuner", s).key() not in tried]
+        options = [
+            (s, why)
+            for s, why in tuner_neighbours(champion, size)
+            if Strategy("", "tuner", s).key() not in tried
+        ]
         rng.shuffle(options)
         if len(options) < n:  # every neighbour tried: two steps away
-            far = [(s2, f"{why1}, {why2}") for s1, why1 in tuner_neighbours(champion, size)
-                   for s2, why2 in tuner_neighbours(Strategy("", "tuner", s1), size)
-                   if Strategy("", "tuner", s2).key() not in tried and s2 != champion.settings]
+            far = [
+                (s2, f"{why1}, {why2}")
+                for s1, why1 in tuner_neighbours(champion, size)
+                for s2, why2 in tuner_neighbours(Strategy("", "tuner", s1), size)
+                if Strategy("", "tuner", s2).key() not in tried and s2 != champion.settings
+            ]
             rng.shuffle(far)
             options += far
         out: list[Strategy] = []
         for settings, why in options:
-            s = Strategy(self._next_id(), "tuner", settings, None, champion.id, generation, f"mutation: {why}")
+            s = Strategy(
+                self._next_id(),
+                "tuner",
+                settings,
+                None,
+                champion.id,
+                generation,
+                f"mutation: {why}",
+            )
             if s.key() in tried:
                 continue
             tried.add(s.key())
@@ -503,12 +614,22 @@ class StrategySearch:
             for _ in range(n):
                 text, usage = rewrite_program(client, self.task, program, evidence)
                 record: dict[str, Any] = {"generation": generation, "parent": champion.id, **usage}
-                if text is None or Strategy("", champion.proposer, champion.settings, text).key() in tried:
+                if (
+                    text is None
+                    or Strategy("", champion.proposer, champion.settings, text).key() in tried
+                ):
                     record["outcome"] = "empty or repeated answer: no variant"
                     self.state.rewrites.append(record)
                     continue
-                s = Strategy(self._next_id(), champion.proposer, dict(champion.settings), text, champion.id,
-                             generation, "llm rewrite of program.md from the evidence")
+                s = Strategy(
+                    self._next_id(),
+                    champion.proposer,
+                    dict(champion.settings),
+                    text,
+                    champion.id,
+                    generation,
+                    "llm rewrite of program.md from the evidence",
+                )
                 tried.add(s.key())
                 record["outcome"] = s.id
                 self.state.rewrites.append(record)
@@ -524,11 +645,15 @@ class StrategySearch:
             if v is None:
                 continue
             s = Strategy(**d)
-            lines.append(f"- {s.id} (from {s.parent or 'the start'}, {s.origin}): velocity {fmt(v)} ± {fmt(se)} "
-                         f"over {len(self._sessions_of(s.id))} sessions")
+            lines.append(
+                f"- {s.id} (from {s.parent or 'the start'}, {s.origin}): velocity {fmt(v)} ± {fmt(se)} "
+                f"over {len(self._sessions_of(s.id))} sessions"
+            )
         for sess in self.state.session_list()[-6:]:
-            lines.append(f"\n## Session {Path(sess.dir).name} under strategy {sess.strategy}: "
-                         f"confirmed gain {fmt(sess.gain)}, {sess.kept} of {sess.experiments} kept")
+            lines.append(
+                f"\n## Session {Path(sess.dir).name} under strategy {sess.strategy}: "
+                f"confirmed gain {fmt(sess.gain)}, {sess.kept} of {sess.experiments} kept"
+            )
             ledger_path = Path(sess.dir) / ".rsilab" / "ledger.db"
             if not ledger_path.is_file():
                 continue
@@ -556,7 +681,11 @@ class StrategySearch:
             self.save()
         for g in range(len(self.state.generations), generations):
             champion = self.state.strategy(self.state.champion)
-            members = [d["id"] for d in self.state.strategies if d["generation"] == g and d["id"] != champion.id]
+            members = [
+                d["id"]
+                for d in self.state.strategies
+                if d["generation"] == g and d["id"] != champion.id
+            ]
             done = {s.strategy for s in self.state.session_list() if s.generation == g}
             if champion.id not in done:
                 self.run_session(champion, g)
@@ -583,15 +712,26 @@ class StrategySearch:
         change = champ_v - start_v if champ_v is not None and start_v is not None else None
         change_se: float | None = None
         if change is not None:  # the same strategy: no change, exactly
-            change_se = 0.0 if best == "s0" else math.sqrt((champ_se or 0) ** 2 + (start_se or 0) ** 2)
-        self.state.generations.append({
-            "generation": g, "strategies": ids, "champion_before": before, "champion": best,
-            "velocities": {sid: self.velocity(sid)[0] for sid in ids},
-            "velocity_change_vs_start": change, "velocity_change_se": change_se})
+            change_se = (
+                0.0 if best == "s0" else math.sqrt((champ_se or 0) ** 2 + (start_se or 0) ** 2)
+            )
+        self.state.generations.append(
+            {
+                "generation": g,
+                "strategies": ids,
+                "champion_before": before,
+                "champion": best,
+                "velocities": {sid: self.velocity(sid)[0] for sid in ids},
+                "velocity_change_vs_start": change,
+                "velocity_change_se": change_se,
+            }
+        )
         self.save()
 
 
-def run_search(root: Path, *, task_dir: Path, generations: int, strategies: int, **options: Any) -> SearchState:
+def run_search(
+    root: Path, *, task_dir: Path, generations: int, strategies: int, **options: Any
+) -> SearchState:
     """`rsilab meta`: see `StrategySearch`."""
     return StrategySearch(root, task_dir=task_dir, **options).run(generations, strategies)
 
@@ -602,25 +742,51 @@ def run_search(root: Path, *, task_dir: Path, generations: int, strategies: int,
 def format_table(state: SearchState) -> str:
     """Strategies (lineage, sessions, velocity) and the generations, as plain text."""
     sessions = [Session(**d) for d in state.sessions]
-    rows: list[Sequence[str]] = [("strategy", "parent", "gen", "settings", "origin", "sessions", "experiments",
-                                  "kept", "compute min", "confirmed gain", "velocity/h ± se")]
+    rows: list[Sequence[str]] = [
+        (
+            "strategy",
+            "parent",
+            "gen",
+            "settings",
+            "origin",
+            "sessions",
+            "experiments",
+            "kept",
+            "compute min",
+            "confirmed gain",
+            "velocity/h ± se",
+        )
+    ]
     for d in state.strategies:
         s = Strategy(**d)
         mine = [x for x in sessions if x.strategy == s.id]
         v, se = strategy_velocity(mine)
         gains = [x.gain for x in mine if x.gain is not None]
         champion = " *" if s.id == state.champion else ""
-        rows.append((s.id + champion, s.parent or "-", str(s.generation), s.label(), s.origin[:40], str(len(mine)),
-                     str(sum(x.experiments for x in mine)), str(sum(x.kept for x in mine)),
-                     f"{sum(x.compute_s for x in mine) / 60:.1f}", fmt(statistics.fmean(gains)) if gains else "-",
-                     f"{fmt(v)} ± {fmt(se, '.3g')}"))
+        rows.append(
+            (
+                s.id + champion,
+                s.parent or "-",
+                str(s.generation),
+                s.label(),
+                s.origin[:40],
+                str(len(mine)),
+                str(sum(x.experiments for x in mine)),
+                str(sum(x.kept for x in mine)),
+                f"{sum(x.compute_s for x in mine) / 60:.1f}",
+                fmt(statistics.fmean(gains)) if gains else "-",
+                f"{fmt(v)} ± {fmt(se, '.3g')}",
+            )
+        )
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
     for gen in state.generations:
-        lines.append(f"generation {gen['generation']}: champion {gen['champion_before']} -> {gen['champion']}; "
-                     f"velocity change vs the starting strategy {fmt(gen['velocity_change_vs_start'])} ± "
-                     f"{fmt(gen['velocity_change_se'], '.3g')} per compute-hour")
+        lines.append(
+            f"generation {gen['generation']}: champion {gen['champion_before']} -> {gen['champion']}; "
+            f"velocity change vs the starting strategy {fmt(gen['velocity_change_vs_start'])} ± "
+            f"{fmt(gen['velocity_change_se'], '.3g')} per compute-hour"
+        )
     return "\n".join(lines)
 
 
@@ -631,5 +797,9 @@ def summary(state: SearchState) -> Mapping[str, Any]:
     def vel(sid: str) -> tuple[float | None, float | None]:
         return strategy_velocity([s for s in sessions if s.strategy == sid])
 
-    return {"start": "s0", "start_velocity": vel("s0"), "champion": state.champion,
-            "champion_velocity": vel(state.champion)}
+    return {
+        "start": "s0",
+        "start_velocity": vel("s0"),
+        "champion": state.champion,
+        "champion_velocity": vel(state.champion),
+    }

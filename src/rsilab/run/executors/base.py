@@ -90,7 +90,9 @@ class Executor(Protocol):
         ...
 
 
-REGISTRY: Registry[Executor] = Registry("executor", "rsilab.run.executors", _BUILTIN_MODULES, ENTRY_POINT_GROUP)
+REGISTRY: Registry[Executor] = Registry(
+    "executor", "rsilab.run.executors", _BUILTIN_MODULES, ENTRY_POINT_GROUP
+)
 F = TypeVar("F", bound=Callable[..., Executor])
 
 
@@ -125,10 +127,14 @@ def local_gpus() -> list[str]:
     if shutil.which("nvidia-smi") is None:
         return []
     try:
-        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=20).stdout
+        out = subprocess.run(
+            ["nvidia-smi", "-L"], capture_output=True, text=True, timeout=20
+        ).stdout
     except (OSError, subprocess.TimeoutExpired):
         return []
-    return [str(i) for i, _ in enumerate(line for line in out.splitlines() if line.startswith("GPU "))]
+    return [
+        str(i) for i, _ in enumerate(line for line in out.splitlines() if line.startswith("GPU "))
+    ]
 
 
 def cpu_slots(threads: int) -> int:

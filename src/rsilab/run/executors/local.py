@@ -66,8 +66,10 @@ def slots_for(task: TaskSpec, workers: int | None, gpus: list[str] | None = None
     host = socket.gethostname()
     count = workers or (len(ids) if ids else cpu_slots(task.threads))
     if ids:
-        return [Slot(i, f"{host}/gpu{ids[i % len(ids)]}", {"CUDA_VISIBLE_DEVICES": ids[i % len(ids)]})
-                for i in range(count)]
+        return [
+            Slot(i, f"{host}/gpu{ids[i % len(ids)]}", {"CUDA_VISIBLE_DEVICES": ids[i % len(ids)]})
+            for i in range(count)
+        ]
     return [Slot(i, f"{host}/cpu{i}", {}) for i in range(count)]
 
 
@@ -77,7 +79,9 @@ class LocalExecutor:
 
     name = "local"
 
-    def __init__(self, task: TaskSpec, workers: int | None = None, gpus: list[str] | None = None) -> None:
+    def __init__(
+        self, task: TaskSpec, workers: int | None = None, gpus: list[str] | None = None
+    ) -> None:
         self._slots = slots_for(task, workers, gpus)
         self._prestart = process.usable_cores() > len(self._slots) * task.threads
         self._free = list(self._slots)
@@ -100,8 +104,9 @@ class LocalExecutor:
             if self._free:  # taken now, so `where` names the slot from the start
                 job.slot = self._free.pop(0)
         # A daemon thread per run: it waits for a slot (if none was free), then for the worker.
-        threading.Thread(target=self._execute, args=(job,), daemon=True,
-                         name=f"rsilab-run {request.key}").start()
+        threading.Thread(
+            target=self._execute, args=(job,), daemon=True, name=f"rsilab-run {request.key}"
+        ).start()
         return future
 
     def cancel(self, future: RunFuture) -> None:
@@ -136,7 +141,9 @@ class LocalExecutor:
         try:
             result = self._run(job)
         except BaseException as e:  # a bug here must not leave the supervisor waiting forever
-            result = RunResult(Status.CRASH, job.request.seed, reason=f"crash: local executor: {e!r}")
+            result = RunResult(
+                Status.CRASH, job.request.seed, reason=f"crash: local executor: {e!r}"
+            )
         finally:
             with self._cond:
                 self._jobs.pop(job.future, None)
@@ -160,9 +167,14 @@ class LocalExecutor:
             if job.cancelled:
                 return _interrupted(req)
             # Its own session: a cancel signals the worker's whole group, never ours.
-            job.proc = subprocess.Popen([sys.executable, "-m", "rsilab.run.executors.local"], env=env,
-                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                        stderr=subprocess.PIPE, start_new_session=True)
+            job.proc = subprocess.Popen(
+                [sys.executable, "-m", "rsilab.run.executors.local"],
+                env=env,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                start_new_session=True,
+            )
         if req.prestart_eval is None:
             req = dataclasses.replace(req, prestart_eval=self._prestart)
         out, err = job.proc.communicate(pickle.dumps(req))
@@ -173,9 +185,16 @@ class LocalExecutor:
                     return result
         if job.cancelled:
             return _interrupted(req)
-        last = (err.decode(errors="replace").strip().splitlines() or [f"exit code {job.proc.returncode}"])[-1]
-        return RunResult(Status.CRASH, req.seed, reason=f"crash: the run's worker process failed: {last[:200]}",
-                         log_tail=err.decode(errors="replace")[-4000:])
+        last = (
+            err.decode(errors="replace").strip().splitlines()
+            or [f"exit code {job.proc.returncode}"]
+        )[-1]
+        return RunResult(
+            Status.CRASH,
+            req.seed,
+            reason=f"crash: the run's worker process failed: {last[:200]}",
+            log_tail=err.decode(errors="replace")[-4000:],
+        )
 
 
 def _interrupted(req: RunRequest) -> RunResult:
@@ -187,8 +206,17 @@ def run_request(req: RunRequest) -> RunResult:
     options: dict[str, Any] = {}
     if req.isolation is not None:
         options["isolation"] = req.isolation
-    return runner.run(req.task, req.workdir, req.run_dir, seed=req.seed, train_data=req.train_data,
-                      val_data=req.val_data, preset=req.preset, prestart=req.prestart_eval, **options)
+    return runner.run(
+        req.task,
+        req.workdir,
+        req.run_dir,
+        seed=req.seed,
+        train_data=req.train_data,
+        val_data=req.val_data,
+        preset=req.preset,
+        prestart=req.prestart_eval,
+        **options,
+    )
 
 
 def _interrupt(signum: int, frame: Any) -> None:

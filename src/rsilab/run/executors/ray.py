@@ -70,9 +70,16 @@ class RayExecutor:
 
     name = "ray"
 
-    def __init__(self, task: TaskSpec, workers: int | None = None, address: str | None = None,
-                 num_cpus: int | None = None, num_gpus: int | None = None,
-                 gpus_per_run: float | None = None, max_retries: int = 3) -> None:
+    def __init__(
+        self,
+        task: TaskSpec,
+        workers: int | None = None,
+        address: str | None = None,
+        num_cpus: int | None = None,
+        num_gpus: int | None = None,
+        gpus_per_run: float | None = None,
+        max_retries: int = 3,
+    ) -> None:
         try:
             import ray
             from ray.util.queue import Queue
@@ -84,12 +91,19 @@ class RayExecutor:
             if address:
                 ray.init(address=address, log_to_driver=False)
             else:  # a local Ray on this machine
-                cpus = num_cpus if num_cpus is not None else (workers * task.threads if workers else None)
-                ray.init(num_cpus=cpus, num_gpus=num_gpus, include_dashboard=False, log_to_driver=False)
+                cpus = (
+                    num_cpus
+                    if num_cpus is not None
+                    else (workers * task.threads if workers else None)
+                )
+                ray.init(
+                    num_cpus=cpus, num_gpus=num_gpus, include_dashboard=False, log_to_driver=False
+                )
             self._owns_ray = True
         resources = ray.cluster_resources()
-        self.gpus_per_run = float(gpus_per_run if gpus_per_run is not None
-                                  else (1 if resources.get("GPU", 0) >= 1 else 0))
+        self.gpus_per_run = float(
+            gpus_per_run if gpus_per_run is not None else (1 if resources.get("GPU", 0) >= 1 else 0)
+        )
         if self.gpus_per_run:
             capacity = int(resources.get("GPU", 0) // self.gpus_per_run)
         else:
@@ -112,8 +126,10 @@ class RayExecutor:
     def describe(self) -> str:
         res = self._ray.cluster_resources()
         unit = f"{self.gpus_per_run:g} GPU" if self.gpus_per_run else f"{self.threads} CPU"
-        return (f"ray, {self._slots} slot(s) ({unit} per run; cluster: {res.get('CPU', 0):g} CPU, "
-                f"{res.get('GPU', 0):g} GPU, {len(self._ray.nodes())} node(s))")
+        return (
+            f"ray, {self._slots} slot(s) ({unit} per run; cluster: {res.get('CPU', 0):g} CPU, "
+            f"{res.get('GPU', 0):g} GPU, {len(self._ray.nodes())} node(s))"
+        )
 
     def submit(self, request: RunRequest) -> RunFuture:
         future: RunFuture = RunFuture()
@@ -124,13 +140,24 @@ class RayExecutor:
         try:
             payload = _payload(request)
         except (OSError, ValueError) as e:
-            self._finish(run, RunResult(Status.CRASH, request.seed, reason=f"crash: cannot ship the checkout: {e}"))
+            self._finish(
+                run,
+                RunResult(
+                    Status.CRASH, request.seed, reason=f"crash: cannot ship the checkout: {e}"
+                ),
+            )
             return future
         remote = self._ray.remote(_node_run).options(
-            num_cpus=1 if self.gpus_per_run else self.threads, num_gpus=self.gpus_per_run,
-            max_retries=self.max_retries, retry_exceptions=False, name=f"rsilab {request.key}")
+            num_cpus=1 if self.gpus_per_run else self.threads,
+            num_gpus=self.gpus_per_run,
+            max_retries=self.max_retries,
+            retry_exceptions=False,
+            name=f"rsilab {request.key}",
+        )
         run.ref = remote.remote(payload, self._channel)
-        threading.Thread(target=self._collect, args=(run,), daemon=True, name=f"rsilab-ray {request.key}").start()
+        threading.Thread(
+            target=self._collect, args=(run,), daemon=True, name=f"rsilab-ray {request.key}"
+        ).start()
         return future
 
     def cancel(self, future: RunFuture) -> None:
@@ -183,8 +210,16 @@ class RayExecutor:
             result = _interrupted(req)
         except RayError as e:  # worker or node lost beyond the retries, an error in the task
             first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-            result = _interrupted(req) if run.cancelled else RunResult(
-                Status.CRASH, req.seed, reason=f"crash: ray: {first[:200]}", log_tail=str(e)[-4000:])
+            result = (
+                _interrupted(req)
+                if run.cancelled
+                else RunResult(
+                    Status.CRASH,
+                    req.seed,
+                    reason=f"crash: ray: {first[:200]}",
+                    log_tail=str(e)[-4000:],
+                )
+            )
         except Exception as e:  # a bug here must not leave the supervisor waiting forever
             result = RunResult(Status.CRASH, req.seed, reason=f"crash: ray executor: {e!r}")
         self._finish(run, result)
@@ -234,16 +269,25 @@ def _payload(req: RunRequest) -> dict[str, Any]:
     root = Path(req.workdir)
     for path in sorted(root.rglob("*")):
         rel = path.relative_to(root)
-        if rel.parts[0] == ".git" or "__pycache__" in rel.parts or not path.is_file() or path.is_symlink():
+        if (
+            rel.parts[0] == ".git"
+            or "__pycache__" in rel.parts
+            or not path.is_file()
+            or path.is_symlink()
+        ):
             continue
         data = path.read_bytes()
         total += len(data)
         if total > MAX_SHIPPED_BYTES:
             raise ValueError(f"{root} holds over {MAX_SHIPPED_BYTES >> 20} MiB")
         files[rel.as_posix()] = data
-    return {"key": req.key, "files": files,
-            "request": dataclasses.replace(req, workdir=Path("."), run_dir=Path("."),
-                                           train_data=None, val_data=None)}
+    return {
+        "key": req.key,
+        "files": files,
+        "request": dataclasses.replace(
+            req, workdir=Path("."), run_dir=Path("."), train_data=None, val_data=None
+        ),
+    }
 
 
 def _land(req: RunRequest, out: dict[str, Any], note: str = "") -> RunResult:
@@ -308,10 +352,20 @@ def _node_run(payload: dict[str, Any], channel: Any) -> dict[str, Any]:
         except Exception as e:  # e.g. a local data path this node does not have
             result = RunResult(Status.CRASH, req.seed, reason=f"crash: no data on node {node}: {e}")
             return {"result": result, "logs": {}, "node": where}
-        local = dataclasses.replace(req, workdir=work, run_dir=run_dir, train_data=train, val_data=val,
-                                    prestart_eval=bool(gpus) if req.prestart_eval is None else req.prestart_eval)
+        local = dataclasses.replace(
+            req,
+            workdir=work,
+            run_dir=run_dir,
+            train_data=train,
+            val_data=val,
+            prestart_eval=bool(gpus) if req.prestart_eval is None else req.prestart_eval,
+        )
         result = _run_worker(local, Path(tmp), channel, key)
-        logs = {name: (run_dir / name).read_bytes() for name in SHIPPED_LOGS if (run_dir / name).is_file()}
+        logs = {
+            name: (run_dir / name).read_bytes()
+            for name in SHIPPED_LOGS
+            if (run_dir / name).is_file()
+        }
         return {"result": result, "logs": logs, "node": where}
 
 
@@ -320,8 +374,14 @@ def _run_worker(req: RunRequest, tmp: Path, channel: Any, key: str) -> RunResult
     env = {**os.environ, **req.env, "RSILAB_WORKER_PARENT": str(os.getpid())}
     out_path, err_path = tmp / "worker.out", tmp / "worker.err"
     with open(out_path, "wb") as out, open(err_path, "wb") as err:
-        proc = subprocess.Popen([sys.executable, "-m", "rsilab.run.executors.local"], env=env,
-                                stdin=subprocess.PIPE, stdout=out, stderr=err, start_new_session=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "rsilab.run.executors.local"],
+            env=env,
+            stdin=subprocess.PIPE,
+            stdout=out,
+            stderr=err,
+            start_new_session=True,
+        )
     assert proc.stdin is not None
     proc.stdin.write(pickle.dumps(req))
     proc.stdin.close()
@@ -357,5 +417,9 @@ def _run_worker(req: RunRequest, tmp: Path, channel: Any, key: str) -> RunResult
                 return result
     text = err_path.read_text(errors="replace")
     last = (text.strip().splitlines() or [f"exit code {proc.returncode}"])[-1]
-    return RunResult(Status.CRASH, req.seed, reason=f"crash: the run's worker process failed: {last[:200]}",
-                     log_tail=text[-4000:])
+    return RunResult(
+        Status.CRASH,
+        req.seed,
+        reason=f"crash: the run's worker process failed: {last[:200]}",
+        log_tail=text[-4000:],
+    )

@@ -38,19 +38,42 @@ class CheckResult:
     summary: str  # one line: replace vs accumulate at the last generation
 
 
-def run_check(out: Path, *, task_name: str | None = None, overrides: Sequence[tuple[str, Any]] = (),
-              preset: str | None = None, trainer: Trainer | None = None, sampler: Sampler | None = None,
-              notify: Notify = print) -> CheckResult:
-    study = open_study(out, task_name=task_name, overrides=[*CHECK_OVERRIDES, *overrides],
-                       policies="replace,accumulate", seeds=1, generations=CHECK_GENERATIONS,
-                       size=CHECK_SIZE, temperature=1.0, preset=preset, trainer=trainer,
-                       sampler=sampler, notify=notify)
+def run_check(
+    out: Path,
+    *,
+    task_name: str | None = None,
+    overrides: Sequence[tuple[str, Any]] = (),
+    preset: str | None = None,
+    trainer: Trainer | None = None,
+    sampler: Sampler | None = None,
+    notify: Notify = print,
+) -> CheckResult:
+    study = open_study(
+        out,
+        task_name=task_name,
+        overrides=[*CHECK_OVERRIDES, *overrides],
+        policies="replace,accumulate",
+        seeds=1,
+        generations=CHECK_GENERATIONS,
+        size=CHECK_SIZE,
+        temperature=1.0,
+        preset=preset,
+        trainer=trainer,
+        sampler=sampler,
+        notify=notify,
+    )
     rows = study.run()
     problems = verify(study, rows)
     done = finished(rows)
-    last = [(label, done.get(c)) for label in ("replace", "accumulate")
-            for c in study.cells() if c.policy == label and c.generation == CHECK_GENERATIONS]
-    summary = ", ".join(f"{label} g{CHECK_GENERATIONS} val_bpb {r['val_bpb']:.4f}" for label, r in last if r)
+    last = [
+        (label, done.get(c))
+        for label in ("replace", "accumulate")
+        for c in study.cells()
+        if c.policy == label and c.generation == CHECK_GENERATIONS
+    ]
+    summary = ", ".join(
+        f"{label} g{CHECK_GENERATIONS} val_bpb {r['val_bpb']:.4f}" for label, r in last if r
+    )
     return CheckResult(not problems, problems, summary)
 
 
@@ -61,9 +84,17 @@ def verify(study: Study, rows: list[dict[str, Any]]) -> list[str]:
     for cell in study.cells():
         row = done.get(cell)
         if row is None:
-            tries = [r for r in rows if (r["policy"], r["seed"], r["generation"]) ==
-                     (cell.policy, cell.seed, cell.generation)]
-            why = f"{tries[-1]['status']}: {tries[-1]['run'].get('reason', '')}" if tries else "not run"
+            tries = [
+                r
+                for r in rows
+                if (r["policy"], r["seed"], r["generation"])
+                == (cell.policy, cell.seed, cell.generation)
+            ]
+            why = (
+                f"{tries[-1]['status']}: {tries[-1]['run'].get('reason', '')}"
+                if tries
+                else "not run"
+            )
             problems.append(f"{cell}: {why}")
             continue
         if not math.isfinite(row["val_bpb"] or math.nan):
@@ -74,16 +105,24 @@ def verify(study: Study, rows: list[dict[str, Any]]) -> list[str]:
         data = row["run"].get("evaluation", {}).get("data", {})
         val = data.get("val", {})
         if val.get("kind") != "real" or not val.get("locked"):
-            problems.append(f"{cell}: the run's validation data is not recorded as real and hash-locked")
+            problems.append(
+                f"{cell}: the run's validation data is not recorded as real and hash-locked"
+            )
         train = row["data"].get("train", {})
         g = cell.generation
         if g > 0 and data.get("generated_train_data") is not True:
-            problems.append(f"{cell}: the run on generated data is not flagged generated_train_data")
+            problems.append(
+                f"{cell}: the run on generated data is not flagged generated_train_data"
+            )
         parts = [(p["kind"], p.get("generation")) for p in train.get("parts", [])]
         if cell.policy == SHARED and train.get("kind") != "real":
             problems.append(f"{cell}: generation 0 trained on {train.get('kind')} data, not real")
-        if cell.policy == "replace" and (train.get("real_bytes") != 0 or train.get("kind") != "generated"):
-            problems.append(f"{cell}: replace trained on {train.get('real_bytes')} real bytes (expected none)")
+        if cell.policy == "replace" and (
+            train.get("real_bytes") != 0 or train.get("kind") != "generated"
+        ):
+            problems.append(
+                f"{cell}: replace trained on {train.get('real_bytes')} real bytes (expected none)"
+            )
         expected = [("real", None), *(("generated", j) for j in range(1, g + 1))]
         if cell.policy == "accumulate" and parts != expected:
             problems.append(f"{cell}: accumulate trained on parts {parts}, expected {expected}")

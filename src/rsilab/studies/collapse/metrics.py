@@ -57,7 +57,7 @@ def entropy(counts: Iterable[int]) -> float:
 
 
 def ngrams(tokens: Sequence[Hashable], n: int) -> list[tuple[Hashable, ...]]:
-    return [tuple(tokens[i: i + n]) for i in range(len(tokens) - n + 1)]
+    return [tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1)]
 
 
 def distinct_n(tokens: Sequence[Hashable], n: int) -> float:
@@ -101,8 +101,11 @@ class Reference:
     @classmethod
     def of(cls, real: bytes, fraction: float = TAIL_FRACTION) -> Reference:
         word_counts = Counter(words(real))
-        return cls(frozenset(word_counts), rare_tail(word_counts, fraction),
-                   rare_tail(Counter(real), fraction))
+        return cls(
+            frozenset(word_counts),
+            rare_tail(word_counts, fraction),
+            rare_tail(Counter(real), fraction),
+        )
 
 
 def sample_metrics(sample: bytes, ref: Reference) -> dict[str, float]:
@@ -117,7 +120,9 @@ def sample_metrics(sample: bytes, ref: Reference) -> dict[str, float]:
         out[f"distinct_{n}"] = distinct_n(toks, n)
     out["rep8"] = repetition(toks, REPEAT_N)
     present = set(toks)
-    out["tail_types"] = len(ref.tail_words & present) / len(ref.tail_words) if ref.tail_words else 0.0
+    out["tail_types"] = (
+        len(ref.tail_words & present) / len(ref.tail_words) if ref.tail_words else 0.0
+    )
     out["tail_mass"] = sum(1 for w in toks if w in ref.tail_words) / len(toks) if toks else 0.0
     in_tail = sum(byte_counts[b] for b in ref.tail_bytes)
     out["tail_bytes_mass"] = in_tail / len(sample) if sample else 0.0

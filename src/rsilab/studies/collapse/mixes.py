@@ -87,7 +87,7 @@ def real_slice(data: bytes, size: int, chunks: int = SLICE_CHUNKS) -> tuple[byte
     for i, s in enumerate(sizes):
         starts.append(before + (round(i * gap / (n - 1)) if n > 1 else 0))
         before += s
-    out = b"".join(data[a: a + s] for a, s in zip(starts, sizes, strict=True))
+    out = b"".join(data[a : a + s] for a, s in zip(starts, sizes, strict=True))
     return out, {"method": "evenly-spaced", "pieces": n, "size": len(out)}
 
 
@@ -104,6 +104,8 @@ def compose(policy: Policy, generation: int, real: Part, synthetic: list[Part]) 
     k = round(policy.real_fraction * len(real.data))
     kept, how = real_slice(real.data, k)
     last = synthetic[generation - 1]
-    parts = [Part(kept, {**real.meta, "subslice": how}),
-             Part(last.data[: len(real.data) - k], last.meta)]
+    parts = [
+        Part(kept, {**real.meta, "subslice": how}),
+        Part(last.data[: len(real.data) - k], last.meta),
+    ]
     return [p for p in parts if p.data]

@@ -28,14 +28,38 @@ from rsilab.fsio import atomic_write, json_safe
 from rsilab.studies.collapse.metrics import DISTINCT_NS
 from rsilab.studies.collapse.study import OK, SHARED
 
-METRICS = ("val_bpb", "byte_entropy", "word_entropy", *(f"distinct_{n}" for n in DISTINCT_NS),
-           "rep8", "tail_types", "tail_mass", "tail_bytes_mass", "nonwords")
+METRICS = (
+    "val_bpb",
+    "byte_entropy",
+    "word_entropy",
+    *(f"distinct_{n}" for n in DISTINCT_NS),
+    "rep8",
+    "tail_types",
+    "tail_mass",
+    "tail_bytes_mass",
+    "nonwords",
+)
 # (metric, column title) of the printed table; the files hold every metric.
-TABLE = (("val_bpb", "val_bpb"), ("byte_entropy", "H_byte"), ("word_entropy", "H_word"),
-         ("distinct_2", "distinct2"), ("tail_types", "tail_types"), ("tail_mass", "tail_mass"),
-         ("nonwords", "nonwords"), ("rep8", "rep8"))
-PLOTTED = ("val_bpb", "byte_entropy", "word_entropy", "distinct_2", "tail_types", "tail_mass",
-           "nonwords", "rep8")
+TABLE = (
+    ("val_bpb", "val_bpb"),
+    ("byte_entropy", "H_byte"),
+    ("word_entropy", "H_word"),
+    ("distinct_2", "distinct2"),
+    ("tail_types", "tail_types"),
+    ("tail_mass", "tail_mass"),
+    ("nonwords", "nonwords"),
+    ("rep8", "rep8"),
+)
+PLOTTED = (
+    "val_bpb",
+    "byte_entropy",
+    "word_entropy",
+    "distinct_2",
+    "tail_types",
+    "tail_mass",
+    "nonwords",
+    "rep8",
+)
 
 
 def ci95(values: Sequence[float]) -> tuple[float, float | None, float | None]:
@@ -79,8 +103,12 @@ def summarize(rows: Sequence[dict[str, Any]], policies: Sequence[str] = ()) -> l
         mine = shared + [r for r in cells if r["policy"] == label]
         for g in sorted({r["generation"] for r in mine}):
             group = [r for r in mine if r["generation"] == g]
-            entry: dict[str, Any] = {"policy": label, "generation": g, "n": len(group),
-                                     "seeds": sorted(r["seed"] for r in group)}
+            entry: dict[str, Any] = {
+                "policy": label,
+                "generation": g,
+                "n": len(group),
+                "seeds": sorted(r["seed"] for r in group),
+            }
             for m in METRICS:
                 vals = [float(_values(r)[m]) for r in group if _values(r).get(m) is not None]
                 mean, lo, hi = ci95(vals)
@@ -99,28 +127,63 @@ def _fmt(stat: dict[str, Any]) -> str:
 def table(summary: Sequence[dict[str, Any]], reference: dict[str, dict[str, float]]) -> str:
     """A fixed-width table: mean ± half-width of the 95% band, one line per (policy, gen)."""
     head = ["policy", "gen", "n", *(title for _, title in TABLE)]
-    lines = [[e["policy"], str(e["generation"]), str(e["n"]), *(_fmt(e[m]) for m, _ in TABLE)]
-             for e in summary]
+    lines = [
+        [e["policy"], str(e["generation"]), str(e["n"]), *(_fmt(e[m]) for m, _ in TABLE)]
+        for e in summary
+    ]
     for name, values in reference.items():
-        lines.append([name, "-", "-", *(f"{values[m]:.3f}" if m in values else "-" for m, _ in TABLE)])
+        lines.append(
+            [name, "-", "-", *(f"{values[m]:.3f}" if m in values else "-" for m, _ in TABLE)]
+        )
     widths = [max(len(r[i]) for r in [head, *lines]) for i in range(len(head))]
-    text = [" ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True)))
-            for r in [head, *lines]]
+    text = [
+        " ".join(
+            c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True))
+        )
+        for r in [head, *lines]
+    ]
     return "\n".join([text[0], "-" * len(text[0]), *text[1:]])
 
 
-def write_all(out: Path, rows: Sequence[dict[str, Any]], summary: Sequence[dict[str, Any]],
-              reference: dict[str, dict[str, float]], settings: dict[str, Any]) -> list[Path]:
+def write_all(
+    out: Path,
+    rows: Sequence[dict[str, Any]],
+    summary: Sequence[dict[str, Any]],
+    reference: dict[str, dict[str, float]],
+    settings: dict[str, Any],
+) -> list[Path]:
     """Write the CSVs, the JSON and the plot into `out`; returns their paths."""
     cells = latest_ok(rows)
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["policy", "seed", "generation", *METRICS, "train_kind", "train_bytes", "real_bytes",
-                "generated_bytes", "samples_sha256"])
+    w.writerow(
+        [
+            "policy",
+            "seed",
+            "generation",
+            *METRICS,
+            "train_kind",
+            "train_bytes",
+            "real_bytes",
+            "generated_bytes",
+            "samples_sha256",
+        ]
+    )
     for r in cells:
         v, t = _values(r), r["data"].get("train", {})
-        w.writerow([r["policy"], r["seed"], r["generation"], *(v.get(m) for m in METRICS), t.get("kind"),
-                    t.get("size"), t.get("real_bytes"), t.get("generated_bytes"), r["samples"].get("sha256")])
+        w.writerow(
+            [
+                r["policy"],
+                r["seed"],
+                r["generation"],
+                *(v.get(m) for m in METRICS),
+                t.get("kind"),
+                t.get("size"),
+                t.get("real_bytes"),
+                t.get("generated_bytes"),
+                r["samples"].get("sha256"),
+            ]
+        )
     atomic_write(out / "collapse_cells.csv", buf.getvalue())
 
     buf = io.StringIO()
@@ -128,20 +191,33 @@ def write_all(out: Path, rows: Sequence[dict[str, Any]], summary: Sequence[dict[
     w.writerow(["policy", "generation", "n", "metric", "mean", "ci95_low", "ci95_high"])
     for e in summary:
         for m in METRICS:
-            w.writerow([e["policy"], e["generation"], e["n"], m, e[m]["mean"], e[m]["low"], e[m]["high"]])
+            w.writerow(
+                [e["policy"], e["generation"], e["n"], m, e[m]["mean"], e[m]["low"], e[m]["high"]]
+            )
     atomic_write(out / "collapse_summary.csv", buf.getvalue())
 
     dump = {"settings": settings, "reference": reference, "summary": list(summary), "cells": cells}
-    atomic_write(out / "collapse.json", json.dumps(json_safe(dump), indent=1, allow_nan=False) + "\n")
+    atomic_write(
+        out / "collapse.json", json.dumps(json_safe(dump), indent=1, allow_nan=False) + "\n"
+    )
     paths = [out / "collapse_cells.csv", out / "collapse_summary.csv", out / "collapse.json"]
     if summary:
-        plot(summary, reference, out / "collapse.png", title=f"rsilab collapse · {settings.get('task', '')}")
+        plot(
+            summary,
+            reference,
+            out / "collapse.png",
+            title=f"rsilab collapse · {settings.get('task', '')}",
+        )
         paths.append(out / "collapse.png")
     return paths
 
 
-def plot(summary: Sequence[dict[str, Any]], reference: dict[str, dict[str, float]], path: Path,
-         title: str = "") -> None:
+def plot(
+    summary: Sequence[dict[str, Any]],
+    reference: dict[str, dict[str, float]],
+    path: Path,
+    title: str = "",
+) -> None:
     """Each metric against generation, one line per policy with its 95% band; real text as
     dashed (R) and dotted (validation slice) horizontal lines."""
     import matplotlib
@@ -160,17 +236,27 @@ def plot(summary: Sequence[dict[str, Any]], reference: dict[str, dict[str, float
             ys = [e[m]["mean"] for e in mine]
             color = f"C{i}"
             ax.plot(xs, ys, marker="o", color=color, label=label)
-            band = [(x, e[m]["low"], e[m]["high"]) for x, e in zip(xs, mine, strict=True) if e[m]["low"] is not None]
+            band = [
+                (x, e[m]["low"], e[m]["high"])
+                for x, e in zip(xs, mine, strict=True)
+                if e[m]["low"] is not None
+            ]
             if band:
-                ax.fill_between([b[0] for b in band], [b[1] for b in band], [b[2] for b in band],
-                                color=color, alpha=0.18, linewidth=0)
+                ax.fill_between(
+                    [b[0] for b in band],
+                    [b[1] for b in band],
+                    [b[2] for b in band],
+                    color=color,
+                    alpha=0.18,
+                    linewidth=0,
+                )
         for (name, values), style in zip(reference.items(), ("--", ":"), strict=False):
             if m in values:
                 ax.axhline(values[m], color="gray", linestyle=style, linewidth=1, label=name)
         ax.set_title(m)
         ax.set_xlabel("generation")
         ax.grid(alpha=0.3)
-    for ax in list(axes.flat)[len(PLOTTED):]:
+    for ax in list(axes.flat)[len(PLOTTED) :]:
         ax.axis("off")
     shown: dict[str, Any] = {}  # one legend for the figure: policies and reference lines
     for ax in axes.flat:

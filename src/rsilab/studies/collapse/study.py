@@ -73,7 +73,15 @@ SAMPLER = "rsilab.harness.sample"
 # a few minutes; the whole Shakespeare split (4.5 MB) would take hours per generation.
 DEFAULT_SIZE = {"cpu": 16 * 1024, "gpu": 1024 * 1024}
 # Settings that must not change between invocations on one DIR_OUT (results would mix).
-COMPARABLE = ("code_sha256", "overrides", "preset", "size", "temperature", "real_sha256", "val_sha256")
+COMPARABLE = (
+    "code_sha256",
+    "overrides",
+    "preset",
+    "size",
+    "temperature",
+    "real_sha256",
+    "val_sha256",
+)
 
 
 @dataclass(frozen=True)
@@ -83,7 +91,9 @@ class Cell:
     generation: int
 
     def folder(self, out: Path) -> Path:
-        return out / "cells" / self.policy.replace(":", "_") / f"s{self.seed}" / f"g{self.generation}"
+        return (
+            out / "cells" / self.policy.replace(":", "_") / f"s{self.seed}" / f"g{self.generation}"
+        )
 
     def __str__(self) -> str:
         return f"g{self.generation} {self.policy} seed {self.seed}"
@@ -167,7 +177,9 @@ def bench_trainer(bench: Bench, workdir: Path) -> Trainer:
     allowed = bench.derive(task=dataclasses.replace(bench.task, allow_generated_data=True))
 
     def train(train_data: Path, run_dir: Path, seed: int) -> RunResult:
-        return allowed.derive(train_data=train_data).run(workdir, run_dir, seed, label=f"collapse {run_dir.name}")
+        return allowed.derive(train_data=train_data).run(
+            workdir, run_dir, seed, label=f"collapse {run_dir.name}"
+        )
 
     return train
 
@@ -176,10 +188,26 @@ def process_sampler(threads: int = 1, min_rate: float = 20.0) -> Sampler:
     """Sample with the frozen sampler in its own process (killed with us, even by kill -9);
     the time limit assumes at least `min_rate` bytes/s."""
 
-    def sample(artifact: Path, out: Path, n_bytes: int, temperature: float, seed: int) -> SampleResult:
-        cmd = [sys.executable, "-m", SAMPLER, "--artifact", str(artifact), "--out", str(out),
-               "--bytes", str(n_bytes), "--temperature", repr(temperature), "--seed", str(seed),
-               "--threads", str(threads)]
+    def sample(
+        artifact: Path, out: Path, n_bytes: int, temperature: float, seed: int
+    ) -> SampleResult:
+        cmd = [
+            sys.executable,
+            "-m",
+            SAMPLER,
+            "--artifact",
+            str(artifact),
+            "--out",
+            str(out),
+            "--bytes",
+            str(n_bytes),
+            "--temperature",
+            repr(temperature),
+            "--seed",
+            str(seed),
+            "--threads",
+            str(threads),
+        ]
         env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
         log = out.with_name("sample.log")
         limit = 120 + n_bytes / min_rate
@@ -234,9 +262,14 @@ class Study:
             self._load(ledger)
             plan = self.cells()
             todo = [c for c in plan if c not in self._rows]
-            ledger.add_event("collapse", f"{len(plan) - len(todo)} of {len(plan)} cells finished; "
-                             f"running {len(todo)}", source="collapse")
-            self.notify(f"collapse: {len(plan) - len(todo)} of {len(plan)} cells already done, {len(todo)} to run")
+            ledger.add_event(
+                "collapse",
+                f"{len(plan) - len(todo)} of {len(plan)} cells finished; running {len(todo)}",
+                source="collapse",
+            )
+            self.notify(
+                f"collapse: {len(plan) - len(todo)} of {len(plan)} cells already done, {len(todo)} to run"
+            )
             broken: set[tuple[str, int]] = set()
             for cell in todo:
                 if (cell.policy, cell.seed) in broken or (SHARED, cell.seed) in broken:
@@ -249,8 +282,10 @@ class Study:
         """The sample-side metrics of real text: R, and a same-size slice of the real
         validation split (read here for metrics only; no model trains on it)."""
         val, _ = real_slice(self.val_path.read_bytes(), len(self.real.data))
-        return {"real R": sample_metrics(self.real.data, self.reference),
-                "real val": sample_metrics(val, self.reference)}
+        return {
+            "real R": sample_metrics(self.real.data, self.reference),
+            "real val": sample_metrics(val, self.reference),
+        }
 
     def _load(self, ledger: Ledger) -> None:
         self._rows = {}
@@ -272,11 +307,21 @@ class Study:
         try:
             data = path.read_bytes()
         except OSError as e:
-            raise DataError(f"{path} ({src}'s samples) is unreadable: {e}; delete {self.out} to start over") from e
+            raise DataError(
+                f"{path} ({src}'s samples) is unreadable: {e}; delete {self.out} to start over"
+            ) from e
         if sha256_bytes(data) != s["sha256"]:
-            raise DataError(f"{path} does not match the sha256 in the ledger; delete {self.out} to start over")
-        meta = {"kind": "generated", "generation": j, "model": s["model"],
-                "temperature": s["temperature"], "seed": s["seed"], "sampler": SAMPLER}
+            raise DataError(
+                f"{path} does not match the sha256 in the ledger; delete {self.out} to start over"
+            )
+        meta = {
+            "kind": "generated",
+            "generation": j,
+            "model": s["model"],
+            "temperature": s["temperature"],
+            "seed": s["seed"],
+            "sampler": SAMPLER,
+        }
         return Part(data, meta)
 
     def _cell(self, ledger: Ledger, cell: Cell) -> bool:
@@ -290,14 +335,27 @@ class Study:
             train_path = self.real_path
         else:
             policy = next(p for p in self.settings.policies if p.label == cell.policy)
-            parts = compose(policy, g, self.real, [self._synthetic(cell, j) for j in range(1, g + 1)])
+            parts = compose(
+                policy, g, self.real, [self._synthetic(cell, j) for j in range(1, g + 1)]
+            )
             train_path = provenance.write_dataset(
-                folder / "data", b"".join(p.data for p in parts), [p.segment() for p in parts],
+                folder / "data",
+                b"".join(p.data for p in parts),
+                [p.segment() for p in parts],
                 dataset_id=f"collapse-{cell.policy}-s{cell.seed}-g{g}",
-                source={"kind": "rsilab-collapse", "policy": cell.policy, "seed": cell.seed, "generation": g})
+                source={
+                    "kind": "rsilab-collapse",
+                    "policy": cell.policy,
+                    "seed": cell.seed,
+                    "generation": g,
+                },
+            )
         self.notify(f"{cell}: training on {_describe(train_path)}")
         run = self.trainer(train_path, folder / "run", derive_seed("train", cell.seed, g))
-        data = {"train": _light(provenance.record(train_path)), "val": _light(provenance.record(self.val_path))}
+        data = {
+            "train": _light(provenance.record(train_path)),
+            "val": _light(provenance.record(self.val_path)),
+        }
         if not run.ok:
             return self._record(ledger, cell, str(run.status), run, data, {}, {}, t0)
         model = folder / "run" / "artifact" / "model.pt2"
@@ -306,38 +364,72 @@ class Study:
         n = len(self.real.data)
         got = self.sampler(model.parent, samples, n, self.settings.temperature, seed)
         if got.ok and (not samples.is_file() or samples.stat().st_size != n):
-            got = SampleResult(False, f"sampler wrote {samples.stat().st_size if samples.is_file() else 0} of {n} bytes")
+            got = SampleResult(
+                False,
+                f"sampler wrote {samples.stat().st_size if samples.is_file() else 0} of {n} bytes",
+            )
         if not got.ok:
             run = dataclasses.replace(run, reason=got.reason)
             return self._record(ledger, cell, "sample-failed", run, data, {}, {}, t0)
         body = samples.read_bytes()
-        info = {"path": samples.relative_to(self.out).as_posix(), "sha256": sha256_bytes(body),
-                "size": len(body), "temperature": self.settings.temperature, "seed": seed,
-                "seconds": round(got.seconds, 3),
-                "model": {"generation": g, "policy": cell.policy, "seed": cell.seed,
-                          "artifact_sha256": sha256_file(model), **self.code,
-                          "run": (folder / "run").relative_to(self.out).as_posix(),
-                          "trained_on_sha256": data["train"]["sha256"]}}
-        return self._record(ledger, cell, OK, run, data, info, sample_metrics(body, self.reference), t0)
+        info = {
+            "path": samples.relative_to(self.out).as_posix(),
+            "sha256": sha256_bytes(body),
+            "size": len(body),
+            "temperature": self.settings.temperature,
+            "seed": seed,
+            "seconds": round(got.seconds, 3),
+            "model": {
+                "generation": g,
+                "policy": cell.policy,
+                "seed": cell.seed,
+                "artifact_sha256": sha256_file(model),
+                **self.code,
+                "run": (folder / "run").relative_to(self.out).as_posix(),
+                "trained_on_sha256": data["train"]["sha256"],
+            },
+        }
+        return self._record(
+            ledger, cell, OK, run, data, info, sample_metrics(body, self.reference), t0
+        )
 
-    def _record(self, ledger: Ledger, cell: Cell, status: str, run: RunResult, data: dict[str, Any],
-                samples: dict[str, Any], metrics: dict[str, float], t0: float) -> bool:
+    def _record(
+        self,
+        ledger: Ledger,
+        cell: Cell,
+        status: str,
+        run: RunResult,
+        data: dict[str, Any],
+        samples: dict[str, Any],
+        metrics: dict[str, float],
+        t0: float,
+    ) -> bool:
         run_row = dataclasses.asdict(run)
         if status == OK:
             run_row["log_tail"] = ""  # kept for failures only: the log is in the run folder
         with ledger.transaction():
-            ledger.add_collapse_cell(policy=cell.policy, seed=cell.seed, generation=cell.generation,
-                                     status=status, val_bpb=run.metric if status == OK else None,
-                                     metrics=metrics, data=data, samples=samples, run=run_row)
+            ledger.add_collapse_cell(
+                policy=cell.policy,
+                seed=cell.seed,
+                generation=cell.generation,
+                status=status,
+                val_bpb=run.metric if status == OK else None,
+                metrics=metrics,
+                data=data,
+                samples=samples,
+                run=run_row,
+            )
             ledger.add_cost(None, "compute", time.monotonic() - t0, "s")
         if status != OK:
             ledger.add_event("collapse", f"{cell}: {status}: {run.reason}", source="collapse")
             self.notify(f"{cell}: {status}: {run.reason}")
             return False
         self._rows[cell] = {"samples": samples}
-        self.notify(f"{cell}: val_bpb {run.metric:.4f}  H_word {metrics['word_entropy']:.3f}  "
-                    f"tail_types {metrics['tail_types']:.3f}  rep8 {metrics['rep8']:.3f}  "
-                    f"({time.monotonic() - t0:.0f} s)")
+        self.notify(
+            f"{cell}: val_bpb {run.metric:.4f}  H_word {metrics['word_entropy']:.3f}  "
+            f"tail_types {metrics['tail_types']:.3f}  rep8 {metrics['rep8']:.3f}  "
+            f"({time.monotonic() - t0:.0f} s)"
+        )
         return True
 
 
@@ -348,20 +440,48 @@ def _describe(path: Path) -> str:
 
 def _light(rec: dict[str, Any]) -> dict[str, Any]:
     """A data record for the ledger: the file, its hash and kind, and its parts in order."""
-    keep = ("path", "sha256", "size", "kind", "locked", "dataset_id", "real_bytes", "generated_bytes", "problem")
+    keep = (
+        "path",
+        "sha256",
+        "size",
+        "kind",
+        "locked",
+        "dataset_id",
+        "real_bytes",
+        "generated_bytes",
+        "problem",
+    )
     out = {k: rec[k] for k in keep if k in rec}
     segments = rec.get("segments")
     if segments:
-        out["parts"] = [{"kind": s["kind"], "size": s["size"], "sha256": s["sha256"],
-                         **({"generation": s["generation"]} if "generation" in s else {})} for s in segments]
+        out["parts"] = [
+            {
+                "kind": s["kind"],
+                "size": s["size"],
+                "sha256": s["sha256"],
+                **({"generation": s["generation"]} if "generation" in s else {}),
+            }
+            for s in segments
+        ]
     return out
 
 
-def open_study(out: Path, *, task_name: str | None = None, overrides: Sequence[tuple[str, Any]] = (),
-               policies: str | None = None, seeds: int | None = None, generations: int | None = None,
-               temperature: float | None = None, size: int | None = None, preset: str | None = None,
-               trainer: Trainer | None = None, sampler: Sampler | None = None,
-               executor: Executor | None = None, notify: Notify = print) -> Study:
+def open_study(
+    out: Path,
+    *,
+    task_name: str | None = None,
+    overrides: Sequence[tuple[str, Any]] = (),
+    policies: str | None = None,
+    seeds: int | None = None,
+    generations: int | None = None,
+    temperature: float | None = None,
+    size: int | None = None,
+    preset: str | None = None,
+    trainer: Trainer | None = None,
+    sampler: Sampler | None = None,
+    executor: Executor | None = None,
+    notify: Notify = print,
+) -> Study:
     """Set up (or reopen) the study in `out`. An option left as None takes the value recorded
     by an earlier invocation, else its default; settings that would make results
     incomparable (code, overrides, size, temperature, preset, data) must match the record.
@@ -383,16 +503,22 @@ def open_study(out: Path, *, task_name: str | None = None, overrides: Sequence[t
     sets = list(overrides) or [tuple(o) for o in recorded.get("overrides", [])]
     task = load_task(source_dir, list(sets))
     if task.data == "none":
-        raise ConfigError(f"task {task.name!r} has no byte-level data (data = \"none\"): nothing to collapse")
+        raise ConfigError(
+            f'task {task.name!r} has no byte-level data (data = "none"): nothing to collapse'
+        )
     chosen_preset = preset or recorded.get("preset") or harness.preset()
     settings = Settings(
-        task_dir=source_dir, overrides=[(str(k), v) for k, v in sets],
+        task_dir=source_dir,
+        overrides=[(str(k), v) for k, v in sets],
         policies=parse_policies(policies or recorded.get("policies") or "replace,accumulate"),
         seeds=[task.seed + i for i in range(seeds or recorded.get("seeds") or 3)],
         generations=generations if generations is not None else recorded.get("generations", 4),
         temperature=temperature if temperature is not None else recorded.get("temperature", 1.0),
-        size=size if size is not None else recorded.get("size_option", DEFAULT_SIZE.get(chosen_preset, 0)),
-        preset=chosen_preset)
+        size=size
+        if size is not None
+        else recorded.get("size_option", DEFAULT_SIZE.get(chosen_preset, 0)),
+        preset=chosen_preset,
+    )
     if settings.generations < 0 or settings.temperature < 0 or not settings.seeds:
         raise ConfigError("--generations and --temperature must be >= 0 and --seeds >= 1")
 
@@ -404,47 +530,94 @@ def open_study(out: Path, *, task_name: str | None = None, overrides: Sequence[t
     body, how = real_slice(whole, settings.size or len(whole))
     if not body:
         raise ConfigError(f"--size 0 of {prepared.train_path}: the study needs some real bytes")
-    real = Part(body, {"kind": "real", "origin": {
-        "dataset_id": prepared.dataset_id, "file": "train.bin",
-        "file_sha256": prepared.manifest["files"]["train.bin"]["sha256"],
-        "source": prepared.manifest.get("source", {}), "slice": how}})
+    real = Part(
+        body,
+        {
+            "kind": "real",
+            "origin": {
+                "dataset_id": prepared.dataset_id,
+                "file": "train.bin",
+                "file_sha256": prepared.manifest["files"]["train.bin"]["sha256"],
+                "source": prepared.manifest.get("source", {}),
+                "slice": how,
+            },
+        },
+    )
     real_path = out / "real" / "train.bin"
     rec = provenance.record(real_path) if real_path.is_file() else {}
-    if rec.get("sha256") != sha256_bytes(body) or rec.get("kind") != "real" or not rec.get("locked"):
-        real_path = provenance.write_dataset(out / "real", body, [real.segment()],
-                                             dataset_id=f"{prepared.dataset_id}-slice-{len(body)}",
-                                             source=prepared.manifest.get("source", {}))
+    if (
+        rec.get("sha256") != sha256_bytes(body)
+        or rec.get("kind") != "real"
+        or not rec.get("locked")
+    ):
+        real_path = provenance.write_dataset(
+            out / "real",
+            body,
+            [real.segment()],
+            dataset_id=f"{prepared.dataset_id}-slice-{len(body)}",
+            source=prepared.manifest.get("source", {}),
+        )
 
     if not workdir.is_dir():  # copied once, atomically: every generation trains this code
         # A folder renamed into place (fsio.atomic_write replaces one file, not a folder).
         tmp = Path(tempfile.mkdtemp(prefix=".task-", dir=state))
-        shutil.copytree(source_dir, tmp / "task", ignore=shutil.ignore_patterns("__pycache__", ".rsilab", ".git"))
+        shutil.copytree(
+            source_dir,
+            tmp / "task",
+            ignore=shutil.ignore_patterns("__pycache__", ".rsilab", ".git"),
+        )
         os.rename(tmp / "task", workdir)
         shutil.rmtree(tmp, ignore_errors=True)
     commit = recorded.get("commit") if source_dir == workdir else git_commit(source_dir)
     code = {"code_sha256": tree_sha256(workdir), "commit": commit}
     if tree_sha256(source_dir) != code["code_sha256"]:
-        raise ConfigError(f"{source_dir} differs from the code this study trains ({workdir}); "
-                          "use a new DIR_OUT for other code")
-    current = {"task": task.name, "task_dir": str(source_dir), "code_sha256": code["code_sha256"],
-               "commit": code["commit"], "overrides": [list(o) for o in settings.overrides],
-               "preset": settings.preset, "size": len(body), "size_option": settings.size,
-               "temperature": settings.temperature, "real_sha256": sha256_bytes(body),
-               "val_sha256": val_rec["sha256"], "budget": task.budget,
-               "policies": ",".join(p.label for p in settings.policies),
-               "seeds": len(settings.seeds), "generations": settings.generations}
+        raise ConfigError(
+            f"{source_dir} differs from the code this study trains ({workdir}); "
+            "use a new DIR_OUT for other code"
+        )
+    current = {
+        "task": task.name,
+        "task_dir": str(source_dir),
+        "code_sha256": code["code_sha256"],
+        "commit": code["commit"],
+        "overrides": [list(o) for o in settings.overrides],
+        "preset": settings.preset,
+        "size": len(body),
+        "size_option": settings.size,
+        "temperature": settings.temperature,
+        "real_sha256": sha256_bytes(body),
+        "val_sha256": val_rec["sha256"],
+        "budget": task.budget,
+        "policies": ",".join(p.label for p in settings.policies),
+        "seeds": len(settings.seeds),
+        "generations": settings.generations,
+    }
     for key in COMPARABLE:
         if key in recorded and recorded[key] != current[key]:
-            raise ConfigError(f"{key} = {current[key]!r} differs from this study's {recorded[key]!r}: results "
-                              f"would not be comparable; use a new DIR_OUT (or the same settings)")
+            raise ConfigError(
+                f"{key} = {current[key]!r} differs from this study's {recorded[key]!r}: results "
+                f"would not be comparable; use a new DIR_OUT (or the same settings)"
+            )
     with Ledger(state / "ledger.db") as ledger:
         ledger.set_setting("collapse", current)
     reference = Reference.of(body)
-    return Study(out=out, settings=settings, task=task, real=real, real_path=real_path,
-                 val_path=prepared.val_path, reference=reference, code=code,
-                 trainer=trainer or bench_trainer(Bench(task, val_data=prepared.val_path, preset=settings.preset,
-                                                        executor=executor), workdir),
-                 sampler=sampler or process_sampler(task.threads), notify=notify)
+    return Study(
+        out=out,
+        settings=settings,
+        task=task,
+        real=real,
+        real_path=real_path,
+        val_path=prepared.val_path,
+        reference=reference,
+        code=code,
+        trainer=trainer
+        or bench_trainer(
+            Bench(task, val_data=prepared.val_path, preset=settings.preset, executor=executor),
+            workdir,
+        ),
+        sampler=sampler or process_sampler(task.threads),
+        notify=notify,
+    )
 
 
 def finished(rows: list[dict[str, Any]]) -> dict[Cell, dict[str, Any]]:
