@@ -184,3 +184,36 @@ def test_a_stop_cancels_the_runs_in_flight_on_ray(tmp_path: Path) -> None:
     ).is_file()  # back in line for the next run
     # The training process on the node is gone.
     wait_for(lambda: not Path(f"/proc/{marker.read_text().strip()}").exists(), timeout=20)
+
+
+class _Counting:
+    """An executor that counts what goes through it, and otherwise is the one it wraps."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner, self.submitted = inner, 0
+        self.name, self.slots = inner.name, inner.slots
+
+    def submit(self, request: Any) -> Any:
+        self.submitted += 1
+        return self.inner.submit(request)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+def test_score_runs_on_ray_through_the_bench(tmp_path: Path) -> None:
+    """`rsilab score --executor ray`: every contender's run goes through the Ray executor."""
+    from rsilab.config import resolve_task_dir
+    from rsilab.studies.score import score_workspace
+    from rsilab.workspace import init_workspace
+
+    ws = init_workspace(tmp_path / "ws", resolve_task_dir("toy"), "ray")
+    task = ws.load_task()
+    ray_executor = _Counting(create_executor("ray", task=task, workers=2))
+    with Bench(task, executor=ray_executor, owns_executor=True) as bench:  # type: ignore[arg-type]
+        report = score_workspace(ws, bench, seeds=2)
+    arms = {a["name"]: a for a in report["arms"]}
+    assert set(arms) == {"baseline", "ridge", "incumbent"}
+    # The incumbent is the baseline's code: it shares its runs; baseline and reference ran.
+    assert ray_executor.submitted == 2 * 2
+    assert all(v is not None for a in arms.values() for v in a["results"])
