@@ -33,12 +33,10 @@ from rsilab.studies.score import (
 from rsilab.workspace import Workspace, init_workspace
 
 MIN = Metric("val_loss", "min")
-RIDGE_MSE = (
-    0.30801427639034956  # the toy reference's validation MSE (closed form: no seed dependence)
-)
-NOISE = (
-    "0.01"  # the toy evaluator's seeded noise, smaller than the default so the cases are clear-cut
-)
+# The toy reference's validation MSE (closed form: no seed dependence)
+RIDGE_MSE = 0.30801427639034956
+# The toy evaluator's seeded noise, smaller than the default so the cases are clear-cut.
+NOISE = "0.01"
 UNATTENDED = Autonomy(True, 0, 0, 0)
 
 # Fits the validation split: a fixture that beats any honest solution, for the parity and

@@ -37,9 +37,8 @@ class JudgeSpec:
     noise_runs: int = 3  # runs of the baseline under different seeds (the noise floor)
     max_runs: int = 4  # runs a candidate may get before the judge must decide
     min_runs: int = 2  # runs before a keep of a code change: one confirmation run at least
-    knob_min_runs: int = (
-        1  # the same for a change of knob values only: a decisive first run is kept
-    )
+    # The same for a change of knob values only: a decisive first run is kept.
+    knob_min_runs: int = 1
     recheck_every: int = 10  # re-measure the incumbent every N experiments (0: never)
     min_effect: float = 0.0  # smallest gain worth keeping, in metric units
 
@@ -65,9 +64,8 @@ class LLMSpec:
     api: Literal["openai", "anthropic"] = "openai"  # wire format
     base_url: str = ""  # "" -> $OPENAI_BASE_URL / $ANTHROPIC_BASE_URL, else the vendor's URL
     model: str = ""  # "" -> $RSILAB_LLM_MODEL, else a default per api
-    key_env: str = (
-        ""  # name of the variable holding the key ("" -> OPENAI_API_KEY / ANTHROPIC_API_KEY)
-    )
+    # Name of the variable holding the key ("" -> OPENAI_API_KEY / ANTHROPIC_API_KEY).
+    key_env: str = ""
     temperature: float = 0.7
     max_tokens: int = 4096  # of one answer
     timeout: float = 180.0  # seconds per HTTP request
@@ -83,9 +81,8 @@ class AgentSpec:
     """A coding-agent CLI as the researcher, run once per experiment in its worktree."""
 
     cli: Literal["claude", "codex", "command"] = "claude"
-    command: list[str] = field(
-        default_factory=list
-    )  # for cli = "command": argv; {prompt_file} is substituted
+    # For cli = "command": the argv; {prompt_file}, {description_file} and {workdir} are substituted.
+    command: list[str] = field(default_factory=list)
     model: str = ""  # passed to the CLI when set
     timeout: float = 900.0  # seconds per proposal
 
@@ -131,9 +128,8 @@ class TaskSpec:
     overhead: float = 30.0  # seconds on top of the budget for start-up and saving
     eval_timeout: float = 300.0
     threads: int = 1
-    memory_gb: float = (
-        0.0  # host memory (RSS) a run may use; past it the run is killed (oom). 0: no cap
-    )
+    # Host memory (RSS) a run may use; past it the run is killed (oom). 0: no cap.
+    memory_gb: float = 0.0
     # Peak GPU memory a kept run may use: what train.py reports as `peak_memory_gb:` (the
     # bundled task: torch.cuda.max_memory_allocated). A run over it is discarded. 0: no cap.
     gpu_memory_gb: float = 0.0

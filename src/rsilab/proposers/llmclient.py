@@ -72,9 +72,8 @@ class Reply:
     tokens_out: int
     model: str  # as the server names it (falls back to the requested model)
     seconds: float  # wall time of complete(), retries and waits included
-    truncated: bool = (
-        False  # the answer hit max_tokens (finish_reason "length" / stop_reason "max_tokens")
-    )
+    # The answer hit max_tokens (finish_reason "length" / stop_reason "max_tokens")
+    truncated: bool = False
 
 
 class ProviderError(RsilabError):

@@ -70,9 +70,8 @@ from rsilab.run.executors.base import Executor
 from rsilab.studies.score import export_commit, fmt
 from rsilab.workspace import git, init_workspace
 
-CONFIRM_SEED_BASE = (
-    3_000_017  # seeds of confirmation runs (research: task.seed; score/ladder: their own)
-)
+# Seeds of confirmation runs (research: task.seed; score/ladder: their own)
+CONFIRM_SEED_BASE = 3_000_017
 META_FILE = "meta.json"
 MAX_KNOBS_CAP = 8
 N_STARTUP_RANGE = (1, 64)
