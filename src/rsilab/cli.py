@@ -67,6 +67,12 @@ set_option = click.option(
     metavar="KEY=VALUE",
     help="Override an rsilab.toml key, e.g. --set budget=30 --set judge.alpha=0.1.",
 )
+preset_option = click.option(
+    "--preset",
+    type=click.Choice(["cpu", "gpu"]),
+    default=None,
+    help="Knob preset (default: by device).",
+)
 require_sandbox_option = click.option(
     "--require-sandbox",
     is_flag=True,
@@ -155,12 +161,7 @@ def prepare(source: str, force: bool) -> None:
     help="Bundled task name or task folder (default: . or gpt).",
 )
 @click.option("--seed", default=0, show_default=True, help="Harness seed.")
-@click.option(
-    "--preset",
-    type=click.Choice(["cpu", "gpu"]),
-    default=None,
-    help="Knob preset (default: by device).",
-)
+@preset_option
 @set_option
 @require_sandbox_option
 @_friendly
@@ -271,12 +272,7 @@ def _default_tag() -> str:
 @click.option(
     "--max-tokens", type=int, default=None, help="Stop when proposals have used this many tokens."
 )
-@click.option(
-    "--preset",
-    type=click.Choice(["cpu", "gpu"]),
-    default=None,
-    help="Knob preset (default: by device).",
-)
+@preset_option
 @click.option(
     "--ladder",
     default=None,
@@ -290,18 +286,7 @@ def _default_tag() -> str:
     help="Experiments at once. Default: 1 locally, every slot of the cluster with ray; "
     "auto: one per GPU, else cores // the task's threads.",
 )
-@click.option(
-    "--executor",
-    "executor_name",
-    default="local",
-    show_default=True,
-    help="Where runs execute: local or ray.",
-)
-@click.option(
-    "--address",
-    default=None,
-    help="With --executor ray: the cluster's address (default: a local Ray).",
-)
+@executor_options
 @set_option
 @require_sandbox_option
 @_friendly
@@ -351,12 +336,7 @@ def run(
     help="Task to copy in when DIRECTORY is not a workspace yet.",
 )
 @click.option("--tag", default=None, help="Research tag when creating the workspace.")
-@click.option(
-    "--preset",
-    type=click.Choice(["cpu", "gpu"]),
-    default=None,
-    help="Knob preset (default: by device).",
-)
+@preset_option
 @set_option
 @require_sandbox_option
 @_friendly
@@ -902,12 +882,7 @@ def export(
     help="Bytes of the real corpus and of each synthetic one: 16k, 20000 or "
     "full (default 16k on cpu, 1m on gpu: sampling a fixed-shape model is slow).",
 )
-@click.option(
-    "--preset",
-    type=click.Choice(["cpu", "gpu"]),
-    default=None,
-    help="Knob preset (default: by device).",
-)
+@preset_option
 @click.option(
     "--check",
     is_flag=True,
@@ -1100,12 +1075,7 @@ def score(
     help="Fresh runs confirming each session's incumbent (and the baseline).",
 )
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the strategy search.")
-@click.option(
-    "--preset",
-    type=click.Choice(["cpu", "gpu"]),
-    default=None,
-    help="Knob preset (default: by device).",
-)
+@preset_option
 @set_option
 @executor_options
 @_friendly
