@@ -1,0 +1,5 @@
+"""`python -m rsilab.cli`. Owns nothing: runs the command line."""
+
+from rsilab.cli import main
+
+main()

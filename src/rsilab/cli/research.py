@@ -1,0 +1,477 @@
+"""`rsilab init`, `run`, `baseline`, `status`, `audit`, `stop`. Owns: their options and what
+they print; the loop itself is rsilab.loop, the workspace policy rsilab.workspace."""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from rsilab.cli.app import (
+    executor_options,
+    friendly,
+    isolation_for,
+    main,
+    make_bench,
+    parse_overrides,
+    parse_workers,
+    preset_option,
+    require_sandbox_option,
+    set_option,
+    task_data,
+)
+from rsilab.config import TaskSpec, resolve_task_dir
+from rsilab.errors import ConfigError
+
+if TYPE_CHECKING:  # imported lazily at run time: `rsilab --help` stays fast
+    from rsilab.loop.limits import Limits
+
+
+@main.command()
+@click.argument("directory", type=click.Path(path_type=Path), default=".")
+@click.option(
+    "--task",
+    "task_name",
+    default="gpt",
+    show_default=True,
+    help="Bundled task name or task folder.",
+)
+@click.option("--tag", default=None, help="Research branch rsilab/<tag> (default: today's date).")
+@click.option("--resume", is_flag=True, help="Adopt an existing branch of that tag.")
+@friendly
+def init(directory: Path, task_name: str, tag: str | None, resume: bool) -> None:
+    """Create a workspace: copy a task into DIRECTORY (a git repo) and open a research branch."""
+    from rsilab.workspace import init_workspace
+
+    ws = init_workspace(
+        directory, resolve_task_dir(task_name), tag or _default_tag(), resume=resume
+    )
+    click.echo(f"workspace {ws.root} on branch {ws.branch} (incumbent {ws.incumbent_commit()[:7]})")
+    click.echo(f"next: rsilab run {ws.root}")
+
+
+def _default_tag() -> str:
+    return time.strftime("%b%d").lower()
+
+
+@main.command()
+@click.argument("directory", type=click.Path(path_type=Path), default=".")
+@click.option(
+    "--task",
+    "task_name",
+    default="gpt",
+    show_default=True,
+    help="Task to copy in when DIRECTORY is not a workspace yet.",
+)
+@click.option("--tag", default=None, help="Research tag when creating the workspace.")
+@click.option(
+    "--proposer",
+    default=None,
+    help="tuner, random, llm, agent or queue; X+tuner lets the tuner re-tune after X's kept changes; "
+    "several with shares of the slots: NAME[@MODEL][:SHARE],... e.g. llm@m1:2,llm@m2:1,tuner:1. "
+    "Default: rsilab.toml's, else llm when an LLM is configured in the environment, else tuner.",
+)
+@click.option("--max-experiments", type=int, default=None, help="Stop after N new experiments.")
+@click.option("--hours", type=float, default=None, help="Stop after this many hours.")
+@click.option(
+    "--max-cost", type=float, default=None, help="Stop when proposals have cost this many USD."
+)
+@click.option(
+    "--max-tokens", type=int, default=None, help="Stop when proposals have used this many tokens."
+)
+@preset_option
+@click.option(
+    "--ladder",
+    default=None,
+    metavar="S1,S2,...",
+    help="Fidelity ladder: research at S1 seconds; a kept change must also win at each longer budget.",
+)
+@click.option(
+    "--workers",
+    default=None,
+    metavar="K|auto",
+    help="Experiments at once. Default: 1 locally, every slot of the cluster with ray; "
+    "auto: one per GPU, else cores // the task's threads.",
+)
+@executor_options
+@set_option
+@require_sandbox_option
+@friendly
+def run(
+    directory: Path,
+    task_name: str,
+    tag: str | None,
+    proposer: str | None,
+    max_experiments: int | None,
+    hours: float | None,
+    max_cost: float | None,
+    max_tokens: int | None,
+    preset: str | None,
+    ladder: str | None,
+    workers: str | None,
+    executor_name: str,
+    address: str | None,
+    sets: tuple[str, ...],
+    require_sandbox: bool,
+) -> None:
+    """Do research in a workspace until a stop rule (creates it on first use; resumes after a stop)."""
+    from rsilab.loop.limits import Limits
+
+    _research(
+        directory,
+        task_name,
+        tag,
+        proposer,
+        Limits(max_experiments, hours, max_cost, max_tokens),
+        preset,
+        ladder,
+        workers,
+        executor_name,
+        address,
+        sets,
+        require_sandbox,
+    )
+
+
+@main.command()
+@click.argument("directory", type=click.Path(path_type=Path), default=".")
+@click.option(
+    "--task",
+    "task_name",
+    default="gpt",
+    show_default=True,
+    help="Task to copy in when DIRECTORY is not a workspace yet.",
+)
+@click.option("--tag", default=None, help="Research tag when creating the workspace.")
+@preset_option
+@set_option
+@require_sandbox_option
+@friendly
+def baseline(
+    directory: Path,
+    task_name: str,
+    tag: str | None,
+    preset: str | None,
+    sets: tuple[str, ...],
+    require_sandbox: bool,
+) -> None:
+    """Measure the baseline under judge.noise_runs seeds and say what a change must gain to be kept.
+
+    Creates the workspace on first use, like `rsilab run`, and stops after the baseline (a
+    workspace that has one is only reported). `rsilab run` then goes on from it.
+    """
+    from rsilab.loop.limits import Limits
+    from rsilab.proposers import choice as proposer_choice
+    from rsilab.record.ledger import Ledger
+    from rsilab.workspace import open_workspace
+
+    task = _research(
+        directory,
+        task_name,
+        tag,
+        proposer_choice.DEFAULT,
+        Limits(max_experiments=0),
+        preset,
+        None,
+        None,
+        "local",
+        None,
+        sets,
+        require_sandbox,
+        baseline_only=True,
+    )
+    with Ledger(open_workspace(directory).ledger_path) as ledger:
+        _print_noise_floor(ledger, task)
+
+
+def _research(
+    directory: Path,
+    task_name: str,
+    tag: str | None,
+    proposer: str | None,
+    limits: Limits,
+    preset: str | None,
+    ladder: str | None,
+    workers: str | None,
+    executor_name: str,
+    address: str | None,
+    sets: tuple[str, ...],
+    require_sandbox: bool,
+    baseline_only: bool = False,
+) -> TaskSpec:
+    """`rsilab run` (and, with `baseline_only`, `rsilab baseline`): open or create the
+    workspace, record the overrides, run the supervisor until a stop rule; returns the task."""
+    from rsilab import harness
+    from rsilab.loop.supervisor import Supervisor
+    from rsilab.proposers import choice as proposer_choice
+    from rsilab.proposers import create
+    from rsilab.record.ledger import Ledger
+    from rsilab.report.live import LiveView
+    from rsilab.run import sandbox
+    from rsilab.workspace import STATE_DIR, init_workspace, open_workspace
+
+    if require_sandbox:  # before anything is created or run
+        isolation_for(True)
+    if not (directory / STATE_DIR / "workspace.json").is_file():
+        _check_before_creating(
+            directory, task_name, proposer, sets, ladder, workers, executor_name, address
+        )
+        ws = init_workspace(directory, resolve_task_dir(task_name), tag or _default_tag())
+        click.echo(f"created workspace {ws.root} on branch {ws.branch}")
+    ws = open_workspace(directory)
+    preset = preset or harness.preset()
+    with Ledger(ws.ledger_path) as ledger:
+        task, in_force = ws.research_task(ledger, sets, preset)
+    if in_force and not sets:
+        click.echo(f"using this workspace's overrides: {' '.join(in_force)}")
+    gate = _ladder(ladder, task) if ladder else None
+    isolation, level = isolation_for(require_sandbox, task)
+    train_data, val_data = task_data(task)
+    choices, follow = proposer_choice.choose(proposer, task)
+    # Queued human ideas always go first; then the chosen proposers, with their shares.
+    proposers = [create("queue", queue_dir=ws.queue_dir)]
+    proposers += [_make_proposer(c, task) for c in choices if c.name != "queue"]
+    shares = {c.label: c.share for c in choices}
+    follower = create("tuner", task=task) if follow else None
+    shown = ", ".join(
+        c.label + (f" (share {c.share})" if len(choices) > 1 else "") for c in choices
+    )
+    if not baseline_only:
+        click.echo(f"proposer: {shown}" + (" (+ tuner after its kept changes)" if follow else ""))
+    bench = make_bench(task, executor_name, address, workers, preset=preset, isolation=isolation)
+    click.echo(f"executor: {bench.describe()}")
+    with Ledger(ws.ledger_path) as ledger:
+        try:
+            with (
+                bench,
+                LiveView(task.metric.name, str(ws.root), isolation=sandbox.describe(level)) as view,
+            ):
+                sup = Supervisor(
+                    ws,
+                    ledger,
+                    bench,
+                    proposers,
+                    limits=limits,
+                    view=view,
+                    follower=follower,
+                    shares=shares,
+                )
+                sup.ladder = gate
+                reason = sup.run()
+        finally:  # also on Ctrl-C: results.tsv always matches the ledger
+            ledger.export_tsv(ws.root / "results.tsv", task.metric.name)
+        if not baseline_only:
+            click.echo(f"stopped: {reason}")
+            _print_status(ledger, task.metric.name, ws.root)
+    return task
+
+
+def _print_noise_floor(ledger: Any, task: TaskSpec) -> None:
+    """The incumbent's values (the baseline's, at first) and what the judge asks of a
+    change against them."""
+    from rsilab.loop.judge import keep_threshold
+
+    inc = ledger.incumbent()
+    values = ledger.incumbent_values()
+    if inc is None or not values:
+        click.echo("no baseline: its runs did not finish (see `rsilab status`)")
+        return
+    name, spec = task.metric.name, task.judge
+    who = (
+        "baseline"
+        if inc.id == ledger.experiments()[0].id
+        else f"incumbent #{inc.id} ({inc.description})"
+    )
+    if len(values) < 2:
+        click.echo(
+            f"{who} {name} {values[0]:.4f} (1 run: no noise estimate; judge.noise_runs="
+            f"{spec.noise_runs}); a candidate is compared value to value"
+        )
+        return
+    sd = statistics.stdev(values)
+    shown = " ".join(f"{v:.4f}" for v in values)
+    click.echo(
+        f"{who} {name} {statistics.fmean(values):.4f}, sd {sd:.4f} over {len(values)} seeds ({shown})"
+    )
+    first = keep_threshold(values, task.metric_obj, spec, 1, min_runs=spec.knob_min_runs)
+    last = keep_threshold(values, task.metric_obj, spec, spec.max_runs, min_runs=spec.knob_min_runs)
+    if last is None:
+        click.echo(
+            f"{who} did not move across seeds: any gain > judge.min_effect ({spec.min_effect:g}) is kept"
+        )
+        return
+
+    def gain(g: float) -> str:
+        return f"{g:.4f} ({g / sd:.1f} sd)"
+
+    # The first look of a knob-only change (judge.knob_min_runs); the last look of any change.
+    click.echo(
+        f"to be kept (judge.alpha {spec.alpha:g}), a change must beat it by "
+        + (f"{gain(first)} on its first run (knob values only), or " if first is not None else "")
+        + f"{gain(last)} on average over {spec.max_runs} runs (judge.max_runs); the bar falls "
+        "as the session pools its repeated runs into the noise estimate"
+    )
+
+
+def _check_before_creating(
+    directory: Path,
+    task_name: str,
+    proposer: str | None,
+    sets: tuple[str, ...],
+    ladder: str | None,
+    workers: str | None,
+    executor_name: str,
+    address: str | None,
+) -> None:
+    """A mistake in the options of a first `rsilab run` must not leave a workspace behind:
+    what can be checked is checked before anything is created (and again afterwards)."""
+    from rsilab.config import CONFIG_NAME, load_task
+    from rsilab.proposers import choice as proposer_choice
+
+    adopted = (directory / ".git").exists() and (directory / CONFIG_NAME).is_file()
+    task = load_task(directory if adopted else resolve_task_dir(task_name), parse_overrides(sets))
+    if ladder:
+        _ladder(ladder, task)
+    choices, _ = proposer_choice.choose(proposer, task)
+    for choice in choices:
+        if choice.name != "queue":
+            _make_proposer(choice, task)
+    parse_workers(workers, executor_name)
+    if address and executor_name != "ray":
+        raise ConfigError("--address is for --executor ray")
+
+
+def _ladder(rungs: str, task: TaskSpec) -> Any:
+    from rsilab.loop.ladder import Ladder, parse_ladder
+
+    gate = Ladder(parse_ladder(rungs))
+    gate.check_task(task)
+    return gate
+
+
+def _make_proposer(choice: Any, task: TaskSpec) -> Any:
+    """A proposer for one --proposer item; `NAME@MODEL` picks the model and names it so."""
+    from rsilab.proposers import create
+
+    if choice.model and choice.name not in ("llm", "agent"):
+        raise ConfigError(f"--proposer {choice.label}: @MODEL is for llm and agent")
+    proposer = create(choice.name, task=task, **({"model": choice.model} if choice.model else {}))
+    proposer.name = choice.label  # the ledger's proposer column tells the models apart
+    return proposer
+
+
+def _print_status(ledger: Any, metric: str, root: Path, recent: int = 10) -> None:
+    exps = ledger.experiments()
+    if not exps:
+        click.echo("no experiments yet")
+        return
+    counts: dict[str, int] = {}
+    for e in exps:
+        counts[e.status] = counts.get(e.status, 0) + 1
+    base, inc = exps[0], ledger.incumbent()
+    click.echo(
+        f"{len(exps)} experiments: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+    )
+    by: dict[str, list[int]] = {}  # proposer -> [experiments, kept]
+    for e in exps[1:]:
+        row = by.setdefault(e.proposer, [0, 0])
+        row[0] += 1
+        row[1] += e.status == "keep"
+    if len(by) > 1:
+        click.echo(
+            "by proposer: " + ", ".join(f"{p} {n} ({k} kept)" for p, (n, k) in sorted(by.items()))
+        )
+    if inc is not None and base.metric is not None:
+        vals = ledger.incumbent_values()
+        best = sum(vals) / len(vals) if vals else inc.metric
+        click.echo(
+            f"baseline {metric} {base.metric:.4f} -> incumbent #{inc.id} {best:.4f} "
+            f"({inc.commit[:7]}: {inc.description})"
+        )
+    end = max(e.decided_at or e.started_at for e in exps)
+    hours = (end - base.started_at) / 3600
+    per_hour = (len(exps) - 1) / hours if hours > 0 else 0.0
+    rate = f", {per_hour:.{0 if per_hour >= 10 else 1}f} experiments/h" if per_hour else ""
+    day, first, last = "%Y-%m-%d %H:%M", time.localtime(base.started_at), time.localtime(end)
+    same_day = first[:3] == last[:3]
+    click.echo(
+        f"time: {time.strftime(day, first)} -> {time.strftime('%H:%M' if same_day else day, last)} "
+        f"({f'{hours:.1f} h' if hours >= 1 else f'{hours * 60:.0f} min'}{rate})"
+    )
+    costs = ledger.costs()
+    if "compute" in costs:
+        click.echo(f"compute: {costs['compute'] / 3600:.2f} h")
+    click.echo(f"results: {root / 'results.tsv'}")
+    from rsilab.loop.progress import running
+
+    flying = running(ledger)
+    if flying:
+        click.echo(f"in flight ({len(flying)}, as the ledger says):")
+    for r in flying:
+        since = time.strftime("%H:%M:%S", time.localtime(r.since))
+        click.echo(
+            f"  {r.node or '-':<18} #{r.experiment_id:<4} {r.label} since {since} "
+            f"({time.time() - r.since:.0f} s) [{r.proposer}] {r.description}"
+        )
+    click.echo("recent:")
+    for e in exps[-recent:]:
+        value = f"{e.metric:.4f}" if e.metric is not None else "   -  "
+        click.echo(f"  #{e.id:<4} {e.status:<11} {value}  {e.description}")
+
+
+@main.command()
+@click.argument("directory", type=click.Path(path_type=Path), default=".")
+@friendly
+def status(directory: Path) -> None:
+    """Summary and recent experiments of a workspace (safe while `rsilab run` works)."""
+    from rsilab.record.ledger import Ledger
+    from rsilab.workspace import open_workspace
+
+    ws = open_workspace(directory)
+    with Ledger(ws.ledger_path) as ledger:
+        _print_status(ledger, ledger.get_setting("metric", "val_bpb"), ws.root)
+
+
+@main.command()
+@click.argument("directory", type=click.Path(path_type=Path), default=".")
+@click.option(
+    "--live", is_flag=True, help="A supervisor is running: its current experiment is expected."
+)
+@friendly
+def audit(directory: Path, live: bool) -> None:
+    """Re-verify the ledger against git and the run folders; one line per inconsistency (exit 1 if any)."""
+    from rsilab.record.audit import audit as do_audit
+    from rsilab.record.ledger import Ledger
+    from rsilab.workspace import open_workspace
+
+    ws = open_workspace(directory)
+    with Ledger(ws.ledger_path) as ledger:
+        found = do_audit(ws, ledger, live=live)
+    for problem in found.problems:
+        click.echo(problem)
+    summary = f"{found.experiments} experiments ({found.kept} kept), {found.runs} runs"
+    if found.problems:
+        click.echo(f"audit: {len(found.problems)} inconsistencies in {summary}", err=True)
+        sys.exit(1)
+    click.echo(f"audit: ok: {summary} agree with git and their run folders")
+
+
+@main.command()
+@click.argument("directory", type=click.Path(path_type=Path), default=".")
+@click.option(
+    "--now",
+    is_flag=True,
+    help="Cancel the runs in flight (recorded as interrupted) instead of finishing them.",
+)
+@friendly
+def stop(directory: Path, now: bool) -> None:
+    """Ask a running `rsilab run` to stop after the experiments in flight (or --now)."""
+    from rsilab.workspace import open_workspace
+
+    ws = open_workspace(directory)
+    ws.stop_file.write_text("now\n" if now else "")
+    click.echo(f"asked to stop{' now' if now else ''}: {ws.stop_file}")
