@@ -21,13 +21,15 @@ from rsilab.config import TaskSpec, parse_override
 from rsilab.errors import ConfigError, RsilabError
 
 if TYPE_CHECKING:  # imported lazily at run time: `rsilab --help` stays fast
-    pass
+    from rsilab.run.bench import Bench
 
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 
 def friendly(fn: F) -> F:
+    """Decorate a command so a user mistake, Ctrl-C or a full disk ends it with one line."""
+
     @wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
@@ -147,7 +149,7 @@ def make_bench(
     *,
     preset: str | None = None,
     isolation: str | None = None,
-) -> Any:
+) -> Bench:
     """The Bench every run of a command goes through: the task's data (prepared on first
     use), the preset and sandbox, on the executor --executor/--address/--workers name."""
     from rsilab.run.bench import Bench
