@@ -9,6 +9,13 @@ run has its compute cost (none half-recorded), and `rsilab.record.audit` finds g
 and the run folders in agreement. Every fifth cycle the recovering restart is itself
 killed once at a random moment, so recovery is tested against a kill too.
 
+In a share of the cycles (`--second`, default 0.5) a second supervisor (`rsilab run` on the
+same workspace, as a user would start one by mistake) is started at a random moment while
+the first runs, and killed with it. It must be refused in one line with exit 2 (or, if it
+reached the lock first, the first one is refused): two supervisors working at once is a
+problem, found by their output (a supervisor prints `executor:` only once it holds the
+lock).
+
     python benchmarks/soak_kill.py --kills 50
 
 Exits 1 when any check fails (the workspace is then kept, and its path printed).
@@ -19,6 +26,7 @@ power loss (SQLite's `synchronous=FULL` is relied on for that, not tested here).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import random
 import shutil
@@ -39,6 +47,10 @@ WORK_WINDOW_S = 8.0  # kills land up to this long after start-up (a toy experime
 STARTUP_SHARE = 0.2  # share of kills that land during start-up (imports, recovery)
 
 
+BUSY = "another supervisor is running on this workspace"  # the refusal, rsilab.loop.lock
+WORKING = "executor:"  # printed by a supervisor once it holds the lock
+
+
 @dataclass
 class Tally:
     kills: int = 0
@@ -48,12 +60,16 @@ class Tally:
     lost: int = 0
     duplicated: int = 0
     half_recorded: int = 0
+    seconds: int = 0  # second supervisors started
+    refused: int = 0  # ... and refused (exit 2, one line)
+    won: int = 0  # ... that reached the lock first (the first one was refused)
+    early: int = 0  # ... killed before they reached the lock (still starting up)
 
 
-def rsilab(ws_dir: Path, *args: str, log: Path) -> subprocess.Popen[bytes]:
+def rsilab(ws_dir: Path, *args: str, log: Path, mode: str = "ab") -> subprocess.Popen[bytes]:
     """Start the supervisor as a user would, output to `log` (a pipe could fill and block).
     `--preset cpu` only spares the torch import that detects the device (toy ignores it)."""
-    with open(log, "ab") as out:
+    with open(log, mode) as out:
         return subprocess.Popen(
             [
                 sys.executable,
@@ -83,6 +99,32 @@ def kill_after(proc: subprocess.Popen[bytes], delay: float) -> bool:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         return True
+
+
+def two_at_once(
+    first: subprocess.Popen[bytes],
+    first_log: Path,
+    second: subprocess.Popen[bytes],
+    second_log: Path,
+    cycle: int,
+    tally: Tally,
+) -> None:
+    """Sort out what a second supervisor did (both have ended): refused, won the race at
+    start-up, or killed while starting; anything else (both working, another exit) is a
+    problem."""
+    said = second_log.read_text(errors="replace")
+    first_said = first_log.read_text(errors="replace")
+    if second.returncode == 2 and BUSY in said and len(said.strip().splitlines()) == 1:
+        tally.refused += 1
+    elif WORKING in said and first.returncode == 2 and BUSY in first_said:
+        tally.won += 1
+    elif second.returncode == -signal.SIGKILL and WORKING not in said:
+        tally.early += 1
+    else:
+        tally.problems.append(
+            f"cycle {cycle}: second supervisor exit {second.returncode}, first exit "
+            f"{first.returncode}: {said.strip()[-300:]!r}"
+        )
 
 
 def snapshot(ws_dir: Path) -> dict[int, tuple[object, ...]]:
@@ -154,6 +196,12 @@ def main() -> None:
     )
     ap.add_argument("--seed", type=int, default=0, help="seed of the random kill moments")
     ap.add_argument(
+        "--second",
+        type=float,
+        default=0.5,
+        help="share of cycles in which a second supervisor tries to start",
+    )
+    ap.add_argument(
         "--dir", type=Path, default=None, help="workspace folder (default: a temporary one)"
     )
     args = ap.parse_args()
@@ -170,19 +218,38 @@ def main() -> None:
     before: dict[int, tuple[object, ...]] = {}
     t0 = time.monotonic()
     startup = 5.0  # seconds from exec to the loop; measured on each recovering restart
+    first_log, second_log = tmp / "first.log", tmp / "second.log"
     for cycle in range(1, args.kills + 1):
         tally.cycles = cycle
-        proc = rsilab(ws_dir, log=log)
+        proc = rsilab(ws_dir, log=first_log, mode="wb")
         if rng.random() < STARTUP_SHARE:
             delay = rng.uniform(0.0, startup)
         else:
             delay = startup + rng.uniform(0.0, WORK_WINDOW_S)
+        second = None
+        if rng.random() < args.second:
+            at = rng.uniform(0.0, delay)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=at)  # the first one runs on (or ended: counted below)
+            second = rsilab(ws_dir, log=second_log, mode="wb")
+            tally.seconds += 1
+            delay -= at
         if kill_after(proc, delay):
             tally.kills += 1
-        else:
+        elif not (second is not None and proc.returncode == 2):  # refused: the second won
             tally.problems.append(
                 f"cycle {cycle}: the supervisor stopped on its own (exit {proc.returncode})"
             )
+        if second is not None:
+            if second.poll() is None:
+                second.send_signal(signal.SIGKILL)
+            second.wait()
+            two_at_once(proc, first_log, second, second_log, cycle, tally)
+        with open(log, "ab") as out:  # one log of every supervisor, for inspection
+            for part in (first_log, second_log):
+                if part.exists():
+                    out.write(part.read_bytes())
+                    part.unlink()
         if cycle % 5 == 0 and kill_after(
             rsilab(ws_dir, "--max-experiments", "0", log=log), rng.uniform(0.0, startup)
         ):
@@ -220,6 +287,11 @@ def main() -> None:
     print(
         f"  lost: {tally.lost}, duplicated: {tally.duplicated}, half-recorded: {tally.half_recorded}, "
         f"other inconsistencies: {len(tally.problems) - tally.lost - tally.duplicated - tally.half_recorded}"
+    )
+    print(
+        f"  second supervisors: {tally.seconds} started: {tally.refused} refused in one line, "
+        f"{tally.won} reached the lock first (the first was refused), "
+        f"{tally.early} killed while starting"
     )
     if tally.problems:
         print("problems:")

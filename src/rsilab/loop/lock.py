@@ -1,0 +1,90 @@
+"""One supervisor per workspace. Owns: the lock a supervisor holds on its workspace, and who
+holds it.
+
+A second supervisor on a busy workspace would take the first one's experiments for
+interrupted ones (recovery drops their live worktrees), run a second baseline and
+duplicate experiments. So every supervisor holds `.rsilab/supervisor.lock` with
+`fcntl.flock` for as long as it runs; a second one is refused with a `WorkspaceError` that
+says who holds it (pid, host, since when). The kernel releases the lock when its process
+dies, `kill -9` included, so a lock left behind is never stale: the next supervisor just
+takes it. The file's contents (the holder) are only for the message.
+
+The lock is per process and re-entrant within it: `rsilab run` takes it before it records
+anything and `Supervisor.run` takes it again (so every caller of the loop holds it). Other
+commands (`status`, `report`, `serve`, `audit`, `stop`) never take it: they only read, or
+post to the ledger and the control files the supervisor reads.
+
+Not covered: a workspace on a network filesystem whose flock is not shared between hosts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from rsilab.errors import WorkspaceError
+
+LOCK_FILE = "supervisor.lock"
+
+_held: dict[Path, tuple[int, int]] = {}  # lock file -> (fd, depth), in this process
+_guard = threading.Lock()
+
+
+def holder(state: Path) -> str:
+    """Who holds the lock of the workspace state folder `state`, in words ("" if unknown)."""
+    try:
+        info = json.loads((state / LOCK_FILE).read_text())
+        since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(info["since"])))
+        return f"pid {int(info['pid'])} on {info['host']}, since {since}"
+    except (OSError, ValueError, KeyError, TypeError):
+        return ""  # written a moment ago and not yet filled in, or by something else
+
+
+@contextlib.contextmanager
+def hold(state: Path, root: Path) -> Iterator[None]:
+    """Hold the supervisor lock of the workspace at `root` (its state folder `state`) for the
+    body. Raises WorkspaceError (one line: who holds it) when another process does."""
+    path = (state / LOCK_FILE).resolve()
+    with _guard:
+        if path in _held:  # this process holds it already
+            fd, depth = _held[path]
+            _held[path] = (fd, depth + 1)
+        else:
+            _held[path] = (_take(path, root), 1)
+    try:
+        yield
+    finally:
+        with _guard:
+            fd, depth = _held.pop(path)
+            if depth > 1:
+                _held[path] = (fd, depth - 1)
+            else:
+                os.close(fd)  # releases the flock
+
+
+def _take(path: Path, root: Path) -> int:
+    """Open and flock `path`, then write this process into it; its fd."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        who = holder(path.parent)
+        raise WorkspaceError(
+            f"{root}: another supervisor is running on this workspace"
+            f" ({who or 'holder unknown'}); wait for it or stop it with `rsilab stop {root}`"
+        ) from None
+    except BaseException:
+        os.close(fd)
+        raise
+    info = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, (json.dumps(info) + "\n").encode(), 0)
+    return fd

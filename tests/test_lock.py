@@ -1,0 +1,68 @@
+"""One supervisor per workspace (rsilab.loop.lock): a second holder is refused in one line
+that names the first; the lock is re-entrant in its process; a holder killed with SIGKILL
+leaves nothing that stops the next one."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from rsilab.errors import WorkspaceError
+from rsilab.loop import lock
+
+
+@pytest.fixture()
+def other_holder(tmp_path: Path) -> Iterator[subprocess.Popen[str]]:
+    """Another process holding the lock of the state folder tmp_path."""
+    code = textwrap.dedent(f"""\
+        import time
+        from pathlib import Path
+        from rsilab.loop import lock
+        with lock.hold(Path({str(tmp_path)!r}), Path("ws")):
+            print("held", flush=True)
+            time.sleep(60)
+        """)
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "held"
+        yield proc
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_second_holder_is_refused_naming_the_first(
+    tmp_path: Path, other_holder: subprocess.Popen[str]
+) -> None:
+    with pytest.raises(WorkspaceError) as refused, lock.hold(tmp_path, Path("ws")):
+        pytest.fail("held twice")
+    message = str(refused.value)
+    assert "\n" not in message
+    assert f"pid {other_holder.pid} on " in message and "since" in message
+    assert "rsilab stop ws" in message
+
+
+def test_lock_left_by_sigkill_is_taken_over(
+    tmp_path: Path, other_holder: subprocess.Popen[str]
+) -> None:
+    other_holder.kill()
+    other_holder.wait()
+    with lock.hold(tmp_path, Path("ws")):
+        assert f'"pid": {other_holder.pid}' not in (tmp_path / lock.LOCK_FILE).read_text()
+
+
+def test_reentrant_in_its_process_and_released_after(tmp_path: Path) -> None:
+    with lock.hold(tmp_path, Path("ws")), lock.hold(tmp_path, Path("ws")):
+        pass
+    code = textwrap.dedent(f"""\
+        from pathlib import Path
+        from rsilab.loop import lock
+        with lock.hold(Path({str(tmp_path)!r}), Path("ws")):
+            pass
+        """)
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0  # free again
