@@ -41,10 +41,12 @@ def test_dashboard_live_updates_and_controls_in_chromium(tmp_path: Path) -> None
     led = Ledger(ws.ledger_path)  # the supervisor's side of the ledger
     sup = Controls(ws, led)
     first, second = led.experiments()[1:3]
-    with running_server(create_app(ws, interval=0.2)) as url, chromium() as browser:
+    app = create_app(ws, interval=0.2)
+    with running_server(app) as url, chromium() as browser:
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         page.on("dialog", lambda d: d.accept())  # the confirm() of stop and veto
-        page.goto(url)
+        page.goto(f"{url}/?token={app.token}")
+        assert page.url == url + "/"  # the cookie holds the token: gone from the address bar
         assert page.inner_text(".n-experiments") == "5 experiments, 3 kept"
         page.wait_for_function("document.body.classList.contains('connected')")
 
@@ -152,31 +154,64 @@ def test_access_rules(tmp_path: Path) -> None:
     (root / ".rsilab").mkdir(parents=True)
     (root / ".rsilab" / "workspace.json").write_text(json.dumps({"tag": "t"}))
     ws = open_workspace(root)
-    hx = {"HX_Request": "true"}
-    with running_server(create_app(ws)) as url:
-        assert _fetch(url)[0] == 200
-        assert _fetch(url + "/static/htmx.min.js")[2].startswith("/*! htmx 2")
-        assert _fetch(url + "/static/LICENSE.htmx")[0] == 404  # only the two scripts are served
-        assert _fetch(url + "/experiment/99")[0] == 404
+    app = create_app(ws)
+    assert len(app.token) >= 32 and create_app(ws).token != app.token  # one secret per serve
+    with running_server(app) as url:
+        port = url.rsplit(":", 1)[1]
+        auth = {"Cookie": f"rsilab_token_{port}={app.token}", "HX_Request": "true"}
+        # Even on loopback, nothing is served without the token.
+        assert _fetch(url)[0] == 403
+        assert _fetch(url + "/static/htmx.min.js")[0] == 403
+        assert _fetch(url + "/?token=wrong")[0] == 403
+        # The URL with the token: the cookie is set and the address loses the token.
+        status, headers, _ = _fetch_raw(url + f"/?token={app.token}&x=1")
+        assert status == 303 and headers["location"] == "/?x=1"
+        cookie = headers["set-cookie"]
+        assert cookie.startswith(f"rsilab_token_{port}={app.token};")
+        assert "HttpOnly" in cookie and "SameSite=Strict" in cookie
+        status, headers, _ = _fetch_raw(url, **auth)
+        assert status == 200 and headers["x-frame-options"] == "DENY"
+        assert "frame-ancestors 'none'" in headers["content-security-policy"]
+        assert _fetch(url + "/static/htmx.min.js", **auth)[2].startswith("/*! htmx 2")
+        assert _fetch(url + "/static/LICENSE.htmx", **auth)[0] == 404  # only the two scripts
+        assert _fetch(url + "/experiment/99", **auth)[0] == 404
         # A cross-site form cannot send HX-Request: controls refuse it.
-        assert _fetch(url + "/control/pause", {})[0] == 403
-        status, _, text = _fetch(url + "/control/veto", {"experiment": "1"}, **hx)
+        assert _fetch(url + "/control/pause", {}, Cookie=auth["Cookie"])[0] == 403
+        status, _, text = _fetch(url + "/control/veto", {"experiment": "1"}, **auth)
         assert status == 400 and "no experiment #1" in text
         # DNS rebinding: a loopback-bound dashboard answers to loopback names only.
-        assert _fetch(url, Host="evil.example:8765")[0] == 400
-        assert _fetch(url, Host="localhost:8765")[0] == 200
+        assert _fetch(url, Host="evil.example:8765", **auth)[0] == 400
+        assert _fetch(url, Host=f"localhost:{port}", **auth)[0] == 200
     with running_server(create_app(ws, token="s3cret", loopback=False)) as url:
-        assert _fetch(url)[0] == 401
-        assert _fetch(url + "/?token=wrong")[0] == 401
-        status, cookie, _ = _fetch(url + "/?token=s3cret", Host="10.1.2.3:8765")
-        assert status == 200 and cookie.startswith("rsilab_token=s3cret;") and "HttpOnly" in cookie
-        assert _fetch(url + "/static/sse.min.js", Cookie="rsilab_token=s3cret")[0] == 200
-        assert _fetch(url + "/static/sse.min.js", Cookie="rsilab_token=nope")[0] == 401
+        assert _fetch(url)[0] == 403
+        status, headers, _ = _fetch_raw(url + "/?token=s3cret", Host="10.1.2.3:8765")
+        assert status == 303 and headers["set-cookie"].startswith("rsilab_token_8765=s3cret;")
+        assert _fetch(url + "/static/sse.min.js", Cookie="rsilab_token_8765=nope")[0] == 403
         status, _, text = _fetch(
-            url + "/control/note", {"text": "hi"}, Cookie="rsilab_token=s3cret", **hx
+            url + "/control/note",
+            {"text": "hi"},
+            Host="10.1.2.3:8765",
+            Cookie="rsilab_token_8765=s3cret",
+            HX_Request="true",
         )
         assert status == 200 and "note: hi" in text
     assert Controls(ws, Ledger(ws.ledger_path)).poll()[0].source == "dashboard@127.0.0.1"
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
+def _fetch_raw(url: str, **headers: str) -> tuple[int, dict[str, str], str]:
+    """(status, headers with lower-case names, body) of a GET, redirects not followed."""
+    req = urllib.request.Request(url, headers={k.replace("_", "-"): v for k, v in headers.items()})
+    opener = urllib.request.build_opener(_NoRedirect)
+    try:
+        with opener.open(req, timeout=10) as r:
+            return r.status, {k.lower(): v for k, v in r.headers.items()}, r.read().decode()
+    except urllib.error.HTTPError as err:
+        return err.code, {k.lower(): v for k, v in err.headers.items()}, err.read().decode()
 
 
 def test_serve_refuses_a_public_address_without_a_token(tmp_path: Path) -> None:
@@ -191,6 +226,7 @@ def test_rsilab_serve_answers_and_stops_on_ctrl_c(tmp_path: Path) -> None:
     (root / ".rsilab" / "workspace.json").write_text(json.dumps({"tag": "t"}))
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("RSILAB_TOKEN")}
+    env["PYTHONUNBUFFERED"] = "1"  # the URL line arrives as soon as it is printed
     proc = subprocess.Popen(
         [sys.executable, "-m", "rsilab.cli", "serve", str(root), "--port", str(port)],
         stdout=subprocess.PIPE,
@@ -199,20 +235,31 @@ def test_rsilab_serve_answers_and_stops_on_ctrl_c(tmp_path: Path) -> None:
         env=env,
     )
     try:
+        assert proc.stdout is not None
+        announced = proc.stdout.readline()  # printed before it listens ("" if it died)
+        assert f"http://127.0.0.1:{port}/?token=" in announced, announced + proc.stdout.read()
+        url = announced.split(" at ", 1)[1].strip()
+        port_cookie = f"rsilab_token_{port}"
 
-        def answers() -> bool:
+        def page_with_token() -> bool:
+            token = url.split("?token=", 1)[1]
+            req = urllib.request.Request(
+                f"http://127.0.0.1:{port}/", headers={"Cookie": f"{port_cookie}={token}"}
+            )
             try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=1) as r:
+                with urllib.request.urlopen(req, timeout=1) as r:
                     return bool(r.status == 200 and b"sse-connect" in r.read())
             except OSError:
                 assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
                 return False
 
-        wait_for(answers, what="rsilab serve answering")
+        wait_for(page_with_token, what="rsilab serve answering")
+        with pytest.raises(urllib.error.HTTPError) as refused:  # no token, no page
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5)
+        assert refused.value.code == 403
     finally:
         proc.send_signal(signal.SIGINT)
-        output = proc.communicate(timeout=20)[0]
-    assert f"http://127.0.0.1:{port}/" in output
+        proc.communicate(timeout=20)
 
 
 @pytest.fixture(autouse=True)

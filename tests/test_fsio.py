@@ -11,7 +11,16 @@ from typing import Any, cast
 
 import pytest
 
-from rsilab.fsio import atomic_path, atomic_write, json_safe, sha256_bytes, sha256_file
+from rsilab.fsio import (
+    atomic_path,
+    atomic_write,
+    is_regular,
+    json_safe,
+    read_regular,
+    sha256_bytes,
+    sha256_file,
+    tail_regular,
+)
 
 
 def test_atomic_write_creates_replaces_and_sets_mode(tmp_path: Path) -> None:
@@ -78,3 +87,30 @@ def test_json_safe_replaces_non_finite_floats_at_any_depth() -> None:
     assert obj["a"] != obj["a"]  # the input is left as it was
     json.dumps(json_safe(obj), allow_nan=False)  # strict JSON now
     assert json_safe(2.5) == 2.5 and json_safe(math.nan) is None
+
+
+def test_read_regular_reads_only_regular_files_reached_without_a_link(tmp_path: Path) -> None:
+    secret = tmp_path / "secret"
+    secret.write_bytes(b"SECRET")
+    run = tmp_path / "run"
+    (run / "sub").mkdir(parents=True)
+    (run / "sub" / "log").write_bytes(b"line 1\nline 2\n")
+    assert read_regular(run / "sub" / "log", base=run) == b"line 1\nline 2\n"
+    assert tail_regular(run / "sub" / "log", 7, base=run) == b"line 2\n"
+    assert is_regular(run / "sub" / "log")
+    os.symlink(secret, run / "link")  # a link to a file
+    os.symlink("/proc/self/environ", run / "environ")
+    os.mkfifo(run / "fifo")  # opening it must not block
+    os.link(secret, run / "hard")  # a second name of a file the run cannot see
+    os.symlink(tmp_path, run / "dirlink")  # a folder on the way that is a link
+    for name in ("link", "environ", "fifo", "hard", "dirlink/secret", "sub", "missing"):
+        assert read_regular(run / name, base=run) is None, name
+        assert tail_regular(run / name, 100, base=run) is None, name
+        assert not is_regular(run / name), name
+    assert read_regular(secret, base=run) is None  # not under the trusted folder
+    assert read_regular(run / "sub" / ".." / "link", base=run) is None
+    assert read_regular(run / "sub" / "log", base=run, limit=5) is None  # over the cap
+    # Without `base`, the file's own folder is trusted as given: only the file is checked.
+    (tmp_path / "other").write_bytes(b"ok")
+    assert read_regular(run / "dirlink" / "other") == b"ok"
+    assert read_regular(run / "link") is None

@@ -13,10 +13,12 @@ excluded through `.git/info/exclude` rather than the user's `.gitignore`.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
 import shutil
+import stat
 import subprocess
 import tarfile
 import tempfile
@@ -27,7 +29,7 @@ from typing import TYPE_CHECKING
 
 from rsilab.config import CONFIG_NAME, TaskSpec, load_task, parse_override
 from rsilab.errors import ConfigError, WorkspaceError
-from rsilab.fsio import atomic_write, sha256_file
+from rsilab.fsio import atomic_write, open_regular, sha256_file
 
 if TYPE_CHECKING:
     from rsilab.record.ledger import Ledger
@@ -281,39 +283,95 @@ class Workspace:
         return names
 
     def apply(self, worktree: Path, files: dict[str, str]) -> str | None:
-        """Write a proposal's files into the worktree; a reason string when a path is unsafe."""
+        """Write a proposal's files into the worktree as regular files; a reason string when
+        a path is unsafe. Nothing is written through a symlink: a folder on the way or the
+        file itself that is one (an agent may have left it) is refused, and the file is
+        opened with O_NOFOLLOW."""
         for rel, content in files.items():
             p = Path(rel)
             if (
-                p.is_absolute()
+                not p.parts
+                or p.is_absolute()
                 or ".." in p.parts
-                or (p.parts and p.parts[0] in (".git", STATE_DIR))
+                or p.parts[0] in (".git", STATE_DIR)
             ):
                 return f"path {rel!r} is outside the task"
+            for depth in range(1, len(p.parts) + 1):
+                if worktree.joinpath(*p.parts[:depth]).is_symlink():
+                    link = Path(*p.parts[:depth]).as_posix()
+                    return f"{link} is a symlink (a proposal writes regular files only)"
             target = worktree / p
             target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_text(content)
+            # Non-blocking (a FIFO without a reader fails at once instead of hanging), not
+            # truncated before fstat says it is a regular file (never a device).
+            flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK
+            try:
+                fd = os.open(target, flags, 0o644)
+            except OSError as e:  # a folder or a special file in its place
+                return f"{rel}: cannot be written as a regular file ({e.strerror})"
+            with os.fdopen(fd, "w") as f:
+                if not stat.S_ISREG(os.fstat(fd).st_mode):
+                    return f"{rel} is a special file (a proposal writes regular files only)"
+                os.set_blocking(fd, True)
+                os.ftruncate(fd, 0)
+                f.write(content)
         return None
 
     def check(self, worktree: Path, task: TaskSpec) -> str | None:
-        """None when only editable files changed and frozen files match; else the reason."""
-        status = git(worktree, "status", "--porcelain", "--untracked-files=all", "-z")
-        for entry in filter(None, status.split("\0")):
-            rel = entry[3:]
-            if not task.is_editable(rel):
+        """None when only editable files changed, each into a regular file, and frozen files
+        match; else the reason.
+
+        A changed path must be a regular file or gone (lstat): a symlink, a folder with its
+        own git repository (a gitlink), a FIFO or a device is refused, whoever made it (a
+        patch, an LLM edit, an agent editing the worktree), since the supervisor outside the
+        sandbox would follow it when it commits, diffs or reads the files.
+        """
+        for rel in _changed_paths(worktree):
+            if not task.is_editable(rel.rstrip("/")):
                 return (
                     f"changes {rel}, which is not editable (editable: {', '.join(task.editable)})"
                 )
+            kind = _file_kind(worktree / rel)
+            if kind not in ("file", "missing"):
+                return f"makes {rel.rstrip('/')} a {kind} (a proposal may only write regular files)"
         for rel, digest in self.frozen_hashes().items():
-            path = worktree / rel
-            if not path.is_file() or sha256_file(path) != digest:
+            try:  # hashed through a descriptor that followed no link (a frozen file is read-only
+                # in the sandbox, but an agent edits the worktree outside it)
+                with os.fdopen(open_regular(worktree / rel, worktree), "rb") as f:
+                    same = hashlib.file_digest(f, "sha256").hexdigest() == digest
+            except OSError:
+                same = False
+            if not same:
                 return f"frozen file {rel} does not match its recorded sha256"
         return None
 
     def commit(self, worktree: Path, message: str) -> str | None:
-        """Commit everything in the worktree; the new sha, or None when nothing changed."""
-        git(worktree, "add", "-A")
-        if not git(worktree, "status", "--porcelain"):
+        """Commit everything in the worktree; the new sha, or None when nothing changed.
+
+        Only regular files are ever committed: a changed path that is anything else (a
+        symlink, a nested repository, a FIFO) is left out, and an entry of another mode
+        (120000 a symlink, 160000 a gitlink) is taken out of the index again, so even a
+        proposal that `check` refused, committed to record its diff, carries no link into
+        git, and a special file cannot make `git add` fail.
+        """
+        # Left out of `add` (git would store a link, or fail on a FIFO), then checked again
+        # in the index, whatever `add` did.
+        odd = [
+            rel.rstrip("/")
+            for rel in _changed_paths(worktree)
+            if _file_kind(worktree / rel) not in ("file", "missing")
+        ]
+        git(worktree, "add", "-A", "--", ".", *(f":(exclude,literal){rel}" for rel in odd))
+        raw = git(worktree, "diff", "--cached", "--raw", "--no-renames", "-z", "HEAD")
+        fields = raw.split("\0")
+        staged_odd = [
+            path
+            for head, path in zip(fields[::2], fields[1::2], strict=False)
+            if head.startswith(":") and head.split()[1] not in _REGULAR_MODES
+        ]
+        if staged_odd:
+            git(worktree, "reset", "-q", "HEAD", "--", *staged_odd)
+        if git_process(worktree, "diff", "--cached", "--quiet", "HEAD").returncode == 0:
             return None
         git(worktree, "commit", "-q", "--no-verify", "-m", message)
         return git(worktree, "rev-parse", "HEAD").strip()
@@ -346,6 +404,37 @@ class Workspace:
         ).splitlines()
         # A commit that is not in the repository gets a line "<name> missing": left out.
         return {c: line for c, line in zip(commits, out, strict=False) if " " not in line}
+
+
+_REGULAR_MODES = ("100644", "100755", "000000")  # a file, an executable, a deletion
+
+
+def _changed_paths(worktree: Path) -> list[str]:
+    """Paths that differ from the checkout in `worktree` (git status, untracked files
+    listed one by one; an untracked folder git will not enter, e.g. a nested repository,
+    ends with '/')."""
+    status = git(worktree, "status", "--porcelain", "--untracked-files=all", "-z")
+    out, entries = [], iter(status.split("\0"))
+    for entry in entries:
+        if entry:
+            out.append(entry[3:])
+            if entry[0] in "RC":  # a rename or copy: the next field is its source
+                next(entries, None)
+    return out
+
+
+def _file_kind(path: Path) -> str:
+    """What `path` itself is (lstat, no link followed): file, missing, symlink, folder or
+    special file."""
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return "missing"
+    if stat.S_ISREG(mode):
+        return "file"
+    if stat.S_ISLNK(mode):
+        return "symlink"
+    return "folder" if stat.S_ISDIR(mode) else "special file"
 
 
 def check_tag(tag: str) -> None:

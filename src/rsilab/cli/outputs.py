@@ -90,7 +90,8 @@ def report(directory: Path, tsv: Path | None, out: Path | None, html: bool) -> N
     "--token",
     default=None,
     envvar="RSILAB_TOKEN",
-    help="Required on every request (?token= or cookie); needed to bind beyond 127.0.0.1.",
+    help="The secret every request must carry (the printed URL has it; then a cookie); "
+    "default: a new one per serve. Must be given to bind beyond 127.0.0.1.",
 )
 @friendly
 def serve(directory: Path, host: str, port: int, token: str | None) -> None:

@@ -29,6 +29,7 @@ from typing import Any
 
 from rsilab.config import TaskSpec
 from rsilab.errors import ConfigError
+from rsilab.fsio import read_regular
 from rsilab.loop.judge import Judgement, judge, mean_or_none, seed_schedule
 from rsilab.notify import Notify, silent
 from rsilab.record.ledger import Ledger
@@ -120,13 +121,13 @@ class _Rung:
 
 
 def _size(task: TaskSpec, workdir: Path) -> int:
-    """Non-blank lines of the editable files (the judge's simplicity rule needs it)."""
-    return sum(
-        1
-        for rel in task.editable_files(workdir)
-        for line in (workdir / rel).read_text().splitlines()
-        if line.strip()
-    )
+    """Non-blank lines of the editable files (the judge's simplicity rule needs it); a file
+    that is not a regular file (a link a run left) counts as empty, never followed."""
+    total = 0
+    for rel in task.editable_files(workdir):
+        text = (read_regular(workdir / rel, base=workdir) or b"").decode(errors="replace")
+        total += sum(1 for line in text.splitlines() if line.strip())
+    return total
 
 
 def _ok_values(results: Sequence[RunResult]) -> list[float]:

@@ -50,6 +50,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rsilab.errors import ConfigError
+from rsilab.fsio import read_regular
 from rsilab.proposers.base import Context, HistoryItem, register
 from rsilab.results import Proposal
 from rsilab.run.process import GRACE_SECONDS, die_with_parent, kill_group, kill_session
@@ -188,11 +189,9 @@ class AgentProposer:
             run = run_cli(argv, workdir, folder, self.timeout, ctx.should_stop)
             if run.stopped:
                 return None
-            written = (
-                _first_line(description_file.read_text(errors="replace"))
-                if description_file.is_file()
-                else ""
-            )
+            # The agent wrote this file: never read through a link it may have left there.
+            described = read_regular(description_file)
+            written = _first_line(described.decode(errors="replace")) if described else ""
             files = {} if ctx.workdir is not None else _changed(workdir, ctx.files)
         final, usage, error = (
             parse_claude(run.stdout)
@@ -410,11 +409,12 @@ def _last_line(text: str) -> str:
 
 
 def _changed(workdir: Path, files: Mapping[str, str]) -> dict[str, str]:
-    """Editable files whose content differs in `workdir` (the no-worktree fallback)."""
+    """Editable files whose content differs in `workdir` (the no-worktree fallback). A file
+    the agent turned into a link or special file is read as unchanged, never followed."""
     out = {}
     for rel, old in files.items():
-        path = workdir / rel
-        new = path.read_text(errors="replace") if path.is_file() else old
+        raw = read_regular(workdir / rel, base=workdir)
+        new = raw.decode(errors="replace") if raw is not None else old
         if new != old:
             out[rel] = new
     return out

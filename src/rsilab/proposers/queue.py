@@ -22,6 +22,7 @@ changed) or good (the judge decides).
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import tempfile
@@ -31,6 +32,7 @@ from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
 
+from rsilab.fsio import read_regular
 from rsilab.proposers.base import Context, register
 from rsilab.proposers.knobs import set_knobs_in_files
 from rsilab.results import Proposal
@@ -112,7 +114,7 @@ class QueueProposer:
     # ---- the two kinds of file ------------------------------------------------------
     def _from_toml(self, path: Path, ctx: Context) -> Proposal:
         try:
-            data = tomllib.loads(path.read_bytes().decode())
+            data = tomllib.loads(_read_queued(path).decode())
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
             raise _Rejected(f"invalid TOML: {e}") from None
         knobs = data.get("knobs")
@@ -133,7 +135,7 @@ class QueueProposer:
 
     def _from_patch(self, path: Path, ctx: Context) -> Proposal:
         try:
-            text = path.read_bytes().decode()
+            text = _read_queued(path).decode()
             files = apply_patch(ctx.files, text)
         except UnicodeDecodeError:
             raise _Rejected("not a UTF-8 text file") from None
@@ -151,8 +153,12 @@ def apply_patch(files: Mapping[str, str], patch: str) -> dict[str, str]:
     """The files a unified diff changes or adds: path -> new content.
 
     `files` is left alone; the diff is applied with `git apply` to a temporary copy.
-    Raises PatchError when it does not apply, deletes a file or changes nothing.
+    Raises PatchError when it does not apply, deletes a file or changes nothing, and when
+    it would make anything but a regular text file (see `_check_modes`): a patch that turns
+    `train.py` into a symlink to the validation split must be refused before anything
+    reads the link, since whatever is read here is committed and recorded in the ledger.
     """
+    _check_modes(patch)
     with tempfile.TemporaryDirectory(prefix="rsilab-patch-") as tmp:
         root = Path(tmp) / "files"
         root.mkdir()
@@ -170,22 +176,51 @@ def apply_patch(files: Mapping[str, str], patch: str) -> dict[str, str]:
         else:
             raise PatchError("patch does not apply: " + errors[0])
         out: dict[str, str] = {}
-        for p in sorted(root.rglob("*")):
-            rel = p.relative_to(root).as_posix()
-            if not p.is_file():
-                continue
-            try:
-                content = p.read_bytes().decode()
-            except UnicodeDecodeError:
-                raise PatchError(f"patch makes {rel} a binary file") from None
-            if files.get(rel) != content:
-                out[rel] = content
-        gone = sorted(rel for rel in files if not (root / rel).is_file())
+        present: set[str] = set()
+        # os.walk lists links without following them; only regular files are read, through
+        # O_NOFOLLOW (a second line behind _check_modes, whatever git apply accepted).
+        for folder, dirs, names in os.walk(root):
+            for name in sorted(dirs + names):
+                p = Path(folder) / name
+                rel = p.relative_to(root).as_posix()
+                if name in dirs and not p.is_symlink():
+                    continue
+                raw = read_regular(p, base=root)
+                if raw is None:
+                    raise PatchError(f"patch makes {rel} a symlink or special file")
+                try:
+                    content = raw.decode()
+                except UnicodeDecodeError:
+                    raise PatchError(f"patch makes {rel} a binary file") from None
+                present.add(rel)
+                if files.get(rel) != content:
+                    out[rel] = content
+        gone = sorted(rel for rel in files if rel not in present)
         if gone:
             raise PatchError(f"patch deletes {', '.join(gone)} (a proposal cannot delete files)")
         if not out:
             raise PatchError("patch changes nothing")
         return out
+
+
+_MODE_LINE = re.compile(r"^(?:new file mode|deleted file mode|old mode|new mode) (\d+)\s*$")
+_INDEX_LINE = re.compile(r"^index [0-9a-f]+\.\.[0-9a-f]+ (\d+)\s*$")
+_REGULAR_MODES = ("100644", "100755")
+
+
+def _check_modes(patch: str) -> None:
+    """Refuse a diff that makes anything but a regular text file: a mode other than
+    100644/100755 in its headers (120000 a symlink, 160000 a gitlink) or a binary hunk.
+    Read from the text before `git apply` runs, so nothing such a patch names is touched."""
+    for line in patch.splitlines():
+        mode = _MODE_LINE.match(line) or _INDEX_LINE.match(line)
+        if mode and mode.group(1) not in _REGULAR_MODES:
+            kind = {"120000": "a symlink", "160000": "a gitlink (submodule)"}.get(
+                mode.group(1), f"mode {mode.group(1)}"
+            )
+            raise PatchError(f"patch makes {kind}: a proposal may only write regular files")
+        if line.startswith(("GIT binary patch", "Binary files ")):
+            raise PatchError("patch carries a binary file: a proposal may only write text files")
 
 
 def _git(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -213,6 +248,14 @@ def _patch_description(text: str) -> str:
     if lines and lines[0].startswith("#"):
         return lines[0].lstrip("#").strip()
     return ""
+
+
+def _read_queued(path: Path) -> bytes:
+    """A queued file's bytes, never through a symlink or from a special file (`_Rejected`)."""
+    raw = read_regular(path)
+    if raw is None:
+        raise _Rejected("not a regular file (a symlink, a special file, or over 16 MiB)")
+    return raw
 
 
 def _name_description(path: Path) -> str:

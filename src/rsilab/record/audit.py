@@ -37,10 +37,11 @@ from typing import Any
 
 from rsilab.config import CONFIG_NAME, TaskSpec, load_task, parse_override
 from rsilab.errors import RsilabError
-from rsilab.fsio import sha256_bytes
+from rsilab.fsio import read_regular, sha256_bytes, tail_regular
 from rsilab.loop.judge import Judgement
 from rsilab.record.ledger import Experiment, Ledger, Run
 from rsilab.results import RunResult, Verdict
+from rsilab.run.process import TAIL_BYTES
 from rsilab.run.runner import METRICS_DIGEST, RunPaths, parse_summary
 from rsilab.workspace import STATE_DIR, Workspace, export_tree, git, git_bytes
 
@@ -162,20 +163,21 @@ def run_problems(task: TaskSpec, run: RunResult, run_dir: Path) -> list[str]:
         if run.evaluation.get("sealed") is not False:
             return ["an in-process result is not marked unsealed"]
         paths = RunPaths(run_dir)
-        try:
-            value = parse_summary(paths.train_log.read_text(errors="replace")).get(name)
-        except OSError:
-            return [f"{paths.train_log} is missing"]
+        log = tail_regular(paths.train_log, TAIL_BYTES)  # no link a run left is followed
+        if log is None:
+            return [f"{paths.train_log} is missing or not a regular file"]
+        value = parse_summary(log.decode(errors="replace")).get(name)
         if value != run.metric:
             return [f"{paths.train_log} says {name} {value}, the ledger {run.metric}"]
         return []
     if run.evaluation.get("sealed") is not True:
         return ["ok but not marked sealed by the evaluator"]
     metrics = RunPaths(run_dir).metrics
-    try:
-        raw = metrics.read_bytes()
-    except OSError:
-        return [f"{metrics} is missing: nothing shows the evaluator wrote this metric"]
+    raw = read_regular(metrics)  # no link a run left is followed
+    if raw is None:
+        return [
+            f"{metrics} is missing or not a regular file: nothing shows the evaluator wrote this metric"
+        ]
     recorded = run.evaluation.get(METRICS_DIGEST)
     if recorded is None:
         return [f"no sha256 of {metrics.name} was recorded, so its provenance cannot be checked"]

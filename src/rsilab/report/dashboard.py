@@ -12,11 +12,18 @@ How it notices changes made by another process: it watches the ledger's files
 and re-reads the ledger only then (and at least every few seconds); the log tail is read
 on every tick.
 
-Access: bound to a loopback address by default, where it also refuses requests whose Host
-is not a loopback name (a web page elsewhere cannot reach it by DNS rebinding). Bound to
-anything else it needs a token, and every request must carry it (`?token=` once, then a
-cookie). Control posts must come from the page's own script (an `HX-Request` header, which
-a cross-site form cannot send). Not covered: TLS (put a proxy in front for that).
+Access (every request, loopback or not): a secret token, generated per `rsilab serve`
+unless given, like Jupyter's. The printed URL carries it (`?token=`); the first request
+sets it as an HttpOnly, SameSite=Strict cookie and is redirected to the same address
+without it, so it does not stay in the address bar or the history. Without the token (or
+with a wrong one) every request gets 403: another user of this machine can neither read
+the ledger through the pages nor post controls. Bound to a loopback address it also
+refuses a Host that is not a loopback name (DNS rebinding). A control post must also come
+from the page itself: an `HX-Request` header (a cross-site form cannot send one), and an
+`Origin` (and `Sec-Fetch-Site`), when the browser sends them, naming this very server.
+Every response forbids framing (`X-Frame-Options: DENY`, `frame-ancestors 'none'`) and
+sends no Referer. A queued patch is only written to the queue folder, where the queue
+proposer validates it as any other queued file. Not covered: TLS (put a proxy in front).
 """
 
 from __future__ import annotations
@@ -25,13 +32,16 @@ import asyncio
 import contextlib
 import hmac
 import ipaddress
+import secrets
+import stat
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, urlencode
 
 from rsilab.errors import ConfigError, RsilabError
+from rsilab.fsio import tail_regular
 from rsilab.loop.controls import CURSOR_KEY, IDEA_SUFFIX, ControlError, actions, parse_knobs, post
 from rsilab.notify import Notify
 from rsilab.record.ledger import Ledger
@@ -62,6 +72,11 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def new_token() -> str:
+    """A fresh secret for one `rsilab serve` (URL-safe, 192 bits)."""
+    return secrets.token_urlsafe(24)
 
 
 def check_binding(host: str, token: str | None) -> None:
@@ -144,19 +159,20 @@ class Dashboard:
         """Each running experiment with the tail of its newest run's train.log."""
         blocks = []
         now = time.time()
+        runs = self.ws.state / "runs"
         for x in self.ledger.undecided():
-            log = _newest_log(self.ws.state / "runs" / f"exp-{x.id:04d}")
+            found = _newest_log(runs / f"exp-{x.id:04d}", 1)
+            log = found[0] if found else None
             head = (f"<p><b>#{x.id}</b> {H.badge('running')} {H.e(x.proposer)}: {H.e(x.description)} "
                     f'<span class="muted">started {H.duration(now - x.started_at)} ago'
                     f'{", " + H.e(log.parent.name) if log else ""}</span></p>')  # fmt: skip
-            blocks.append(head + _tail_html(log))
+            blocks.append(head + _tail_html(log, runs))
         if not blocks:
-            log = _newest_log(self.ws.state / "runs")
-            if (
-                log is not None and now - log.stat().st_mtime < 60
-            ):  # e.g. a recheck of the incumbent
+            found = _newest_log(runs, 2)
+            if found is not None and now - found[1] < 60:  # e.g. a recheck of the incumbent
+                log = found[0]
                 blocks.append(f'<p class="muted">{H.e(log.parent.parent.name)}/{H.e(log.parent.name)}</p>'
-                              + _tail_html(log))  # fmt: skip
+                              + _tail_html(log, runs))  # fmt: skip
         return "".join(blocks) or '<p class="muted">nothing running</p>'
 
     def experiment_html(self, experiment_id: int) -> str:
@@ -189,18 +205,38 @@ def _row_attrs(r: H.Row) -> str:
     )
 
 
-def _newest_log(folder: Path) -> Path | None:
-    logs = [p for p in folder.glob("**/train.log")] if folder.is_dir() else []
-    return max(logs, key=lambda p: p.stat().st_mtime, default=None)
+def _newest_log(folder: Path, depth: int) -> tuple[Path, float] | None:
+    """The newest `train.log` `depth` folders below `folder` (runs/exp-N/run-K/train.log:
+    2 from runs/, 1 from exp-N/) with its mtime. Run folders are written by runs: a folder
+    or log that is a symlink is skipped (lstat), never followed."""
+    found: list[tuple[Path, float]] = []
+    level = [folder] if folder.is_dir() and not folder.is_symlink() else []
+    for _ in range(depth):
+        level = [p for d in level for p in _subfolders(d)]
+    for d in level:
+        log = d / "train.log"
+        with contextlib.suppress(OSError):
+            st = log.lstat()
+            if stat.S_ISREG(st.st_mode):
+                found.append((log, st.st_mtime))
+    return max(found, key=lambda f: f[1], default=None)
 
 
-def _tail_html(log: Path | None) -> str:
-    if log is None or not log.is_file():
+def _subfolders(folder: Path) -> list[Path]:
+    """The folders in `folder`, links left out; none when it went away meanwhile."""
+    try:
+        return [p for p in folder.iterdir() if p.is_dir() and not p.is_symlink()]
+    except OSError:
+        return []
+
+
+def _tail_html(log: Path | None, base: Path) -> str:
+    """The log's last lines, read without following a link below `base` (the runs folder,
+    see fsio.tail_regular): a run may leave a link to a secret in place of its log."""
+    data = tail_regular(log, LOG_BYTES, base=base) if log is not None else None
+    if data is None:
         return '<p class="muted">no log yet</p>'
-    with open(log, "rb") as f:
-        f.seek(max(0, log.stat().st_size - LOG_BYTES))
-        text = f.read().decode(errors="replace")
-    lines = text.splitlines()[-LOG_LINES:]
+    lines = data.decode(errors="replace").splitlines()[-LOG_LINES:]
     return f'<pre class="log">{H.e(chr(10).join(lines)) or "(empty)"}</pre>'
 
 
@@ -218,8 +254,9 @@ def _payload(action: str, form: dict[str, str]) -> dict[str, Any]:
 
 def create_app(ws: Workspace, *, token: str | None = None, loopback: bool = True,
                interval: float = 0.5) -> Any:  # fmt: skip
-    """The ASGI app. `loopback`: the server listens on a loopback address only (then
-    requests must name a loopback host); `token`: required on every request when given."""
+    """The ASGI app (a `Guard`; its `.token` is the secret in force). `loopback`: the server
+    listens on a loopback address only (then requests must name a loopback host); `token`:
+    required on every request, a new one (`new_token`) when not given."""
     try:
         from starlette.applications import Starlette
         from starlette.concurrency import run_in_threadpool
@@ -315,13 +352,17 @@ def create_app(ws: Workspace, *, token: str | None = None, loopback: bool = True
         ledger.close()
 
     app = Starlette(routes=routes, lifespan=lifespan)
-    return Guard(app, token=token, loopback=loopback)
+    return Guard(app, token=token or new_token(), loopback=loopback)
 
 
 class Guard:
-    """ASGI middleware: the Host check (loopback binding) and the token (cookie or query)."""
+    """ASGI middleware in front of every request: the Host check (loopback binding), the
+    token (query or cookie), the origin of state-changing requests, and the headers that
+    keep the pages out of frames. See the module docstring for the rules."""
 
-    def __init__(self, app: Any, *, token: str | None, loopback: bool) -> None:
+    def __init__(self, app: Any, *, token: str, loopback: bool) -> None:
+        if not token:
+            raise ValueError("the dashboard needs a token")
         self.app, self.token, self.loopback = app, token, loopback
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -329,30 +370,75 @@ class Guard:
             await self.app(scope, receive, send)
             return
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-        if self.loopback and not is_loopback(_hostname(headers.get("host", ""))):
+        host = headers.get("host", "")
+        if self.loopback and not is_loopback(_hostname(host)):
             await _plain(send, 400, "this dashboard answers to localhost / 127.0.0.1 only")
             return
-        if self.token is None:
-            await self.app(scope, receive, send)
-            return
-        query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
-        cookies = _cookies(headers.get("cookie", ""))
+        query = parse_qs(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
+        cookie = _cookie_name(host)
         given_query = (query.get("token") or [""])[-1]
-        given = given_query or cookies.get(COOKIE, "")
+        given = given_query or _cookies(headers.get("cookie", "")).get(cookie, "")
         if not hmac.compare_digest(given.encode(), self.token.encode()):
-            await _plain(send, 401, "token required: open the URL with ?token=...")
+            await _plain(
+                send, 403, "token required: open the URL rsilab serve printed (?token=...)"
+            )
             return
-        if not given_query:
-            await self.app(scope, receive, send)
+        if scope["method"] not in ("GET", "HEAD"):
+            refused = _foreign(headers, host)
+            if refused:
+                await _plain(send, 403, refused)
+                return
+        set_cookie = (
+            f"{cookie}={self.token}; Path=/; HttpOnly; SameSite=Strict".encode()
+            if given_query
+            else None
+        )
+        if given_query and scope["method"] == "GET":
+            # The cookie holds it from now on: the same address without it, so the secret
+            # leaves the address bar (and the history) at once.
+            rest = [(k, v) for k, vs in query.items() if k != "token" for v in vs]
+            location = scope["path"] + (f"?{urlencode(rest)}" if rest else "")
+            await _respond(send, 303, b"", [(b"location", location.encode("latin-1")),
+                                             (b"set-cookie", set_cookie or b"")])  # fmt: skip
             return
 
-        async def with_cookie(message: MutableMapping[str, Any]) -> None:
+        async def guarded(message: MutableMapping[str, Any]) -> None:
             if message["type"] == "http.response.start":
-                cookie = f"{COOKIE}={self.token}; Path=/; HttpOnly; SameSite=Strict"
-                message["headers"] = [*message.get("headers", []), (b"set-cookie", cookie.encode())]
+                extra = [*SECURITY_HEADERS, *([(b"set-cookie", set_cookie)] if set_cookie else [])]
+                message["headers"] = [*message.get("headers", []), *extra]
             await send(message)
 
-        await self.app(scope, receive, with_cookie)
+        await self.app(scope, receive, guarded)
+
+
+# On every response: no framing (clickjacking of the controls), no Referer (the address
+# may carry the token on a first visit), no content sniffing.
+SECURITY_HEADERS = [
+    (b"x-frame-options", b"DENY"),
+    (b"content-security-policy", b"frame-ancestors 'none'; base-uri 'none'; form-action 'self'"),
+    (b"referrer-policy", b"no-referrer"),
+    (b"x-content-type-options", b"nosniff"),
+]
+
+
+def _foreign(headers: dict[str, str], host: str) -> str:
+    """Why a state-changing request comes from another site ("" when it does not): an
+    `Origin` other than this server's own, or `Sec-Fetch-Site` saying cross-site. Clients
+    that send neither (curl, scripts with the token) are let through: the token suffices."""
+    origin = headers.get("origin")
+    if origin is not None and origin not in (f"http://{host}", f"https://{host}"):
+        return f"refused: a request from {origin!r}, not from this dashboard"
+    site = headers.get("sec-fetch-site")
+    if site is not None and site not in ("same-origin", "none"):
+        return f"refused: a {site} request, not from this dashboard"
+    return ""
+
+
+def _cookie_name(host_header: str) -> str:
+    """The token's cookie, per port: browsers share cookies across the ports of a host,
+    and two dashboards on one machine must not overwrite each other's token."""
+    port = host_header.rsplit(":", 1)[-1] if not host_header.endswith("]") else ""
+    return f"{COOKIE}_{port}" if port.isdigit() else COOKIE
 
 
 def _hostname(host_header: str) -> str:
@@ -372,15 +458,25 @@ def _cookies(header: str) -> dict[str, str]:
 
 
 async def _plain(send: Send, status: int, text: str) -> None:
+    await _respond(send, status, text.encode() + b"\n",
+                   [(b"content-type", b"text/plain; charset=utf-8")])  # fmt: skip
+
+
+async def _respond(
+    send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]]
+) -> None:
+    """A whole response from the guard itself, with the security headers."""
     await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"text/plain; charset=utf-8")]})  # fmt: skip
-    await send({"type": "http.response.body", "body": text.encode() + b"\n"})
+                "headers": [*headers, *SECURITY_HEADERS, (b"cache-control", b"no-store")]})  # fmt: skip
+    await send({"type": "http.response.body", "body": body})
 
 
 def serve(ws: Workspace, host: str = "127.0.0.1", port: int = 8765, token: str | None = None,
           announce: Notify = print) -> None:  # fmt: skip
-    """Run the dashboard until Ctrl-C."""
+    """Run the dashboard until Ctrl-C; `announce` gets its URL with the token (a new one
+    when none is given)."""
     check_binding(host, token)
+    token = token or new_token()
     try:
         import uvicorn
     except ImportError:
@@ -389,7 +485,5 @@ def serve(ws: Workspace, host: str = "127.0.0.1", port: int = 8765, token: str |
         ) from None
     app = create_app(ws, token=token, loopback=is_loopback(host))
     shown = f"[{host}]" if ":" in host else host
-    announce(
-        f"dashboard for {ws.root} at http://{shown}:{port}/" + (f"?token={token}" if token else "")
-    )
+    announce(f"dashboard for {ws.root} at http://{shown}:{port}/?token={token}")
     uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=2)

@@ -45,6 +45,7 @@ from typing import Any
 
 from rsilab.config import TaskSpec
 from rsilab.errors import ConfigError
+from rsilab.fsio import open_regular, read_regular
 from rsilab.results import RunResult, Status
 from rsilab.run.executors.base import RunFuture, RunRequest, register
 
@@ -361,11 +362,9 @@ def _node_run(payload: dict[str, Any], channel: Any) -> dict[str, Any]:
             prestart_eval=bool(gpus) if req.prestart_eval is None else req.prestart_eval,
         )
         result = _run_worker(local, Path(tmp), channel, key)
-        logs = {
-            name: (run_dir / name).read_bytes()
-            for name in SHIPPED_LOGS
-            if (run_dir / name).is_file()
-        }
+        # Never through a link the run left in its folder (read_regular), as on the head.
+        shipped = {name: read_regular(run_dir / name) for name in SHIPPED_LOGS}
+        logs = {name: data for name, data in shipped.items() if data is not None}
         return {"result": result, "logs": logs, "node": where}
 
 
@@ -394,7 +393,9 @@ def _run_worker(req: RunRequest, tmp: Path, channel: Any, key: str) -> RunResult
             except subprocess.TimeoutExpired:
                 done = False
             with contextlib.suppress(OSError):
-                data = log.read_bytes()[sent:] if log.is_file() else b""
+                with os.fdopen(open_regular(log), "rb") as f:  # no link the run planted
+                    f.seek(sent)
+                    data = f.read()
                 if data:
                     _send(channel, ("log", key, data))
                     sent += len(data)

@@ -51,7 +51,7 @@ from typing import Any
 from rsilab import provenance
 from rsilab.config import TaskSpec, load_task, resolve_task_dir
 from rsilab.errors import ConfigError, DataError
-from rsilab.fsio import sha256_bytes, sha256_file
+from rsilab.fsio import read_regular, sha256_bytes, sha256_file
 from rsilab.notify import Notify
 from rsilab.record.ledger import Ledger
 from rsilab.results import RunResult
@@ -363,15 +363,15 @@ class Study:
         seed = derive_seed("sample", cell.seed, g)
         n = len(self.real.data)
         got = self.sampler(model.parent, samples, n, self.settings.temperature, seed)
-        if got.ok and (not samples.is_file() or samples.stat().st_size != n):
-            got = SampleResult(
-                False,
-                f"sampler wrote {samples.stat().st_size if samples.is_file() else 0} of {n} bytes",
-            )
-        if not got.ok:
+        # Sampled in the sandbox: read without following a link it may have left (to the
+        # validation split, say, which would become the next generation's training data).
+        body = read_regular(samples, limit=n) if got.ok else None
+        if got.ok and (body is None or len(body) != n):
+            size = "no regular file" if body is None else f"{len(body)} bytes"
+            got = SampleResult(False, f"sampler wrote {size}, not {n} bytes")
+        if not got.ok or body is None:
             run = dataclasses.replace(run, reason=got.reason)
             return self._record(ledger, cell, "sample-failed", run, data, {}, {}, t0)
-        body = samples.read_bytes()
         info = {
             "path": samples.relative_to(self.out).as_posix(),
             "sha256": sha256_bytes(body),
