@@ -36,7 +36,10 @@ def test_loop_keeps_a_real_gain_and_discards_noise(tmp_path: Path) -> None:
         )
     queue_knobs(ws_dir, "b", "less weight decay", L2=0.01)
     before_head = git(ws_dir, "rev-parse", "HEAD")
-    reason, ledger = supervise(ws_dir)
+    # A 5-run noise floor: the gain (about 2 sd of the toy's noise) must be significant
+    # against the noise of others' runs; the candidate's own steadier runs cannot lower
+    # its bar (judge.py), and a 3-run floor that happens to come out low cannot show it.
+    reason, ledger = supervise(ws_dir, ("judge.noise_runs", 5))
     assert "nothing left to propose" in reason
     exps = ledger.experiments()
     assert [e.status for e in exps] == ["keep"] + ["discard"] * 6 + ["keep"]

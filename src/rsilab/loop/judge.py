@@ -5,18 +5,30 @@ Pure functions of run results: no I/O, no clock, no randomness. The supervisor c
 MORE.
 
 Rules, in order: (1) a failed run decides (crash/oom -> CRASH, timeout, invalid,
-interrupted); (2) a memory cap or `constraints` breach -> DISCARD; (3) a metric that does
-not move under different harness seeds while the incumbent's does -> INVALID,
-flag "ignores-seed"; (4) statistics.
+interrupted); (2) a memory cap or `constraints` breach -> DISCARD; (3) a metric that barely
+moves under different harness seeds, measured against the noise of the reference (see
+below) -> INVALID, flag "ignores-seed"; (4) statistics.
+
+The reference is every measurement that is not the candidate's: the incumbent's values
+(the noise floor plus re-measurements) and `noise_groups`, every other repeated
+measurement of the session (the runs of one earlier experiment under different seeds).
+Rule (3) is a one-sided variance-ratio test: under "the candidate's runs spread like the
+reference's", s_c^2 / s_ref^2 follows F(n_c - 1, df_ref); a spread that small with p <
+SEED_LEVEL is flagged (a pinned seed plus a tiny seed-dependent wobble gets caught, not
+only identical values), and a keep whose spread is suspiciously small (SEED_SUSPECT,
+SEED_SUSPECT_RATIO) waits for more seeds first (up to max_runs), where the test has the
+power to flag it.
 
 Statistical rule: a one-sided pooled two-sample t-test of H1 "gain > min_effect". The sd is
-pooled from the incumbent's values (the noise floor plus re-measurements), the candidate's
-(when it has >= 2) and `noise_groups`: every other repeated measurement of the session (the
-runs of one earlier experiment under different seeds). df = the sum of (n - 1) over those
-groups. Pooling assumes an edit changes the mean, not the harness noise, which is the only
-workable assumption with 2-4 candidate runs; it lets the noise estimate sharpen as the
-session goes (df 2 after a 3-run noise floor, tens after a few dozen experiments), so later
-decisions need fewer runs.
+pooled from the reference groups and the candidate's (when it has >= 2 runs); df = the sum
+of (n - 1) over those groups. The candidate's own runs may raise the noise estimate, never
+lower it: its variance enters the pool as at least the reference's (only where there is no
+reference estimate at all is its own the only one). So a candidate can never make the bar
+it is judged against lower than a candidate whose runs spread like the reference's faces,
+e.g. with near-identical runs of a pinned seed. Pooling assumes an edit changes
+the mean, not the harness noise, which is the only workable assumption with 2-4 candidate
+runs; it lets the noise estimate sharpen as the session goes (df 2 after a 3-run noise
+floor, tens after a few dozen experiments), so later decisions need fewer runs.
 
 Runs are spent where the decision is uncertain. A candidate worse than the incumbent is
 discarded after its first run; once the pooled noise estimate has 6 df, one whose gain
@@ -61,6 +73,17 @@ REL_TOL = 1e-12  # values this close (relative) count as identical
 # experiments per session and more true gain at every noise level tried.
 FUTILITY_SE = 1.0
 FUTILITY_MIN_DF = 6
+# Rule (3), the seed check (see the module docstring). SEED_LEVEL is the rate at which an
+# honest candidate whose runs spread like the reference's is flagged, per look; at 2e-4 a
+# pinned seed whose wobble is 1e-4 of the noise sd is flagged at its second run, 1e-2 at
+# its third (against a 3-run noise floor alone; more reference df flag more). Two runs
+# cannot tell a wobble of 1/20 of the noise from luck (|z| < 0.05 has a 4% chance), four
+# nearly can (p ~2e-4): so a keep whose sd across seeds is under SEED_SUSPECT_RATIO of
+# the reference's (or whose spread has p < SEED_SUSPECT) waits for more seeds, up to
+# max_runs. That only costs runs: about one in five honest keeps at two runs takes another.
+SEED_LEVEL = 2e-4
+SEED_SUSPECT = 0.01
+SEED_SUSPECT_RATIO = 0.25
 _MASK31 = (1 << 31) - 1
 
 _FAILED = {
@@ -97,6 +120,17 @@ class _Stats:
     p: float | None = None  # H1: gain > min_effect
     p_worse: float | None = None  # H1: gain < 0
     ci: tuple[float, float] | None = None
+    seed: _Spread | None = None  # the candidate's spread against the reference's
+
+
+@dataclass(frozen=True)
+class _Spread:
+    """The candidate's spread across its runs against the reference noise (rule (3))."""
+
+    sd: float  # the candidate's sample sd
+    ref_sd: float  # the reference's pooled sd (> 0)
+    p: float  # P(a spread this small | it spreads like the reference), F(n_c - 1, df_ref)
+    identical: bool  # the candidate's values are identical (within REL_TOL)
 
 
 def _prefixed(status: str, reason: str) -> str:
@@ -139,6 +173,16 @@ def _constant(values: Sequence[float]) -> bool:
     return all(_same(v, values[0]) for v in values)
 
 
+def _pool(groups: Sequence[Sequence[float]]) -> tuple[float, int]:
+    """(pooled variance, df) of the groups of >= 2 values; (0.0, 0) when there are none.
+    Identical values (within REL_TOL) count as no variance at all, not as rounding noise."""
+    groups = [g for g in groups if len(g) >= 2]
+    df = sum(len(g) - 1 for g in groups)
+    if not df or all(_constant(g) for g in groups):
+        return 0.0, df
+    return sum((len(g) - 1) * statistics.variance(g) for g in groups) / df, df
+
+
 def _stats(
     cand: Sequence[float],
     inc: Sequence[float],
@@ -150,20 +194,28 @@ def _stats(
     gain = metric.gain(cm, im)
     if abs(gain) <= REL_TOL * max(abs(cm), abs(im)):
         gain = 0.0  # rounding in the means, not a difference
-    groups = [g for g in (cand, inc, *noise_groups) if len(g) >= 2]
-    if not groups:
+    var, df = _pool([inc, *noise_groups])  # the reference: everything but the candidate
+    seed = None
+    if len(cand) >= 2:
+        var_c = 0.0 if _constant(cand) else statistics.variance(cand)
+        if var > 0:
+            p_seed = float(stats.f.cdf(var_c / var, len(cand) - 1, df))
+            seed = _Spread(math.sqrt(var_c), math.sqrt(var), p_seed, _constant(cand))
+        if df:  # the candidate's runs may raise the noise estimate, never lower it
+            var_c = max(var_c, var)
+        df_c = len(cand) - 1
+        var, df = (var * df + var_c * df_c) / (df + df_c), df + df_c
+    if not df:
         return _Stats(gain, len(cand), len(inc))
-    df = sum(len(g) - 1 for g in groups)
-    if all(_constant(g) for g in groups):
-        return _Stats(gain, len(cand), len(inc), se=0.0, df=df, ci=(gain, gain))
-    ss = sum((len(g) - 1) * statistics.variance(g) for g in groups)
-    se = math.sqrt(ss / df) * math.sqrt(1 / len(cand) + 1 / len(inc))
+    if var == 0:
+        return _Stats(gain, len(cand), len(inc), se=0.0, df=df, ci=(gain, gain), seed=seed)
+    se = math.sqrt(var) * math.sqrt(1 / len(cand) + 1 / len(inc))
     half = float(stats.t.ppf(0.975, df)) * se
     return _Stats(
         gain, len(cand), len(inc), se=se, df=df,
         p=float(stats.t.sf((gain - min_effect) / se, df)),
         p_worse=float(stats.t.cdf(gain / se, df)),
-        ci=(gain - half, gain + half),
+        ci=(gain - half, gain + half), seed=seed,
     )  # fmt: skip
 
 
@@ -221,6 +273,8 @@ def judge(
 
     `noise_groups`: ok metric values of other experiments, one group per experiment (only
     groups of >= 2 values count); they sharpen the noise estimate and never move a mean.
+    They must not hold the candidate's own runs (nor those of an earlier try of the same
+    change): those would let it set its own bar, which `judge` otherwise refuses.
     `min_runs`: runs before a keep (None: spec.min_runs); capped at spec.max_runs.
     """
     if not candidate or not incumbent:
@@ -251,11 +305,39 @@ def judge(
     if breach:
         return out(Verdict.DISCARD, breach)
     seeds = {r.seed for r in ok}
-    if len(seeds) >= 2 and _constant(vals) and not _constant(inc):
-        return out(Verdict.INVALID, f"metric {vals[0]:.6g} did not move under {len(seeds)} "
-                   "different harness seeds while the incumbent's did", ("ignores-seed",))  # fmt: skip
+    spread = st.seed if len(seeds) >= 2 else None
+    if spread is not None and spread.p < SEED_LEVEL:
+        if spread.identical:
+            why = (
+                f"metric {vals[0]:.6g} did not move under {len(seeds)} different harness "
+                "seeds while the incumbent's did"
+            )
+        else:
+            why = (
+                f"metric barely moved under {len(seeds)} different harness seeds: sd "
+                f"{spread.sd:.3g}, {_times(spread)} times less than the noise floor's "
+                f"{spread.ref_sd:.3g} (p={spread.p:.2g})"
+            )
+        return out(Verdict.INVALID, why, ("ignores-seed",))
     least = min(spec.min_runs if min_runs is None else min_runs, spec.max_runs)
-    return _decide(st, spec, least, candidate_size, incumbent_size, out)
+    j = _decide(st, spec, least, candidate_size, incumbent_size, out)
+    if (
+        j.verdict is Verdict.KEEP
+        and spread is not None
+        and (spread.p < SEED_SUSPECT or spread.sd < SEED_SUSPECT_RATIO * spread.ref_sd)
+        and st.n_c < spec.max_runs
+    ):  # too steady to keep on this evidence: one more seed decides (rule (3) or a keep)
+        return out(
+            Verdict.MORE,
+            f"{j.reason}; but its sd across seeds is {_times(spread)} times less than the "
+            f"noise floor's (p={spread.p:.2g}): more seeds first",
+        )
+    return j
+
+
+def _times(spread: _Spread) -> str:
+    """How many times smaller the candidate's spread is than the reference's, for a reason."""
+    return f"{spread.ref_sd / spread.sd:.3g}" if spread.sd > 0 else "infinitely many"
 
 
 def keep_threshold(
