@@ -19,6 +19,7 @@ import click
 from rsilab import __version__
 from rsilab.config import TaskSpec, parse_override
 from rsilab.errors import ConfigError, RsilabError
+from rsilab.inert import inert
 
 if TYPE_CHECKING:  # imported lazily at run time: `rsilab --help` stays fast
     from rsilab.run.bench import Bench
@@ -35,7 +36,7 @@ def friendly(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except RsilabError as e:
-            click.echo(f"rsilab: {e}", err=True)
+            click.echo(f"rsilab: {inert(e)}", err=True)  # it may quote a file name
             sys.exit(e.exit_code)
         except KeyboardInterrupt:
             click.echo(

@@ -20,6 +20,7 @@ from rsilab.cli.app import (
     set_option,
 )
 from rsilab.config import resolve_task_dir
+from rsilab.inert import say
 
 if TYPE_CHECKING:  # imported lazily at run time: `rsilab --help` stays fast
     pass
@@ -90,7 +91,7 @@ def collapse(
             task_name=task_name,
             overrides=parse_overrides(sets),
             preset=preset,
-            notify=click.echo,
+            notify=say,
         )
         for problem in got.problems:
             click.echo(f"  problem: {problem}")
@@ -109,7 +110,7 @@ def collapse(
         temperature=temperature,
         size=parse_size(size),
         preset=preset,
-        notify=click.echo,
+        notify=say,
     )
     rows = study.run()
     click.echo(write_report(study, rows))
@@ -203,7 +204,7 @@ def score(
             commit=commit,
             compare_dirs=list(compare_dirs),
             reference_folder=reference_dir,
-            notify=click.echo,
+            notify=say,
         )
     click.echo(format_table(report))
     click.echo(f"wrote {ws.root / SCORE_FILE}")
@@ -290,7 +291,7 @@ def meta(
             train_data=bench.train_data,
             val_data=bench.val_data,
             executor=bench.executor,
-            notify=click.echo,
+            notify=say,
         )
         state = m.run(generations, strategies)
     click.echo(format_table(state))

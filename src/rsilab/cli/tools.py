@@ -19,6 +19,7 @@ from rsilab.cli.app import (
     set_option,
 )
 from rsilab.config import resolve_task_dir
+from rsilab.inert import inert, inert_lines
 
 if TYPE_CHECKING:  # imported lazily at run time: `rsilab --help` stays fast
     pass
@@ -108,10 +109,10 @@ def train(
     click.echo(f"{'isolation:':<18} {r.isolation}")
     click.echo(f"{'log:':<18} {r.log_path}")
     if not r.ok:
-        click.echo(f"reason:            {r.reason}")
+        click.echo(f"reason:            {inert(r.reason)}")
         if r.log_tail:
             click.echo("--- last lines of the log ---")
-            click.echo(r.log_tail)
+            click.echo(inert_lines(r.log_tail))
         sys.exit(1)
 
 

@@ -4,6 +4,10 @@ On a terminal it is a rich panel (current experiment and how long it has run, be
 against the baseline, kept / discarded / failed counts, experiments per hour, the last
 decision). Elsewhere (a log file, CI, `nohup`) it prints one timestamped line per message,
 so an overnight log stays readable.
+
+Every message and label here comes from runs and proposers (descriptions, reasons), so it
+is shown inert (rsilab.inert: no escape codes, one line each) and, in the panel, as rich
+`Text`, never as markup: a description `[/red]` is shown, not parsed.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import time
 from types import TracebackType
 from typing import TYPE_CHECKING
 
+from rsilab.inert import inert
 from rsilab.loop.supervisor import Progress
 
 if TYPE_CHECKING:
@@ -58,30 +63,37 @@ class LiveView:
 
     def __call__(self, message: str, progress: Progress) -> None:
         stamp = time.strftime("%H:%M:%S")
-        if message:  # an empty message only asks for a re-render (the workers changed)
-            self.lines = (self.lines + [f"{stamp} {message}"])[-8:]
+        shown = inert(message)
+        if shown:  # an empty message only asks for a re-render (the workers changed)
+            self.lines = (self.lines + [f"{stamp} {shown}"])[-8:]
         if self._live is not None:
             self._live.update(self._render(progress))
-        elif message:
-            print(f"{stamp} {message}", flush=True)
+        elif shown:
+            print(f"{stamp} {shown}", flush=True)
 
     def _render(self, p: Progress) -> Panel:
         from rich.panel import Panel
         from rich.table import Table
+        from rich.text import Text
+
+        def text(s: str) -> Text:  # plain text: brackets are shown, never parsed as markup
+            return Text(s)
 
         hours = max(time.time() - p.started, 1.0) / 3600
         grid = Table.grid(padding=(0, 2))
         grid.add_column(style="bold")
         grid.add_column()
         now = time.time()
-        running = [f"{w.node:<16} {w.label} ({now - w.since:.0f} s)" for w in p.workers]
+        running = [
+            f"{inert(w.node):<16} {inert(w.label)} ({now - w.since:.0f} s)" for w in p.workers
+        ]
         if not running and p.current:
-            running = [f"{p.current} ({now - p.current_since:.0f} s)"]
+            running = [f"{inert(p.current)} ({now - p.current_since:.0f} s)"]
         grid.add_row(
-            f"workers ({len(p.workers)})" if p.workers else "now", "\n".join(running) or "-"
+            f"workers ({len(p.workers)})" if p.workers else "now", text("\n".join(running) or "-")
         )
         if p.proposing:
-            grid.add_row("proposing", ", ".join(p.proposing))
+            grid.add_row("proposing", text(", ".join(inert(n) for n in p.proposing)))
         gain = f" (baseline {_fmt(p.baseline)})" if p.baseline is not None else ""
         grid.add_row(f"best {self.metric}", _fmt(p.best) + gain)
         grid.add_row(
@@ -89,8 +101,9 @@ class LiveView:
             f"{p.experiments}: {p.kept} kept, {p.discarded} discarded, "
             f"{p.failed} failed; {p.experiments / hours:.1f}/hour",
         )
-        grid.add_row("last", p.last or "-")
+        grid.add_row("last", text(inert(p.last) or "-"))
         if self.isolation:
-            grid.add_row("sandbox", self.isolation)
-        grid.add_row("log", "\n".join(self.lines[-6:]))
-        return Panel(grid, title=f"rsilab run · {self.workspace}", subtitle="Ctrl-C stops cleanly")
+            grid.add_row("sandbox", text(inert(self.isolation)))
+        grid.add_row("log", text("\n".join(self.lines[-6:])))
+        title = text(f"rsilab run · {inert(self.workspace)}")
+        return Panel(grid, title=title, subtitle="Ctrl-C stops cleanly")
