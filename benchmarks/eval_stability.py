@@ -54,7 +54,7 @@ class Scored:
 
 
 def score(
-    artifact: Path, val: Path, n_bytes: int, *, threads: int, probes: int, seed: int, work: Path
+    artifact: Path, val: Path, n_bytes: int, *, threads: int, probes: int, work: Path
 ) -> Scored:
     """One sealed-evaluator process on `artifact` with `n_bytes` validation bytes."""
     out = work / f"metrics-{n_bytes}.json"
@@ -69,8 +69,6 @@ def score(
         str(val),
         "--out",
         str(out),
-        "--seed",
-        str(seed),
         "--threads",
         str(threads),
         "--bytes",
@@ -208,7 +206,6 @@ def main() -> None:
                     n,
                     threads=task.threads,
                     probes=task.eval.probes,
-                    seed=args.seed,
                     work=work,
                 )
                 for _ in range(max(1, args.repeats))

@@ -161,7 +161,7 @@ def _reference_bpb(model: nn.Module, windows: list[bytes]) -> float:
 
 def test_uniform_logits_score_exactly_8_bits(artifact: Path, val_path: Path) -> None:
     _save(Uniform())
-    result = evaluate.evaluate(artifact, val_path, n_bytes=500, probes=4, seed=0)
+    result = evaluate.evaluate(artifact, val_path, n_bytes=500, probes=4)
     assert abs(result["val_bpb"] - 8.0) < 1e-9
     assert result["context"] == SEQ and result["batch"] == BATCH
     assert result["eval_tokens"] == math.ceil(500 / SEQ) * SEQ
@@ -190,7 +190,7 @@ def test_trained_model_matches_independent_cross_entropy(artifact: Path, val_pat
     # 37 windows: not a multiple of the batch (padding path); then every start (capped).
     for n_bytes in (37 * SEQ - 5, 10**6):
         windows = _expected_windows(val, n_bytes, SEQ)
-        result = evaluate.evaluate(artifact, val_path, n_bytes=n_bytes, probes=4, seed=0)
+        result = evaluate.evaluate(artifact, val_path, n_bytes=n_bytes, probes=4)
         assert result["eval_tokens"] == len(windows) * SEQ
         assert abs(result["val_bpb"] - _reference_bpb(model, windows)) < 1e-6
         assert result["val_bpb"] < 6.0
@@ -203,7 +203,7 @@ def test_trained_model_matches_independent_cross_entropy(artifact: Path, val_pat
 def test_refuses_a_model_that_sees_the_future(artifact: Path, val_path: Path) -> None:
     _save(PeeksAhead())
     with pytest.raises(evaluate.Refused, match="causal"):
-        evaluate.evaluate(artifact, val_path, n_bytes=200, probes=4, seed=0)
+        evaluate.evaluate(artifact, val_path, n_bytes=200, probes=4)
 
 
 def test_refuses_a_model_that_mutates_a_buffer(artifact: Path, val_path: Path) -> None:
@@ -212,7 +212,7 @@ def test_refuses_a_model_that_mutates_a_buffer(artifact: Path, val_path: Path) -
     # torch.export may or may not declare the mutation; the evaluator must catch it anyway.
     declared = bool(program.graph_signature.buffers_to_mutate)
     with pytest.raises(evaluate.Refused) as refused:
-        evaluate.evaluate(artifact, val_path, n_bytes=200, probes=4, seed=0)
+        evaluate.evaluate(artifact, val_path, n_bytes=200, probes=4)
     reason = str(refused.value)
     assert "pure function of its input" in reason
     if not declared:  # the path the notes describe: caught by comparing state around calls
@@ -222,14 +222,14 @@ def test_refuses_a_model_that_mutates_a_buffer(artifact: Path, val_path: Path) -
 def test_refuses_a_missing_model(artifact: Path, val_path: Path) -> None:
     artifact.mkdir()
     with pytest.raises(evaluate.Refused, match=r"no exported model .*save_model"):
-        evaluate.evaluate(artifact, val_path, n_bytes=200, probes=4, seed=0)
+        evaluate.evaluate(artifact, val_path, n_bytes=200, probes=4)
 
 
 def test_refuses_an_unreadable_model(artifact: Path, val_path: Path) -> None:
     artifact.mkdir()
     (artifact / harness.MODEL_FILE).write_bytes(b"not a zip archive")
     with pytest.raises(evaluate.Refused, match="cannot load the exported model"):
-        evaluate.evaluate(artifact, val_path, n_bytes=200, probes=4, seed=0)
+        evaluate.evaluate(artifact, val_path, n_bytes=200, probes=4)
 
 
 def test_refuses_logits_of_the_wrong_shape(artifact: Path, val_path: Path) -> None:
@@ -238,13 +238,13 @@ def test_refuses_logits_of_the_wrong_shape(artifact: Path, val_path: Path) -> No
         evaluate.Refused,
         match=rf"logits of shape \({BATCH}, {SEQ}, 256\), got \({BATCH}, {SEQ}, 128\)",
     ):
-        evaluate.evaluate(artifact, val_path, n_bytes=200, probes=4, seed=0)
+        evaluate.evaluate(artifact, val_path, n_bytes=200, probes=4)
 
 
 def test_refuses_a_tuple_output(artifact: Path, val_path: Path) -> None:
     _save(ReturnsTuple())
     with pytest.raises(evaluate.Refused, match="one logits tensor, not a tuple"):
-        evaluate.evaluate(artifact, val_path, n_bytes=200, probes=4, seed=0)
+        evaluate.evaluate(artifact, val_path, n_bytes=200, probes=4)
 
 
 # --- the process contract ------------------------------------------------------------
@@ -292,5 +292,5 @@ def test_cli_scores_with_exit_0_and_refuses_with_exit_3(
 
     assert procs["bad"].returncode == evaluate.EXIT_REFUSED == 3, streams["bad"][1]
     figures = json.loads((tmp_path / "bad.json").read_text())
-    assert set(figures) == {"refused"} and "causal" in figures["refused"]
+    assert set(figures) == {"refused", "eval_secret"} and "causal" in figures["refused"]
     assert "refused:" in streams["bad"][1]

@@ -46,7 +46,9 @@ class JudgeSpec:
 @dataclass(frozen=True)
 class EvalSpec:
     bytes: int = 131072  # validation bytes the sealed evaluator scores
-    probes: int = 4  # causality probes
+    # Causality probes per kind (random bytes, validation text), at least 64: each cuts one
+    # row at a secret position; every position of the context is cut once before any twice.
+    probes: int = 256
 
 
 @dataclass(frozen=True)
