@@ -310,8 +310,11 @@ class Workspace:
             except OSError as e:  # a folder or a special file in its place
                 return f"{rel}: cannot be written as a regular file ({e.strerror})"
             with os.fdopen(fd, "w") as f:
-                if not stat.S_ISREG(os.fstat(fd).st_mode):
+                st = os.fstat(fd)
+                if not stat.S_ISREG(st.st_mode):
                     return f"{rel} is a special file (a proposal writes regular files only)"
+                if st.st_nlink != 1:  # a second name of another file: writing would change it
+                    return f"{rel} is a hard link (a proposal writes regular files only)"
                 os.set_blocking(fd, True)
                 os.ftruncate(fd, 0)
                 f.write(content)
@@ -424,14 +427,16 @@ def _changed_paths(worktree: Path) -> list[str]:
 
 
 def _file_kind(path: Path) -> str:
-    """What `path` itself is (lstat, no link followed): file, missing, symlink, folder or
-    special file."""
+    """What `path` itself is (lstat, no link followed): file, missing, symlink, hard link (a
+    regular file with a second name: its content is another file's, e.g. the validation
+    split's), folder or special file."""
     try:
-        mode = os.lstat(path).st_mode
+        st = os.lstat(path)
     except FileNotFoundError:
         return "missing"
+    mode = st.st_mode
     if stat.S_ISREG(mode):
-        return "file"
+        return "file" if st.st_nlink == 1 else "hard link"
     if stat.S_ISLNK(mode):
         return "symlink"
     return "folder" if stat.S_ISDIR(mode) else "special file"

@@ -109,6 +109,14 @@ def _nested_repo(work: Path) -> None:
     subprocess.run(["git", "init", "-q"], cwd=work / "train.py", check=True)
 
 
+def _hard_link(secret: Path) -> Edit:
+    def edit(work: Path) -> None:  # an agent runs as the supervisor's user: it can
+        (work / "train.py").unlink()
+        os.link(secret, work / "train.py")
+
+    return edit
+
+
 def _fifo(work: Path) -> None:
     (work / "train.py").unlink()
     os.mkfifo(work / "train.py")
@@ -165,6 +173,24 @@ def link_attacks(root: Path) -> list[tuple[Attack, Edit | None]]:
                 r"makes train\.py a folder",
             ),
             _nested_repo,
+        ),
+        (
+            Attack(
+                "agent: train.py a hard link to the validation split",
+                {},
+                ("invalid",),
+                r"makes train\.py a hard link",
+            ),
+            _hard_link(secret),
+        ),
+        (
+            Attack(
+                "agent hard-links train.py, the LLM edit writes through it",
+                {"train.py": POOR + f"# {SECRET}\n"},
+                ("invalid",),
+                r"train\.py is a hard link",
+            ),
+            _hard_link(victim),
         ),
         (
             Attack("agent: train.py a FIFO", {}, ("invalid",), r"makes train\.py a special file"),
@@ -288,7 +314,7 @@ def test_link_attack_is_caught(link_lab: tuple[Lab, LinkProposer], cls: str) -> 
     for run in out.runs:
         assert SECRET not in run.log_tail and SECRET not in run.reason
     assert SECRET not in out.experiment.reason and SECRET not in out.experiment.diff
-    if cls == "agent links train.py, the LLM edit writes through it":
+    if "the LLM edit writes through it" in cls:
         victim = lab.ws.root.parent / "victim.txt"
         assert victim.read_text() == "the victim's own content\n"
 
