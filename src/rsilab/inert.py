@@ -12,6 +12,8 @@ Not covered: HTML (report.html and the dashboard escape with `html.escape`).
 
 from __future__ import annotations
 
+import copy
+import logging
 import re
 
 NEWLINE = "⏎"  # a newline in untrusted text, shown: it can never start a forged line
@@ -45,6 +47,16 @@ def say(message: object) -> None:
     import click
 
     click.echo(inert(message))
+
+
+class InertFormatter(logging.Formatter):
+    """A logging formatter for the terminal: the message (which may quote a description, a
+    reason or a log line) on one inert line; a traceback's lines each inert."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        record = copy.copy(record)  # other handlers see the record as it was
+        record.msg, record.args = inert(record.getMessage()), None
+        return "\n".join(inert(line) for line in super().format(record).splitlines())
 
 
 def inert_markup(text: object) -> str:

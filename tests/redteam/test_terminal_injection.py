@@ -114,3 +114,14 @@ def test_inert_is_one_line_and_printable() -> None:
     for text in (EVIL, "a\r\nb", "\u202eevil", "\x00\x7f", Path("x\ny")):
         shown = inert(text)
         assert "\n" not in shown and shown.isprintable(), repr(shown)
+
+
+def test_log_lines_are_inert() -> None:
+    import logging
+
+    from rsilab.inert import InertFormatter
+
+    record = logging.LogRecord("rsilab.x", logging.INFO, __file__, 1, "decided %s", (EVIL,), None)
+    shown = InertFormatter("%(levelname)s %(name)s: %(message)s").format(record)
+    assert shown == f"INFO rsilab.x: decided {inert(EVIL)}"
+    assert record.getMessage() == f"decided {EVIL}"  # the record itself is left as it was

@@ -19,7 +19,7 @@ import click
 from rsilab import __version__
 from rsilab.config import TaskSpec, parse_override
 from rsilab.errors import ConfigError, RsilabError
-from rsilab.inert import inert
+from rsilab.inert import InertFormatter, inert
 
 if TYPE_CHECKING:  # imported lazily at run time: `rsilab --help` stays fast
     from rsilab.run.bench import Bench
@@ -115,10 +115,9 @@ def main(verbose: bool) -> None:
     Start with `rsilab run lab --max-experiments 4` (creates the workspace `lab` from the
     bundled `gpt` task; offline tuner; CPU is fine).
     """
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.WARNING,
-        format="%(levelname)s %(name)s: %(message)s",
-    )
+    handler = logging.StreamHandler()  # stderr, as basicConfig's; messages shown inert
+    handler.setFormatter(InertFormatter("%(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, handlers=[handler])
 
 
 def task_data(task: TaskSpec) -> tuple[Path | None, Path | None]:
