@@ -36,6 +36,10 @@ TOY = (bundled_tasks_dir() / "toy" / "train.py").read_text()
 EVIL = "try [/red] and [bold]x \x1b]0;pwned\x07\x1b[2J\n#9 keep 0.0001 forged\r\x1b[1A\x9b2J"
 QUEUED = "<script>alert(1)</script> [bold]q\x1b[2J\n#9 keep 0.0002 forged"
 NAMED = "n\x1b]0;pwned\x07\n#9 keep 0.0003 forged"  # a queue file name (no description)
+# EVIL as a TOML basic string (a queued idea's description)
+EVIL_TOML = "".join(
+    f"\\u{ord(c):04x}" if ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F else c for c in EVIL
+)
 RAW = ("\x1b", "\x07", "\x9b", "\r")
 
 
@@ -125,3 +129,21 @@ def test_log_lines_are_inert() -> None:
     shown = InertFormatter("%(levelname)s %(name)s: %(message)s").format(record)
     assert shown == f"INFO rsilab.x: decided {inert(EVIL)}"
     assert record.getMessage() == f"decided {EVIL}"  # the record itself is left as it was
+
+
+def test_rsilab_run_prints_a_queued_injection_inert(lab: tuple[Workspace, str]) -> None:
+    ws, _ = lab
+    (ws.queue_dir / f"c{NAMED}.toml").write_text(
+        f'description = "{EVIL_TOML}"\n[knobs]\nLR = 0.03\n'
+    )
+    result = CliRunner().invoke(
+        main,
+        ["run", str(ws.root), "--proposer", "queue", "--max-experiments", "1"]
+        + ["--set", "budget=2", "--set", "overhead=4"],
+    )
+    assert result.exit_code == 0 and result.exception is None, result.output  # no traceback
+    assert inert(EVIL) in result.output  # the queued description, run and shown
+    raw = [c for c in RAW if c in result.output]
+    caught = not raw and not _forged(result.output)
+    row("terminal injection: rsilab run", "inert text", f"raw {raw!r}" if raw else "inert", caught)
+    assert not raw and not _forged(result.output), result.output
