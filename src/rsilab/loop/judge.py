@@ -310,7 +310,7 @@ def judge(
         if spread.identical:
             why = (
                 f"metric {vals[0]:.6g} did not move under {len(seeds)} different harness "
-                "seeds while the incumbent's did"
+                "seeds while the noise floor's did"
             )
         else:
             why = (
