@@ -59,7 +59,7 @@ def forked_sharers() -> Iterator[subprocess.Popen[str]]:
         for _ in range(3):
             if os.fork() == 0:
                 break
-        print("ready", flush=True)
+        os.write(1, b"ready\\n")  # one write each: lines from 4 processes never interleave
         time.sleep(60)
         """,
         processes=4,
