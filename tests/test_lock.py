@@ -1,12 +1,13 @@
 """One supervisor per workspace (rsilab.loop.lock): a second holder is refused in one line
-that names the first; the lock is re-entrant in its process; a holder killed with SIGKILL
-leaves nothing that stops the next one."""
+that names the first; the lock is re-entrant in its thread, refused to another thread; a
+holder killed with SIGKILL leaves nothing that stops the next one."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
 import textwrap
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -66,3 +67,20 @@ def test_reentrant_in_its_process_and_released_after(tmp_path: Path) -> None:
             pass
         """)
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0  # free again
+
+
+def test_another_thread_of_the_holder_is_refused(tmp_path: Path) -> None:
+    errors: list[Exception] = []
+
+    def second() -> None:
+        try:
+            with lock.hold(tmp_path, Path("ws")):
+                pass
+        except WorkspaceError as e:
+            errors.append(e)
+
+    with lock.hold(tmp_path, Path("ws")):
+        thread = threading.Thread(target=second)
+        thread.start()
+        thread.join(timeout=30)
+    assert len(errors) == 1 and "another supervisor" in str(errors[0])

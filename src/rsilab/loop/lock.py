@@ -9,8 +9,9 @@ says who holds it (pid, host, since when). The kernel releases the lock when its
 dies, `kill -9` included, so a lock left behind is never stale: the next supervisor just
 takes it. The file's contents (the holder) are only for the message.
 
-The lock is per process and re-entrant within it: `rsilab run` takes it before it records
-anything and `Supervisor.run` takes it again (so every caller of the loop holds it). Other
+The lock is re-entrant in the thread that holds it: `rsilab run` takes it before it
+records anything and `Supervisor.run` takes it again (so every caller of the loop holds
+it); another thread of the same process is refused like another process. Other
 commands (`status`, `report`, `serve`, `audit`, `stop`) never take it: they only read, or
 post to the ledger and the control files the supervisor reads.
 
@@ -33,7 +34,7 @@ from rsilab.errors import WorkspaceError
 
 LOCK_FILE = "supervisor.lock"
 
-_held: dict[Path, tuple[int, int]] = {}  # lock file -> (fd, depth), in this process
+_held: dict[Path, tuple[int, int, int]] = {}  # lock file -> (fd, depth, holding thread)
 _guard = threading.Lock()
 
 
@@ -52,19 +53,25 @@ def hold(state: Path, root: Path) -> Iterator[None]:
     """Hold the supervisor lock of the workspace at `root` (its state folder `state`) for the
     body. Raises WorkspaceError (one line: who holds it) when another process does."""
     path = (state / LOCK_FILE).resolve()
+    me = threading.get_ident()
     with _guard:
         if path in _held:  # this process holds it already
-            fd, depth = _held[path]
-            _held[path] = (fd, depth + 1)
+            fd, depth, thread = _held[path]
+            if thread != me:
+                raise WorkspaceError(
+                    f"{root}: another supervisor is running on this workspace"
+                    f" (in this process, thread {thread})"
+                )
+            _held[path] = (fd, depth + 1, me)
         else:
-            _held[path] = (_take(path, root), 1)
+            _held[path] = (_take(path, root), 1, me)
     try:
         yield
     finally:
         with _guard:
-            fd, depth = _held.pop(path)
+            fd, depth, _ = _held.pop(path)
             if depth > 1:
-                _held[path] = (fd, depth - 1)
+                _held[path] = (fd, depth - 1, me)
             else:
                 os.close(fd)  # releases the flock
 
