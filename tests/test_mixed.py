@@ -41,7 +41,9 @@ class IdeaProposer:
 
 def test_tuner_retunes_after_a_kept_idea(tmp_path: Path) -> None:
     ws = init_workspace(tmp_path / "ws", resolve_task_dir("toy"), "mix")
-    task = ws.load_task([("tuner.follow", 2)])
+    # A 5-run noise floor, as in test_loop: the idea's gain (about 2 sd) is measured against
+    # others' noise (the judge never lets its own steadier runs lower its bar).
+    task = ws.load_task([("tuner.follow", 2), ("judge.noise_runs", 5)])
     ledger = Ledger(ws.ledger_path)
     sup = Supervisor(
         ws,
