@@ -449,3 +449,18 @@ def test_a_candidates_own_runs_never_lower_its_bar(noise: list[list[float]]) -> 
         widths[spread] = j.ci_high - j.effect
     assert all(widths[s] >= widths[1.0] * (1 - 1e-9) for s in widths)
     assert widths[2.0] > widths[1.0]  # a noisier candidate raises it
+
+
+def test_steady_session_runs_never_lower_the_bar_for_others() -> None:
+    # Earlier experiments that pinned their seed (discarded, not flagged) must not shrink
+    # the noise estimate a later candidate is judged against.
+    steady = [[0.9, 0.9 + 1e-6], [1.1, 1.1 - 2e-6], [0.95, 0.95 + 1e-6]] * 4
+    alone = judge(runs([0.985, 0.99]), INCUMBENT, MIN, SPEC)
+    polluted = judge(runs([0.985, 0.99]), INCUMBENT, MIN, SPEC, noise_groups=steady)
+    assert polluted.verdict is alone.verdict and polluted.p_value == alone.p_value
+    honest = [[1.1, 1.104], [0.9, 0.906], [1.0, 0.995]]
+    pooled = judge(runs([0.985, 0.99]), INCUMBENT, MIN, SPEC, noise_groups=honest + steady)
+    assert (
+        pooled.p_value
+        == judge(runs([0.985, 0.99]), INCUMBENT, MIN, SPEC, noise_groups=honest).p_value
+    )

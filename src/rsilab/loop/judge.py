@@ -11,7 +11,8 @@ below) -> INVALID, flag "ignores-seed"; (4) statistics.
 
 The reference is every measurement that is not the candidate's: the incumbent's values
 (the noise floor plus re-measurements) and `noise_groups`, every other repeated
-measurement of the session (the runs of one earlier experiment under different seeds).
+measurement of the session (the runs of one earlier experiment under different seeds),
+less those groups that barely moved against the incumbent's spread (`_steady_removed`).
 Rule (3) is a one-sided variance-ratio test: under "the candidate's runs spread like the
 reference's", s_c^2 / s_ref^2 follows F(n_c - 1, df_ref); a spread that small with p <
 SEED_LEVEL is flagged (a pinned seed plus a tiny seed-dependent wobble gets caught, not
@@ -183,6 +184,24 @@ def _pool(groups: Sequence[Sequence[float]]) -> tuple[float, int]:
     return sum((len(g) - 1) * statistics.variance(g) for g in groups) / df, df
 
 
+def _steady_removed(
+    noise_groups: Sequence[Sequence[float]], inc: Sequence[float]
+) -> list[Sequence[float]]:
+    """`noise_groups` without those that barely moved across their seeds, measured against
+    the incumbent's spread at SEED_SUSPECT: like a candidate's, such runs are no evidence
+    about the noise, and pooled they would lower the bar for every later candidate (earlier
+    experiments that pinned their seed but were discarded, not flagged, would do so)."""
+    inc_var, inc_df = _pool([inc])
+    if inc_var == 0:
+        return list(noise_groups)
+    kept: list[Sequence[float]] = []
+    for g in noise_groups:
+        var_g = statistics.variance(g) if len(g) >= 2 and not _constant(g) else 0.0
+        if len(g) < 2 or stats.f.cdf(var_g / inc_var, len(g) - 1, inc_df) >= SEED_SUSPECT:
+            kept.append(g)
+    return kept
+
+
 def _stats(
     cand: Sequence[float],
     inc: Sequence[float],
@@ -194,7 +213,8 @@ def _stats(
     gain = metric.gain(cm, im)
     if abs(gain) <= REL_TOL * max(abs(cm), abs(im)):
         gain = 0.0  # rounding in the means, not a difference
-    var, df = _pool([inc, *noise_groups])  # the reference: everything but the candidate
+    noise = _steady_removed(noise_groups, inc)
+    var, df = _pool([inc, *noise])  # the reference: everything but the candidate
     seed = None
     if len(cand) >= 2:
         var_c = 0.0 if _constant(cand) else statistics.variance(cand)
