@@ -84,3 +84,32 @@ def test_another_thread_of_the_holder_is_refused(tmp_path: Path) -> None:
         thread.start()
         thread.join(timeout=30)
     assert len(errors) == 1 and "another supervisor" in str(errors[0])
+
+
+def test_creating_waits_for_the_creator_and_leaves_no_empty_folder(tmp_path: Path) -> None:
+    new = tmp_path / "a" / "ws"
+    code = textwrap.dedent(f"""\
+        from pathlib import Path
+        from rsilab.loop import lock
+        with lock.creating(Path({str(new)!r})):
+            print("waited", flush=True)
+        """)
+    with lock.creating(new):
+        assert new.is_dir()
+        other = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+        try:  # it cannot get past the flock while this one is creating
+            other.wait(timeout=1.0)
+            pytest.fail("a second creator did not wait")
+        except subprocess.TimeoutExpired:
+            pass
+        (new / "made").write_text("")
+    assert other.communicate(timeout=30)[0] == "waited\n"
+    assert (new / "made").is_file()  # not empty: kept
+    (new / "made").unlink()
+    with lock.creating(new):
+        pass
+    assert new.is_dir()  # existed before: kept
+    gone = tmp_path / "b" / "ws"
+    with lock.creating(gone):
+        pass
+    assert not (tmp_path / "b").exists()  # made here and still empty: removed

@@ -152,3 +152,38 @@ def test_lock_left_by_kill_9_is_recovered(
     assert "interrupted" in restart.stdout, restart.stdout
     assert audit.returncode == 0, audit
     assert live_worktrees(ws) == []
+
+
+def test_two_first_runs_on_one_new_folder_make_one_workspace(tmp_path: Path) -> None:
+    """Both create it at once: one creates it and works, the other waits for the creation
+    and is refused (or, if the first was done by then, finds its baseline)."""
+    env = {**os.environ, "RSILAB_HOME": str(tmp_path / "home")}
+    (tmp_path / "home").mkdir()
+    ws = tmp_path / "new"
+    cmd = [sys.executable, "-m", "rsilab.cli", RUN[0], str(ws), *RUN[1:]]
+    cmd += ["--tag", "rt", "--set", "budget=2", "--max-experiments", "0"]
+    both = [
+        subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
+    said = [p.communicate(timeout=300) for p in both]
+    codes = sorted(p.returncode for p in both)
+    audit = rsilab("audit", str(ws), env=env)
+    exps, _, _ = state(ws)
+    refusals = [err for p, (_, err) in zip(both, said, strict=True) if p.returncode == 2]
+    ok = (
+        codes in ([0, 2], [0, 0])
+        and all("another supervisor" in err for err in refusals)
+        and [kind for _, kind, _ in exps] == ["baseline"]
+        and audit.returncode == 0
+    )
+    row(
+        f"{CLASS}: two first runs on one new folder",
+        "one workspace, one baseline; the other refused (exit 2) or resumed",
+        f"exits {codes}; experiments {[kind for _, kind, _ in exps]}; audit exit {audit.returncode}",
+        ok,
+    )
+    assert codes in ([0, 2], [0, 0]), said
+    assert all("another supervisor" in err for err in refusals), refusals
+    assert [kind for _, kind, _ in exps] == ["baseline"], exps
+    assert audit.returncode == 0, audit

@@ -15,6 +15,10 @@ it); another thread of the same process is refused like another process. Other
 commands (`status`, `report`, `serve`, `audit`, `stop`) never take it: they only read, or
 post to the ledger and the control files the supervisor reads.
 
+Two first `rsilab run`s on one new folder would both create the workspace in it: creation
+takes `creating`, an flock on the folder itself, and checks again under it whether the
+workspace exists.
+
 Not covered: a workspace on a network filesystem whose flock is not shared between hosts.
 """
 
@@ -95,3 +99,24 @@ def _take(path: Path, root: Path) -> int:
     os.ftruncate(fd, 0)
     os.pwrite(fd, (json.dumps(info) + "\n").encode(), 0)
     return fd
+
+
+@contextlib.contextmanager
+def creating(directory: Path) -> Iterator[None]:
+    """Hold an exclusive flock on `directory` (created if missing) for the body, waiting for
+    another process that holds it: the one who creates a workspace there. The caller checks
+    again, under it, whether the workspace exists. Folders made here are removed again if
+    they are still empty at the end (a creation that failed leaves nothing behind)."""
+    made = [d for d in (directory, *directory.parents) if not d.exists()]  # deepest first
+    directory.mkdir(parents=True, exist_ok=True)
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # a creation takes seconds: wait, then look again
+        yield
+    finally:
+        for folder in made:
+            try:
+                folder.rmdir()  # only if empty: never what another process put there
+            except OSError:
+                break
+        os.close(fd)
