@@ -26,9 +26,11 @@ from rsilab.cli.app import (
 )
 from rsilab.config import TaskSpec, resolve_task_dir
 from rsilab.errors import ConfigError
+from rsilab.inert import inert
 
 if TYPE_CHECKING:  # imported lazily at run time: `rsilab --help` stays fast
     from rsilab.loop.limits import Limits
+    from rsilab.workspace import Workspace
 
 
 @main.command()
@@ -205,6 +207,53 @@ def _research(
 ) -> TaskSpec:
     """`rsilab run` (and, with `baseline_only`, `rsilab baseline`): open or create the
     workspace, record the overrides, run the supervisor until a stop rule; returns the task."""
+    from rsilab.loop import lock
+    from rsilab.workspace import STATE_DIR, init_workspace, open_workspace
+
+    if require_sandbox:  # before anything is created or run
+        isolation_for(True)
+    created = directory / STATE_DIR / "workspace.json"
+    if not created.is_file():
+        _check_before_creating(
+            directory, task_name, proposer, sets, ladder, workers, executor_name, address
+        )
+        with lock.creating(directory):  # another `rsilab run` may be creating it right now
+            if not created.is_file():
+                ws = init_workspace(directory, resolve_task_dir(task_name), tag or _default_tag())
+                click.echo(f"created workspace {ws.root} on branch {ws.branch}")
+    ws = open_workspace(directory)
+    # One supervisor per workspace, from before this one records anything (its overrides)
+    # to its exit; a second `rsilab run` is refused in one line (exit 2).
+    with lock.hold(ws.state, ws.root):
+        return _research_locked(
+            ws,
+            proposer,
+            limits,
+            preset,
+            ladder,
+            workers,
+            executor_name,
+            address,
+            sets,
+            require_sandbox,
+            baseline_only,
+        )
+
+
+def _research_locked(
+    ws: Workspace,
+    proposer: str | None,
+    limits: Limits,
+    preset: str | None,
+    ladder: str | None,
+    workers: str | None,
+    executor_name: str,
+    address: str | None,
+    sets: tuple[str, ...],
+    require_sandbox: bool,
+    baseline_only: bool,
+) -> TaskSpec:
+    """The rest of `_research`, with this process holding the workspace's supervisor lock."""
     from rsilab import harness
     from rsilab.loop.supervisor import Supervisor
     from rsilab.proposers import choice as proposer_choice
@@ -212,17 +261,7 @@ def _research(
     from rsilab.record.ledger import Ledger
     from rsilab.report.live import LiveView
     from rsilab.run import sandbox
-    from rsilab.workspace import STATE_DIR, init_workspace, open_workspace
 
-    if require_sandbox:  # before anything is created or run
-        isolation_for(True)
-    if not (directory / STATE_DIR / "workspace.json").is_file():
-        _check_before_creating(
-            directory, task_name, proposer, sets, ladder, workers, executor_name, address
-        )
-        ws = init_workspace(directory, resolve_task_dir(task_name), tag or _default_tag())
-        click.echo(f"created workspace {ws.root} on branch {ws.branch}")
-    ws = open_workspace(directory)
     preset = preset or harness.preset()
     with Ledger(ws.ledger_path) as ledger:
         task, in_force = ws.research_task(ledger, sets, preset)
@@ -265,7 +304,7 @@ def _research(
         finally:  # also on Ctrl-C: results.tsv always matches the ledger
             ledger.export_tsv(ws.root / "results.tsv", task.metric.name)
         if not baseline_only:
-            click.echo(f"stopped: {reason}")
+            click.echo(f"stopped: {inert(reason)}")
             _print_status(ledger, task.metric.name, ws.root)
     return task
 
@@ -284,7 +323,7 @@ def _print_noise_floor(ledger: Any, task: TaskSpec) -> None:
     who = (
         "baseline"
         if inc.id == ledger.experiments()[0].id
-        else f"incumbent #{inc.id} ({inc.description})"
+        else f"incumbent #{inc.id} ({inert(inc.description)})"
     )
     if len(values) < 2:
         click.echo(
@@ -383,14 +422,15 @@ def _print_status(ledger: Any, metric: str, root: Path, recent: int = 10) -> Non
         row[1] += e.status == "keep"
     if len(by) > 1:
         click.echo(
-            "by proposer: " + ", ".join(f"{p} {n} ({k} kept)" for p, (n, k) in sorted(by.items()))
+            "by proposer: "
+            + ", ".join(f"{inert(p)} {n} ({k} kept)" for p, (n, k) in sorted(by.items()))
         )
     if inc is not None and base.metric is not None:
         vals = ledger.incumbent_values()
         best = sum(vals) / len(vals) if vals else inc.metric
         click.echo(
             f"baseline {metric} {base.metric:.4f} -> incumbent #{inc.id} {best:.4f} "
-            f"({inc.commit[:7]}: {inc.description})"
+            f"({inc.commit[:7]}: {inert(inc.description)})"
         )
     end = max(e.decided_at or e.started_at for e in exps)
     hours = (end - base.started_at) / 3600
@@ -414,13 +454,13 @@ def _print_status(ledger: Any, metric: str, root: Path, recent: int = 10) -> Non
     for r in flying:
         since = time.strftime("%H:%M:%S", time.localtime(r.since))
         click.echo(
-            f"  {r.node or '-':<18} #{r.experiment_id:<4} {r.label} since {since} "
-            f"({time.time() - r.since:.0f} s) [{r.proposer}] {r.description}"
+            f"  {inert(r.node or '-'):<18} #{r.experiment_id:<4} {inert(r.label)} since {since} "
+            f"({time.time() - r.since:.0f} s) [{inert(r.proposer)}] {inert(r.description)}"
         )
     click.echo("recent:")
     for e in exps[-recent:]:
         value = f"{e.metric:.4f}" if e.metric is not None else "   -  "
-        click.echo(f"  #{e.id:<4} {e.status:<11} {value}  {e.description}")
+        click.echo(f"  #{e.id:<4} {e.status:<11} {value}  {inert(e.description)}")
 
 
 @main.command()
@@ -452,7 +492,7 @@ def audit(directory: Path, live: bool) -> None:
     with Ledger(ws.ledger_path) as ledger:
         found = do_audit(ws, ledger, live=live)
     for problem in found.problems:
-        click.echo(problem)
+        click.echo(inert(problem))  # it may quote a description or a file name
     summary = f"{found.experiments} experiments ({found.kept} kept), {found.runs} runs"
     if found.problems:
         click.echo(f"audit: {len(found.problems)} inconsistencies in {summary}", err=True)

@@ -51,7 +51,8 @@ from typing import Any, Protocol
 from rsilab import provenance
 from rsilab.config import TaskSpec
 from rsilab.errors import RsilabError
-from rsilab.loop import resume
+from rsilab.fsio import read_regular
+from rsilab.loop import lock, resume
 from rsilab.loop.controls import Controls
 from rsilab.loop.judge import (
     Judgement,
@@ -221,13 +222,19 @@ class Supervisor:
         """Metric values of an experiment's ok runs (trials and rechecks), in run order."""
         return [r.metric for r in self.ledger.runs(exp_id) if r.ok and r.metric is not None]
 
-    def _noise_groups(self, *exclude: int) -> list[list[float]]:
-        """Ok metric values of each judged (keep/discard) experiment with >= 2 of them.
+    def _noise_groups(self, candidate: int, incumbent: int) -> list[list[float]]:
+        """Ok metric values of each judged (keep/discard) experiment with >= 2 of them, for
+        judging experiment `candidate` against `incumbent`.
 
         Repeats of one commit under different seeds: the judge pools them into its noise
         estimate. Crashed and invalid experiments are left out (a metric that ignores the
-        seed would fake a low noise).
+        seed would fake a low noise), and so are the incumbent (the judge has its values,
+        rechecks included) and the candidate's own runs: its experiment, trials and
+        rechecks alike, and every earlier try of the same change that was re-applied as it
+        (its runs are the candidate's too; pooled, a candidate that pins its seed would
+        lower its own bar).
         """
+        exclude = {incumbent, *self._tries(candidate)}
         judged = {
             e.id
             for e in self.ledger.experiments()
@@ -238,6 +245,16 @@ class Supervisor:
             if r.experiment_id in judged and r.ok and r.metric is not None:
                 groups.setdefault(r.experiment_id, []).append(r.metric)
         return [g for g in groups.values() if len(g) >= 2]
+
+    def _tries(self, exp_id: int) -> set[int]:
+        """`exp_id` and the experiments it re-applies (a re-application's lineage parent is
+        the earlier try of the same change, see `_reapply`), back to the first try."""
+        earlier = {e.experiment_id: e.parent for e in self.ledger.lineage() if e.merged_onto}
+        tries = {exp_id}
+        while (parent := earlier.get(exp_id)) is not None and parent not in tries:
+            tries.add(parent)
+            exp_id = parent
+        return tries
 
     def _open_experiment(
         self,
@@ -445,10 +462,10 @@ class Supervisor:
         program_path = self.ws.root / self.task.program
         program = program_path.read_text() if program_path.is_file() else ""
         in_flight = [f.proposal for f in self._flights if f.kind == "trial"]
-        ideas = [
-            (path, path.read_text(errors="replace"))
-            for path in sorted(self.ws.queue_dir.glob("*.idea.md"))
-        ]
+        # Never through a link (an agent editing outside the sandbox could plant one there):
+        # the text goes into an LLM's prompt.
+        queued = {p: read_regular(p) for p in sorted(self.ws.queue_dir.glob("*.idea.md"))}
+        ideas = [(p, raw.decode(errors="replace")) for p, raw in queued.items() if raw is not None]
         return Context(
             files=files,
             metric=self.metric,
@@ -957,8 +974,10 @@ class Supervisor:
 
     def run(self) -> str:
         """Loop until a stop rule; returns why it stopped. Ctrl-C propagates after cleanup:
-        the runs in flight are cancelled and their experiments recorded as interrupted."""
-        with interrupt_once():
+        the runs in flight are cancelled and their experiments recorded as interrupted.
+        Raises WorkspaceError, before touching anything, when another process runs a
+        supervisor on this workspace (lock.py)."""
+        with lock.hold(self.ws.state, self.ws.root), interrupt_once():
             reason = self._run()
         self._event("stop", f"stopped: {reason}")
         return reason

@@ -1,12 +1,12 @@
 """A process and its watchdogs. Owns: starting a command in its own session, the wall-clock
-limit, the memory (RSS) and process-count watchdogs over its whole tree, and killing it.
+limit, the memory and process-count watchdogs over its whole tree, and killing it.
 
 `run_process` runs one command to the end and returns a `ProcessOutcome` (never raises for
 what the command does): past `timeout` it gets SIGTERM, then SIGKILL after GRACE_SECONDS;
 the watchdogs read /proc every WATCH_SECONDS and kill the session past `memory_cap_gb`
-(summed RSS of every member, in or out of a sandbox) or `max_procs` tasks. Every process
-started here asks the kernel to kill it when its parent dies (`die_with_parent`), so
-`kill -9` of rsilab takes its runs down with it.
+(the memory every member holds, in or out of a sandbox, shared and memfd memory included:
+memory.py) or `max_procs` tasks. Every process started here asks the kernel to kill it
+when its parent dies (`die_with_parent`), so `kill -9` of rsilab takes its runs down with it.
 
 Not covered: what a run is (runner.py) or how it is isolated (sandbox.py).
 """
@@ -20,6 +20,9 @@ import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from rsilab.fsio import tail_regular
+from rsilab.run.memory import held_bytes
 
 GRACE_SECONDS = 5.0
 POLL_SECONDS = 0.05
@@ -191,8 +194,9 @@ def run_process(
     memory_cap_gb: float = 0.0,
     max_procs: int = 0,
 ) -> ProcessOutcome:
-    """Run `cmd` in its own session with output to `log`; enforce wall time, memory (RSS
-    summed over the run's processes) and, when `max_procs` > 0, the number of its tasks."""
+    """Run `cmd` in its own session with output to `log`; enforce wall time, memory (what
+    the run's processes hold: memory.held_bytes) and, when `max_procs` > 0, the number of
+    its tasks."""
     start = time.monotonic()
     proc = spawn(cmd, cwd=cwd, env=env, log=log)
     if isinstance(proc, ProcessOutcome):
@@ -266,9 +270,9 @@ def watch(
             if (memory_cap_gb > 0 or max_procs > 0) and now >= next_check:
                 next_check = now + WATCH_SECONDS
                 members = look()
-                rss = sum(m.rss for m in members)
-                peak = max(peak, rss)
-                oom = memory_cap_gb > 0 and rss > memory_cap_gb * 2**30
+                held = held_bytes(members) if memory_cap_gb > 0 else sum(m.rss for m in members)
+                peak = max(peak, held)
+                oom = memory_cap_gb > 0 and held > memory_cap_gb * 2**30
                 too_many = (
                     not oom and max_procs > 0 and sum(m.threads for m in members) >= max_procs
                 )
@@ -300,16 +304,16 @@ def kill_and_reap(proc: subprocess.Popen[bytes], seen: dict[int, int]) -> None:
     _finish(proc.pid, seen, time.monotonic() + GRACE_SECONDS)
 
 
-def tail(path: Path, n: int = TAIL_LINES) -> str:
-    """The last `n` lines of a log, each cut to TAIL_LINE_CHARS. Only the end of the file is
-    read: a run may print gigabytes (until the disk is full), and the tail goes into the
-    ledger and into proposers' prompts."""
-    try:
-        with open(path, "rb") as f:
-            f.seek(max(0, f.seek(0, os.SEEK_END) - TAIL_BYTES))
-            lines = f.read().decode(errors="replace").splitlines()
-    except OSError:
+def tail(path: Path, n: int = TAIL_LINES, *, base: Path | None = None) -> str:
+    """The last `n` lines of a log, each cut to TAIL_LINE_CHARS; "" when it is missing or
+    not a regular file. Only the end of the file is read: a run may print gigabytes (until
+    the disk is full), and the tail goes into the ledger and into proposers' prompts. Read
+    with `tail_regular` (no symlink followed below `base`, default the log's folder): the
+    run wrote that folder and could have left a link to a secret in place of its log."""
+    data = tail_regular(path, TAIL_BYTES, base=base)
+    if data is None:
         return ""
+    lines = data.decode(errors="replace").splitlines()
     return "\n".join(
         line if len(line) <= TAIL_LINE_CHARS else line[:TAIL_LINE_CHARS] + " [...]"
         for line in lines[-n:]

@@ -2,9 +2,11 @@
 
 The runner, not train.py, owns the clock: the training process gets `budget + overhead`
 seconds from its start, in its own session (process group); past that it gets SIGTERM,
-then SIGKILL after a short grace, and the run is `timeout`. Watchdogs sum the RSS and the
-tasks of the run's whole process tree (its session and every descendant, in or out of a
-sandbox) and kill it past `memory_gb` (`oom`) or `max_procs` (a fork bomb: `crash`). Every
+then SIGKILL after a short grace, and the run is `timeout`. Watchdogs sum the memory
+(shared and memfd memory included: memory.py) and the tasks of the run's whole process
+tree (its session and every descendant, in or out of a sandbox) and kill it past
+`memory_gb` (`oom`) or `max_procs` (a fork bomb: `crash`); the evaluator runs under the
+same two watchdogs (its `oom` is the run's: it runs the run's model). Every
 expected failure comes back as a `RunResult` value, never as an exception.
 
 Both processes run in the sandbox of `rsilab.run.sandbox` (bubblewrap when it works; the
@@ -37,7 +39,7 @@ from typing import Any
 
 from rsilab import harness, provenance
 from rsilab.config import TaskSpec
-from rsilab.fsio import atomic_write, sha256_bytes
+from rsilab.fsio import READ_CAP, atomic_write, is_regular, read_regular, sha256_bytes, tail_regular
 from rsilab.results import RunResult, Status
 from rsilab.run import sandbox
 from rsilab.run.process import (
@@ -267,10 +269,11 @@ def _run(
     # The run can write its run folder: it could swap its log for a link to a file of the
     # supervisor's user, whose tail would land in the ledger and in the next prompt. Never
     # read through one.
-    log_replaced = paths.train_log.is_symlink() or not paths.train_log.is_file()
+    log_replaced = not is_regular(paths.train_log)
     if log_replaced:
         sandbox.remove(paths.train_log)
-        paths.train_log.write_text("rsilab: the run replaced or removed this log\n")
+        # By rename: whatever is still there (a link, a FIFO) is replaced, never written through.
+        atomic_write(paths.train_log, "rsilab: the run replaced or removed this log\n")
     summary = parse_summary(tail(paths.train_log, SUMMARY_LINES))  # the `---` block ends the log
     # Two resources, two caps (memory_gb, gpu_memory_gb): what train.py reports is its
     # device's peak (CUDA's allocator for the bundled task), what the watchdog saw is host RSS.
@@ -376,6 +379,14 @@ def _run(
             log=paths.eval_log,
             eval_seconds=ev.seconds,
         )
+    if ev.oom:
+        return result(
+            Status.OOM,
+            f"oom: evaluation over the memory cap of {task.memory_gb} GB",
+            evaluation=figures,
+            log=paths.eval_log,
+            eval_seconds=ev.seconds,
+        )
     if "refused" in figures:
         return result(
             Status.INVALID,
@@ -469,12 +480,15 @@ def _start_evaluator(
         str(val_data or ""),
         "--out",
         str(files.metrics),
-        "--seed",
-        str(seed),
         "--threads",
         str(task.threads),
     ]
+    # The evaluator never sees the path of the training split.
+    eval_env = {k: v for k, v in env.items() if k != harness.ENV_TRAIN_DATA}
     if task.evaluator == "sealed":
+        # Not the run's seed either, nor anything else the run knows: the sealed evaluator
+        # draws its secrets (probe positions, probed batches) from the OS at evaluation time.
+        eval_env.pop(harness.ENV_SEED, None)
         cmd = [
             sys.executable,
             "-I",
@@ -488,16 +502,16 @@ def _start_evaluator(
             str(task.eval.probes),
             *(["--wait"] if wait else []),
         ]
-    else:
+    else:  # a task's own script: --seed is part of its documented interface
         cmd = [
             sys.executable,
             "-s",
             "-B",
             str(workdir / task.evaluator.removeprefix("script:")),
             *args,
+            "--seed",
+            str(seed),
         ]
-    # The evaluator never sees the path of the training split.
-    eval_env = {k: v for k, v in env.items() if k != harness.ENV_TRAIN_DATA}
     readonly = [workdir, paths.artifact] + ([val_data] if val_data is not None else [])
     cmd, _ = sandbox.wrap(
         cmd,
@@ -558,19 +572,26 @@ def _evaluate(
                 with contextlib.suppress(OSError):  # it died waiting: its exit status says why
                     ev.proc.stdin.write(b"go\n")
                     ev.proc.stdin.close()
+            # The same memory cap as training: the evaluator runs the run's model (an
+            # exported graph may expand whatever it likes), so what it holds is the run's.
             outcome = watch(
-                ev.proc, start=start, timeout=task.eval_timeout, max_procs=task.max_procs
+                ev.proc,
+                start=start,
+                timeout=task.eval_timeout,
+                memory_cap_gb=task.memory_gb,
+                max_procs=task.max_procs,
             )
         sandbox.reclaim([ev.files.run_dir])
         # Into the run folder by rename (atomic_write), never through whatever path a run
         # may have put there since; the metrics file byte for byte, as `rsilab audit`
         # checks it against the sha256 in the ledger.
         log, metrics = ev.files.eval_log, ev.files.metrics
-        if log.is_file() and not log.is_symlink():
-            atomic_write(paths.eval_log, log.read_bytes())
-        if metrics.is_symlink() or not metrics.is_file():  # the evaluator writes a file
+        text = tail_regular(log, READ_CAP)  # never through a link (the evaluator runs model code)
+        if text is not None:
+            atomic_write(paths.eval_log, text)
+        raw = read_regular(metrics)  # the evaluator writes a regular file
+        if raw is None:
             return outcome, {}
-        raw = metrics.read_bytes()
     finally:
         ev.close()
     atomic_write(paths.metrics, raw)
