@@ -41,6 +41,10 @@ class JudgeSpec:
     knob_min_runs: int = 1
     recheck_every: int = 10  # re-measure the incumbent every N experiments (0: never)
     min_effect: float = 0.0  # smallest gain worth keeping, in metric units
+    # Under budget_flops: a candidate whose runs used more than this many times the
+    # incumbent's CPU time (the runner's count, from the kernel) is `invalid`: train.py counts
+    # its own FLOPs, so a run that undercounts trains longer. 0: off.
+    max_cpu_ratio: float = 3.0
 
 
 @dataclass(frozen=True)
@@ -128,6 +132,11 @@ class TaskSpec:
     # (harness.budget_flops) and `budget` stays the wall-clock cap, so results compare across machines.
     budget_flops: float = 0.0
     overhead: float = 30.0  # seconds on top of the budget for start-up and saving
+    # Seconds after the budget by which train.py must have handed over its model (start-up and
+    # saving): the runner reads when the artifact folder last changed (the kernel's ctime,
+    # which no run can set back), and a later hand-over is `invalid`, not a longer training.
+    # Not applied under budget_flops (see judge.max_cpu_ratio). 0: off.
+    handover_slack: float = 20.0
     eval_timeout: float = 300.0
     threads: int = 1
     # Host memory (RSS) a run may use; past it the run is killed (oom). 0: no cap.
@@ -429,6 +438,8 @@ def _validate(spec: TaskSpec, path: Path) -> None:
     llm, agent = spec.llm, spec.agent
     for key, value in (
         ("overhead", spec.overhead),
+        ("handover_slack", spec.handover_slack),
+        ("judge.max_cpu_ratio", j.max_cpu_ratio),
         ("memory_gb", spec.memory_gb),
         ("gpu_memory_gb", spec.gpu_memory_gb),
         ("judge.recheck_every", j.recheck_every),

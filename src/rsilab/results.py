@@ -74,6 +74,12 @@ class Proposal:
     meta: dict[str, Any] = field(default_factory=dict)
 
 
+# RunResult.summary keys the runner fills itself, from the kernel (never from train.py's
+# output): the training tree's CPU seconds, and when its artifact last changed.
+CPU_KEY = "train_cpu_seconds"
+HANDOVER_KEY = "handover_seconds"
+
+
 @dataclass(frozen=True)
 class RunResult:
     """The outcome of one run: a value, also when the run failed."""

@@ -61,7 +61,7 @@ from dataclasses import dataclass
 from scipy import stats
 
 from rsilab.config import JudgeSpec
-from rsilab.results import Metric, RunResult, Status, Verdict
+from rsilab.results import CPU_KEY, Metric, RunResult, Status, Verdict
 
 REL_TOL = 1e-12  # values this close (relative) count as identical
 # The futility stop (see `_futile`). The margin, in standard errors of the current gain: 1
@@ -82,6 +82,7 @@ FUTILITY_MIN_DF = 6
 # nearly can (p ~2e-4): so a keep whose sd across seeds is under SEED_SUSPECT_RATIO of
 # the reference's (or whose spread has p < SEED_SUSPECT) waits for more seeds, up to
 # max_runs. That only costs runs: about one in five honest keeps at two runs takes another.
+
 SEED_LEVEL = 2e-4
 SEED_SUSPECT = 0.01
 SEED_SUSPECT_RATIO = 0.25
@@ -288,6 +289,7 @@ def judge(
     constraints: Mapping[str, float] | None = None,
     noise_groups: Sequence[Sequence[float]] = (),
     min_runs: int | None = None,
+    cpu_reference: Sequence[float] = (),
 ) -> Judgement:
     """Judge the candidate's runs so far against the incumbent's ok metric values.
 
@@ -296,6 +298,9 @@ def judge(
     They must not hold the candidate's own runs (nor those of an earlier try of the same
     change): those would let it set its own bar, which `judge` otherwise refuses.
     `min_runs`: runs before a keep (None: spec.min_runs); capped at spec.max_runs.
+    `cpu_reference`: the incumbent's CPU seconds per run (`train_cpu_seconds`, the runner's
+    count) when the budget is one the run counts itself (FLOPs); a candidate whose runs used
+    more than `spec.max_cpu_ratio` times as much is INVALID (flag "budget").
     """
     if not candidate or not incumbent:
         raise ValueError("judge needs at least one candidate run and one incumbent value")
@@ -319,6 +324,9 @@ def judge(
                 _FAILED[r.status], _prefixed(r.status.value, r.reason or "no reason given") + where
             )
     assert st is not None
+    stretched = _over_budget(ok, cpu_reference, spec.max_cpu_ratio)
+    if stretched:
+        return out(Verdict.INVALID, stretched, ("budget",))
     breach = cap_breach(
         candidate, memory_gb=memory_cap_gb, gpu_memory_gb=gpu_memory_cap_gb, constraints=constraints
     )
@@ -353,6 +361,22 @@ def judge(
             f"noise floor's (p={spread.p:.2g}): more seeds first",
         )
     return j
+
+
+def _over_budget(ok: Sequence[RunResult], reference: Sequence[float], ratio: float) -> str:
+    """Why the candidate's runs used too much CPU time against `reference`, or ""."""
+    used = [float(r.summary[CPU_KEY]) for r in ok if CPU_KEY in r.summary]
+    ref = [float(v) for v in reference if v > 0]
+    if ratio <= 0 or not used or not ref:
+        return ""
+    mine, theirs = statistics.median(used), statistics.median(ref)
+    if mine <= ratio * theirs:
+        return ""
+    return (
+        f"used {mine / theirs:.1f} times the incumbent's CPU time ({mine:.1f} s against "
+        f"{theirs:.1f} s, the runner's count) under the same FLOPs budget, over "
+        f"judge.max_cpu_ratio {ratio:g}: its own FLOPs count is not believed"
+    )
 
 
 def _times(spread: _Spread) -> str:

@@ -71,7 +71,7 @@ from rsilab.proposers.base import Context, HistoryItem, Proposer
 from rsilab.proposers.knobs import only_knobs_differ
 from rsilab.record.audit import AcceptanceGate
 from rsilab.record.ledger import Experiment, Ledger
-from rsilab.results import Proposal, RunResult, Status, Verdict
+from rsilab.results import CPU_KEY, Proposal, RunResult, Status, Verdict
 from rsilab.run.bench import Bench
 from rsilab.run.executors.base import RunFuture, RunRequest
 from rsilab.workspace import Workspace
@@ -221,6 +221,15 @@ class Supervisor:
     def _values(self, exp_id: int) -> list[float]:
         """Metric values of an experiment's ok runs (trials and rechecks), in run order."""
         return [r.metric for r in self.ledger.runs(exp_id) if r.ok and r.metric is not None]
+
+    def _cpu_seconds(self, exp_id: int) -> list[float]:
+        """CPU seconds of an experiment's ok runs, as the runner counted them (runs recorded
+        before the runner counted them have none)."""
+        return [
+            float(r.result.summary[CPU_KEY])
+            for r in self.ledger.runs(exp_id)
+            if r.result.ok and CPU_KEY in r.result.summary
+        ]
 
     def _noise_groups(self, candidate: int, incumbent: int) -> list[list[float]]:
         """Ok metric values of each judged (keep/discard) experiment with >= 2 of them, for
@@ -634,6 +643,7 @@ class Supervisor:
                 constraints=self.task.constraints,
                 noise_groups=self._noise_groups(flight.exp_id, flight.parent.id),
                 min_runs=self.task.judge.knob_min_runs if flight.knob_only else None,
+                cpu_reference=self._cpu_seconds(flight.parent.id) if self.task.budget_flops else (),
             )
             if j.verdict is not Verdict.MORE:
                 self._decide(flight, j)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import resource
 import signal
 import subprocess
 import time
@@ -39,6 +40,11 @@ class ProcessOutcome:
     oom: bool
     peak_rss_gb: float
     too_many_procs: bool = False  # past the task's max_procs (a fork bomb)
+    # CPU time of the whole process tree, user + system, as the kernel counted it: what the
+    # waited-for tree reported to wait4, or, when more, the sum of what the watchdog saw each
+    # member use (a member no one waited for, e.g. one in a sandbox's PID namespace or killed
+    # with it, counts too; its last WATCH_SECONDS may be missed).
+    cpu_seconds: float = 0.0
 
 
 WATCH_SECONDS = 0.5  # how often the watchdogs read /proc
@@ -55,6 +61,7 @@ class _Proc:
     threads: int  # tasks: what RLIMIT_NPROC counts
     rss: int  # bytes
     start: int  # start time in clock ticks after boot: tells a pid from a reused one
+    cpu: int = 0  # user + system time so far, in clock ticks
 
 
 def scan() -> dict[int, _Proc]:
@@ -81,16 +88,18 @@ def scan() -> dict[int, _Proc]:
                 int(fields[17]),
                 int(fields[21]) * page,
                 int(fields[19]),
+                int(fields[11]) + int(fields[12]),
             )
         except (OSError, ValueError, IndexError):
             continue  # the process ended while we looked
     return out
 
 
-def members_of(procs: dict[int, _Proc], root: int) -> list[_Proc]:
+def members_of(procs: dict[int, _Proc], root: int, *, zombies: bool = False) -> list[_Proc]:
     """The live processes of the run started as `root`: its session (without a sandbox) and
     every descendant (a sandbox puts the run in sessions and a PID namespace of its own, but
-    the tree stays below `root`; orphans there are adopted by the sandbox's PID 1)."""
+    the tree stays below `root`; orphans there are adopted by the sandbox's PID 1). With
+    `zombies`, the exited ones not yet reaped too (their CPU time is final)."""
     children: dict[int, list[int]] = {}
     for p in procs.values():
         children.setdefault(p.ppid, []).append(p.pid)
@@ -102,7 +111,8 @@ def members_of(procs: dict[int, _Proc], root: int) -> list[_Proc]:
                 found.add(child)
                 stack.append(child)
     found.add(root)
-    return [procs[pid] for pid in found if pid in procs and procs[pid].state not in ("Z", "X")]
+    dead = () if zombies else ("Z", "X")
+    return [procs[pid] for pid in found if pid in procs and procs[pid].state not in dead]
 
 
 def _finish(root: int, seen: dict[int, int], deadline: float) -> None:
@@ -243,10 +253,14 @@ def watch(
     peak = 0
     next_check = 0.0
     seen: dict[int, int] = {}  # pid -> start time of every member the watchdogs saw
+    cpu: dict[tuple[int, int], int] = {}  # (pid, start) -> its CPU ticks when last seen
     status: int | None = None
+    usage: resource.struct_rusage | None = None
 
     def look() -> list[_Proc]:
-        members = members_of(scan(), pgid)
+        everyone = members_of(scan(), pgid, zombies=True)
+        cpu.update(((m.pid, m.start), m.cpu) for m in everyone)
+        members = [m for m in everyone if m.state not in ("Z", "X")]
         seen.update((m.pid, m.start) for m in members)
         return members
 
@@ -267,7 +281,7 @@ def watch(
                     kill_group(pgid, signal.SIGKILL)
                     _, status, _ = os.wait4(proc.pid, 0)
                 break
-            if (memory_cap_gb > 0 or max_procs > 0) and now >= next_check:
+            if now >= next_check:
                 next_check = now + WATCH_SECONDS
                 members = look()
                 held = held_bytes(members) if memory_cap_gb > 0 else sum(m.rss for m in members)
@@ -292,7 +306,17 @@ def watch(
     _finish(pgid, seen, time.monotonic() + GRACE_SECONDS)
     proc.returncode = os.waitstatus_to_exitcode(status) if status is not None else -9
     rc = None if (timed_out or oom or too_many) else proc.returncode
-    return ProcessOutcome(rc, time.monotonic() - start, timed_out, oom, peak / 2**30, too_many)
+    waited = usage.ru_utime + usage.ru_stime if usage is not None else 0.0
+    sampled = sum(cpu.values()) / os.sysconf("SC_CLK_TCK")
+    return ProcessOutcome(
+        rc,
+        time.monotonic() - start,
+        timed_out,
+        oom,
+        peak / 2**30,
+        too_many,
+        cpu_seconds=max(waited, sampled),
+    )
 
 
 def kill_and_reap(proc: subprocess.Popen[bytes], seen: dict[int, int]) -> None:

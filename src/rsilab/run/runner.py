@@ -40,7 +40,7 @@ from typing import Any
 from rsilab import harness, provenance
 from rsilab.config import TaskSpec
 from rsilab.fsio import READ_CAP, atomic_write, is_regular, read_regular, sha256_bytes, tail_regular
-from rsilab.results import RunResult, Status
+from rsilab.results import CPU_KEY, HANDOVER_KEY, RunResult, Status
 from rsilab.run import sandbox
 from rsilab.run.process import (
     ProcessOutcome,
@@ -254,6 +254,7 @@ def _run(
         max_procs=task.max_procs,
         isolation=level,
     )
+    started = time.time()  # the kernel's ctimes below are on this clock
     try:
         train = run_process(
             cmd,
@@ -264,6 +265,8 @@ def _run(
             memory_cap_gb=task.memory_gb,
             max_procs=task.max_procs,
         )
+        # Before reclaim: taking the files back changes their ctime.
+        handover = _handover(paths.artifact, started)
     finally:
         sandbox.reclaim([workdir, run_dir])
     # The run can write its run folder: it could swap its log for a link to a file of the
@@ -281,6 +284,11 @@ def _run(
     summary["peak_gpu_memory_gb"] = reported
     summary["peak_rss_gb"] = train.peak_rss_gb
     summary["peak_memory_gb"] = max(reported, train.peak_rss_gb)
+    # The runner's own figures, from the kernel; what train.py printed under these keys is
+    # overwritten (the judge and the audit read them).
+    summary[CPU_KEY] = round(train.cpu_seconds, 3)
+    if handover is not None:
+        summary[HANDOVER_KEY] = round(handover, 3)
 
     def result(
         status: Status,
@@ -345,6 +353,20 @@ def _run(
         last = tail(paths.train_log, 1).strip() or f"exit code {train.returncode}"
         return result(Status.CRASH, f"crash: {last[:200]}", log=paths.train_log)
 
+    window = task.budget + task.handover_slack
+    if (
+        task.handover_slack > 0
+        and not task.budget_flops
+        and handover is not None
+        and handover > window
+    ):
+        return result(
+            Status.INVALID,
+            f"invalid: trained past its budget: the artifact last changed {handover:.1f} s after "
+            f"the start, later than the budget {task.budget:g} s + {task.handover_slack:g} s for "
+            "start-up and saving (handover_slack; the runner's clock, not train.py's)",
+            log=paths.train_log,
+        )
     if task.evaluator == "in-process":
         value = summary.get(task.metric.name)
         if value is None or not math.isfinite(value):
@@ -410,6 +432,26 @@ def _run(
         evaluation={"sealed": True, **figures},
         eval_seconds=ev.seconds,
     )
+
+
+def _handover(artifact: Path, started: float, limit: int = 10_000) -> float | None:
+    """Seconds from `started` (time.time()) to the last change in the `artifact` folder: the
+    newest ctime of the folder and everything below it, links not followed. A run cannot set
+    a ctime back (touching a file moves it forward), so a model saved late cannot pass for one
+    saved in time. None when the folder is gone; at most `limit` entries are read."""
+    try:
+        newest = os.lstat(artifact).st_ctime
+    except OSError:
+        return None
+    seen = 0
+    for root, dirs, files in os.walk(artifact):  # os.walk follows no links by default
+        for name in dirs + files:
+            seen += 1
+            if seen > limit:
+                return newest - started
+            with contextlib.suppress(OSError):
+                newest = max(newest, os.lstat(os.path.join(root, name)).st_ctime)
+    return newest - started
 
 
 @dataclass
