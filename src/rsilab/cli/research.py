@@ -26,7 +26,7 @@ from rsilab.cli.app import (
 )
 from rsilab.config import TaskSpec, resolve_task_dir
 from rsilab.errors import ConfigError
-from rsilab.inert import inert
+from rsilab.inert import inert, say
 
 if TYPE_CHECKING:  # imported lazily at run time: `rsilab --help` stays fast
     from rsilab.loop.limits import Limits
@@ -481,8 +481,14 @@ def status(directory: Path) -> None:
 @click.option(
     "--live", is_flag=True, help="A supervisor is running: its current experiment is expected."
 )
+@click.option(
+    "--deep",
+    is_flag=True,
+    help="Also re-evaluate every kept artifact with fresh evaluator secrets, and check kept "
+    "diffs (no links, no binaries) and run-reported figures against the runner's.",
+)
 @friendly
-def audit(directory: Path, live: bool) -> None:
+def audit(directory: Path, live: bool, deep: bool) -> None:
     """Re-verify the ledger against git and the run folders; one line per inconsistency (exit 1 if any)."""
     from rsilab.record.audit import audit as do_audit
     from rsilab.record.ledger import Ledger
@@ -491,11 +497,22 @@ def audit(directory: Path, live: bool) -> None:
     ws = open_workspace(directory)
     with Ledger(ws.ledger_path) as ledger:
         found = do_audit(ws, ledger, live=live)
-    for problem in found.problems:
+        problems = list(found.problems)
+        summary = f"{found.experiments} experiments ({found.kept} kept), {found.runs} runs"
+        if deep:
+            from rsilab.record.deep import deep_audit
+
+            task = ws.load_task(parse_overrides(tuple(ledger.get_setting("overrides", []))))
+            _, val_data = task_data(task)
+            report = deep_audit(ws, ledger, task, val_data=val_data, notify=say)
+            problems += report.problems
+            for skipped in report.skipped:
+                click.echo(inert(f"deep audit: {skipped}"))
+            summary += f", {report.reevaluated} kept runs re-evaluated with fresh secrets"
+    for problem in problems:
         click.echo(inert(problem))  # it may quote a description or a file name
-    summary = f"{found.experiments} experiments ({found.kept} kept), {found.runs} runs"
-    if found.problems:
-        click.echo(f"audit: {len(found.problems)} inconsistencies in {summary}", err=True)
+    if problems:
+        click.echo(f"audit: {len(problems)} inconsistencies in {summary}", err=True)
         sys.exit(1)
     click.echo(f"audit: ok: {summary} agree with git and their run folders")
 

@@ -175,6 +175,31 @@ def run(
     return dataclasses.replace(result, isolation=level)
 
 
+def reevaluate(
+    task: TaskSpec,
+    workdir: Path,
+    artifact: Path,
+    out_dir: Path,
+    *,
+    seed: int,
+    val_data: Path | None,
+    isolation: str = "auto",
+) -> tuple[ProcessOutcome, dict[str, Any]]:
+    """Evaluate a kept run's `artifact` again, as the runner did after training: the task's
+    evaluator from `workdir` (a checkout of the run's commit), in the sandbox, on a copy of
+    the artifact in `out_dir` (links copied as links, never followed). The sealed evaluator
+    draws fresh secrets; a task's script gets `seed` (the run's, so its noise is the same).
+    Returns the evaluator's outcome and figures (empty when it wrote none)."""
+    level = sandbox.resolve(isolation)
+    paths = RunPaths(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(artifact, paths.artifact, symlinks=True)
+    env = _base_env(task)
+    env[harness.ENV_THREADS] = str(task.threads)
+    hidden = _hidden(workdir, val_data)
+    return _evaluate(task, workdir, paths, env, seed, val_data, level=level, hidden=hidden)
+
+
 def _hidden(workdir: Path, val_data: Path | None) -> list[Path]:
     """What a run must not see besides sandbox.default_hidden(): the workspace's git dir and
     state (ledger, queue, other worktrees) and the folder of the validation split (the
