@@ -83,6 +83,7 @@ FUTILITY_MIN_DF = 6
 # the reference's (or whose spread has p < SEED_SUSPECT) waits for more seeds, up to
 # max_runs. That only costs runs: about one in five honest keeps at two runs takes another.
 
+MIN_CPU_SECONDS = 1.0  # the least CPU time of the incumbent the budget cross-check trusts
 SEED_LEVEL = 2e-4
 SEED_SUSPECT = 0.01
 SEED_SUSPECT_RATIO = 0.25
@@ -370,7 +371,9 @@ def _over_budget(ok: Sequence[RunResult], reference: Sequence[float], ratio: flo
     if ratio <= 0 or not used or not ref:
         return ""
     mine, theirs = statistics.median(used), statistics.median(ref)
-    if mine <= ratio * theirs:
+    # Below MIN_CPU_SECONDS the watchdog's looks (twice a second) do not measure a run, so a
+    # short incumbent is taken as that long: no false alarm against a near-zero count.
+    if mine <= ratio * max(theirs, MIN_CPU_SECONDS):
         return ""
     return (
         f"used {mine / theirs:.1f} times the incumbent's CPU time ({mine:.1f} s against "
