@@ -93,3 +93,23 @@ def test_the_judge_refuses_a_flops_run_that_used_far_more_cpu() -> None:
     # Without a reference (a wall-clock budget, or runs recorded before the count): no rule.
     j = judge(stretched, inc, Metric("val_loss"), spec)
     assert j.verdict is not Verdict.INVALID
+
+
+def test_cpu_seconds_count_short_lived_workers_no_look_saw(tmp_path: Path) -> None:
+    """Work split over processes that each live less than a look (0.5 s) still counts: the
+    parent that waited for them carries their time."""
+    worker = SPIN.format(s=0.15)
+    code = (
+        "import subprocess, sys\n"
+        f"for _ in range(8): subprocess.run([sys.executable, '-c', {worker!r}], check=True)\n"
+        "import time; time.sleep(0.6)  # one more look after the last worker\n"
+    )
+    out = run_process(
+        [sys.executable, "-c", code],
+        cwd=tmp_path,
+        env={"PATH": "/usr/bin:/bin"},
+        log=tmp_path / "log",
+        timeout=60,
+    )
+    assert out.returncode == 0, (tmp_path / "log").read_text()
+    assert out.cpu_seconds >= 8 * 0.15, out

@@ -41,9 +41,9 @@ class ProcessOutcome:
     peak_rss_gb: float
     too_many_procs: bool = False  # past the task's max_procs (a fork bomb)
     # CPU time of the whole process tree, user + system, as the kernel counted it: what the
-    # waited-for tree reported to wait4, or, when more, the sum of what the watchdog saw each
-    # member use (a member no one waited for, e.g. one in a sandbox's PID namespace or killed
-    # with it, counts too; its last WATCH_SECONDS may be missed).
+    # waited-for tree reported to wait4, or, when more, the most the watchdog saw at one
+    # look: each member's own time plus the children it waited for (a sandbox's PID 1 does
+    # not pass its children's times up to wait4; the last WATCH_SECONDS may be missed).
     cpu_seconds: float = 0.0
 
 
@@ -62,6 +62,7 @@ class _Proc:
     rss: int  # bytes
     start: int  # start time in clock ticks after boot: tells a pid from a reused one
     cpu: int = 0  # user + system time so far, in clock ticks
+    children_cpu: int = 0  # the same of its children it has waited for (cutime + cstime)
 
 
 def scan() -> dict[int, _Proc]:
@@ -89,6 +90,7 @@ def scan() -> dict[int, _Proc]:
                 int(fields[21]) * page,
                 int(fields[19]),
                 int(fields[11]) + int(fields[12]),
+                int(fields[13]) + int(fields[14]),
             )
         except (OSError, ValueError, IndexError):
             continue  # the process ended while we looked
@@ -253,13 +255,18 @@ def watch(
     peak = 0
     next_check = 0.0
     seen: dict[int, int] = {}  # pid -> start time of every member the watchdogs saw
-    cpu: dict[tuple[int, int], int] = {}  # (pid, start) -> its CPU ticks when last seen
+    # The tree's CPU ticks at the busiest look: every member's own time plus what it has
+    # waited for. A child is in its own count while it exists (zombie included) and in its
+    # parent's once reaped, never in both; so short-lived workers a member waited for count
+    # even when no look saw them.
+    cpu = 0
     status: int | None = None
     usage: resource.struct_rusage | None = None
 
     def look() -> list[_Proc]:
+        nonlocal cpu
         everyone = members_of(scan(), pgid, zombies=True)
-        cpu.update(((m.pid, m.start), m.cpu) for m in everyone)
+        cpu = max(cpu, sum(m.cpu + m.children_cpu for m in everyone))
         members = [m for m in everyone if m.state not in ("Z", "X")]
         seen.update((m.pid, m.start) for m in members)
         return members
@@ -307,7 +314,7 @@ def watch(
     proc.returncode = os.waitstatus_to_exitcode(status) if status is not None else -9
     rc = None if (timed_out or oom or too_many) else proc.returncode
     waited = usage.ru_utime + usage.ru_stime if usage is not None else 0.0
-    sampled = sum(cpu.values()) / os.sysconf("SC_CLK_TCK")
+    sampled = cpu / os.sysconf("SC_CLK_TCK")
     return ProcessOutcome(
         rc,
         time.monotonic() - start,
