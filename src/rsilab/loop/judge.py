@@ -5,7 +5,9 @@ Pure functions of run results: no I/O, no clock, no randomness. The supervisor c
 MORE.
 
 Rules, in order: (1) a failed run decides (crash/oom -> CRASH, timeout, invalid,
-interrupted); (2) a memory cap or `constraints` breach -> DISCARD; (3) a metric that barely
+interrupted); under a budget the run counts itself (FLOPs), a candidate that used more than
+`max_cpu_ratio` times the incumbent's CPU time (the runner's count) -> INVALID, flag
+"budget"; (2) a memory cap or `constraints` breach -> DISCARD; (3) a metric that barely
 moves under different harness seeds, measured against the noise of the reference (see
 below) -> INVALID, flag "ignores-seed"; (4) statistics.
 
@@ -82,11 +84,12 @@ FUTILITY_MIN_DF = 6
 # nearly can (p ~2e-4): so a keep whose sd across seeds is under SEED_SUSPECT_RATIO of
 # the reference's (or whose spread has p < SEED_SUSPECT) waits for more seeds, up to
 # max_runs. That only costs runs: about one in five honest keeps at two runs takes another.
-
-MIN_CPU_SECONDS = 1.0  # the least CPU time of the incumbent the budget cross-check trusts
 SEED_LEVEL = 2e-4
 SEED_SUSPECT = 0.01
 SEED_SUSPECT_RATIO = 0.25
+# The budget check (`_over_budget`): below this the watchdog's twice-a-second looks do not
+# measure a sandboxed run's CPU time, so a shorter incumbent is taken as this long.
+MIN_CPU_SECONDS = 1.0
 _MASK31 = (1 << 31) - 1
 
 _FAILED = {
