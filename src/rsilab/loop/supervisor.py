@@ -167,7 +167,7 @@ class Supervisor:
         """`bench` runs every training run (its task is the research task); the caller owns it
         and closes it."""
         self.ws, self.ledger, self.bench = ws, ledger, bench
-        self.task = task = bench.task
+        self.task = bench.task
         # The follower (the tuner) re-tunes the knobs of new code: after a structural change
         # by another proposer is kept, it gets the next `tuner.follow` proposals.
         self.follower = follower
@@ -177,7 +177,7 @@ class Supervisor:
         self.limits = limits or Limits()
         self.view = view or _no_view
         self.progress = Progress()
-        self.metric = task.metric_obj
+        self.metric = self.task.metric_obj
         self._flights: list[Flight] = []
         self._batch: list[Flight] = []  # the baseline's runs in flight (judged together)
         self._trees: dict[str, int] | None = None  # files tried or in flight -> experiment
