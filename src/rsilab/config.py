@@ -45,6 +45,14 @@ class JudgeSpec:
     # incumbent's CPU time (the runner's count, from the kernel) is `invalid`: train.py counts
     # its own FLOPs, so a run that undercounts trains longer. 0: off.
     max_cpu_ratio: float = 3.0
+    # The noise prior (rsilab.loop.evidence): a declared sd of one run's metric (0: none, then
+    # the noise carried from earlier sessions of comparable settings, if any), worth
+    # `noise_df` degrees of freedom in the pooled estimate (0: no prior at all).
+    noise_sd: float = 0.0
+    noise_df: int = 10
+    pair_seeds: bool = True  # a candidate's runs use the incumbent's seeds (a paired test)
+    noise_window: int = 12  # noise groups from the last N judged experiments (0: all)
+    undo: bool = True  # a re-check that finds the incumbent no better than its parent reverts it
 
 
 @dataclass(frozen=True)
@@ -444,6 +452,9 @@ def _validate(spec: TaskSpec, path: Path) -> None:
         ("gpu_memory_gb", spec.gpu_memory_gb),
         ("judge.recheck_every", j.recheck_every),
         ("judge.min_effect", j.min_effect),
+        ("judge.noise_sd", j.noise_sd),
+        ("judge.noise_df", j.noise_df),
+        ("judge.noise_window", j.noise_window),
         ("eval.probes", spec.eval.probes),
         ("tuner.follow", spec.tuner.follow),
         ("llm.temperature", llm.temperature),

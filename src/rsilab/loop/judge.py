@@ -87,6 +87,9 @@ FUTILITY_MIN_DF = 6
 SEED_LEVEL = 2e-4
 SEED_SUSPECT = 0.01
 SEED_SUSPECT_RATIO = 0.25
+# The paired test needs this many df of differences under shared seeds from earlier
+# experiments (`paired_groups`): fewer, and a first run would be judged against a guess.
+PAIRED_MIN_DF = 4
 # The budget check (`_over_budget`): below this the watchdog's twice-a-second looks do not
 # measure a sandboxed run's CPU time, so a shorter incumbent is taken as this long.
 MIN_CPU_SECONDS = 1.0
@@ -99,6 +102,20 @@ _FAILED = {
     Status.INVALID: Verdict.INVALID,
     Status.INTERRUPTED: Verdict.INTERRUPTED,
 }
+
+
+@dataclass(frozen=True)
+class Noise:
+    """A variance estimate with its degrees of freedom: the noise prior a session starts from
+    (declared by the task, or carried from earlier sessions of comparable settings; see
+    rsilab.loop.evidence). It enters the pool like a group of `df + 1` runs of that variance."""
+
+    var: float
+    df: int
+
+    @property
+    def sd(self) -> float:
+        return math.sqrt(self.var)
 
 
 @dataclass(frozen=True)
@@ -127,6 +144,7 @@ class _Stats:
     p_worse: float | None = None  # H1: gain < 0
     ci: tuple[float, float] | None = None
     seed: _Spread | None = None  # the candidate's spread against the reference's
+    paired: bool = False  # the gain and its se come from differences under shared seeds
 
 
 @dataclass(frozen=True)
@@ -179,24 +197,28 @@ def _constant(values: Sequence[float]) -> bool:
     return all(_same(v, values[0]) for v in values)
 
 
-def _pool(groups: Sequence[Sequence[float]]) -> tuple[float, int]:
-    """(pooled variance, df) of the groups of >= 2 values; (0.0, 0) when there are none.
-    Identical values (within REL_TOL) count as no variance at all, not as rounding noise."""
+def _pool(groups: Sequence[Sequence[float]], prior: Noise | None = None) -> tuple[float, int]:
+    """(pooled variance, df) of the groups of >= 2 values and the `prior`; (0.0, 0) when there
+    are none. Identical values (within REL_TOL) count as no variance at all, not as rounding
+    noise."""
     groups = [g for g in groups if len(g) >= 2]
     df = sum(len(g) - 1 for g in groups)
-    if not df or all(_constant(g) for g in groups):
+    ss = sum((len(g) - 1) * statistics.variance(g) for g in groups if not _constant(g))
+    if prior is not None and prior.df > 0:
+        df, ss = df + prior.df, ss + prior.df * prior.var
+    if not df or ss == 0:
         return 0.0, df
-    return sum((len(g) - 1) * statistics.variance(g) for g in groups) / df, df
+    return ss / df, df
 
 
 def _steady_removed(
-    noise_groups: Sequence[Sequence[float]], inc: Sequence[float]
+    noise_groups: Sequence[Sequence[float]], inc: Sequence[float], prior: Noise | None = None
 ) -> list[Sequence[float]]:
     """`noise_groups` without those that barely moved across their seeds, measured against
     the incumbent's spread at SEED_SUSPECT: like a candidate's, such runs are no evidence
     about the noise, and pooled they would lower the bar for every later candidate (earlier
     experiments that pinned their seed but were discarded, not flagged, would do so)."""
-    inc_var, inc_df = _pool([inc])
+    inc_var, inc_df = _pool([inc], prior)
     if inc_var == 0:
         return list(noise_groups)
     kept: list[Sequence[float]] = []
@@ -213,13 +235,14 @@ def _stats(
     metric: Metric,
     min_effect: float,
     noise_groups: Sequence[Sequence[float]] = (),
+    prior: Noise | None = None,
+    pairs: Sequence[float] | None = None,
+    paired_groups: Sequence[Sequence[float]] = (),
 ) -> _Stats:
     cm, im = statistics.fmean(cand), statistics.fmean(inc)
     gain = metric.gain(cm, im)
-    if abs(gain) <= REL_TOL * max(abs(cm), abs(im)):
-        gain = 0.0  # rounding in the means, not a difference
-    noise = _steady_removed(noise_groups, inc)
-    var, df = _pool([inc, *noise])  # the reference: everything but the candidate
+    noise = _steady_removed(noise_groups, inc, prior)
+    var, df = _pool([inc, *noise], prior)  # the reference: everything but the candidate
     seed = None
     if len(cand) >= 2:
         var_c = 0.0 if _constant(cand) else statistics.variance(cand)
@@ -230,17 +253,34 @@ def _stats(
             var_c = max(var_c, var)
         df_c = len(cand) - 1
         var, df = (var * df + var_c * df_c) / (df + df_c), df + df_c
+    n_c, n_i = len(cand), len(inc)
+    se_scale = math.sqrt(1 / n_c + 1 / n_i)
+    paired = False
+    if pairs is not None:
+        var_p, df_p = _pool(paired_groups)
+        if df_p >= PAIRED_MIN_DF and var_p > 0:
+            # The paired test (see the module docstring): the gain is the mean difference
+            # under shared seeds; its noise is the pooled spread of such differences, which
+            # the candidate's own differences may raise, never lower.
+            gain, paired = statistics.fmean(pairs), True
+            if len(pairs) >= 2:
+                own, df_own = max(statistics.variance(pairs), var_p), len(pairs) - 1
+                var_p = (var_p * df_p + own * df_own) / (df_p + df_own)
+                df_p += df_own
+            var, df, se_scale = var_p, df_p, math.sqrt(1 / len(pairs))
+    if abs(gain) <= REL_TOL * max(abs(cm), abs(im)):
+        gain = 0.0  # rounding in the means, not a difference
     if not df:
-        return _Stats(gain, len(cand), len(inc))
+        return _Stats(gain, n_c, n_i)
     if var == 0:
-        return _Stats(gain, len(cand), len(inc), se=0.0, df=df, ci=(gain, gain), seed=seed)
-    se = math.sqrt(var) * math.sqrt(1 / len(cand) + 1 / len(inc))
+        return _Stats(gain, n_c, n_i, se=0.0, df=df, ci=(gain, gain), seed=seed, paired=paired)
+    se = math.sqrt(var) * se_scale
     half = float(stats.t.ppf(0.975, df)) * se
     return _Stats(
-        gain, len(cand), len(inc), se=se, df=df,
+        gain, n_c, n_i, se=se, df=df,
         p=float(stats.t.sf((gain - min_effect) / se, df)),
         p_worse=float(stats.t.cdf(gain / se, df)),
-        ci=(gain - half, gain + half), seed=seed,
+        ci=(gain - half, gain + half), seed=seed, paired=paired,
     )  # fmt: skip
 
 
@@ -294,6 +334,9 @@ def judge(
     noise_groups: Sequence[Sequence[float]] = (),
     min_runs: int | None = None,
     cpu_reference: Sequence[float] = (),
+    prior: Noise | None = None,
+    incumbent_seeds: Sequence[int] = (),
+    paired_groups: Sequence[Sequence[float]] = (),
 ) -> Judgement:
     """Judge the candidate's runs so far against the incumbent's ok metric values.
 
@@ -305,6 +348,12 @@ def judge(
     `cpu_reference`: the incumbent's CPU seconds per run (`train_cpu_seconds`, the runner's
     count) when the budget is one the run counts itself (FLOPs); a candidate whose runs used
     more than `spec.max_cpu_ratio` times as much is INVALID (flag "budget").
+    `prior`: the noise known before this session; it pools with the session's groups.
+    `incumbent_seeds`: the harness seed of each `incumbent` value (same order). When every
+    candidate run has a partner under the same seed, the candidate is paired: values
+    identical to their partners flag an inert change at once (DISCARD, flag "inert"), and
+    with `paired_groups` (each earlier experiment's differences to its incumbent under shared
+    seeds, groups of >= 2) worth PAIRED_MIN_DF df, the test is on the differences.
     """
     if not candidate or not incumbent:
         raise ValueError("judge needs at least one candidate run and one incumbent value")
@@ -312,7 +361,12 @@ def judge(
     ok = [r for r in candidate if r.ok]
     vals = [float(r.metric) for r in ok if r.metric is not None]
     noise = [[float(v) for v in g] for g in noise_groups]
-    st = _stats(vals, inc, metric, spec.min_effect, noise) if vals else None
+    pairs = paired_differences(ok, inc, incumbent_seeds, metric)
+    st = (
+        _stats(vals, inc, metric, spec.min_effect, noise, prior, pairs, paired_groups)
+        if vals
+        else None
+    )
 
     def out(verdict: Verdict, reason: str, flags: tuple[str, ...] = ()) -> Judgement:
         ci = st.ci if st and st.ci else (None, None)
@@ -351,6 +405,12 @@ def judge(
                 f"{spread.ref_sd:.3g} (p={spread.p:.2g})"
             )
         return out(Verdict.INVALID, why, ("ignores-seed",))
+    if pairs and all(d == 0 for d in pairs):
+        same = f"identical to the incumbent's under the same seed ({len(pairs)} run(s))"
+        sizes = (candidate_size, incumbent_size)
+        if sizes[0] is not None and sizes[1] is not None and sizes[0] < sizes[1]:
+            return out(Verdict.KEEP, f"simpler ({sizes[1]} -> {sizes[0]} lines) and {same}")
+        return out(Verdict.DISCARD, f"no effect: {same}", ("inert",))
     least = min(spec.min_runs if min_runs is None else min_runs, spec.max_runs)
     j = _decide(st, spec, least, candidate_size, incumbent_size, out)
     if (
@@ -365,6 +425,26 @@ def judge(
             f"noise floor's (p={spread.p:.2g}): more seeds first",
         )
     return j
+
+
+def paired_differences(
+    ok: Sequence[RunResult],
+    incumbent: Sequence[float],
+    incumbent_seeds: Sequence[int],
+    metric: Metric,
+) -> list[float] | None:
+    """The gain of each ok candidate run over the incumbent's value under the same seed (0.0
+    when identical within REL_TOL), in run order; None unless every run has a partner."""
+    if not ok or len(incumbent_seeds) != len(incumbent):
+        return None
+    by_seed = dict(zip(incumbent_seeds, incumbent, strict=True))
+    out: list[float] = []
+    for r in ok:
+        partner = by_seed.get(r.seed)
+        if partner is None or r.metric is None:
+            return None
+        out.append(0.0 if _same(r.metric, partner) else metric.gain(r.metric, partner))
+    return out
 
 
 def _over_budget(ok: Sequence[RunResult], reference: Sequence[float], ratio: float) -> str:

@@ -1,0 +1,106 @@
+"""What the judge is shown. Owns: the noise prior a session starts from, which seeds a
+candidate's runs use (the incumbent's, so that runs pair), which earlier experiments inform
+the noise estimate, and the rule by which a re-check undoes a keep.
+
+Pure functions of figures, shared by the supervisor and `benchmarks/acceptance_sim.py`, so
+the simulation measures the policy the program runs. No I/O except `carried_prior` and
+`carry_prior`, which read and write one small JSON file.
+
+- **Prior** (`prior`): the noise a task declares (`judge.noise_sd`, `judge.noise_df`), else
+  the pooled noise of earlier sessions of comparable settings on this machine
+  (`carried_prior`), capped at `judge.noise_df` degrees of freedom so the session's own
+  runs soon outweigh it. A session that has one starts at tens of df, not at the 2 of a
+  3-run noise floor.
+- **Paired seeds** (`candidate_seed`): run k of a candidate uses the seed of the incumbent's
+  run k while there is one, then fresh seeds. Under one seed two configurations share
+  their data order and (when shapes agree) their initialisation, so the difference of a
+  pair is much less noisy than that of two independent runs, and an inert change gives
+  the identical value (the judge's "inert" rule).
+- **Recent noise** (`recent`): the noise groups of the last `judge.noise_window` judged
+  experiments only: the noise of a tuned script can differ several times from that of the
+  defaults, so old groups would misstate the bar.
+- **Undoing a keep** (`undo`): after a re-check, an incumbent whose mean is no better than
+  its parent's (over all their runs) is reverted to the parent.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import statistics
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from rsilab.config import JudgeSpec
+from rsilab.fsio import atomic_write
+from rsilab.loop.judge import Noise, _pool
+from rsilab.results import Metric
+
+__all__ = ["candidate_seed", "carried_prior", "carry_prior", "prior", "recent", "undo"]
+
+
+def prior(spec: JudgeSpec, carried: Noise | None = None) -> Noise | None:
+    """The noise prior of a session: the task's declared `judge.noise_sd` (with
+    `judge.noise_df` df), else `carried` capped at `judge.noise_df` df; None without either
+    (or with `judge.noise_df` = 0: no prior)."""
+    if spec.noise_df <= 0:
+        return None
+    if spec.noise_sd > 0:
+        return Noise(spec.noise_sd**2, spec.noise_df)
+    if carried is not None and carried.df > 0 and carried.var > 0:
+        return Noise(carried.var, min(carried.df, spec.noise_df))
+    return None
+
+
+def candidate_seed(incumbent_seeds: Sequence[int], k: int, fresh: Callable[[int], int]) -> int:
+    """The seed of a candidate's run `k`: the incumbent's run k's while it has one (paired),
+    else `fresh(k)`, which must not repeat one of `incumbent_seeds`."""
+    return incumbent_seeds[k] if k < len(incumbent_seeds) else fresh(k)
+
+
+def recent(groups: Sequence[Sequence[float]], window: int) -> list[Sequence[float]]:
+    """The last `window` groups (in the order given: oldest first); all of them for 0."""
+    return list(groups[-window:]) if window > 0 else list(groups)
+
+
+def undo(incumbent: Sequence[float], parent: Sequence[float], metric: Metric) -> str | None:
+    """Why the incumbent should give way to its parent after a re-check, or None: its mean
+    over every run so far is no better than the parent's."""
+    if not incumbent or not parent:
+        return None
+    mine, theirs = statistics.fmean(incumbent), statistics.fmean(parent)
+    if metric.gain(mine, theirs) > 0:
+        return None
+    return (
+        f"re-checked: its mean {mine:.4f} over {len(incumbent)} runs is no better than its "
+        f"parent's {theirs:.4f} over {len(parent)}"
+    )
+
+
+def carried_prior(store: Path, key: str) -> Noise | None:
+    """The noise recorded under `key` in `store` by earlier sessions; None when there is none
+    or the file cannot be read (a prior is an optimisation, never a reason to stop)."""
+    with contextlib.suppress(OSError, ValueError, TypeError, KeyError):
+        entry = json.loads(store.read_text())[key]
+        noise = Noise(float(entry["var"]), int(entry["df"]))
+        if noise.var > 0 and noise.df > 0:
+            return noise
+    return None
+
+
+def carry_prior(store: Path, key: str, groups: Sequence[Sequence[float]]) -> Noise | None:
+    """Record the pooled noise of `groups` (repeats of one configuration each) under `key`
+    in `store`, replacing what was there; returns it (None, and nothing written, when the
+    groups hold no df). Best effort: an unwritable store is left as it is."""
+    var, df = _pool(groups)
+    if not df or var <= 0:
+        return None
+    entries: dict[str, object] = {}
+    with contextlib.suppress(OSError, ValueError):
+        loaded = json.loads(store.read_text())
+        entries = loaded if isinstance(loaded, dict) else {}
+    entries[key] = {"var": var, "df": df}
+    with contextlib.suppress(OSError):
+        store.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(store, json.dumps(entries, indent=1, sort_keys=True))
+    return Noise(var, df)
