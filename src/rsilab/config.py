@@ -277,20 +277,38 @@ def apply_overrides(data: dict[str, Any], overrides: list[tuple[str, Any]]) -> d
     return out
 
 
-def load_task(root: Path, overrides: list[tuple[str, Any]] | None = None) -> TaskSpec:
-    """Load and validate `<root>/rsilab.toml`. Raises ConfigError with a one-line message."""
+def load_task(
+    root: Path,
+    overrides: list[tuple[str, Any]] | None = None,
+    *,
+    text: str | None = None,
+    files: list[str] | None = None,
+    where: str | None = None,
+) -> TaskSpec:
+    """Load and validate `<root>/rsilab.toml`. Raises ConfigError with a one-line message.
+
+    A workspace passes the file as committed (`text`, named `where` in errors) and the files
+    of that commit (`files`, relative paths), so the task is the commit's, whatever the
+    folder holds now; globs are then matched against `files` (fnmatch, like `is_editable`).
+    """
     path = root / CONFIG_NAME
-    if not path.is_file():
-        raise ConfigError(f"{path}: not found (a task folder needs an {CONFIG_NAME})")
+    if text is None:
+        if not path.is_file():
+            raise ConfigError(f"{path}: not found (a task folder needs an {CONFIG_NAME})")
+        try:
+            text = path.read_text()
+        except OSError as e:
+            raise ConfigError(f"{path}: cannot read it: {e.strerror}") from None
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"{path}: invalid TOML: {e}") from None
+    shown = where or str(path)
     try:
-        data = tomllib.loads(path.read_text())
-    except OSError as e:
-        raise ConfigError(f"{path}: cannot read it: {e.strerror}") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError, RecursionError) as e:
-        raise ConfigError(f"{path}: invalid TOML: {str(e) or type(e).__name__}") from None
+        data = tomllib.loads(text)
+    except (tomllib.TOMLDecodeError, RecursionError) as e:
+        raise ConfigError(f"{shown}: invalid TOML: {str(e) or type(e).__name__}") from None
     data = apply_overrides(data, overrides or [])
-    spec = _build(TaskSpec, data, str(path), "", extra={"root": root.resolve()})
-    _validate(spec, path)
+    spec = _build(TaskSpec, data, shown, "", extra={"root": root.resolve()})
+    _validate(spec, shown, files)
     return spec
 
 
@@ -384,8 +402,12 @@ def _build(
     return cls(**kwargs)
 
 
-def _validate(spec: TaskSpec, path: Path) -> None:
-    where = str(path)
+def _validate(spec: TaskSpec, where: str, files: list[str] | None = None) -> None:
+    def matching(patterns: list[str]) -> list[str]:
+        if files is None:
+            return _expand(spec.root, patterns)
+        return sorted(f for f in files if any(_glob_match(f, p) for p in patterns))
+
     if not spec.editable:
         raise ConfigError(f"{where}: key 'editable' must list at least one file or glob")
     for key, patterns in (("editable", spec.editable), ("frozen", spec.frozen)):
@@ -395,12 +417,12 @@ def _validate(spec: TaskSpec, path: Path) -> None:
                     f"{where}: key {key!r}: {pat!r} must be a path inside the task folder"
                 )
     for pat in spec.editable:
-        if not _expand(spec.root, [pat]):
+        if not matching([pat]):
             raise ConfigError(f"{where}: key 'editable': no file matches {pat!r} in {spec.root}")
     for pat in spec.frozen:
-        if not _expand(spec.root, [pat]):
+        if not matching([pat]):
             raise ConfigError(f"{where}: key 'frozen': no file matches {pat!r} in {spec.root}")
-    overlap = set(spec.editable_files()) & set(spec.frozen_files())
+    overlap = set(matching(spec.editable)) & set(matching(spec.frozen))
     if overlap:
         raise ConfigError(f"{where}: files both editable and frozen: {', '.join(sorted(overlap))}")
     if spec.budget_flops < 0:
@@ -424,11 +446,11 @@ def _validate(spec: TaskSpec, path: Path) -> None:
         )
     if ev.startswith("script:"):
         script = ev.removeprefix("script:")
-        if not (spec.root / script).is_file():
+        if script not in (files if files is not None else _expand(spec.root, [script])):
             raise ConfigError(
                 f"{where}: key 'evaluator': script {script!r} not found in {spec.root}"
             )
-        if script not in spec.frozen_files():
+        if script not in matching(spec.frozen):
             raise ConfigError(
                 f"{where}: key 'evaluator': script {script!r} must be listed in 'frozen'"
             )

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING
 
 from rsilab.config import CONFIG_NAME, TaskSpec, load_task, parse_override
 from rsilab.errors import ConfigError, WorkspaceError
-from rsilab.fsio import atomic_write, open_regular, sha256_file
+from rsilab.fsio import atomic_write, open_regular, sha256_bytes, sha256_file
 
 if TYPE_CHECKING:
     from rsilab.record.ledger import Ledger
@@ -171,20 +171,67 @@ class Workspace:
         return {str(k): str(v) for k, v in hashes.items()}
 
     def load_task(self, overrides: list[tuple[str, object]] | None = None) -> TaskSpec:
-        return load_task(self.root, overrides)
+        """The workspace's task: its `rsilab.toml` as committed at the incumbent (frozen since
+        the workspace was made), never the copy in the user's checkout, which may have been
+        edited since (see `check_checkout`). Globs are matched against that commit's files."""
+        commit = self.incumbent_commit()
+        listed = git(self.root, "ls-tree", "-r", "--name-only", commit).splitlines()
+        if CONFIG_NAME not in listed:
+            raise ConfigError(
+                f"{self.root}: the research branch {self.branch} has no {CONFIG_NAME}; "
+                f"commit it and start a new workspace"
+            )
+        return load_task(
+            self.root,
+            overrides,
+            text=self.read_file(commit, CONFIG_NAME),
+            files=listed,
+            where=f"{CONFIG_NAME} of {self.branch} ({commit[:7]})",
+        )
+
+    def check_checkout(self) -> None:
+        """Refuse (ConfigError, one line) when the user's checkout holds a frozen file, or the
+        `rsilab.toml`, that differs from the workspace's: runs use the workspace's copies (the
+        research branch), so such an edit would silently have no effect, or, for the config,
+        would change what the recorded results mean. A new setting needs a new workspace."""
+        commit = self.incumbent_commit()
+        expected = dict(self.frozen_hashes())
+        if CONFIG_NAME not in expected:
+            try:
+                expected[CONFIG_NAME] = sha256_bytes(
+                    git_bytes(self.root, "show", f"{commit}:{CONFIG_NAME}")
+                )
+            except WorkspaceError:
+                return  # load_task says what is wrong
+        for rel, digest in sorted(expected.items()):
+            path = self.root / rel
+            try:
+                same = path.is_file() and sha256_file(path) == digest
+            except OSError:
+                same = False
+            if not same:
+                raise ConfigError(
+                    f"{path}: differs from the workspace's frozen copy ({self.branch} at "
+                    f"{commit[:7]}), which runs use; undo the edit, or commit it and start a new "
+                    f"workspace for it (`rsilab run NEWDIR --task {self.root}`)"
+                )
 
     def research_task(
         self, ledger: Ledger, sets: Sequence[str], preset: str
     ) -> tuple[TaskSpec, list[str]]:
         """The task research runs under, and the `--set` overrides in force.
 
-        Overrides stick to the workspace: with none given, the ones recorded by the last run
-        apply, so a plain `rsilab run DIR` resumes alike. The task's comparable settings
+        Overrides stick to the workspace: the ones recorded by earlier runs apply, with the
+        `sets` given now added (a key given again takes its new value), so a plain `rsilab
+        run DIR` resumes alike. The task's comparable settings
         (TaskSpec.comparable) are recorded on first use and must match afterwards: a
         ConfigError names the first that differs. A change of overrides is an event.
         """
         recorded = ledger.get_setting("overrides", [])
-        in_force = list(sets) or list(recorded)
+        # A later --set adds to the recorded ones; a key given again takes its new value.
+        given = {parse_override(o)[0] for o in sets}
+        in_force = [o for o in recorded if parse_override(o)[0] not in given] + list(sets)
+        self.check_checkout()
         task = self.load_task([parse_override(o) for o in in_force])
         current = task.comparable(preset)
         settled = ledger.get_setting("comparable")
@@ -442,11 +489,17 @@ def _file_kind(path: Path) -> str:
     return "folder" if stat.S_ISDIR(mode) else "special file"
 
 
+MAX_TAG = 100  # characters of a research tag
+
+
 def check_tag(tag: str) -> None:
     """A research tag must make valid git refs: `rsilab/<tag>` and `refs/rsilab/<tag>/exp-N`."""
+    if tag.startswith("-"):  # it would read as an option to git, and to a person
+        raise WorkspaceError(f"tag {tag!r}: must not start with '-'")
+    if len(tag) > MAX_TAG:  # ref names are file names: the OS caps them near 255 bytes
+        raise WorkspaceError(f"tag {tag[:20]!r}... ({len(tag)} characters): use at most {MAX_TAG}")
     if (
         not tag
-        or tag.startswith("-")
         or any(c in tag for c in " ~^:?*[\\")
         or any(ord(c) < 32 or ord(c) == 127 for c in tag)
         or git_process(None, "check-ref-format", f"refs/heads/rsilab/{tag}").returncode != 0
@@ -509,6 +562,7 @@ def _init_workspace(directory: Path, task_dir: Path | None, tag: str, *, resume:
             )
         if not git(directory, "rev-parse", "--verify", "-q", "HEAD", check=False).strip():
             raise WorkspaceError(f"{directory}: the repo has no commit yet; commit the task first")
+        _check_committed(directory, load_task(directory))
     else:
         if task_dir is None:
             raise WorkspaceError(f"{directory}: not a workspace; give --task to create one")
@@ -546,7 +600,12 @@ def _init_workspace(directory: Path, task_dir: Path | None, tag: str, *, resume:
     meta_path = ws.state / META_FILE
     if not meta_path.exists() or not resume:
         head = ws.incumbent_commit()
-        frozen = {rel: sha256_file(directory / rel) for rel in task.frozen_files(directory)}
+        # From the commit, not the folder: what runs get is the commit (_check_committed
+        # made sure the folder agrees when the workspace was made).
+        frozen = {
+            rel: sha256_bytes(git_bytes(directory, "show", f"{head}:{rel}"))
+            for rel in task.frozen_files(directory)
+        }
         meta = {
             "tag": tag,
             "branch": ws.branch,
@@ -556,6 +615,21 @@ def _init_workspace(directory: Path, task_dir: Path | None, tag: str, *, resume:
         }
         atomic_write(meta_path, json.dumps(meta, indent=1))
     return ws
+
+
+def _check_committed(directory: Path, task: TaskSpec) -> None:
+    """An adopted repo's research branch starts at its HEAD, and runs use what is committed
+    there: an `rsilab.toml` or a frozen file that is not committed, or differs from HEAD in
+    the folder, is refused in one line (the research would silently use another version)."""
+    for rel in sorted({CONFIG_NAME, *task.frozen_files(directory)}):
+        proc = git_process(directory, "diff", "--quiet", "HEAD", "--", rel)
+        tracked = git_process(directory, "cat-file", "-e", f"HEAD:{rel}").returncode == 0
+        if not tracked or proc.returncode != 0:
+            what = "is not committed" if not tracked else "has uncommitted changes"
+            raise WorkspaceError(
+                f"{directory / rel}: {what}; commit it first (the research branch starts at "
+                "HEAD, and runs use the committed files)"
+            )
 
 
 def open_workspace(directory: Path) -> Workspace:
