@@ -50,6 +50,7 @@ class JudgeSpec:
     # `noise_df` degrees of freedom in the pooled estimate (0: no prior at all).
     noise_sd: float = 0.0
     noise_df: int = 10
+    prior_runs: int = 1  # runs of the baseline when there is a noise prior (else noise_runs)
     pair_seeds: bool = True  # a candidate's runs use the incumbent's seeds (a paired test)
     noise_window: int = 12  # noise groups from the last N judged experiments (0: all)
     undo: bool = True  # a re-check that finds the incumbent no better than its parent reverts it
@@ -457,8 +458,10 @@ def _validate(spec: TaskSpec, where: str, files: list[str] | None = None) -> Non
     j = spec.judge
     if not 0 < j.alpha < 1:
         raise ConfigError(f"{where}: key 'judge.alpha' must be in (0, 1), got {j.alpha}")
-    if j.noise_runs < 1 or j.max_runs < 1:
-        raise ConfigError(f"{where}: keys 'judge.noise_runs' and 'judge.max_runs' must be >= 1")
+    if j.noise_runs < 1 or j.max_runs < 1 or j.prior_runs < 1:
+        raise ConfigError(
+            f"{where}: keys 'judge.noise_runs', 'judge.prior_runs' and 'judge.max_runs' must be >= 1"
+        )
     for key, runs in (("min_runs", j.min_runs), ("knob_min_runs", j.knob_min_runs)):
         if runs < 1:  # above max_runs it is clamped: max_runs = 1 is the single-run rule
             raise ConfigError(f"{where}: key 'judge.{key}' must be >= 1, got {runs}")
@@ -477,6 +480,7 @@ def _validate(spec: TaskSpec, where: str, files: list[str] | None = None) -> Non
         ("judge.noise_sd", j.noise_sd),
         ("judge.noise_df", j.noise_df),
         ("judge.noise_window", j.noise_window),
+        ("judge.prior_runs", j.prior_runs),
         ("eval.probes", spec.eval.probes),
         ("tuner.follow", spec.tuner.follow),
         ("llm.temperature", llm.temperature),
