@@ -2,9 +2,10 @@
 candidate's runs use (the incumbent's, so that runs pair), which earlier experiments inform
 the noise estimate, and the rule by which a re-check undoes a keep.
 
-Pure functions of figures, shared by the supervisor and `benchmarks/acceptance_sim.py`, so
-the simulation measures the policy the program runs. No I/O except `carried_prior` and
-`carry_prior`, which read and write one small JSON file.
+The rules are pure functions of figures, shared by the supervisor and
+`benchmarks/acceptance_sim.py`, so the simulation measures the policy the program runs.
+`Sessions` reads what they need from a ledger (never writes it); `carried_prior` and
+`carry_prior` read and write one small JSON file beside the data cache.
 
 - **Prior** (`prior`): the noise a task declares (`judge.noise_sd`, `judge.noise_df`), else
   the pooled noise of earlier sessions of comparable settings on this machine
@@ -26,17 +27,31 @@ the simulation measures the policy the program runs. No I/O except `carried_prio
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import statistics
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from rsilab.config import JudgeSpec
 from rsilab.fsio import atomic_write
-from rsilab.loop.judge import Noise, _pool
-from rsilab.results import Metric
+from rsilab.loop.judge import Noise, _pool, paired_differences
+from rsilab.record.ledger import Ledger
+from rsilab.results import Metric, Verdict
 
-__all__ = ["candidate_seed", "carried_prior", "carry_prior", "prior", "recent", "undo"]
+__all__ = [
+    "Evidence",
+    "candidate_seed",
+    "carried_prior",
+    "carry_prior",
+    "prior",
+    "prior_key",
+    "recent",
+    "since_recheck",
+    "undo",
+]
 
 
 def prior(spec: JudgeSpec, carried: Noise | None = None) -> Noise | None:
@@ -88,11 +103,20 @@ def carried_prior(store: Path, key: str) -> Noise | None:
     return None
 
 
-def carry_prior(store: Path, key: str, groups: Sequence[Sequence[float]]) -> Noise | None:
-    """Record the pooled noise of `groups` (repeats of one configuration each) under `key`
-    in `store`, replacing what was there; returns it (None, and nothing written, when the
-    groups hold no df). Best effort: an unwritable store is left as it is."""
-    var, df = _pool(groups)
+def prior_key(comparable: Mapping[str, Any], tree: str) -> str:
+    """The key of a carried prior: the settings that give the metric its meaning and the
+    git tree of the configuration measured (the noise of another script is another noise)."""
+    blob = json.dumps({"settings": comparable, "tree": tree}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:24]
+
+
+def carry_prior(
+    store: Path, key: str, groups: Sequence[Sequence[float]], earlier: Noise | None = None
+) -> Noise | None:
+    """Record the pooled noise of `groups` (repeats of one configuration each) and of what
+    was `earlier` carried under `key` in `store`; returns it (None, and nothing written, when
+    they hold no df). Best effort: an unwritable store is left as it is."""
+    var, df = _pool(groups, earlier)
     if not df or var <= 0:
         return None
     entries: dict[str, object] = {}
@@ -104,3 +128,66 @@ def carry_prior(store: Path, key: str, groups: Sequence[Sequence[float]]) -> Noi
         store.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(store, json.dumps(entries, indent=1, sort_keys=True))
     return Noise(var, df)
+
+
+def since_recheck(ledger: Ledger) -> int:
+    """Experiments decided since the incumbent was last re-checked (or since the session's
+    first experiment): the count `judge.recheck_every` is compared with, read from the
+    ledger so that it survives a stop and a resume."""
+    rechecked = max((r.created_at for r in ledger.runs() if r.kind == "recheck"), default=0.0)
+    return sum(
+        1
+        for e in ledger.experiments()
+        if e.kind != "baseline" and e.decided and (e.decided_at or 0.0) > rechecked
+    )
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """What the ledger holds for judging one candidate against one incumbent."""
+
+    incumbent: list[float]  # the incumbent's ok values (trials and re-checks), in run order
+    seeds: list[int]  # the harness seed of each
+    noise_groups: list[list[float]]  # other judged experiments' ok values, oldest first
+    paired_groups: list[list[float]]  # their differences to their incumbents, shared seeds
+
+    @classmethod
+    def gather(
+        cls, ledger: Ledger, incumbent: int, exclude: set[int], metric: Metric, window: int
+    ) -> Evidence:
+        """From `ledger`: the groups of every judged (keep/discard) experiment with >= 2 ok
+        values, but the incumbent and `exclude` (the candidate and its earlier tries), the
+        last `window` of them (0: all). Crashed and invalid experiments are left out (a
+        metric that ignores the seed would fake a low noise)."""
+        runs: dict[int, list[tuple[int, float]]] = {}
+        for r in ledger.runs():
+            if r.ok and r.metric is not None:
+                runs.setdefault(r.experiment_id, []).append((r.seed, r.metric))
+        against = {
+            e.experiment_id: e.merged_onto if e.merged_onto is not None else e.parent
+            for e in ledger.lineage()
+        }
+        judged = [
+            e.id
+            for e in ledger.experiments()
+            if e.status in (Verdict.KEEP.value, Verdict.DISCARD.value)
+            and e.kind != "baseline"
+            and e.id != incumbent
+            and e.id not in exclude
+            and len(runs.get(e.id, [])) >= 2
+        ]
+        noise, paired = [], []
+        for e_id in judged:
+            mine = runs[e_id]
+            noise.append([v for _, v in mine])
+            theirs = runs.get(against.get(e_id) or -1, [])
+            diffs = paired_differences(mine, theirs, metric)
+            if diffs is not None and len(diffs) >= 2:
+                paired.append(diffs)
+        inc = runs.get(incumbent, [])
+        return cls(
+            [v for _, v in inc],
+            [s for s, _ in inc],
+            [list(g) for g in recent(noise, window)],
+            [list(g) for g in recent(paired, window)],
+        )

@@ -361,7 +361,15 @@ def judge(
     ok = [r for r in candidate if r.ok]
     vals = [float(r.metric) for r in ok if r.metric is not None]
     noise = [[float(v) for v in g] for g in noise_groups]
-    pairs = paired_differences(ok, inc, incumbent_seeds, metric)
+    pairs = (
+        paired_differences(
+            [(r.seed, float(r.metric)) for r in ok if r.metric is not None],
+            list(zip(incumbent_seeds, inc, strict=True)),
+            metric,
+        )
+        if len(incumbent_seeds) == len(inc)
+        else None
+    )
     st = (
         _stats(vals, inc, metric, spec.min_effect, noise, prior, pairs, paired_groups)
         if vals
@@ -428,23 +436,21 @@ def judge(
 
 
 def paired_differences(
-    ok: Sequence[RunResult],
-    incumbent: Sequence[float],
-    incumbent_seeds: Sequence[int],
+    candidate: Sequence[tuple[int, float]],
+    incumbent: Sequence[tuple[int, float]],
     metric: Metric,
 ) -> list[float] | None:
-    """The gain of each ok candidate run over the incumbent's value under the same seed (0.0
-    when identical within REL_TOL), in run order; None unless every run has a partner."""
-    if not ok or len(incumbent_seeds) != len(incumbent):
-        return None
-    by_seed = dict(zip(incumbent_seeds, incumbent, strict=True))
+    """The gain of each (seed, value) of the candidate over the incumbent's value under the
+    same seed (0.0 when identical within REL_TOL), in order; None unless every one has a
+    partner."""
+    by_seed = dict(incumbent)
     out: list[float] = []
-    for r in ok:
-        partner = by_seed.get(r.seed)
-        if partner is None or r.metric is None:
+    for seed, value in candidate:
+        partner = by_seed.get(seed)
+        if partner is None:
             return None
-        out.append(0.0 if _same(r.metric, partner) else metric.gain(r.metric, partner))
-    return out
+        out.append(0.0 if _same(value, partner) else metric.gain(value, partner))
+    return out or None
 
 
 def _over_budget(ok: Sequence[RunResult], reference: Sequence[float], ratio: float) -> str:
@@ -476,6 +482,7 @@ def keep_threshold(
     spec: JudgeSpec,
     runs: int,
     min_runs: int | None = None,
+    prior: Noise | None = None,
 ) -> float | None:
     """The smallest gain that `judge` keeps from a candidate of `runs` ok runs (capped at
     spec.max_runs) against `incumbent`, with no other noise groups: what a change must buy
@@ -484,23 +491,28 @@ def keep_threshold(
     its runs spread like the incumbent's. Assumes, as the t-test gives, that a larger gain
     is never kept less.
 
-    None when the judge has no noise to test against (fewer than 2 incumbent values, or
-    identical ones: any gain > min_effect is kept there) or when `runs` is below the runs a
+    None when the judge has no noise to test against (no `prior` and fewer than 2 incumbent
+    values, or identical ones: any gain > min_effect is kept there) or when `runs` is below the runs a
     keep needs (`min_runs`, None: spec.min_runs). Found by bisection on `judge` itself, so
     it is exactly the rule's threshold, not a formula beside it (to 1e-6 of the noise sd).
     """
     runs = min(runs, spec.max_runs)
-    sd = noise_sigma(incumbent)
+    var, _ = _pool([incumbent], prior)
+    sd = math.sqrt(var)
     if not sd or runs < min(spec.min_runs if min_runs is None else min_runs, spec.max_runs):
         return None
-    spread = [incumbent[i % len(incumbent)] for i in range(runs)]
+    if len(incumbent) >= 2:
+        spread = [incumbent[i % len(incumbent)] for i in range(runs)]
+    else:  # one value and a prior: runs spread like the prior says
+        spread = [incumbent[0] + sd * (i - (runs - 1) / 2) for i in range(runs)]
     centre = statistics.fmean(incumbent) - statistics.fmean(spread)
     sign = -1.0 if metric.direction == "min" else 1.0
 
     def kept(gain: float) -> bool:
         values = [v + centre + sign * gain for v in spread]
         cand = [RunResult(Status.OK, seed, v) for seed, v in enumerate(values)]
-        return judge(cand, incumbent, metric, spec, min_runs=min_runs).verdict is Verdict.KEEP
+        j = judge(cand, incumbent, metric, spec, min_runs=min_runs, prior=prior)
+        return j.verdict is Verdict.KEEP
 
     lo, hi = 0.0, sd
     while not kept(hi):

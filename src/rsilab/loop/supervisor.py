@@ -48,14 +48,15 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Protocol
 
-from rsilab import provenance
+from rsilab import paths, provenance
 from rsilab.config import TaskSpec
 from rsilab.errors import RsilabError
 from rsilab.fsio import read_regular
-from rsilab.loop import lock, resume
+from rsilab.loop import evidence, lock, resume
 from rsilab.loop.controls import Controls
 from rsilab.loop.judge import (
     Judgement,
+    Noise,
     cap_breach,
     judge,
     keep_threshold,
@@ -109,6 +110,11 @@ class KeepGate(Protocol):
 
 def _no_view(message: str, progress: Progress) -> None:
     """The null view: the supervisor never branches on whether anyone watches."""
+
+
+def _shown(result: RunResult) -> str:
+    """A run's outcome in a few words: its status and metric, or why it failed."""
+    return f"{result.status} {result.metric:.4f}" if result.metric is not None else result.reason
 
 
 def _size(files: dict[str, str]) -> int:
@@ -182,7 +188,9 @@ class Supervisor:
         self._batch: list[Flight] = []  # the baseline's runs in flight (judged together)
         self._trees: dict[str, int] | None = None  # files tried or in flight -> experiment
         self._started = 0  # experiments made from proposals in this invocation
-        self._since_recheck = 0
+        # Counted from the ledger: a resumed session re-checks on the same schedule.
+        self._since_recheck = evidence.since_recheck(ledger)
+        self._prior: Noise | None = None  # set with the baseline (see `_noise_prior`)
         self._stopping = False  # no new experiments; those in flight finish
         self._hard = False  # cancel the runs in flight too
         self._requested: str | None = None  # stop() was called
@@ -231,29 +239,45 @@ class Supervisor:
             if r.result.ok and CPU_KEY in r.result.summary
         ]
 
-    def _noise_groups(self, candidate: int, incumbent: int) -> list[list[float]]:
-        """Ok metric values of each judged (keep/discard) experiment with >= 2 of them, for
-        judging experiment `candidate` against `incumbent`.
+    def _evidence(self, candidate: int, incumbent: int) -> evidence.Evidence:
+        """What the ledger holds for judging experiment `candidate` against `incumbent`
+        (evidence.Evidence.gather): the incumbent's values and seeds, and the noise groups of
+        the recent judged experiments, less the candidate's own runs: its experiment and
+        every earlier try of the same change that was re-applied as it (its runs are the
+        candidate's too; pooled, a candidate that pins its seed would lower its own bar)."""
+        return evidence.Evidence.gather(
+            self.ledger,
+            incumbent,
+            self._tries(candidate),
+            self.metric,
+            self.task.judge.noise_window,
+        )
 
-        Repeats of one commit under different seeds: the judge pools them into its noise
-        estimate. Crashed and invalid experiments are left out (a metric that ignores the
-        seed would fake a low noise), and so are the incumbent (the judge has its values,
-        rechecks included) and the candidate's own runs: its experiment, trials and
-        rechecks alike, and every earlier try of the same change that was re-applied as it
-        (its runs are the candidate's too; pooled, a candidate that pins its seed would
-        lower its own bar).
-        """
-        exclude = {incumbent, *self._tries(candidate)}
-        judged = {
-            e.id
-            for e in self.ledger.experiments()
-            if e.status in (Verdict.KEEP.value, Verdict.DISCARD.value) and e.id not in exclude
-        }
-        groups: dict[int, list[float]] = {}
-        for r in self.ledger.runs():
-            if r.experiment_id in judged and r.ok and r.metric is not None:
-                groups.setdefault(r.experiment_id, []).append(r.metric)
-        return [g for g in groups.values() if len(g) >= 2]
+    def _session_prior(self) -> Noise | None:
+        """The prior this session judges with: the one recorded in the ledger when the
+        session began (a resumed session must not count its own baseline twice), else the
+        one found now, recorded."""
+        saved = self.ledger.get_setting("noise_prior")
+        if isinstance(saved, dict):
+            return Noise(float(saved["var"]), int(saved["df"])) if saved else None
+        found = self._noise_prior()
+        self.ledger.set_setting("noise_prior", {"var": found.var, "df": found.df} if found else {})
+        return found
+
+    def _noise_prior(self, baseline: list[float] | None = None) -> Noise | None:
+        """The session's noise prior (evidence.prior): declared by the task, else carried from
+        earlier sessions of comparable settings of this configuration on this machine. With
+        `baseline` (a fresh baseline's values), they are carried on for later sessions."""
+        base = self.ws.info().get("base_commit")
+        if not base:
+            return evidence.prior(self.task.judge)
+        tree = self.ws.trees([str(base)]).get(str(base), str(base))
+        key = evidence.prior_key(self.task.comparable(self.preset or "none"), tree)
+        store = paths.home() / "noise.json"
+        carried = evidence.carried_prior(store, key)
+        if baseline is not None:
+            evidence.carry_prior(store, key, [baseline], carried)
+        return evidence.prior(self.task.judge, carried)
 
     def _tries(self, exp_id: int) -> set[int]:
         """`exp_id` and the experiments it re-applies (a re-application's lineage parent is
@@ -301,20 +325,23 @@ class Supervisor:
         self.ws.tag_experiment(exp_id, commit)
         return exp_id
 
-    def _record_run(self, exp_id: int, result: RunResult, kind: str = "trial") -> None:
+    def _record_run(
+        self, exp_id: int, result: RunResult, kind: str = "trial", say: bool = True
+    ) -> None:
         with self.ledger.transaction():
             self.ledger.add_run(exp_id, result, kind=kind)
             self.ledger.add_cost(exp_id, "compute", result.train_seconds + result.eval_seconds, "s")
-        shown = (
-            f"{result.status} {result.metric:.4f}" if result.metric is not None else result.reason
-        )
-        self._say(f"  #{exp_id} run seed={result.seed}: {shown}")
+        if say:
+            self._say(f"  #{exp_id} run seed={result.seed}: {_shown(result)}")
 
-    def _request(self, exp_id: int, k: int, worktree: Path, commit: str, label: str) -> RunRequest:
+    def _request(
+        self, exp_id: int, k: int, worktree: Path, commit: str, label: str, seed: int | None = None
+    ) -> RunRequest:
+        """Run `k` of an experiment; its seed is `seed`, else a fresh one of the schedule."""
         return self.bench.request(
             worktree,
             self.ws.run_dir(exp_id, k),
-            seed_schedule(self.task.seed, exp_id, k),
+            seed_schedule(self.task.seed, exp_id, k) if seed is None else seed,
             label=label,
             key=f"exp-{exp_id:04d}/run-{k}",
             commit=commit,
@@ -322,9 +349,10 @@ class Supervisor:
 
     def _submitted(self, exp_id: int, req: RunRequest, future: RunFuture) -> str:
         node = self.bench.where(future)
+        where = "waits for a free slot" if node == "queued" else f"on {node}"
         self._event(
             "run",
-            f"{req.label} on {node} (seed {req.seed})",
+            f"{req.label} {where} (seed {req.seed})",
             experiment=exp_id,
             run=int(req.key.rsplit("-", 1)[1]),
             node=node,
@@ -361,7 +389,9 @@ class Supervisor:
         self._say("")  # a re-render, no new line
 
     def ensure_baseline(self) -> Experiment:
-        """The incumbent; measures the baseline under several seeds first if there is none."""
+        """The incumbent; measures the baseline under several seeds first if there is none
+        (judge.noise_runs of them, judge.prior_runs when the session has a noise prior)."""
+        self._prior = self._session_prior()
         inc = self.ledger.incumbent()
         if inc is not None:
             return inc
@@ -375,7 +405,7 @@ class Supervisor:
             kind="baseline",
         )
         worktree = self.ws.create_worktree(f"exp-{exp_id:04d}", commit)
-        n = self.task.judge.noise_runs
+        n = self.task.judge.prior_runs if self._prior else self.task.judge.noise_runs
         try:
             row = self.ledger.experiment(exp_id)
             for k in range(n):  # side by side when there are slots for them
@@ -397,12 +427,17 @@ class Supervisor:
                     )
                 )
             futures = [f.future for f in self._batch if f.future is not None]
-            while not all(fut.done() for fut in futures):
+            told: set[int] = set()
+            while len(told) < len(futures):
                 concurrent.futures.wait(futures, timeout=POLL_SECONDS)
+                for k, fut in enumerate(futures):  # each told as it ends, not all at the end
+                    if fut.done() and k not in told:
+                        told.add(k)
+                        self._say(f"  baseline run {k + 1}/{n} ended: {_shown(fut.result())}")
                 self._show()
             results = [fut.result() for fut in futures]
             for r in results:  # in seed order, whatever order they finished in
-                self._record_run(exp_id, r)
+                self._record_run(exp_id, r, say=False)
         finally:
             self._batch.clear()
             self.ws.remove_worktree(worktree)
@@ -425,8 +460,11 @@ class Supervisor:
             source="supervisor",
             reason=f"baseline: {len(ok)} runs, mean {mean:.4f}, sd {sd:.4f} (the noise floor)",
         )
+        self._noise_prior(baseline=ok)  # for later sessions; this one keeps the prior it had
         spec = self.task.judge
-        bar = keep_threshold(ok, self.metric, spec, 1, min_runs=spec.knob_min_runs)
+        bar = keep_threshold(
+            ok, self.metric, spec, 1, min_runs=spec.knob_min_runs, prior=self._prior
+        )
         self._event(
             "baseline",
             f"baseline {self.metric.name} {mean:.4f} ± {sd:.4f} over {len(ok)} seeds"
@@ -608,7 +646,12 @@ class Supervisor:
             if flight.kind == "trial"
             else f"recheck of incumbent #{flight.exp_id}"
         )
-        req = self._request(flight.exp_id, k, flight.worktree, flight.commit, label)
+        seed = None
+        if flight.kind == "trial" and self.task.judge.pair_seeds:
+            seeds = [r.seed for r in self.ledger.runs(flight.parent.id) if r.ok]
+            fresh = seed_schedule(self.task.seed, flight.exp_id, k)
+            seed = evidence.candidate_seed(seeds, k, lambda _: fresh)
+        req = self._request(flight.exp_id, k, flight.worktree, flight.commit, label, seed)
         flight.future, flight.run_index, flight.label, flight.since = (
             self.bench.submit(req),
             k,
@@ -627,13 +670,17 @@ class Supervisor:
             if not cancelled:
                 self._record_run(flight.exp_id, result, kind="recheck")
             self._drop(flight)
+            if not cancelled and self.task.judge.undo:
+                self._undo_if_worse(flight.exp_id)
             return
         if not cancelled:
             self._record_run(flight.exp_id, result)
             flight.runs.append(result)
+            ev = self._evidence(flight.exp_id, flight.parent.id)
+            spec = self.task.judge
             j = judge(
                 flight.runs,
-                self._values(flight.parent.id),
+                ev.incumbent,
                 self.metric,
                 self.task.judge,
                 candidate_size=flight.sizes[0],
@@ -641,9 +688,12 @@ class Supervisor:
                 memory_cap_gb=self.task.memory_gb,
                 gpu_memory_cap_gb=self.task.gpu_memory_gb,
                 constraints=self.task.constraints,
-                noise_groups=self._noise_groups(flight.exp_id, flight.parent.id),
-                min_runs=self.task.judge.knob_min_runs if flight.knob_only else None,
+                noise_groups=ev.noise_groups,
+                min_runs=spec.knob_min_runs if flight.knob_only else None,
                 cpu_reference=self._cpu_seconds(flight.parent.id) if self.task.budget_flops else (),
+                prior=self._prior,
+                incumbent_seeds=ev.seeds if spec.pair_seeds else (),
+                paired_groups=ev.paired_groups if spec.pair_seeds else (),
             )
             if j.verdict is not Verdict.MORE:
                 self._decide(flight, j)
@@ -823,6 +873,45 @@ class Supervisor:
                 **self._compare(commit, inc.commit),
             )
         )
+
+    def _undo_if_worse(self, exp_id: int) -> None:
+        """After a re-check: an incumbent no better than its parent over all their runs
+        (evidence.undo) gives way to it. The decision is durable before the branch moves
+        back (recover() finishes a move cut short). It waits while a candidate made on this
+        incumbent is in flight: that one is judged against it, and the next re-check
+        decides again."""
+        inc = self.ledger.incumbent()
+        if inc is None or inc.id != exp_id or inc.kind == "baseline" or not inc.parent:
+            return
+        if any(f.parent.id == exp_id for f in self._flights if f.kind == "trial"):
+            return
+        parent = next(
+            (
+                e
+                for e in self.ledger.experiments()
+                if e.commit == inc.parent and e.status == Verdict.KEEP
+            ),
+            None,
+        )
+        if parent is None:
+            return
+        why = evidence.undo(self._values(exp_id), self._values(parent.id), self.metric)
+        if why is None:
+            return
+        self.ledger.add_decision(
+            exp_id, verdict=Verdict.DISCARD, source="supervisor", reason=f"undone: {why}",
+            metric=inc.metric, effect=inc.effect, ci_low=inc.ci_low, ci_high=inc.ci_high,
+            p_value=inc.p_value,
+        )  # fmt: skip
+        self.ws.reset_branch(parent.commit)
+        self._event(
+            "undo",
+            f"undid experiment {exp_id} ({inc.description}): {why}; the incumbent is "
+            f"#{parent.id} again",
+            experiment=exp_id,
+            incumbent=parent.id,
+        )
+        self.progress.best = mean_or_none(self.ledger.incumbent_values())
 
     def _drop(self, flight: Flight) -> None:
         self.ws.remove_worktree(flight.worktree)
