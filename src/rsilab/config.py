@@ -73,6 +73,29 @@ class TunerSpec:
 
 
 @dataclass(frozen=True)
+class KnobSpec:
+    """One declared knob (`[knobs.NAME]`): a setting of the user's code the tuner may move
+    (rsilab.space). Without `file` it adds bounds or a condition to the auto-detected
+    UPPER_CASE knob NAME of the editable `.py` files."""
+
+    # Where the value lives: an editable .py, .toml, .yaml/.yml or .json file ("": NAME is an
+    # auto-detected UPPER_CASE knob).
+    file: str = ""
+    # The Python variable (`lr`, `Config.lr` in a top-level class) or the dotted key of the
+    # config file (`optim.lr`); "": the knob's name.
+    key: str = ""
+    # A flag of the train command (`--lr`): the value read from `file` is passed to every run
+    # as `--lr VALUE` after the train command; "": none.
+    flag: str = ""
+    range: list[float] = field(default_factory=list)  # [low, high] of a number ([]: around the value)
+    log: bool = False  # search the range on a log scale (both ends > 0)
+    choices: list[Any] = field(default_factory=list)  # a closed set of values ([]: none)
+    # Conditions: the knob only matters when each named knob has that value (or one of a
+    # list of values): `when = { optimizer = "muon" }`. The tuner moves it only then.
+    when: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class LLMSpec:
     """A chat model as the researcher. Keys come from the environment, never from files."""
 
@@ -170,6 +193,8 @@ class TaskSpec:
     # refuses generated training data otherwise, and runs on it are flagged in the ledger.
     allow_generated_data: bool = False
     env: dict[str, str] = field(default_factory=dict)  # extra environment for runs
+    # The declared search space: knob name -> where it lives and how to search it (KnobSpec).
+    knobs: dict[str, KnobSpec] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         # The FLOPs budget reaches train.py through the run environment, which the runner
@@ -376,7 +401,7 @@ def _coerce(tp: Any, value: Any, where: str, key: str) -> Any:
         return value
     if tp is Path:
         return Path(value)
-    if isinstance(tp, types.UnionType):
+    if isinstance(tp, types.UnionType) or tp is Any:
         return value
     raise bad()
 
@@ -501,6 +526,44 @@ def _validate(spec: TaskSpec, where: str, files: list[str] | None = None) -> Non
     ):
         if value <= 0:
             raise ConfigError(f"{where}: key {key!r} must be > 0, got {value}")
+    for name, knob in spec.knobs.items():
+        _validate_knob(spec, where, name, knob, matching)
+
+
+_KNOB_FILES = (".py", ".toml", ".yaml", ".yml", ".json")
+
+
+def _validate_knob(
+    spec: TaskSpec, where: str, name: str, knob: KnobSpec, matching: Any
+) -> None:
+    """A declared knob must name an editable file of a known format, a sane range and
+    conditions on knobs that exist (declared, or UPPER_CASE names: auto-detected)."""
+    at = f"{where}: key 'knobs.{name}'"
+    if knob.file:
+        if not knob.file.endswith(_KNOB_FILES):
+            raise ConfigError(
+                f"{at}: file {knob.file!r} must be .py, .toml, .yaml, .yml or .json"
+            )
+        if not spec.is_editable(knob.file) or not matching([knob.file]):
+            raise ConfigError(
+                f"{at}: file {knob.file!r} must be an existing file listed in 'editable'"
+            )
+    elif knob.key or knob.flag:
+        raise ConfigError(f"{at}: 'key' and 'flag' need 'file' (where the value lives)")
+    if knob.flag and not knob.flag.startswith("-"):
+        raise ConfigError(f"{at}: flag {knob.flag!r} must start with '-', e.g. '--lr'")
+    if knob.range:
+        if len(knob.range) != 2 or not knob.range[0] < knob.range[1]:
+            raise ConfigError(f"{at}: range must be [low, high] with low < high, got {knob.range}")
+        if knob.log and knob.range[0] <= 0:
+            raise ConfigError(f"{at}: a log range must be above 0, got {knob.range}")
+    if knob.range and knob.choices:
+        raise ConfigError(f"{at}: give 'range' or 'choices', not both")
+    for other in knob.when:
+        if other == name or (other not in spec.knobs and not other.isupper()):
+            raise ConfigError(
+                f"{at}: 'when' names {other!r}, which is not another knob (declare it in [knobs])"
+            )
 
 
 def resolve_task_dir(name_or_path: str | None) -> Path:

@@ -271,6 +271,8 @@ def _research_locked(
     isolation, level = isolation_for(require_sandbox, task)
     train_data, val_data = task_data(task)
     choices, follow = proposer_choice.choose(proposer, task)
+    if not baseline_only:
+        _check_search_space(ws, task, preset, [c.name for c in choices], follow)
     # Queued human ideas always go first; then the chosen proposers, with their shares.
     proposers = [create("queue", queue_dir=ws.queue_dir)]
     proposers += [_make_proposer(c, task) for c in choices if c.name != "queue"]
@@ -307,6 +309,26 @@ def _research_locked(
             click.echo(f"stopped: {inert(reason)}")
             _print_status(ledger, task.metric.name, ws.root)
     return task
+
+
+def _check_search_space(
+    ws: Workspace, task: TaskSpec, preset: str, names: list[str], follow: bool
+) -> None:
+    """Say at the start, not after the baseline, when the offline tuner has nothing to tune:
+    refused (one line) when only tuner or random would propose, a warning beside others."""
+    from rsilab.space import check_declared, nothing_to_tune
+
+    offline = {"tuner", "random"}
+    if not follow and not offline & set(names):
+        return
+    files = ws.editable_files(task, ws.incumbent_commit())
+    check_declared(task, files)
+    why = nothing_to_tune(task, files, preset)
+    if why is None:
+        return
+    if set(names) <= offline | {"queue"}:
+        raise ConfigError(why)
+    click.echo(f"warning: the tuner has {why}")
 
 
 def _print_noise_floor(ledger: Any, task: TaskSpec) -> None:

@@ -35,6 +35,12 @@ class Knob:
     comment: str  # the trailing comment without '#', stripped
     lineno: int  # 1-based line of the assignment
     preset: str | None  # None for a top-level knob, else the preset block it sits in
+    # Declared in rsilab.toml [knobs] (rsilab.space), else None: the searched range, whether
+    # on a log scale, and the conditions (other knob -> values under which this one matters).
+    low: float | None = None
+    high: float | None = None
+    log: bool | None = None
+    when: Mapping[str, tuple[Any, ...]] | None = None
 
 
 @dataclass(frozen=True)

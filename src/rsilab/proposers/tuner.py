@@ -10,7 +10,10 @@ log-uniform over (1 - value)/10..(1 - value)*10: what matters for a decay is its
 1/(1 - beta), so 0.95 ranges over 0.5..0.995 and not over 0.095..1, where half of the
 draws were betas under 0.31 (on a GPU run, BETA2 0.264 took val_bpb from 2.56 to 3.64).
 The space holds these search coordinates; knobs, keys and proposals hold values. A range
-widens when a later incumbent or result lies outside it.
+widens when a later incumbent or result lies outside it. The knobs come from the task's
+search space (rsilab.space): the UPPER_CASE knobs plus those declared in `[knobs]`, whose
+declared `range` (and `log`) or `choices` replace the ranges above; a knob with a `when`
+condition is moved only in a proposal where its condition holds.
 
 How a proposal is drawn: a seeded RNG picks which knobs change; the others are fixed at the
 incumbent with `study.enqueue_trial`, and `study.ask` samples the rest (floats rounded to
@@ -55,8 +58,9 @@ from optuna.trial import TrialState
 
 from rsilab.errors import ConfigError
 from rsilab.proposers.base import Context, register
-from rsilab.proposers.knobs import Knob, collect_knobs, format_value, in_choices, set_knobs_in_files
+from rsilab.proposers.knobs import Knob, format_value, in_choices
 from rsilab.results import Metric, Proposal, Verdict
+from rsilab.space import SearchSpace, active
 
 if TYPE_CHECKING:
     from rsilab.config import TaskSpec
@@ -78,7 +82,7 @@ _Observation = tuple[dict[str, Any], list[str] | None, float | None, str, float 
 def complemented(knob: Knob) -> bool:
     """Whether the knob is searched as 1 - value (a float fraction in [0.5, 1))."""
     v = knob.value
-    return isinstance(v, float) and knob.choices is None and 0.5 <= v < 1
+    return isinstance(v, float) and knob.choices is None and knob.low is None and 0.5 <= v < 1
 
 
 def space_for(knob: Knob) -> BaseDistribution | None:
@@ -90,6 +94,10 @@ def space_for(knob: Knob) -> BaseDistribution | None:
     v = knob.value
     if isinstance(v, bool):
         return CategoricalDistribution((False, True))
+    if knob.low is not None and knob.high is not None and isinstance(v, int | float):
+        if isinstance(v, int):  # declared in rsilab.toml [knobs]: its range, as declared
+            return IntDistribution(math.ceil(knob.low), math.floor(knob.high), log=bool(knob.log))
+        return FloatDistribution(knob.low, knob.high, log=bool(knob.log))
     if knob.choices is not None:
         choices = knob.choices if in_choices(v, knob.choices) else (*knob.choices, v)
         return CategoricalDistribution(choices)
@@ -128,12 +136,19 @@ class Tuner:
     name = "tuner"
     learns = True
 
-    def __init__(self, seed: int = 0, max_knobs: int = 3, exclude: Sequence[str] = ()) -> None:
+    def __init__(
+        self,
+        seed: int = 0,
+        max_knobs: int = 3,
+        exclude: Sequence[str] = (),
+        search: SearchSpace | None = None,
+    ) -> None:
         if max_knobs < 1:
             raise ConfigError(f"proposer {self.name!r}: max_knobs must be >= 1, got {max_knobs}")
         self.seed = seed
         self.max_knobs = max_knobs
         self.exclude = frozenset(exclude)
+        self.search = search or SearchSpace()  # where the knobs come from
         self._study: optuna.Study | None = None
         self._space: dict[str, BaseDistribution] = {}  # of search coordinates
         self._complement: set[str] = set()  # knobs whose coordinate is 1 - value
@@ -146,7 +161,15 @@ class Tuner:
     def from_task(cls, task: TaskSpec, **options: Any) -> Self:
         """The tuner of `task`'s `[tuner]` section; `options` override its keys."""
         t = task.tuner
-        return cls(**{"seed": t.seed, "max_knobs": t.max_knobs, "exclude": t.exclude, **options})
+        return cls(
+            **{
+                "seed": t.seed,
+                "max_knobs": t.max_knobs,
+                "exclude": t.exclude,
+                "search": SearchSpace.of(task),
+                **options,
+            }
+        )
 
     def sampler(self, seed: int) -> optuna.samplers.BaseSampler:
         return optuna.samplers.TPESampler(seed=seed, n_startup_trials=N_STARTUP)
@@ -252,7 +275,7 @@ class Tuner:
         self._study = optuna.create_study(direction=direction, sampler=self.sampler(self.seed))
 
     def propose(self, ctx: Context) -> Proposal | None:
-        knobs = collect_knobs(ctx.files, ctx.preset)
+        knobs = self.search.knobs(ctx.files, ctx.preset)
         if self._study is None:
             self._start(knobs, ctx.metric)
         self._catch_up()
@@ -269,6 +292,10 @@ class Tuner:
             fixed = {n: v for n, v in base.items() if n not in free}
             drawn = self._draw(fixed, free, rng.getrandbits(32), uniform=attempt >= UNIFORM_AFTER)
             changed = {n: drawn[n] for n in free if not _same(drawn[n], base[n])}
+            # A knob whose condition does not hold in the new setting does not matter there:
+            # moving it would spend a run on a change that changes nothing.
+            values = {n: k.value for n, (_, k) in knobs.items()} | changed
+            changed = {n: v for n, v in changed.items() if active(knobs[n][1], values)}
             full = {**base, **changed}
             if changed and self._key(full) not in blocked:
                 return self._proposal(ctx, knobs, base, changed, full)
@@ -307,7 +334,7 @@ class Tuner:
         description = ", ".join(
             f"{n} {format_value(base[n])} -> {format_value(changed[n])}" for n in order
         )
-        files = set_knobs_in_files(ctx.files, changed, ctx.preset)
+        files = self.search.set(ctx.files, changed, ctx.preset)
         meta: dict[str, Any] = {"changed": order, "from": {n: base[n] for n in order}}
         if ctx.incumbent_metric is not None and math.isfinite(ctx.incumbent_metric):
             meta["parent_metric"] = ctx.incumbent_metric

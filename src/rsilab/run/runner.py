@@ -53,6 +53,7 @@ from rsilab.run.process import (
     usable_cores,
     watch,
 )
+from rsilab.space import SearchSpace
 
 SUMMARY_LINES = 1000
 METRICS_DIGEST = "metrics_sha256"  # key in RunResult.evaluation: sha256 of the metrics file
@@ -100,9 +101,11 @@ def parse_summary(text: str) -> dict[str, float]:
     return out
 
 
-def _command(task: TaskSpec) -> list[str]:
+def _command(task: TaskSpec, workdir: Path) -> list[str]:
     # "python" in a task's command means this interpreter, so the harness is importable.
-    return [sys.executable if part in ("python", "python3") else part for part in task.train]
+    # Declared flag knobs follow the command, their values read from this checkout.
+    argv = [sys.executable if part in ("python", "python3") else part for part in task.train]
+    return argv + SearchSpace.of(task).flag_args(workdir)
 
 
 def _base_env(task: TaskSpec) -> dict[str, str]:
@@ -271,7 +274,7 @@ def _run(
         )
         cleanup.callback(waiting.close)
     cmd, _ = sandbox.wrap(
-        _command(task),
+        _command(task, workdir),
         workdir=workdir,
         readonly=readonly,
         writable=[workdir, run_dir],
