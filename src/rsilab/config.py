@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import glob
 import math
+import re
 import tomllib
 import types
 import typing
@@ -29,6 +30,10 @@ CONFIG_NAME = "rsilab.toml"
 class MetricSpec:
     name: str = "val_bpb"
     direction: Literal["min", "max"] = "min"
+    # With evaluator = "in-process": a regular expression over the training log whose last
+    # match is the metric (its first group, else the whole match), e.g. 'val loss ([0-9.]+)';
+    # "": the metric is the `---` summary's key `name`.
+    pattern: str = ""
 
 
 @dataclass(frozen=True)
@@ -87,7 +92,9 @@ class KnobSpec:
     # A flag of the train command (`--lr`): the value read from `file` is passed to every run
     # as `--lr VALUE` after the train command; "": none.
     flag: str = ""
-    range: list[float] = field(default_factory=list)  # [low, high] of a number ([]: around the value)
+    range: list[float] = field(
+        default_factory=list
+    )  # [low, high] of a number ([]: around the value)
     log: bool = False  # search the range on a log scale (both ends > 0)
     choices: list[Any] = field(default_factory=list)  # a closed set of values ([]: none)
     # Conditions: the knob only matters when each named knob has that value (or one of a
@@ -528,22 +535,31 @@ def _validate(spec: TaskSpec, where: str, files: list[str] | None = None) -> Non
             raise ConfigError(f"{where}: key {key!r} must be > 0, got {value}")
     for name, knob in spec.knobs.items():
         _validate_knob(spec, where, name, knob, matching)
+    if spec.metric.pattern:
+        if ev != "in-process":
+            raise ConfigError(
+                f"{where}: key 'metric.pattern' reads the training log: it needs "
+                f"evaluator = 'in-process' (unsealed), got {ev!r}"
+            )
+        try:
+            re.compile(spec.metric.pattern)
+        except re.error as e:
+            raise ConfigError(
+                f"{where}: key 'metric.pattern': not a regular expression ({e}): "
+                f"{spec.metric.pattern!r}"
+            ) from None
 
 
 _KNOB_FILES = (".py", ".toml", ".yaml", ".yml", ".json")
 
 
-def _validate_knob(
-    spec: TaskSpec, where: str, name: str, knob: KnobSpec, matching: Any
-) -> None:
+def _validate_knob(spec: TaskSpec, where: str, name: str, knob: KnobSpec, matching: Any) -> None:
     """A declared knob must name an editable file of a known format, a sane range and
     conditions on knobs that exist (declared, or UPPER_CASE names: auto-detected)."""
     at = f"{where}: key 'knobs.{name}'"
     if knob.file:
         if not knob.file.endswith(_KNOB_FILES):
-            raise ConfigError(
-                f"{at}: file {knob.file!r} must be .py, .toml, .yaml, .yml or .json"
-            )
+            raise ConfigError(f"{at}: file {knob.file!r} must be .py, .toml, .yaml, .yml or .json")
         if not spec.is_editable(knob.file) or not matching([knob.file]):
             raise ConfigError(
                 f"{at}: file {knob.file!r} must be an existing file listed in 'editable'"

@@ -42,7 +42,7 @@ from rsilab.loop.judge import Judgement
 from rsilab.record.ledger import Experiment, Ledger, Run
 from rsilab.results import RunResult, Verdict
 from rsilab.run.process import TAIL_BYTES
-from rsilab.run.runner import METRICS_DIGEST, RunPaths, parse_summary
+from rsilab.run.runner import METRICS_DIGEST, RunPaths, metric_from_log, parse_summary
 from rsilab.workspace import STATE_DIR, Workspace, export_tree, git, git_bytes
 
 REL_TOL = 1e-9  # a decision metric is a mean recomputed in floating point
@@ -166,7 +166,10 @@ def run_problems(task: TaskSpec, run: RunResult, run_dir: Path) -> list[str]:
         log = tail_regular(paths.train_log, TAIL_BYTES)  # no link a run left is followed
         if log is None:
             return [f"{paths.train_log} is missing or not a regular file"]
-        value = parse_summary(log.decode(errors="replace")).get(name)
+        if task.metric.pattern:  # the training log's last match (the runner's own reading)
+            value: float | None = metric_from_log(paths.train_log, task.metric.pattern)[0]
+        else:
+            value = parse_summary(log.decode(errors="replace")).get(name)
         if value != run.metric:
             return [f"{paths.train_log} says {name} {value}, the ledger {run.metric}"]
         return []

@@ -28,6 +28,7 @@ import dataclasses
 import json
 import math
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -99,6 +100,27 @@ def parse_summary(text: str) -> dict[str, float]:
         except ValueError:
             continue
     return out
+
+
+def metric_from_log(log: Path, pattern: str) -> tuple[float | None, str]:
+    """The metric as `metric.pattern` reads it from a training log: the last match (its first
+    group, else the whole match) as a number; else None and why, in words. Only the log's
+    last READ_CAP bytes are read, never through a link."""
+    raw = tail_regular(log, READ_CAP)
+    text = raw.decode(errors="replace") if raw is not None else ""
+    last = None
+    for match in re.finditer(pattern, text, flags=re.MULTILINE):
+        last = match
+    if last is None:
+        return None, f"no line of the training log matches metric.pattern {pattern!r}"
+    found = last.group(1) if last.re.groups else last.group(0)
+    try:
+        value = float(found)
+    except (TypeError, ValueError):
+        return None, f"metric.pattern {pattern!r} matched {found!r}, which is not a number"
+    if not math.isfinite(value):
+        return None, f"metric.pattern {pattern!r} matched {found!r}, which is not finite"
+    return value, ""
 
 
 def _command(task: TaskSpec, workdir: Path) -> list[str]:
@@ -396,13 +418,15 @@ def _run(
             log=paths.train_log,
         )
     if task.evaluator == "in-process":
-        value = summary.get(task.metric.name)
+        if task.metric.pattern:
+            value, missing = metric_from_log(paths.train_log, task.metric.pattern)
+            if value is not None:
+                summary[task.metric.name] = value
+        else:
+            value = summary.get(task.metric.name)
+            missing = f"train.py printed no finite {task.metric.name}"
         if value is None or not math.isfinite(value):
-            return result(
-                Status.CRASH,
-                f"crash: train.py printed no finite {task.metric.name}",
-                log=paths.train_log,
-            )
+            return result(Status.CRASH, f"crash: {missing}", log=paths.train_log)
         return result(Status.OK, metric=value, evaluation={"sealed": False})
     if val_data is None and task.evaluator == "sealed":
         return result(Status.CRASH, "crash: no validation data for the evaluator")
