@@ -177,6 +177,10 @@ class TaskSpec:
     # Not applied under budget_flops (see judge.max_cpu_ratio). 0: off.
     handover_slack: float = 20.0
     eval_timeout: float = 300.0
+    # "Wrap up now": this signal goes to the train command when the budget is up, so a loop
+    # that catches it can evaluate, print its metric and save before the kill at budget +
+    # overhead (SIGINT: Python's KeyboardInterrupt). "": none (the kill only).
+    wrap_up_signal: Literal["", "SIGINT", "SIGTERM", "SIGUSR1", "SIGUSR2"] = ""
     threads: int = 1
     # Host memory (RSS) a run may use; past it the run is killed (oom). 0: no cap.
     memory_gb: float = 0.0

@@ -67,6 +67,7 @@ from rsilab.loop.limits import Limits, reached
 from rsilab.loop.merge import Merge, reapply
 from rsilab.loop.progress import Progress, Worker
 from rsilab.loop.scheduler import Flight, ProposalJob, ProposerPool
+from rsilab.loop.seedcheck import baseline_seed_note
 from rsilab.notify import Notify
 from rsilab.proposers.base import Context, HistoryItem, Proposer
 from rsilab.proposers.knobs import only_knobs_differ
@@ -475,6 +476,8 @@ class Supervisor:
                 else ""
             ),
         )
+        if note := baseline_seed_note(results, self.metric.name, spec):  # issue 23: seeds ignored
+            self._event("baseline", note)
         return self.ledger.experiment(exp_id)
 
     def _check_caps(self) -> None:

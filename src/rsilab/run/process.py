@@ -2,7 +2,8 @@
 limit, the memory and process-count watchdogs over its whole tree, and killing it.
 
 `run_process` runs one command to the end and returns a `ProcessOutcome` (never raises for
-what the command does): past `timeout` it gets SIGTERM, then SIGKILL after GRACE_SECONDS;
+what the command does): past `timeout` it gets SIGTERM, then SIGKILL after GRACE_SECONDS
+(before that, optionally, a "wrap up now" signal to the command alone: `signal_command`);
 the watchdogs read /proc every WATCH_SECONDS and kill the session past `memory_cap_gb`
 (the memory every member holds, in or out of a sandbox, shared and memfd memory included:
 memory.py) or `max_procs` tasks. Every process started here asks the kernel to kill it
@@ -205,17 +206,54 @@ def run_process(
     timeout: float,
     memory_cap_gb: float = 0.0,
     max_procs: int = 0,
+    wrap_up: tuple[float, int] | None = None,
 ) -> ProcessOutcome:
     """Run `cmd` in its own session with output to `log`; enforce wall time, memory (what
     the run's processes hold: memory.held_bytes) and, when `max_procs` > 0, the number of
-    its tasks."""
+    its tasks. `wrap_up` (seconds, signal): that signal goes once to the command itself
+    (`signal_command`) that many seconds after its start, before the `timeout` kill."""
     start = time.monotonic()
     proc = spawn(cmd, cwd=cwd, env=env, log=log)
     if isinstance(proc, ProcessOutcome):
         return proc
     return watch(
-        proc, start=start, timeout=timeout, memory_cap_gb=memory_cap_gb, max_procs=max_procs
+        proc,
+        start=start,
+        timeout=timeout,
+        memory_cap_gb=memory_cap_gb,
+        max_procs=max_procs,
+        wrap_up=wrap_up,
     )
+
+
+WRAPPERS = ("bwrap", "unshare")  # sandbox processes above the command (see sandbox.wrap)
+
+
+def signal_command(root: int, sig: int) -> list[int]:
+    """Send `sig` to the command a run started as `root`: the topmost processes of its tree
+    that are not a sandbox wrapper (bwrap, unshare), never to the wrappers (a signal they do
+    not handle would end the sandbox) nor to the command's own children (a worker that does
+    not handle it would die). Returns the pids signalled."""
+    procs = scan()
+    members = {m.pid: m for m in members_of(procs, root)}
+
+    def comm(pid: int) -> str:
+        try:
+            with open(f"/proc/{pid}/comm") as f:
+                return f.read().strip()
+        except OSError:
+            return ""
+
+    wrappers = {pid for pid in members if comm(pid) in WRAPPERS}
+    top = [
+        m.pid
+        for m in members.values()
+        if m.pid not in wrappers and (m.ppid not in members or m.ppid in wrappers)
+    ]
+    for pid in top:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, sig)
+    return top
 
 
 def spawn(
@@ -247,9 +285,11 @@ def watch(
     timeout: float,
     memory_cap_gb: float = 0.0,
     max_procs: int = 0,
+    wrap_up: tuple[float, int] | None = None,
 ) -> ProcessOutcome:
     """Wait for `proc` (a session leader from `spawn`), enforcing `timeout` seconds from
-    `start` (a time.monotonic() reading) and the watchdogs; then kill what is left of it."""
+    `start` (a time.monotonic() reading) and the watchdogs; then kill what is left of it.
+    `wrap_up`: see `run_process`."""
     pgid = proc.pid
     timed_out = oom = too_many = False
     peak = 0
@@ -279,6 +319,9 @@ def watch(
                 peak = max(peak, usage.ru_maxrss * 1024)
                 break
             now = time.monotonic()
+            if wrap_up is not None and now - start >= wrap_up[0]:
+                signal_command(pgid, wrap_up[1])
+                wrap_up = None  # once
             if now - start > timeout:
                 timed_out = True
                 look()  # so that _finish also gets what runs in the sandbox's own sessions

@@ -2,7 +2,9 @@
 
 The runner, not train.py, owns the clock: the training process gets `budget + overhead`
 seconds from its start, in its own session (process group); past that it gets SIGTERM,
-then SIGKILL after a short grace, and the run is `timeout`. Watchdogs sum the memory
+then SIGKILL after a short grace, and the run is `timeout`. A task's `wrap_up_signal` goes
+to the train command alone when the budget is up, so a loop that knows nothing of the
+harness can stop, evaluate and print within the overhead. Watchdogs sum the memory
 (shared and memfd memory included: memory.py) and the tasks of the run's whole process
 tree (its session and every descendant, in or out of a sandbox) and kill it past
 `memory_gb` (`oom`) or `max_procs` (a fork bomb: `crash`); the evaluator runs under the
@@ -30,6 +32,7 @@ import math
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -57,6 +60,8 @@ from rsilab.run.process import (
 from rsilab.space import SearchSpace
 
 SUMMARY_LINES = 1000
+# Set when the task has a wrap_up_signal: its name (SIGUSR1, ...), so train code can tell.
+ENV_WRAP_UP = "RSILAB_WRAP_UP_SIGNAL"
 METRICS_DIGEST = "metrics_sha256"  # key in RunResult.evaluation: sha256 of the metrics file
 
 
@@ -269,6 +274,8 @@ def _run(
             harness.ENV_ARTIFACT_DIR: str(paths.artifact.resolve()),
         }
     )
+    if task.wrap_up_signal:
+        env[ENV_WRAP_UP] = task.wrap_up_signal
     if preset:
         env[harness.ENV_PRESET] = preset
     if train_data is not None:
@@ -314,6 +321,9 @@ def _run(
             timeout=task.budget + task.overhead,
             memory_cap_gb=task.memory_gb,
             max_procs=task.max_procs,
+            wrap_up=(task.budget, signal.Signals[task.wrap_up_signal])
+            if task.wrap_up_signal
+            else None,
         )
         # Before reclaim: taking the files back changes their ctime.
         handover = _handover(paths.artifact, started)
