@@ -186,15 +186,18 @@ class Muon(torch.optim.Optimizer):
 
 
 def make_optimizers(model):
+    # One fused kernel per parameter group instead of a dozen small ops per tensor (CPU, CUDA).
+    fused = next(model.parameters()).device.type in ("cpu", "cuda")
     matrices = [p for n, p in model.named_parameters() if p.dim() == 2 and "blocks." in n]
     others = [p for n, p in model.named_parameters() if not (p.dim() == 2 and "blocks." in n)]
     betas = (BETA1, BETA2)
     if OPTIMIZER == "muon":
-        return [Muon(matrices, lr=MATRIX_LR), torch.optim.AdamW(others, lr=LR, betas=betas, weight_decay=0.0)]
+        return [Muon(matrices, lr=MATRIX_LR),
+                torch.optim.AdamW(others, lr=LR, betas=betas, weight_decay=0.0, fused=fused)]
     decay = [p for p in model.parameters() if p.dim() == 2]
     rest = [p for p in model.parameters() if p.dim() < 2]
     groups = [dict(params=decay, weight_decay=WEIGHT_DECAY), dict(params=rest, weight_decay=0.0)]
-    return [torch.optim.AdamW(groups, lr=LR, betas=betas)]
+    return [torch.optim.AdamW(groups, lr=LR, betas=betas, fused=fused)]
 
 
 def lr_scale(progress):
@@ -242,8 +245,9 @@ def main():
         for opt in optimizers:
             opt.step()
         model.zero_grad(set_to_none=True)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
+        # No sync per step: on a GPU the next batch is prepared while this step runs. The
+        # clock lags the device by the few steps queued; the item() below and the sync
+        # after the loop catch up.
         if step % 100 == 0:
             loss_value = loss.item()
             if not math.isfinite(loss_value):
@@ -254,6 +258,10 @@ def main():
             train_time += time.time() - t0
             tokens += BATCH_SIZE * SEQ_LEN
         step += 1
+    if device.type == "cuda":
+        t0 = time.time()
+        torch.cuda.synchronize()  # the steps still queued on the device
+        train_time += time.time() - t0
 
     harness.save_model(model, torch.zeros(BATCH_SIZE, SEQ_LEN, dtype=torch.long, device=device))
     tokens_per_second = tokens / max(train_time, 1e-9)
