@@ -11,18 +11,34 @@ OpenAI Chat Completions; `POST /v1/messages`: Anthropic Messages) and rendered i
 endpoint's exact wire format, errors in that vendor's error shape. With the queue empty
 the server answers HTTP 500 {"error": "no scripted reply"}; an unknown path gets a 404
 and consumes nothing. Every request is recorded. `Scripted` can also delay (a hang),
-drop the connection without answering, or send a raw body verbatim.
+drop the connection without answering, send a raw body verbatim, end as truncated
+(`finish="length"`), answer by a tool call (Anthropic `tool_input`), or compute its text
+from the messages as the model sees them (`respond`).
 
-Not covered: streaming (SSE), tools, anything but POST.
+Like a local model server it can also have a window (`n_ctx`): it counts a request's
+tokens as characters / `chars_per_token` (2.5: more tokens than rsilab's estimate, as real
+tokenizers give) plus 8 a message, and answers a request whose prompt plus max_tokens is
+over the window with HTTP 400 in the exact shape of `flavour` ("llama-cpp-python" and
+"vllm": OpenAI's "maximum context length" message; "llama.cpp": its
+exceed_context_size_error with n_ctx and n_prompt_tokens), consuming nothing. With
+`drop_system`, its chat template drops the system message (llama-cpp-python's Gemma
+format does). `refuse_formats` names response_format types it answers with
+llama-cpp-python's HTTP 500 validation error. The introspection endpoints (`GET /props`,
+`GET /v1/models`, `POST /api/show`, `POST /tokenize`, `POST /extras/tokenize/count`) are
+recorded in `probes`, answered from `props` / `models` / `tokenizer` or with a 404.
+
+Not covered: streaming (SSE).
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import socket
 import threading
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -56,8 +72,12 @@ class Scripted:
     delay: float = 0.0  # seconds the server waits before answering (a hang, for timeout tests)
     drop: bool = False  # close the connection without any response
     raw: bytes | None = None  # send this body verbatim (with `status` and `headers`)
-    tokens_in: int = 0  # reported usage
+    tokens_in: int = 0  # reported usage (0 with a window: the server's own count)
     tokens_out: int = 0
+    finish: str = "stop"  # "length": the answer hit max_tokens
+    tool_input: dict[str, Any] | None = None  # Anthropic: answer with this tool call
+    # The text, from the messages as the model sees them (system dropped with drop_system).
+    respond: Callable[[list[dict[str, Any]]], str] | None = None
 
 
 @dataclass(frozen=True)
@@ -90,7 +110,7 @@ def openai_body(s: Scripted, model: str) -> dict[str, Any]:
                 "index": 0,
                 "message": {"role": "assistant", "content": s.text},
                 "logprobs": None,
-                "finish_reason": "stop",
+                "finish_reason": s.finish,
             }
         ],
         "usage": {
@@ -112,17 +132,66 @@ def anthropic_body(s: Scripted, model: str) -> dict[str, Any]:
         "type": "message",
         "role": "assistant",
         "model": model,
-        "content": [{"type": "text", "text": s.text}],
-        "stop_reason": "end_turn",
+        "content": [{"type": "text", "text": s.text}]
+        if s.tool_input is None
+        else [{"type": "tool_use", "id": "toolu_fake", "name": "answer", "input": s.tool_input}],
+        "stop_reason": "max_tokens"
+        if s.finish == "length"
+        else "tool_use"
+        if s.tool_input is not None
+        else "end_turn",
         "stop_sequence": None,
         "usage": {"input_tokens": s.tokens_in, "output_tokens": s.tokens_out},
+    }
+
+
+PROBE_PATHS = ("/props", "/v1/models", "/api/show", "/tokenize", "/extras/tokenize/count")
+
+
+def overflow_body(flavour: str, n_ctx: int, prompt: int, completion: int) -> dict[str, Any]:
+    """The HTTP 400 body of a real server for a prompt over its window."""
+    if flavour == "llama.cpp":
+        return {
+            "error": {
+                "code": 400,
+                "message": "the request exceeds the available context size, try increasing it",
+                "type": "exceed_context_size_error",
+                "n_prompt_tokens": prompt,
+                "n_ctx": n_ctx,
+            }
+        }
+    return {  # llama-cpp-python, vLLM and OpenAI say it in these words
+        "error": {
+            "message": f"This model's maximum context length is {n_ctx} tokens. However, you "
+            f"requested {prompt + completion} tokens ({prompt} in the messages, {completion} "
+            "in the completion). Please reduce the length of the messages or completion.",
+            "type": "invalid_request_error",
+            "param": "messages",
+            "code": "context_length_exceeded",
+        }
     }
 
 
 class FakeLLM:
     """The server; starts at construction, stops on `close()` / leaving the `with` block."""
 
-    def __init__(self) -> None:
+    def __init__(
+        self,
+        *,
+        n_ctx: int | None = None,
+        flavour: str = "llama-cpp-python",
+        chars_per_token: float = 2.5,
+        drop_system: bool = False,
+        refuse_formats: tuple[str, ...] = (),
+        props: dict[str, Any] | None = None,
+        models: dict[str, Any] | None = None,
+        tokenizer: bool = False,
+    ) -> None:
+        self.n_ctx, self.flavour, self.chars_per_token = n_ctx, flavour, chars_per_token
+        self.drop_system, self.refuse_formats = drop_system, refuse_formats
+        self.props, self.models, self.tokenizer = props, models, tokenizer
+        self.probes: list[RecordedRequest] = []
+        self.overflows = 0  # requests answered with a context-length 400
         self.requests: list[RecordedRequest] = []
         self._replies: deque[Scripted] = deque()
         self._lock = threading.Lock()
@@ -174,6 +243,36 @@ class FakeLLM:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def count(self, text: str) -> int:
+        """The server's token count of `text`."""
+        return int(len(text) / self.chars_per_token) + 1
+
+    def seen(self, body: dict[str, Any]) -> list[dict[str, Any]]:
+        """The messages as the model sees them after the chat template."""
+        msgs = list(body.get("messages") or [])
+        if isinstance(body.get("system"), str):
+            msgs = [{"role": "system", "content": body["system"]}, *msgs]
+        if self.drop_system:
+            msgs = [m for m in msgs if m.get("role") != "system"]
+        return msgs
+
+    def prompt_tokens(self, body: dict[str, Any]) -> int:
+        return sum(self.count(str(m.get("content", ""))) + 8 for m in self.seen(body))
+
+    def _probe(self, method: str, path: str, parsed: Any) -> tuple[int, Any]:
+        if path == "/props" and method == "GET" and self.props is not None:
+            return 200, self.props
+        if path == "/v1/models" and method == "GET":
+            return 200, self.models or {
+                "object": "list",
+                "data": [{"id": "fake", "object": "model", "owned_by": "me"}],
+            }
+        if path == "/extras/tokenize/count" and self.tokenizer and isinstance(parsed, dict):
+            return 200, {"count": self.count(str(parsed.get("input", "")))}  # llama-cpp-python
+        if path == "/tokenize" and self.tokenizer and isinstance(parsed, dict):
+            return 200, {"tokens": [0] * self.count(str(parsed.get("content", "")))}  # llama.cpp
+        return 404, {"detail": "Not Found"}
+
     def _take(self, request: RecordedRequest) -> Scripted | None:
         with self._lock:
             self.requests.append(request)
@@ -198,16 +297,33 @@ def _make_handler(fake: FakeLLM) -> type[BaseHTTPRequestHandler]:
                 with fake._lock:
                     fake._connections.discard(self.connection)
 
+        def do_GET(self) -> None:
+            self._serve("GET")
+
         def do_POST(self) -> None:
+            self._serve("POST")
+
+        def _serve(self, method: str) -> None:
             body = self.rfile.read(int(self.headers.get("content-length") or 0))
             try:
                 parsed = json.loads(body)
             except ValueError:
                 parsed = None
             request = RecordedRequest(
-                "POST", self.path, {k.lower(): v for k, v in self.headers.items()}, parsed, body
+                method, self.path, {k.lower(): v for k, v in self.headers.items()}, parsed, body
             )
             path = self.path.split("?")[0]
+            if path in PROBE_PATHS:
+                with fake._lock:
+                    fake.probes.append(request)
+                status, answer = fake._probe(method, path, parsed)
+                return self._send(status, json.dumps(answer).encode(), {})
+            if path in ("/v1/chat/completions", "/v1/messages") and isinstance(parsed, dict):
+                refused = self._refusal(parsed)
+                if refused is not None:
+                    with fake._lock:
+                        fake.requests.append(request)
+                    return self._send(*refused)
             if path == "/v1/chat/completions":
                 render = openai_body
             elif path == "/v1/messages":
@@ -236,12 +352,45 @@ def _make_handler(fake: FakeLLM) -> type[BaseHTTPRequestHandler]:
                 self.close_connection = True
                 return
             model = parsed.get("model", "fake") if isinstance(parsed, dict) else "fake"
+            if isinstance(parsed, dict):
+                if scripted.respond is not None:
+                    scripted = dataclasses.replace(
+                        scripted, text=scripted.respond(fake.seen(parsed))
+                    )
+                if fake.n_ctx is not None and not scripted.tokens_in:
+                    scripted = dataclasses.replace(
+                        scripted,
+                        tokens_in=fake.prompt_tokens(parsed),
+                        tokens_out=scripted.tokens_out or fake.count(scripted.text),
+                    )
             raw = (
                 scripted.raw
                 if scripted.raw is not None
                 else json.dumps(render(scripted, model)).encode()
             )
             self._send(scripted.status, raw, scripted.headers)
+
+        def _refusal(self, parsed: dict[str, Any]) -> tuple[int, bytes, dict[str, str]] | None:
+            """A context-length 400 or a refused answer format, as the real servers say it."""
+            fmt = parsed.get("response_format")
+            if isinstance(fmt, dict) and fmt.get("type") in fake.refuse_formats:
+                message = (
+                    "1 validation error:\n  {'type': 'literal_error', 'loc': ('body', "
+                    f"'response_format', 'type'), 'msg': \"Input should be 'text' or "
+                    f"'json_object'\", 'input': '{fmt.get('type')}'}}"
+                )
+                error = {"message": message, "type": "internal_server_error", "param": None}
+                return 500, json.dumps({"error": {**error, "code": None}}).encode(), {}
+            if fake.n_ctx is None:
+                return None
+            prompt = fake.prompt_tokens(parsed)
+            completion = int(parsed.get("max_tokens") or 0)
+            if prompt + completion <= fake.n_ctx:
+                return None
+            with fake._lock:
+                fake.overflows += 1
+            body = overflow_body(fake.flavour, fake.n_ctx, prompt, completion)
+            return 400, json.dumps(body).encode(), {}
 
         def _send(self, status: int, body: bytes, headers: dict[str, str]) -> None:
             self.send_response(status)

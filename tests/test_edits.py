@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import random
+from pathlib import Path
 
 import pytest
 
+import rsilab
 from rsilab.proposers.edits import (
     FORMAT_INSTRUCTIONS,
     Answer,
@@ -118,8 +120,12 @@ def test_parse_whole_file_with_a_longer_fence_keeps_inner_fences() -> None:
 def test_the_format_instructions_example_parses() -> None:
     example = FORMAT_INSTRUCTIONS[FORMAT_INSTRUCTIONS.index("DESCRIPTION:") :]
     example = example[: example.index(">>>>>>> REPLACE") + len(">>>>>>> REPLACE")]
-    out = apply(example)
-    assert out["train.py"].startswith("LR = 0.003               # peak learning rate\n")
+    answer = parse_answer(example)
+    out = apply_answer({"example.py": "GAIN = 1.5  # output scale\n"}, answer, lambda p: True)
+    assert out == {"example.py": "GAIN = 2.0  # output scale\n"}
+    for task in ("gpt", "toy"):  # the example is no near-copy of a line of a real train.py
+        source = (Path(rsilab.__file__).parent / "tasks" / task / "train.py").read_text()
+        assert "GAIN" not in source
 
 
 @pytest.mark.parametrize(

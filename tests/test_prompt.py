@@ -15,6 +15,7 @@ from rsilab.proposers.prompt import (
     Fix,
     build_messages,
     estimate_tokens,
+    harness_api,
     history_block,
 )
 from rsilab.results import Metric, Proposal
@@ -77,7 +78,8 @@ def fixed_tokens(c: Context, fix: Fix | None = None) -> int:
 
 
 def test_estimate_tokens() -> None:
-    assert [estimate_tokens(s) for s in ("", "a", "abcd", "abcde")] == [0, 1, 1, 2]
+    # characters / 3.1 (measured on a real tokenizer; characters / 4 undercounted by 25%)
+    assert [estimate_tokens(s) for s in ("", "a", "abc", "abcd", "x" * 31)] == [0, 1, 1, 2, 10]
 
 
 def test_prompt_holds_program_files_metric_and_format() -> None:
@@ -90,7 +92,7 @@ def test_prompt_holds_program_files_metric_and_format() -> None:
     assert "````python\nDOC = '```'" in user  # a fence longer than the file's own backticks
     assert "val_bpb, lower is better" in user and "3.2000" in user
     assert "try rope" in user and "No experiments yet." in user
-    assert FORMAT_INSTRUCTIONS.strip() in system and HARNESS_API.strip() in system
+    assert FORMAT_INSTRUCTIONS.strip() in system and harness_api(FILES).strip() in system
     assert "train.py, extra.py" in system
 
 
@@ -187,14 +189,32 @@ def test_failures_get_a_share_of_a_long_history() -> None:
     assert "Kept:" in text
 
 
-def test_fixed_part_over_budget_keeps_files_and_gives_best_line() -> None:
+def test_fixed_part_over_budget_shrinks_in_the_stated_order() -> None:
+    """History first, then the harness API, the program, the files: each level fits a budget
+    that the one before it did not, and the best line of the history always stays."""
     history = long_history(200)
-    _, messages = build_messages(ctx(history), budget_tokens=100)
+    c = ctx(history)
+    full = fixed_tokens(c)
+    system, messages = build_messages(c, budget_tokens=full + 50)
     user = messages[0]["content"]
-    assert FILES["train.py"] in user and PROGRAM.strip() in user
-    section = user.split("# History\n\n")[1].split("\n\n")[0]
-    assert section == history_block(history, Metric(), 0)
-    assert "\n" not in section
+    assert FILES["train.py"] in user and PROGRAM.strip() in user and "setup()" in system
+    assert "- `harness.setup() -> torch.device`" in system  # the API in full
+    # Under the fixed part: the API shrinks to names, then the program, then the files.
+    system, messages = build_messages(c, budget_tokens=full - 300)
+    user = messages[0]["content"]
+    assert "The files use: harness." in system and PROGRAM.strip() in user
+    assert "\n#194 keep 3.2975" in user  # the best line of the history
+    assert total_tokens(system, messages) <= full - 300
+    system, messages = build_messages(c, budget_tokens=full - 1000)
+    user = messages[0]["content"]
+    assert PROGRAM.strip() not in user and "more lines of the program omitted" in user
+    assert FILES["train.py"] in user
+    assert total_tokens(system, messages) <= full - 1000
+    system, messages = build_messages(c, budget_tokens=full - 3500)
+    user = messages[0]["content"]
+    assert FILES["train.py"] not in user and "are not shown, for space" in user
+    assert FILES["train.py"][:2000] in user  # the head with the knobs is still there
+    assert total_tokens(system, messages) <= full - 3500
 
 
 def test_repair_turns_follow_in_order() -> None:

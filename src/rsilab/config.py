@@ -114,7 +114,22 @@ class LLMSpec:
     temperature: float = 0.7
     max_tokens: int = 4096  # of one answer
     timeout: float = 180.0  # seconds per HTTP request
-    context_tokens: int = 24000  # prompt budget: history is trimmed to fit
+    context_tokens: int = 24000  # most tokens one prompt may use (a cost cap); the window lowers it
+    # The model's context window, prompt and answer together; 0: ask the server (llama.cpp
+    # /props, vLLM /v1/models, ollama /api/show), else learn it from a context-length error.
+    window_tokens: int = 0
+    # How the answer is asked for. "auto": a JSON schema on local servers (the one format
+    # small models keep), free text on the vendors' own hosts; "json_schema" / "json_object"
+    # (llama-cpp-python's form) / "tool" (Anthropic tool use); "off": free text only.
+    structured: Literal["auto", "off", "json_schema", "json_object", "tool"] = "auto"
+    # What to ask for: "edit" (SEARCH/REPLACE edits of the files), "compact" (one knob and
+    # its new value, from a table of the knobs; about 1k tokens), "auto" (compact when the
+    # window is under 6k tokens or the edit prompt cannot fit it).
+    mode: Literal["auto", "edit", "compact"] = "auto"
+    # Where the system prompt goes: "system", "user" (opening the first user turn, for chat
+    # templates that drop the system role, like Gemma's), "auto" (user when the server's
+    # template has no system role or the model is a Gemma).
+    system_prompt: Literal["auto", "system", "user"] = "auto"
     price_in: float = 0.0  # USD per million input tokens (for cost; 0: unknown)
     price_out: float = 0.0  # USD per million output tokens
     repair_rounds: int = 2  # re-asks after a malformed or non-applying answer
@@ -524,6 +539,7 @@ def _validate(spec: TaskSpec, where: str, files: list[str] | None = None) -> Non
         ("llm.price_out", llm.price_out),
         ("llm.repair_rounds", llm.repair_rounds),
         ("llm.fix_attempts", llm.fix_attempts),
+        ("llm.window_tokens", llm.window_tokens),
     ):
         if value < 0:
             raise ConfigError(f"{where}: key {key!r} must be >= 0, got {value}")

@@ -78,6 +78,7 @@ def history(ledger: Ledger) -> list[HistoryItem]:
                 reason=e.reason,
                 log_tail=tail,
                 meta=e.meta,
+                diff=e.diff,
             )
         )
     return items

@@ -530,7 +530,29 @@ class Supervisor:
             workdir=workdir,
             notify=self._say,
             should_stop=self._should_stop,
+            **self._judge_figures(inc),
         )
+
+    def _judge_figures(self, inc: Experiment) -> dict[str, Any]:
+        """For the researcher's prompt: the incumbent's noise, the gain the judge needs to
+        keep a change confirmed by all its runs, and the means of its run summaries."""
+        from rsilab.loop.judge import keep_threshold, noise_sigma
+
+        values = self._values(inc.id)
+        spec = self.task.judge
+        sums: dict[str, list[float]] = {}
+        for r in self.ledger.runs(inc.id):
+            if not r.result.ok:
+                continue
+            for key, value in r.result.summary.items():
+                if isinstance(value, int | float) and not isinstance(value, bool):
+                    sums.setdefault(str(key), []).append(float(value))
+        summary = {k: sum(v) / len(v) for k, v in sums.items() if "cpu_seconds" not in k}
+        return {
+            "noise_sd": noise_sigma(values) if len(values) > 1 else None,
+            "keep_gain": keep_threshold(values, self.metric, spec, spec.max_runs),
+            "incumbent_summary": dict(list(summary.items())[:10]),
+        }
 
     def _known_trees(self) -> dict[str, int]:
         """The files of every experiment tried or in flight (a tree sha) -> its id."""
@@ -630,6 +652,9 @@ class Supervisor:
             ):
                 if usage.get(kind):
                     self.ledger.add_cost(exp_id, kind, float(usage[kind]), unit)
+            stats = proposal.meta.get("proposal")  # wall time, tokens, rounds (llm proposer)
+            if isinstance(stats, dict):
+                self.ledger.add_proposal_cost(exp_id, proposal.proposer, stats)
         log = proposal.meta.get("log")
         if log and exp_id is not None:
             path = self.ws.run_dir(exp_id, 0).parent / "proposal.log"

@@ -48,6 +48,7 @@ class HistoryItem:
     reason: str = ""  # the judge's one-line reason
     log_tail: str = ""  # last lines of the first failed run's log (crashes), else ""
     meta: Mapping[str, Any] = field(default_factory=dict)  # the proposal's meta
+    diff: str = ""  # the change against its parent (git diff), "" when unknown
 
     def to_proposal(self) -> Proposal:
         """The proposal rebuilt for a warm-start `observe` (its files are not kept)."""
@@ -69,6 +70,13 @@ class Context:
     program: str = ""  # the task's research instructions (program.md)
     editable: Sequence[str] = ()  # globs of the files a proposal may change
     limits: Sequence[str] = ()  # what one run may use (TaskSpec.limits), for prompts
+    # What the judge measured, for prompts: the sd of one run's metric around the
+    # incumbent (the noise floor), the smallest gain it keeps from a change confirmed by
+    # all its runs (judge.keep_threshold), and the incumbent's run summary (means of the
+    # `key: value` figures train.py printed: steps, tokens/s, loss, ...). None / {}: unknown.
+    noise_sd: float | None = None
+    keep_gain: float | None = None
+    incumbent_summary: Mapping[str, float] = field(default_factory=dict)
     # A fresh checkout of the incumbent that becomes this experiment's worktree. A proposer
     # may edit it in place (coding-agent CLIs do) instead of returning files; the
     # supervisor checks and commits whatever differs, exactly as for returned files.

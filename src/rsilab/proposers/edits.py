@@ -1,7 +1,8 @@
 """The answer format of the LLM proposers. Owns: parsing an answer and applying its edits.
 
 A model answers with a one-line `DESCRIPTION:` and SEARCH/REPLACE blocks (or whole files),
-as `FORMAT_INSTRUCTIONS` tells it. `parse_answer` turns that text into an `Answer`;
+as `FORMAT_INSTRUCTIONS` tells it, or, asked for a structured answer, with a JSON object
+(`EDIT_SCHEMA`, `JSON_FORMAT_INSTRUCTIONS`). `parse_answer` turns either into an `Answer`;
 `apply_answer` applies it to the incumbent's editable files and returns the changed ones.
 Pure text functions: no I/O, no network.
 
@@ -15,25 +16,30 @@ editable files changed in git (workspace.py).
 from __future__ import annotations
 
 import difflib
+import json
 import re
 import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
+# The example edits a file no task has, so that a model copying it verbatim gets an error
+# that says so instead of a change it did not mean (a near-copy of a real train.py line
+# did apply, as a change nobody proposed).
 FORMAT_INSTRUCTIONS = """\
 ## Answer format
 
 You may think first. Then write one line:
 
-DESCRIPTION: <one line saying what the change does, e.g. raise LR 0.001 -> 0.003>
+DESCRIPTION: <one line saying what the change does, e.g. halve the warmup 0.1 -> 0.05>
 
-followed by one or more SEARCH/REPLACE blocks, each preceded by the file's path on its own line:
+followed by one or more SEARCH/REPLACE blocks, each preceded by the file's path on its own
+line. For example, for a file example.py that holds `GAIN = 1.5  # output scale`:
 
-train.py
+example.py
 <<<<<<< SEARCH
-LR = 0.001               # peak learning rate
+GAIN = 1.5  # output scale
 =======
-LR = 0.003               # peak learning rate
+GAIN = 2.0  # output scale
 >>>>>>> REPLACE
 
 - SEARCH copies whole lines of the current file verbatim (spaces and comments included) and
@@ -49,6 +55,48 @@ FILE: train.py
 
 Do not write `<<<<<<< SEARCH`, `=======`, `>>>>>>> REPLACE` or `FILE:` lines anywhere else.
 """
+
+JSON_FORMAT_INSTRUCTIONS = """\
+## Answer format
+
+Answer with one JSON object and nothing else:
+
+{"description": "<one line saying what the change does>",
+ "edits": [{"path": "<an editable file>",
+            "search": "<whole lines of the current file, copied exactly>",
+            "replace": "<the new lines>"}]}
+
+- `search` copies whole lines of the file verbatim (spaces and comments included) and must
+  match exactly one place; `replace` is what they become. Keep each edit small.
+- Edits apply in order; a later one sees the result of earlier ones.
+"""
+
+# The JSON schema of an edit answer (a structured answer: llmclient.AnswerFormat). Every
+# key required and no others: OpenAI's strict mode needs that, and a grammar built from it
+# leaves a small model no room to wander.
+EDIT_SCHEMA: dict[str, object] = {
+    "type": "object",
+    "properties": {
+        "description": {"type": "string"},
+        "edits": {
+            "type": "array",
+            "minItems": 1,
+            "maxItems": 8,
+            "items": {
+                "type": "object",
+                "properties": {
+                    "path": {"type": "string"},
+                    "search": {"type": "string"},
+                    "replace": {"type": "string"},
+                },
+                "required": ["path", "search", "replace"],
+                "additionalProperties": False,
+            },
+        },
+    },
+    "required": ["description", "edits"],
+    "additionalProperties": False,
+}
 
 _SEARCH = re.compile(r"^\s*<{5,9}\s*SEARCH\s*$")
 _DIVIDER = re.compile(r"^\s*={5,9}\s*$")
@@ -85,9 +133,14 @@ class Answer:
 def parse_answer(text: str) -> Answer:
     """The description and edits of `text`; prose around the blocks and ``` fences are ignored.
 
-    A block's path is the nearest line above its `<<<<<<< SEARCH` (past blank and fence
+    A JSON object (a structured answer, see EDIT_SCHEMA) is parsed as such. In text, a
+    block's path is the nearest line above its `<<<<<<< SEARCH` (past blank and fence
     lines); a block right after another one without a path line takes the previous path.
+    Without a `DESCRIPTION:` line, the first line of prose before the first block is the
+    description (aider's own style: a sentence, then the blocks).
     """
+    if _looks_like_json(text):
+        return parse_json_answer(text)
     lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
     edits: list[Edit] = []
     whole: dict[str, str] = {}
@@ -132,19 +185,69 @@ def parse_answer(text: str) -> Answer:
             whole[path], i = _read_fenced(lines, j, path)
             continue
         i += 1
-    description = _description("\n".join(lines))
     if not edits and not whole:
         raise EditError(
             "the answer has no edits: after the DESCRIPTION line, give SEARCH/REPLACE "
             "blocks (path line, <<<<<<< SEARCH, =======, >>>>>>> REPLACE) or a "
             "FILE: block with a file's whole content"
         )
+    description = _description("\n".join(lines), lines)
     return Answer(description, tuple(edits), whole)
 
 
-def _description(text: str) -> str:
+def _looks_like_json(text: str) -> bool:
+    body = _strip_fence(text)
+    return body.startswith("{") and body.rstrip().endswith("}")
+
+
+def _strip_fence(text: str) -> str:
+    body = text.strip()
+    m = re.match(r"^(`{3,}|~{3,})\s*\w*\s*\n(.*)\n\1\s*$", body, re.DOTALL)
+    return m.group(2).strip() if m else body
+
+
+def parse_json_answer(text: str) -> Answer:
+    """An `Answer` from a JSON edit answer ({"description", "edits": [{path, search,
+    replace}]}, see EDIT_SCHEMA); the messages say, for the model, what is wrong."""
+    try:
+        data = json.loads(_strip_fence(text))
+    except ValueError as err:
+        raise EditError(
+            f"the answer is not valid JSON ({err}); answer with one JSON object "
+            '{"description": ..., "edits": [{"path": ..., "search": ..., "replace": ...}]}'
+        ) from None
+    if not isinstance(data, dict):
+        raise EditError("the answer must be one JSON object, not a list or a value")
+    desc = " ".join(str(data.get("description") or "").split())
+    if not desc:
+        raise EditError('the JSON answer has no "description": say in one line what changes')
+    raw = data.get("edits")
+    if not isinstance(raw, list) or not raw:
+        raise EditError('the JSON answer has no "edits": give at least one {path, search, replace}')
+    edits = []
+    for n, e in enumerate(raw, 1):
+        if not isinstance(e, dict) or not all(
+            isinstance(e.get(k), str) for k in ("path", "search", "replace")
+        ):
+            raise EditError(f'edit {n} needs three strings: "path", "search" and "replace"')
+        path = _clean_path(e["path"])
+        edits.append(Edit(path, _whole_lines(e["search"]), _whole_lines(e["replace"])))
+    return Answer(desc, tuple(edits))
+
+
+def _whole_lines(text: str) -> str:
+    """`text` as whole lines (ending in a newline), or "" for blank text."""
+    if not text.strip("\n"):
+        return ""
+    return text if text.endswith("\n") else text + "\n"
+
+
+def _description(text: str, lines: list[str] | None = None) -> str:
     m = _DESCRIPTION.search(text)
     if m is None:
+        prose = _prose_line(lines or [])
+        if prose:
+            return prose
         raise EditError(
             "the answer has no DESCRIPTION line; start it with "
             "`DESCRIPTION: <one line saying what the change does>`"
@@ -156,6 +259,28 @@ def _description(text: str) -> str:
             "`DESCRIPTION:` on the same line"
         )
     return desc
+
+
+def _prose_line(lines: list[str], limit: int = 160) -> str:
+    """The first line of prose before the first block (a path line, marker or fence is not
+    prose), markdown emphasis and a list bullet stripped, cut to `limit`; "" if none."""
+    for i, line in enumerate(lines):
+        if _SEARCH.match(line) or _FILE.match(line):
+            break
+        text = line.strip().strip("*_#>`").strip()
+        text = re.sub(r"^[-*+]\s+|^\d+[.)]\s+", "", text).strip()
+        nxt = lines[_next_nonblank(lines, i + 1)] if i + 1 < len(lines) else ""
+        if (
+            not text
+            or _FENCE.match(line)
+            or _SEARCH.match(nxt)  # the path line of the first block
+            or (_FENCE.match(nxt) and _PATH.match(text))
+            or len(text) < 8
+        ):
+            continue
+        text = " ".join(text.split())
+        return text if len(text) <= limit else text[: limit - 3] + "..."
+    return ""
 
 
 def _next_nonblank(lines: list[str], i: int) -> int:

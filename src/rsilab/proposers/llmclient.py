@@ -4,15 +4,23 @@
 `Reply` (text, token counts, seconds). Two wire formats, exactly as the vendors document
 them: OpenAI Chat Completions (`POST {base_url}/chat/completions`; OpenAI, vLLM, ollama,
 llama.cpp, LM Studio, OpenRouter) and Anthropic Messages (`POST {base_url}/v1/messages`).
+A request may ask for a structured answer (`AnswerFormat`): a JSON schema through each
+wire's own field (`response_format` json_schema, or llama-cpp-python's json_object with a
+schema; Anthropic: one forced tool), a per-request `max_tokens`, and the system prompt
+folded into the first user turn (for chat templates that drop the system role).
+`probe()` asks the server one question (its window, its tokenizer) without retrying.
 
 Faults retrying can fix (429, 408, 409, 5xx, timeouts, refused/reset/dropped connections,
 a 200 whose body is not JSON) are retried forever by default, with backoff 1, 2, 4 ... s
 capped at 300 s (or the server's Retry-After); each wait is announced through `notify`,
 and `should_stop()` ends a wait with `Stopped`. Faults it cannot fix (400, 401, 403, 404,
 other 4xx, a reply of the wrong shape) raise `ProviderError` at once, a one-line message
-saying what to do. The API key never appears in a message, log line or repr.
+saying what to do; a prompt over the model's window is a `ContextOverflow` (with the window
+and the prompt's size when the server names them), a refused answer format a
+`FormatRefused`, so the proposer can shrink or fall back instead of stopping the run.
+The API key never appears in a message, log line or repr.
 
-Not covered: prompts and parsing answers (prompt.py, llm.py), streaming, tools, images.
+Not covered: prompts and parsing answers (prompt.py, llm.py), streaming, images.
 """
 
 from __future__ import annotations
@@ -21,6 +29,7 @@ import email.utils
 import json
 import logging
 import os
+import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -58,11 +67,55 @@ CONFIGURED_ENV = (
 )
 _RETRY_STATUS = {408, 409, 429}
 _HINTS = {
-    400: "check the model name and llm.max_tokens",
+    400: "check the model name and llm.max_tokens",  # a context-length 400: _OVERFLOW_HINT
     404: "check the model name and llm.base_url",
     413: "the prompt is too large; lower llm.context_tokens",
     422: "check the model name and llm.max_tokens",
 }
+
+
+# How servers say the prompt plus max_tokens is over the model's window, with the figures
+# they give: OpenAI, vLLM and llama-cpp-python ("This model's maximum context length is N
+# tokens. However, you requested M tokens (P in the messages, C in the completion)"),
+# newer vLLM ("... your request has P input tokens"), llama.cpp ("the request exceeds the
+# available context size", with n_ctx / n_prompt_tokens in the error object) and
+# Anthropic ("prompt is too long: P tokens > N maximum").
+_WINDOW_RE = (
+    re.compile(r"maximum context length is (\d+)"),
+    re.compile(r"tokens > (\d+) maximum"),
+    re.compile(r"context window of (\d+)"),
+)
+_PROMPT_RE = (
+    re.compile(r"\((\d+) in the messages"),
+    re.compile(r"request has (\d+) input tokens"),
+    re.compile(r"prompt is too long: (\d+) tokens"),
+    re.compile(r"Requested tokens \((\d+)\)"),
+)
+_OVERFLOW_WORDS = (
+    "context length",
+    "context_length",
+    "context size",
+    "context window",
+    "prompt is too long",
+    "exceed_context",
+    "max context",
+)
+
+
+@dataclass(frozen=True)
+class AnswerFormat:
+    """A structured answer: a JSON object following `schema`, asked in the wire's own way.
+
+    `style`: "json_schema" (OpenAI's `response_format` type json_schema; vLLM, llama.cpp's
+    own server, ollama and LM Studio take it too), "json_object" (llama-cpp-python's
+    `response_format` {"type": "json_object", "schema": ...}), or "tool" (Anthropic: one
+    tool the model must call, whose input is the answer). The reply's text is the JSON.
+    """
+
+    name: str
+    schema: Mapping[str, Any]
+    style: Literal["json_schema", "json_object", "tool"] = "json_schema"
+    description: str = "The answer"
 
 
 @dataclass(frozen=True)
@@ -74,10 +127,24 @@ class Reply:
     seconds: float  # wall time of complete(), retries and waits included
     # The answer hit max_tokens (finish_reason "length" / stop_reason "max_tokens")
     truncated: bool = False
+    estimated: bool = False  # the server sent no usage: the token counts are estimates
 
 
 class ProviderError(RsilabError):
     """The LLM endpoint refused in a way retrying cannot fix (bad key, model, URL, reply shape)."""
+
+
+class ContextOverflow(ProviderError):
+    """The prompt plus max_tokens is over the model's window. `window` and `prompt_tokens`
+    are the server's own figures when its message names them, else None."""
+
+    def __init__(self, message: str, window: int | None, prompt_tokens: int | None) -> None:
+        super().__init__(message)
+        self.window, self.prompt_tokens = window, prompt_tokens
+
+
+class FormatRefused(ProviderError):
+    """The server refused the request's structured answer format (HTTP 400/422)."""
 
 
 class Stopped(Exception):
@@ -175,16 +242,32 @@ class ChatClient:
     def close(self) -> None:
         self._http.close()
 
-    def complete(self, system: str, messages: Sequence[Mapping[str, str]]) -> Reply:
-        """One answer to `messages` ([{"role": "user"|"assistant", "content": str}]) under `system`."""
+    def complete(
+        self,
+        system: str,
+        messages: Sequence[Mapping[str, str]],
+        *,
+        max_tokens: int | None = None,
+        answer_format: AnswerFormat | None = None,
+        system_in_user: bool = False,
+    ) -> Reply:
+        """One answer to `messages` ([{"role": "user"|"assistant", "content": str}]) under `system`.
+
+        `max_tokens`: this answer's cap (None: the client's). `answer_format`: ask for a
+        JSON answer (see AnswerFormat). `system_in_user`: send no system message; the
+        system prompt opens the first user turn instead (for templates that drop it).
+        """
         msgs = [{"role": m["role"], "content": m["content"]} for m in messages]
         for m in msgs:
             if m["role"] not in ("user", "assistant"):
                 raise ValueError(f"message role must be 'user' or 'assistant', got {m['role']!r}")
+        if system_in_user and system and msgs and msgs[0]["role"] == "user":
+            msgs[0] = {"role": "user", "content": f"{system}\n\n{msgs[0]['content']}"}
+            system = ""
         body: dict[str, Any] = {
             "model": self.model,
             "messages": msgs,
-            "max_tokens": self.max_tokens,
+            "max_tokens": self.max_tokens if max_tokens is None else max(1, int(max_tokens)),
             "temperature": self.temperature,
         }
         headers = {"content-type": "application/json", "user-agent": "rsilab"}
@@ -199,17 +282,41 @@ class ChatClient:
             headers["anthropic-version"] = ANTHROPIC_VERSION
             if key:
                 headers["x-api-key"] = key
+        if answer_format is not None:
+            body.update(_format_fields(self.api, answer_format))
         start = time.monotonic()
-        data = self._post_with_retries(json.dumps(body).encode(), headers)
-        return self._parse(data, system, msgs, time.monotonic() - start)
+        data = self._post_with_retries(
+            json.dumps(body).encode(), headers, structured=answer_format is not None
+        )
+        return self._parse(
+            data, system, msgs, time.monotonic() - start, tool=answer_format is not None
+        )
+
+    def probe(self, method: str, path: str, body: Any = None, timeout: float = 10.0) -> Any:
+        """The JSON of one request to `path` under the server's root (the base URL without
+        its `/v1`), or None on any failure: no retry, no notice. For what a server tells
+        about itself (llama.cpp `/props`, vLLM `/v1/models`, ollama `/api/show`)."""
+        root = self.base_url.removesuffix("/v1")
+        headers = {"user-agent": "rsilab"}
+        if self._key.value and self.api == "openai":
+            headers["authorization"] = f"Bearer {self._key.value}"
+        try:
+            resp = self._http.request(
+                method, root + path, json=body, headers=headers, timeout=timeout
+            )
+            return resp.json() if resp.status_code == 200 else None
+        except (httpx.HTTPError, ValueError):
+            return None
 
     # -- transport and retries ---------------------------------------------------------
-    def _post_with_retries(self, content: bytes, headers: dict[str, str]) -> dict[str, Any]:
+    def _post_with_retries(
+        self, content: bytes, headers: dict[str, str], *, structured: bool = False
+    ) -> dict[str, Any]:
         attempt = 0
         while True:
             attempt += 1
             try:
-                return self._post(content, headers)
+                return self._post(content, headers, structured=structured)
             except _Transient as t:
                 reason, asked = self._scrub(t.reason), t.retry_after
             if self.max_attempts is not None and attempt >= self.max_attempts:
@@ -236,7 +343,9 @@ class ChatClient:
         while (left := end - time.monotonic()) > 0 and not self._should_stop():
             time.sleep(min(0.5, left))
 
-    def _post(self, content: bytes, headers: dict[str, str]) -> dict[str, Any]:
+    def _post(
+        self, content: bytes, headers: dict[str, str], *, structured: bool = False
+    ) -> dict[str, Any]:
         try:
             resp = self._http.post(self.url, content=content, headers=headers)
         except httpx.TimeoutException:
@@ -244,9 +353,25 @@ class ChatClient:
         except httpx.TransportError as e:
             raise _Transient(f"{type(e).__name__}: {e}") from None
         status = resp.status_code
+        if structured and status in (400, 422, 500) and _names_format(resp.text):
+            # llama-cpp-python answers a response_format it does not know with a 500 (a
+            # validation error): not an outage to wait out.
+            raise FormatRefused(
+                self._http_error(status, resp.text, "the server refused the answer format")
+            )
         if status in _RETRY_STATUS or status >= 500:
             raise _Transient(f"HTTP {status}", retry_after(resp.headers))
         if status != 200:
+            overflow = _overflow(status, resp.text)
+            if overflow is not None:
+                window, prompt = overflow
+                raise ContextOverflow(
+                    self._http_error(status, resp.text, _OVERFLOW_HINT), window, prompt
+                )
+            if structured and status in (400, 422):
+                raise FormatRefused(
+                    self._http_error(status, resp.text, "the server refused the answer format")
+                )
             raise ProviderError(self._http_error(status, resp.text))
         try:
             data = resp.json()
@@ -257,7 +382,13 @@ class ChatClient:
         return data
 
     def _parse(
-        self, data: dict[str, Any], system: str, msgs: list[dict[str, str]], seconds: float
+        self,
+        data: dict[str, Any],
+        system: str,
+        msgs: list[dict[str, str]],
+        seconds: float,
+        *,
+        tool: bool = False,
     ) -> Reply:
         try:
             if self.api == "openai":
@@ -266,7 +397,13 @@ class ChatClient:
                 truncated = choice.get("finish_reason") == "length"
                 usage_keys = ("prompt_tokens", "completion_tokens")
             else:
-                text = "".join(b["text"] for b in data["content"] if b.get("type") == "text")
+                blocks = data["content"]
+                tools = [b["input"] for b in blocks if tool and b.get("type") == "tool_use"]
+                text = (
+                    json.dumps(tools[0])
+                    if tools
+                    else "".join(b["text"] for b in blocks if b.get("type") == "text")
+                )
                 truncated = data.get("stop_reason") == "max_tokens"
                 usage_keys = ("input_tokens", "output_tokens")
             if not isinstance(text, str):
@@ -274,9 +411,11 @@ class ChatClient:
         except (KeyError, IndexError, TypeError, AttributeError):
             raise ProviderError(self._bad_shape(data)) from None
         usage: Any = data.get("usage")
+        estimated = False
         try:
             tokens_in, tokens_out = (int(usage[k]) for k in usage_keys)
         except (KeyError, TypeError, ValueError):
+            estimated = True
             chars_in = len(system) + sum(len(m["content"]) for m in msgs)
             tokens_in, tokens_out = chars_in // 4, len(text) // 4
             log.debug(
@@ -290,6 +429,7 @@ class ChatClient:
             model if isinstance(model, str) and model else self.model,
             seconds,
             truncated,
+            estimated,
         )
 
     # -- messages ----------------------------------------------------------------------
@@ -304,7 +444,7 @@ class ChatClient:
         text = " ".join(self._scrub(text).split())
         return text if len(text) <= limit else text[: limit - 3] + "..."
 
-    def _http_error(self, status: int, body: str) -> str:
+    def _http_error(self, status: int, body: str, hint: str = "") -> str:
         detail = body  # the vendors' shapes: {"error": {"message", "type"}}; some servers: {"error": "..."}
         try:
             err = json.loads(body).get("error")
@@ -313,14 +453,13 @@ class ChatClient:
             detail = str(err or body)
         except (ValueError, AttributeError):
             pass
-        if status in (401, 403):
+        if not hint and status in (401, 403):
             hint = (
                 f"check ${self.key_env}"
                 if self._key.value
                 else f"no key was sent; set ${self.key_env}"
             )
-        else:
-            hint = _HINTS.get(status, "the server rejected the request")
+        hint = hint or _HINTS.get(status, "the server rejected the request")
         if status == 404 and self.api == "openai":
             hint += " (an OpenAI-compatible base_url usually ends in /v1)"
         detail = self._one_line(detail)
@@ -329,6 +468,67 @@ class ChatClient:
     def _bad_shape(self, data: object) -> str:
         snippet = self._one_line(json.dumps(data)[:300], 120)
         return f"{self._where()}: unexpected reply {snippet}; is it an {self.api}-format endpoint?"
+
+
+_OVERFLOW_HINT = (
+    "the prompt and llm.max_tokens are over the model's window; rsilab shrinks the prompt "
+    "to the window it learns, or set llm.window_tokens (or start the server with a larger "
+    "context, e.g. llama.cpp --ctx-size / -c, llama-cpp-python --n_ctx, vLLM --max-model-len)"
+)
+
+
+def _overflow(status: int, body: str) -> tuple[int | None, int | None] | None:
+    """(window, prompt tokens) when `body` says the prompt is over the window, else None."""
+    if status not in (400, 413, 422):
+        return None
+    lowered = body.lower()
+    if not any(w in lowered for w in _OVERFLOW_WORDS):
+        return None
+    window = prompt = None
+    for pattern in _WINDOW_RE:
+        if m := pattern.search(body):
+            window = int(m.group(1))
+            break
+    for pattern in _PROMPT_RE:
+        if m := pattern.search(body):
+            prompt = int(m.group(1))
+            break
+    try:  # llama.cpp's own server names the figures as fields of its error object
+        err = json.loads(body).get("error")
+        if isinstance(err, dict):
+            window = window or _int_or_none(err.get("n_ctx"))
+            prompt = prompt or _int_or_none(err.get("n_prompt_tokens"))
+    except (ValueError, AttributeError):
+        pass
+    return window, prompt
+
+
+def _names_format(body: str) -> bool:
+    """True when an error body is about the request's answer format."""
+    lowered = body.lower()
+    return any(w in lowered for w in ("response_format", "json_schema", "tool_choice", "tools"))
+
+
+def _int_or_none(value: object) -> int | None:
+    return value if isinstance(value, int) and value > 0 else None
+
+
+def _format_fields(api: Api, fmt: AnswerFormat) -> dict[str, Any]:
+    """The request fields that ask `api` for an answer in `fmt`."""
+    schema = dict(fmt.schema)
+    if api == "anthropic" or fmt.style == "tool":
+        return {
+            "tools": [{"name": fmt.name, "description": fmt.description, "input_schema": schema}],
+            "tool_choice": {"type": "tool", "name": fmt.name},
+        }
+    if fmt.style == "json_object":
+        return {"response_format": {"type": "json_object", "schema": schema}}
+    return {
+        "response_format": {
+            "type": "json_schema",
+            "json_schema": {"name": fmt.name, "schema": schema, "strict": True},
+        }
+    }
 
 
 def _is_vendor(base_url: str) -> bool:

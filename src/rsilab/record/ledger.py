@@ -120,12 +120,30 @@ def _m005_settings(db: sqlite3.Connection) -> None:
     db.execute("ALTER TABLE meta RENAME TO settings")
 
 
+def _m006_proposal_cost(db: sqlite3.Connection) -> None:
+    # What thinking of a proposal cost, one row per proposal of a proposer that says (the
+    # LLM proposer): wall time, tokens, answers asked (1 = first try) and the outcome
+    # ("first try", "after repair", "never"). experiment_id is NULL for a proposal that got
+    # no experiment (a duplicate, or one interrupted by a stop).
+    db.execute("""CREATE TABLE proposal_costs (
+        id INTEGER PRIMARY KEY, experiment_id INTEGER REFERENCES experiments(id),
+        proposer TEXT NOT NULL, seconds REAL NOT NULL, tokens_in INTEGER NOT NULL,
+        tokens_out INTEGER NOT NULL, rounds INTEGER NOT NULL, outcome TEXT NOT NULL,
+        mode TEXT NOT NULL, created_at REAL NOT NULL)""")
+    for op in ("UPDATE", "DELETE"):
+        db.execute(
+            f"CREATE TRIGGER proposal_costs_no_{op.lower()} BEFORE {op} ON proposal_costs "
+            "BEGIN SELECT RAISE(ABORT, 'proposal_costs is append-only'); END"
+        )
+
+
 MIGRATIONS: list[tuple[str, Callable[[sqlite3.Connection], None]]] = [
     ("001_initial", _m001_initial),
     ("002_append_only", _m002_append_only),
     ("003_collapse_cells", _m003_collapse_cells),
     ("004_lineage", _m004_lineage),
     ("005_settings", _m005_settings),
+    ("006_proposal_cost", _m006_proposal_cost),
 ]
 
 
@@ -426,6 +444,26 @@ class Ledger:
             "costs", experiment_id=experiment_id, kind=kind, amount=float(amount), unit=unit,
             created_at=time.time(),
         )  # fmt: skip
+
+    def add_proposal_cost(
+        self, experiment_id: int | None, proposer: str, stats: Mapping[str, Any]
+    ) -> None:
+        """Record what thinking of one proposal cost (`stats`: seconds, tokens_in,
+        tokens_out, rounds, outcome, mode; see the LLM proposer's `meta["proposal"]`)."""
+        self._insert(
+            "proposal_costs", experiment_id=experiment_id, proposer=proposer,
+            seconds=float(stats.get("seconds") or 0.0),
+            tokens_in=int(stats.get("tokens_in") or 0),
+            tokens_out=int(stats.get("tokens_out") or 0),
+            rounds=int(stats.get("rounds") or 0), outcome=str(stats.get("outcome") or ""),
+            mode=str(stats.get("mode") or ""), created_at=time.time(),
+        )  # fmt: skip
+
+    def proposal_costs(self, experiment_id: int | None = None) -> list[dict[str, Any]]:
+        """Proposal cost rows in id order, of one experiment or of all (dicts of the columns)."""
+        where, params = _where(experiment_id)
+        rows = self._select(f"SELECT * FROM proposal_costs{where} ORDER BY id", params)
+        return [dict(r) for r in rows]
 
     # -- queries ---------------------------------------------------------------------------
 

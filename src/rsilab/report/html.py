@@ -83,6 +83,9 @@ class Snapshot:
         default_factory=dict
     )  # id -> parent, onto
     taken_at: float = field(default_factory=time.time)
+    # What thinking of each proposal cost (ledger.proposal_costs: seconds, tokens, rounds,
+    # outcome), for the proposers that record it.
+    proposals: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def counts(self) -> dict[str, int]:
@@ -119,7 +122,8 @@ def snapshot(ledger: Ledger, title: str = "") -> Snapshot:
             for x in ledger.experiments()]  # fmt: skip
     lineage = {x.experiment_id: (x.parent, x.merged_onto) for x in ledger.lineage()}
     return Snapshot(title or f"rsilab · {ledger.path.parent.parent.name}", metric, direction, rows,
-                    points, ledger.events(limit=200), actions(ledger), ledger.costs(), lineage)  # fmt: skip
+                    points, ledger.events(limit=200), actions(ledger), ledger.costs(), lineage,
+                    proposals=ledger.proposal_costs())  # fmt: skip
 
 
 # -- small formatters ---------------------------------------------------------------------
@@ -367,6 +371,15 @@ def costs_html(s: Snapshot) -> str:
     for kind, amount in sorted(t.items()):
         if kind not in ("tokens_in", "tokens_out", "cost_usd", "compute"):
             items.append((kind, f"{amount:g}"))
+    if s.proposals:  # the LLM proposer's thinking: time per proposal and how answers went
+        secs = sorted(float(p["seconds"]) for p in s.proposals)
+        outcomes = [str(p["outcome"]) for p in s.proposals]
+        items += [("proposals", f"{len(secs)}"),
+                  ("thinking per proposal (median)", f"{secs[len(secs) // 2]:.1f} s"),
+                  ("thinking in all", duration(sum(secs))),
+                  ("answers usable first try / after repair / never",
+                   " / ".join(str(outcomes.count(o)) for o in ("first try", "after repair", "never"))),
+                  ("repair rounds", f"{sum(max(0, int(p['rounds']) - 1) for p in s.proposals)}")]  # fmt: skip
     return (
         '<div class="facts">'
         + "".join(f"<span>{e(k)} <b>{e(v)}</b></span>" for k, v in items)
