@@ -44,10 +44,40 @@ if TYPE_CHECKING:  # imported lazily at run time: `rsilab --help` stays fast
 )
 @click.option("--tag", default=None, help="Research branch rsilab/<tag> (default: today's date).")
 @click.option("--resume", is_flag=True, help="Adopt an existing branch of that tag.")
+@click.option(
+    "--adopt",
+    is_flag=True,
+    help="Propose an rsilab.toml and program.md for the code in DIRECTORY and stop, for review.",
+)
+@click.option("--train", "train_cmd", default=None, help="Adopting: the training command.")
+@click.option("--metric", default=None, help="Adopting: the metric's name (with --pattern).")
+@click.option("--pattern", default=None, help="Adopting: a regex whose group is the metric.")
+@click.option("--direction", type=click.Choice(["min", "max"]), default=None, help="Adopting.")
 @friendly
-def init(directory: Path, task_name: str, tag: str | None, resume: bool) -> None:
-    """Create a workspace: copy a task into DIRECTORY (a git repo) and open a research branch."""
+def init(
+    directory: Path,
+    task_name: str,
+    tag: str | None,
+    resume: bool,
+    adopt: bool,
+    train_cmd: str | None,
+    metric: str | None,
+    pattern: str | None,
+    direction: str | None,
+) -> None:
+    """Create a workspace: copy a task into DIRECTORY (a git repo) and open a research branch.
+
+    On a git repo without an rsilab.toml (or with --adopt), propose one first: detect the
+    train command, the editable and frozen files, the metric line and the settings to tune,
+    write a commented rsilab.toml and a program.md, and commit them (--adopt: only write them).
+    """
+    from rsilab.adopt import adopt_repo, wants_adopting
     from rsilab.workspace import init_workspace
+
+    if wants_adopting(directory, adopt):
+        found = dict(train=train_cmd, metric=metric, pattern=pattern, direction=direction)
+        if not adopt_repo(directory, click.echo, adopt=adopt, **found):
+            return
 
     ws = init_workspace(
         directory, resolve_task_dir(task_name), tag or _default_tag(), resume=resume
