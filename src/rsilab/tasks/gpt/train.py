@@ -5,6 +5,7 @@ The frozen parts live in `rsilab.harness` (budget, seed, data, save_model) and i
 sealed evaluator, which scores the exported model on held-out text this script never sees.
 """
 
+import ctypes
 import math
 import time
 
@@ -209,8 +210,21 @@ def lr_scale(progress):
     return 1.0
 
 
+def keep_freed_memory():
+    """Stop glibc from handing freed activations back to the OS after every step and faulting
+    them in again on the next (about 2,000 page faults a step on the cpu preset, 4% of its
+    time). A no-op where there is no mallopt (macOS)."""
+    try:
+        libc = ctypes.CDLL(None)
+        libc.mallopt(-3, 1 << 25)  # M_MMAP_THRESHOLD: buffers up to 32 MB come from the heap
+        libc.mallopt(-1, 1 << 30)  # M_TRIM_THRESHOLD: keep up to 1 GB of freed heap
+    except (AttributeError, OSError):
+        pass
+
+
 def main():
     device = harness.setup()
+    keep_freed_memory()
     budget = harness.budget_seconds()
     budget_flops = harness.budget_flops()  # when set, the budget is estimated FLOPs, not seconds
     model = GPT().to(device)
