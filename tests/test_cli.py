@@ -103,7 +103,7 @@ def test_run_status_report_and_tsv_round_trip(tmp_path: Path) -> None:
     assert out.returncode == 0, out.stdout + out.stderr
     assert "stopped: reached --max-experiments 3" in out.stdout
     status = rsilab("status", "lab", cwd=tmp_path)
-    assert status.returncode == 0 and "4 experiments" in status.stdout
+    assert status.returncode == 0 and "baseline (keep) and 3 experiments" in status.stdout
     assert re.search(
         r"^time: \d{4}-\d\d-\d\d \d\d:\d\d -> (\d{4}-\d\d-\d\d )?\d\d:\d\d \(\d+ min, [\d.]+ experiments/h\)$",
         status.stdout,
@@ -191,7 +191,7 @@ def test_an_incumbent_over_a_memory_cap_stops_the_run_and_keeps_the_baseline(
     assert out.returncode == 0, out.stdout + out.stderr
     assert "baseline run" not in out.stdout
     status = rsilab("status", "lab", cwd=tmp_path)
-    assert "2 experiments" in status.stdout, status.stdout
+    assert "baseline (keep) and 1 experiment" in status.stdout, status.stdout
 
 
 def test_commands_outside_a_workspace_explain_themselves(tmp_path: Path) -> None:

@@ -73,9 +73,15 @@ class _Built:
 
 
 def prepare(
-    source: str = "shakespeare", *, home: Path | None = None, force: bool = False
+    source: str = "shakespeare",
+    *,
+    home: Path | None = None,
+    force: bool = False,
+    notify: Callable[[str], None] | None = None,
 ) -> PreparedData:
-    """Build the dataset for `source` unless a verified copy is already cached."""
+    """Build the dataset for `source` unless a verified copy is already cached; `notify`
+    is told, in one line each, when it has to be built (a download can take a while) and
+    when it is ready."""
     home = Path(home) if home is not None else paths.data_dir()
     dataset_id, build = _resolve(source)
     root = home / dataset_id
@@ -85,6 +91,8 @@ def prepare(
             return cached
         if root.exists():
             log.warning("rebuilding %s: %s", dataset_id, cached)
+    if notify is not None:
+        notify(f"preparing the data {dataset_id} (first use: fetched, checked and cached in {home})")
     built = build(home)
     try:
         _install(home, dataset_id, built)
@@ -94,6 +102,8 @@ def prepare(
     if isinstance(result, str):  # only if another writer left a broken copy
         raise DataError(f"{result}; run `{_hint(source)}` again")
     log.info("prepared %s: %d train / %d val bytes", dataset_id, len(built.train), len(built.val))
+    if notify is not None:
+        notify(f"prepared {dataset_id}: {len(built.train)} train / {len(built.val)} val bytes")
     return result
 
 

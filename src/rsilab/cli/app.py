@@ -9,7 +9,8 @@ from __future__ import annotations
 import errno
 import logging
 import sys
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Sequence
 from functools import wraps
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -38,6 +39,11 @@ def friendly(fn: F) -> F:
         except RsilabError as e:
             click.echo(f"rsilab: {inert(e)}", err=True)  # it may quote a file name
             sys.exit(e.exit_code)
+        except BrokenPipeError:  # `rsilab ... | head`: the reader has what it wanted
+            from rsilab.report.live import silence_stdout
+
+            silence_stdout()
+            sys.exit(0)
         except KeyboardInterrupt:
             click.echo(
                 "rsilab: interrupted; the ledger and git are consistent, `rsilab run` resumes",
@@ -58,8 +64,40 @@ def friendly(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def echo(line: str) -> None:
+    """click.echo for what `rsilab run` says before and during its loop: a reader that went
+    away (`rsilab run | head`) silences it instead of stopping the research."""
+    try:
+        click.echo(line)
+    except BrokenPipeError:
+        from rsilab.report.live import silence_stdout
+
+        silence_stdout()
+
+
 def parse_overrides(values: tuple[str, ...]) -> list[tuple[str, Any]]:
     return [parse_override(v) for v in values]
+
+
+def blame_set(err: ConfigError, load: Callable[[list[tuple[str, Any]]], object],
+              sets: Sequence[str]) -> ConfigError:  # fmt: skip
+    """The error of loading a task under the overrides `sets`, blamed on the one `--set` that
+    causes it (the first whose addition makes `load` fail) when the file alone loads: a bad
+    value given on the command line is not the bundled file's fault."""
+    if not sets or str(err).startswith("--set"):
+        return err
+    try:
+        load([])
+    except ConfigError:
+        return err  # the file itself is wrong
+    parsed = parse_overrides(tuple(sets))
+    for i, text in enumerate(sets):
+        try:
+            load(parsed[: i + 1])
+        except ConfigError as e:
+            what = str(e).partition(": ")[2] or str(e)  # without the file's name
+            return ConfigError(f"--set {text}: {what}")
+    return err
 
 
 set_option = click.option(
@@ -126,7 +164,7 @@ def task_data(task: TaskSpec) -> tuple[Path | None, Path | None]:
         return None, None
     from rsilab.data import prepare
 
-    prepared = prepare(task.data)
+    prepared = prepare(task.data, notify=lambda line: echo(f"{time.strftime('%H:%M:%S')} {line}"))
     return prepared.train_path, prepared.val_path
 
 

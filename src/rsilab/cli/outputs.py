@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
+from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any
 
 import click
 
@@ -12,9 +15,6 @@ from rsilab.cli.app import (
     main,
 )
 from rsilab.errors import ConfigError
-
-if TYPE_CHECKING:  # imported lazily at run time: `rsilab --help` stays fast
-    pass
 
 
 @main.command()
@@ -36,30 +36,28 @@ if TYPE_CHECKING:  # imported lazily at run time: `rsilab --help` stays fast
     "--html",
     "html",
     is_flag=True,
-    help="Also write report.html: one self-contained page (works offline).",
+    help="Also write report.html: one self-contained page (works offline), for a workspace "
+    "or a results.tsv.",
 )
 @friendly
 def report(directory: Path, tsv: Path | None, out: Path | None, html: bool) -> None:
     """Write progress.png (and, for a workspace, results.tsv and results.json)."""
     from rsilab.report.progress import plot_progress, points_from_ledger, read_results_tsv
 
-    if tsv is not None and html:
-        raise ConfigError("--html needs a workspace's ledger, not a results.tsv")
     if tsv is not None:
         if not tsv.is_file():
             raise ConfigError(f"{tsv}: no such file")
         metric, points = read_results_tsv(tsv)
-        target = (out or tsv.parent) / "progress.png"
-        plot_progress(points, target, metric=metric, title=f"rsilab · {tsv.name}")
-        click.echo(f"wrote {target} ({len(points)} experiments)")
+        folder = _out_folder(out or tsv.parent)
+        with _writing(folder):
+            _report_tsv(tsv, folder, metric, points, html)
         return
     from rsilab.record.ledger import Ledger
     from rsilab.workspace import open_workspace
 
     ws = open_workspace(directory)
-    folder = out or ws.root
-    folder.mkdir(parents=True, exist_ok=True)
-    with Ledger(ws.ledger_path) as ledger:
+    folder = _out_folder(out or ws.root)
+    with Ledger(ws.ledger_path) as ledger, _writing(folder):
         metric, points = points_from_ledger(ledger)
         direction = ledger.get_setting("comparable", {}).get("metric.direction", "min")
         plot_progress(
@@ -80,6 +78,70 @@ def report(directory: Path, tsv: Path | None, out: Path | None, html: bool) -> N
         f"wrote {folder / 'progress.png'}, results.tsv, results.json, results.csv"
         f"{', report.html' if html else ''} ({len(points)} experiments)"
     )
+
+
+def _out_folder(folder: Path) -> Path:
+    """The folder a report is written into, made if missing; a one-line error for a file
+    or a place that cannot be written."""
+    if folder.exists() and not folder.is_dir():
+        raise ConfigError(f"--out {folder}: a file, not a folder (give a folder to write into)")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"--out {folder}: cannot make that folder: {e.strerror}") from None
+    return folder
+
+
+@contextlib.contextmanager
+def _writing(folder: Path) -> Iterator[None]:
+    """A write refused in `folder` (permissions, a read-only disk) is one line, not a traceback."""
+    try:
+        yield
+    except PermissionError as e:
+        raise ConfigError(
+            f"--out {folder}: cannot write {e.filename or 'there'}: {e.strerror}"
+        ) from None
+    except OSError as e:
+        if e.errno not in (errno.EROFS, errno.EACCES, errno.EISDIR, errno.ENOTDIR):
+            raise
+        raise ConfigError(
+            f"--out {folder}: cannot write {e.filename or 'there'}: {e.strerror}"
+        ) from None
+
+
+def _report_tsv(tsv: Path, folder: Path, metric: str, points: list[Any], html: bool) -> None:
+    """`report --from-tsv`: the chart, a summary like a workspace's, and report.html."""
+    from rsilab.inert import inert
+    from rsilab.report.progress import plot_progress, tsv_direction, tsv_ledger
+
+    direction = tsv_direction(points)
+    plot_progress(points, folder / "progress.png", metric=metric, direction=direction,
+                  title=f"rsilab · {tsv.name}")  # fmt: skip
+    written = [str(folder / "progress.png")]
+    if html:
+        import tempfile
+
+        from rsilab.report.html import write_report
+
+        with tempfile.TemporaryDirectory(prefix="rsilab-tsv-") as tmp:
+            ledger = tsv_ledger(points, Path(tmp) / "ledger.db", metric=metric, direction=direction)
+            with ledger:
+                write_report(ledger, folder / "report.html", title=f"rsilab · {tsv.name}")
+        written.append("report.html")
+    click.echo(f"wrote {', '.join(written)} ({len(points)} experiments)")
+    counts: dict[str, int] = {}
+    for p in points:
+        counts[p.status] = counts.get(p.status, 0) + 1
+    click.echo(", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "no rows")
+    kept = [p for p in points if p.status == "keep" and p.metric is not None]
+    if kept:
+        first = kept[0]
+        best = (min if direction == "min" else max)(kept, key=lambda p: p.metric or 0.0)
+        better = "lower" if direction == "min" else "higher"
+        click.echo(
+            f"{metric}: first kept {first.metric:.6f} -> best {best.metric:.6f} "
+            f"(row {best.index}: {inert(best.description)}; {better} is better, as its kept rows go)"
+        )
 
 
 @main.command()

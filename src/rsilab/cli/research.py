@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from rsilab.cli.app import (
+    blame_set,
+    echo,
     executor_options,
     friendly,
     isolation_for,
@@ -79,15 +81,25 @@ def init(
         if not adopt_repo(directory, click.echo, adopt=adopt, **found):
             return
 
-    ws = init_workspace(
-        directory, resolve_task_dir(task_name), tag or _default_tag(), resume=resume
-    )
+    ws = init_workspace(directory, resolve_task_dir(task_name), _tag(tag), resume=resume)
     click.echo(f"workspace {ws.root} on branch {ws.branch} (incumbent {ws.incumbent_commit()[:7]})")
     click.echo(f"next: rsilab run {ws.root}")
 
 
 def _default_tag() -> str:
     return time.strftime("%b%d").lower()
+
+
+def _tag(tag: str | None) -> str:
+    """--tag as given (checked by the workspace), today's date when it is not given; an
+    empty one is a mistake, not a request for the date."""
+    if tag is None:
+        return _default_tag()
+    if not tag.strip():
+        raise ConfigError(
+            "--tag '': give a name (letters, digits, '-', '_' or '.'), or leave --tag out for today's date"
+        )
+    return tag
 
 
 @main.command()
@@ -107,13 +119,29 @@ def _default_tag() -> str:
     "several with shares of the slots: NAME[@MODEL][:SHARE],... e.g. llm@m1:2,llm@m2:1,tuner:1. "
     "Default: rsilab.toml's, else llm when an LLM is configured in the environment, else tuner.",
 )
-@click.option("--max-experiments", type=int, default=None, help="Stop after N new experiments.")
-@click.option("--hours", type=float, default=None, help="Stop after this many hours.")
 @click.option(
-    "--max-cost", type=float, default=None, help="Stop when proposals have cost this many USD."
+    "--max-experiments",
+    type=click.IntRange(min=0),
+    default=None,
+    help="Stop after N new experiments (the baseline, measured first, is not one of them).",
 )
 @click.option(
-    "--max-tokens", type=int, default=None, help="Stop when proposals have used this many tokens."
+    "--hours",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="Stop after this many hours.",
+)
+@click.option(
+    "--max-cost",
+    type=click.FloatRange(min=0),
+    default=None,
+    help="Stop when proposals have cost this many USD.",
+)
+@click.option(
+    "--max-tokens",
+    type=click.IntRange(min=0),
+    default=None,
+    help="Stop when proposals have used this many tokens.",
 )
 @preset_option
 @click.option(
@@ -242,6 +270,10 @@ def _research(
 
     if require_sandbox:  # before anything is created or run
         isolation_for(True)
+    if tag is not None:  # also when the workspace exists (then the tag is not used)
+        from rsilab.workspace import check_tag
+
+        check_tag(_tag(tag))
     created = directory / STATE_DIR / "workspace.json"
     if not created.is_file():
         _check_before_creating(
@@ -249,8 +281,8 @@ def _research(
         )
         with lock.creating(directory):  # another `rsilab run` may be creating it right now
             if not created.is_file():
-                ws = init_workspace(directory, resolve_task_dir(task_name), tag or _default_tag())
-                click.echo(f"created workspace {ws.root} on branch {ws.branch}")
+                ws = init_workspace(directory, resolve_task_dir(task_name), _tag(tag))
+                echo(f"created workspace {ws.root} on branch {ws.branch}")
     ws = open_workspace(directory)
     # One supervisor per workspace, from before this one records anything (its overrides)
     # to its exit; a second `rsilab run` is refused in one line (exit 2).
@@ -293,10 +325,15 @@ def _research_locked(
     from rsilab.run import sandbox
 
     preset = preset or harness.preset()
+    _clear_stale_stops(ws)
     with Ledger(ws.ledger_path) as ledger:
-        task, in_force = ws.research_task(ledger, sets, preset)
-    if in_force and not sets:
-        click.echo(f"using this workspace's overrides: {' '.join(in_force)}")
+        try:
+            task, in_force = ws.research_task(ledger, sets, preset)
+        except ConfigError as e:  # blamed on the --set (given now or recorded) that causes it
+            merged = [*ledger.get_setting("overrides", []), *sets]
+            raise blame_set(e, ws.load_task, merged) from None
+    if in_force and list(in_force) != list(sets):
+        echo(f"using this workspace's overrides: {' '.join(in_force)}")
     gate = _ladder(ladder, task) if ladder else None
     isolation, level = isolation_for(require_sandbox, task)
     train_data, val_data = task_data(task)
@@ -312,9 +349,9 @@ def _research_locked(
         c.label + (f" (share {c.share})" if len(choices) > 1 else "") for c in choices
     )
     if not baseline_only:
-        click.echo(f"proposer: {shown}" + (" (+ tuner after its kept changes)" if follow else ""))
+        echo(f"proposer: {shown}" + (" (+ tuner after its kept changes)" if follow else ""))
     bench = make_bench(task, executor_name, address, workers, preset=preset, isolation=isolation)
-    click.echo(f"executor: {bench.describe()}")
+    echo(f"executor: {bench.describe()}")
     with Ledger(ws.ledger_path) as ledger:
         try:
             with (
@@ -332,13 +369,31 @@ def _research_locked(
                     shares=shares,
                 )
                 sup.ladder = gate
-                reason = sup.run()
+                sup.run()  # its last line, shown by the view: stopped: <why>
         finally:  # also on Ctrl-C: results.tsv always matches the ledger
             ledger.export_tsv(ws.root / "results.tsv", task.metric.name)
-        if not baseline_only:
-            click.echo(f"stopped: {inert(reason)}")
+        if not baseline_only:  # the live view has shown "stopped: <reason>"
             _print_status(ledger, task.metric.name, ws.root)
+            echo(
+                f"next: `rsilab report {ws.root} --html` (progress.png, report.html), "
+                f"`rsilab serve {ws.root}` (dashboard), `rsilab run {ws.root}` to go on"
+            )
     return task
+
+
+def _clear_stale_stops(ws: Workspace) -> None:
+    """A stop asked for while no supervisor ran (a STOP file, a dashboard stop) stops
+    nothing: cleared here, as this supervisor starts, with a line that says so."""
+    from rsilab.loop.controls import clear_stale_stops
+    from rsilab.record.ledger import Ledger
+
+    if ws.stop_file.exists():
+        since = time.strftime("%Y-%m-%d %H:%M", time.localtime(ws.stop_file.stat().st_mtime))
+        ws.stop_file.unlink(missing_ok=True)
+        echo(f"cleared a stop request from {since}, made while no `rsilab run` was running")
+    with Ledger(ws.ledger_path) as ledger:
+        for a in clear_stale_stops(ledger):
+            echo(f"cleared a stop request made while no `rsilab run` was running: {inert(a)}")
 
 
 def _check_search_space(
@@ -358,7 +413,7 @@ def _check_search_space(
         return
     if set(names) <= offline | {"queue"}:
         raise ConfigError(why)
-    click.echo(f"warning: the tuner has {why}")
+    echo(f"warning: the tuner has {why}")
 
 
 def _print_noise_floor(ledger: Any, task: TaskSpec) -> None:
@@ -424,7 +479,11 @@ def _check_before_creating(
     from rsilab.proposers import choice as proposer_choice
 
     adopted = (directory / ".git").exists() and (directory / CONFIG_NAME).is_file()
-    task = load_task(directory if adopted else resolve_task_dir(task_name), parse_overrides(sets))
+    root = directory if adopted else resolve_task_dir(task_name)
+    try:
+        task = load_task(root, parse_overrides(sets))
+    except ConfigError as e:
+        raise blame_set(e, lambda given: load_task(root, given), sets) from None
     if ladder:
         _ladder(ladder, task)
     choices, _ = proposer_choice.choose(proposer, task)
@@ -464,8 +523,11 @@ def _print_status(ledger: Any, metric: str, root: Path, recent: int = 10) -> Non
     for e in exps:
         counts[e.status] = counts.get(e.status, 0) + 1
     base, inc = exps[0], ledger.incumbent()
+    counts[base.status] -= 1  # the baseline is told apart: --max-experiments N makes N more
     click.echo(
-        f"{len(exps)} experiments: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+        f"baseline ({base.status}) and {len(exps) - 1} experiment{'' if len(exps) == 2 else 's'}"
+        + (": " if len(exps) > 1 else "")
+        + ", ".join(f"{n} {s}" for s, n in sorted(counts.items()) if n)
     )
     by: dict[str, list[int]] = {}  # proposer -> [experiments, kept]
     for e in exps[1:]:
@@ -579,8 +641,12 @@ def audit(directory: Path, live: bool, deep: bool) -> None:
 @friendly
 def stop(directory: Path, now: bool) -> None:
     """Ask a running `rsilab run` to stop after the experiments in flight (or --now)."""
+    from rsilab.loop import lock
     from rsilab.workspace import open_workspace
 
     ws = open_workspace(directory)
+    if not lock.held(ws.state):  # a stop file left now would stop the next run at once
+        click.echo(f"no `rsilab run` is running on {ws.root}: nothing to stop")
+        return
     ws.stop_file.write_text("now\n" if now else "")
     click.echo(f"asked to stop{' now' if now else ''}: {ws.stop_file}")

@@ -11,8 +11,9 @@ Actions and their meaning:
 - `pause` / `resume`: a level, not an edge: the latest of the two wins and outlives a
   restart (`paused()` reads the ledger each time, so a supervisor waiting in a pause sees
   a resume within its polling interval).
-- `stop`: stop after the current experiment; like `rsilab stop`'s file, a stop posted
-  while no supervisor runs stops the next one.
+- `stop`: stop after the current experiment. A stop only stops a running supervisor: one
+  posted while none ran is cleared, with a message, when the next one starts
+  (`clear_stale_stops`), as `rsilab run` clears a stop file left from then.
 - `queue_idea`: written at once as a file into `.rsilab/queue/` (see `queue_idea`), so
   it is never lost even when no supervisor runs; the queue proposer takes knob edits and
   patches, LLM proposers read free-text `*.idea.md` files.
@@ -48,6 +49,7 @@ from rsilab.workspace import Workspace
 KIND = "control"  # the ledger event kind of every control action
 ACTIONS = ("pause", "resume", "stop", "queue_idea", "veto", "note")
 CURSOR_KEY = "controls.cursor"
+STALE_KEY = "controls.stale_stops"  # stops with an id up to this one were posted while none ran
 MAX_TEXT = 20_000  # characters of a note or an idea
 MAX_PATCH = 1_000_000  # characters of a queued patch
 IDEA_SUFFIX = ".idea.md"  # free text for LLM proposers; the queue proposer skips it
@@ -210,7 +212,7 @@ class Controls:
         if new:
             self._cursor = new[-1].id
             self.ledger.set_setting(CURSOR_KEY, self._cursor)
-            self._stop = self._stop or any(a.action == "stop" for a in new)
+            self._stop = self._stop or any(_live_stop(self.ledger, a) for a in new)
         return new
 
     def paused(self) -> bool:
@@ -231,7 +233,8 @@ class Controls:
         """True once a stop action past the saved read position exists (delivered by
         `poll`, or still waiting for it): the supervisor stops after its current experiment."""
         if not self._stop:
-            self._stop = any(a.action == "stop" for a in actions(self.ledger, self._cursor))
+            pending = actions(self.ledger, self._cursor)
+            self._stop = any(_live_stop(self.ledger, a) for a in pending)
         return self._stop
 
     def handle(self, say: Notify | None = None, interval: float = 1.0,
@@ -332,6 +335,24 @@ class Controls:
     def pin_note(self, text: str, source: str = "supervisor") -> Action:
         """Pin a note (shown by the report and the dashboard)."""
         return post(self.ledger, "note", {"text": text}, source)
+
+
+def clear_stale_stops(ledger: Ledger) -> list[Action]:
+    """Called by a supervisor as it starts (holding the workspace lock): the stops posted
+    while no supervisor ran, not yet read, are cleared (they stop nothing); returns them so
+    the caller can say so. The other actions posted meanwhile (pause, ideas, vetoes, notes)
+    are still delivered."""
+    cursor = int(ledger.get_setting(CURSOR_KEY, 0) or 0)
+    pending = actions(ledger, cursor)
+    stale = [a for a in pending if _live_stop(ledger, a)]
+    if pending:
+        ledger.set_setting(STALE_KEY, pending[-1].id)
+    return stale
+
+
+def _live_stop(ledger: Ledger, a: Action) -> bool:
+    """A stop action that was posted while a supervisor ran (or since the last one started)."""
+    return a.action == "stop" and a.id > int(ledger.get_setting(STALE_KEY, 0) or 0)
 
 
 def notes(ledger: Ledger) -> list[Action]:

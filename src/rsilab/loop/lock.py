@@ -52,6 +52,46 @@ def holder(state: Path) -> str:
         return ""  # written a moment ago and not yet filled in, or by something else
 
 
+def held(state: Path) -> bool:
+    """Whether a supervisor holds the lock of the workspace state folder `state` now.
+
+    Read without taking the lock (taking it, even for a moment, could refuse a supervisor
+    starting at that very moment): from the kernel's table of flocks (/proc/locks, by the
+    lock file's inode) where there is one, else from whether the pid recorded in the file
+    is alive on this host.
+    """
+    path = state / LOCK_FILE
+    try:
+        inode = path.stat().st_ino
+    except OSError:
+        return False  # no supervisor ever ran here
+    try:
+        table = Path("/proc/locks").read_text()
+    except OSError:
+        table = None
+    if table is not None:
+        for line in table.splitlines():
+            fields = line.split()
+            # "1: FLOCK  ADVISORY  WRITE 30266 fe:00:2507613 0 EOF"
+            if (
+                len(fields) >= 6
+                and fields[1:4] == ["FLOCK", "ADVISORY", "WRITE"]
+                and fields[5].rsplit(":", 1)[-1] == str(inode)
+            ):
+                return True
+        return False
+    try:
+        info = json.loads(path.read_text())
+        if info.get("host") != socket.gethostname():
+            return True  # another host's: cannot tell, so take it as running
+        os.kill(int(info["pid"]), 0)
+    except PermissionError:
+        return True  # alive, another user's
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return False
+    return True
+
+
 @contextlib.contextmanager
 def hold(state: Path, root: Path) -> Iterator[None]:
     """Hold the supervisor lock of the workspace at `root` (its state folder `state`) for the

@@ -12,6 +12,7 @@ is shown inert (rsilab.inert: no escape codes, one line each) and, in the panel,
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from types import TracebackType
@@ -27,6 +28,16 @@ if TYPE_CHECKING:
 
 def _fmt(v: float | None) -> str:
     return "-" if v is None else f"{v:.4f}"
+
+
+def silence_stdout() -> None:
+    """Point this process's stdout at /dev/null (its reader closed the pipe): later prints,
+    and the flush at exit, then go nowhere instead of raising BrokenPipeError."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, sys.stdout.fileno())
+    finally:
+        os.close(devnull)
 
 
 class LiveView:
@@ -51,8 +62,17 @@ class LiveView:
             self._live = Live(self._render(Progress()), refresh_per_second=2, transient=False)
             self._live.__enter__()
         elif self.isolation:
-            print(f"{time.strftime('%H:%M:%S')} sandbox: {self.isolation}", flush=True)
+            self._print(f"{time.strftime('%H:%M:%S')} sandbox: {self.isolation}")
         return self
+
+    def _print(self, line: str) -> None:
+        """One line to stdout. A reader that went away (`rsilab run | head`) must not stop the
+        research: from then on stdout goes to /dev/null, and the loop carries on to its stop
+        rule, leaving the ledger and git as tidy as ever."""
+        try:
+            print(line, flush=True)
+        except BrokenPipeError:
+            silence_stdout()
 
     def __exit__(
         self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
@@ -69,7 +89,7 @@ class LiveView:
         if self._live is not None:
             self._live.update(self._render(progress))
         elif shown:
-            print(f"{stamp} {shown}", flush=True)
+            self._print(f"{stamp} {shown}")
 
     def _render(self, p: Progress) -> Panel:
         from rich.panel import Panel

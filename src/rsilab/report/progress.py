@@ -20,7 +20,7 @@ from pathlib import Path
 from rsilab.errors import RsilabError
 from rsilab.fsio import atomic_write
 from rsilab.record.ledger import Ledger
-from rsilab.results import Metric, Verdict
+from rsilab.results import Metric, RunResult, Status, Verdict
 
 LABEL_CHARS = 45  # kept points are labelled with their description cut to this length
 _SCORED = ("keep", "discard")  # statuses whose 0.000000 in a results.tsv is a real value
@@ -74,6 +74,32 @@ def read_results_tsv(path: Path) -> tuple[str, list[Point]]:
             value = None  # autoresearch writes 0.000000 for a crash
         points.append(Point(len(points) + 1, value, status, cells[i_desc].strip()))
     return metric, points
+
+
+def tsv_direction(points: Sequence[Point]) -> str:
+    """A results.tsv does not say which way its metric improves: its kept rows do (each
+    improves on the one before), so "max" when they rise, else "min"."""
+    kept = [p.metric for p in points if p.status == Verdict.KEEP and p.metric is not None]
+    return "max" if len(kept) >= 2 and kept[-1] > kept[0] else "min"
+
+
+def tsv_ledger(points: Sequence[Point], path: Path, *, metric: str, direction: str) -> Ledger:
+    """A ledger at `path` (a new file) holding a results.tsv's rows, one experiment each with
+    its one metric, so the HTML report can be drawn for it as for a workspace."""
+    verdicts = {v.value for v in Verdict} - {Verdict.MORE.value}
+    ledger = Ledger(path)
+    ledger.set_setting("metric", metric)
+    ledger.set_setting("comparable", {"metric.direction": direction})
+    for i, p in enumerate(points):
+        status = p.status if p.status in verdicts else Verdict.DISCARD.value
+        eid = ledger.add_experiment(parent=None, commit=f"{i:040x}", proposer="results.tsv",
+                                    description=p.description, diff="",
+                                    kind="baseline" if i == 0 else "candidate")  # fmt: skip
+        ok = p.metric is not None
+        ledger.add_run(eid, RunResult(Status.OK if ok else Status.CRASH, 0, p.metric))
+        ledger.add_decision(eid, verdict=status, reason=f"{status} (from results.tsv)",
+                            metric=p.metric)  # fmt: skip
+    return ledger
 
 
 def points_from_ledger(ledger: Ledger) -> tuple[str, list[Point]]:
