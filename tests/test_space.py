@@ -324,3 +324,14 @@ def test_rsilab_run_with_nothing_to_tune_refuses_at_the_start(tmp_path: Path) ->
     assert len(lines) == 1 and "nothing to tune in train.py" in lines[0], out.stderr
     assert "[knobs]" in lines[0] and "--proposer llm" in lines[0]
     assert "baseline" not in out.stdout  # said before any run
+
+
+def test_a_change_of_declared_knob_values_only_counts_as_knob_only(tmp_path: Path) -> None:
+    space = SearchSpace.of(_task(tmp_path, DECLARED))
+    moved = {**FILES, **space.set(FILES, {"toml_lr": 0.05, "learning_rate": 0.001, "n_layer": 5})}
+    assert space.only_knobs_differ(FILES, moved)
+    code = dict(moved, **{"config.py": moved["config.py"] + "extra = 1\n"})
+    assert not space.only_knobs_differ(FILES, code)  # and a line of code more: not knobs only
+    other = dict(FILES, **{"train.toml": FILES["train.toml"].replace("width = 64", "width = 65")})
+    assert not space.only_knobs_differ(FILES, other)  # `model.width` is not declared
+    assert not SearchSpace().only_knobs_differ(FILES, moved)  # nothing declared: code

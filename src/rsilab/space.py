@@ -348,6 +348,37 @@ class SearchSpace:
             out.update(set_knobs_in_files(merged, auto, preset))
         return out
 
+    def only_knobs_differ(self, old: Mapping[str, str], new: Mapping[str, str]) -> bool:
+        """True when the files in `new` are those in `old` with at most knob values changed:
+        declared knobs (their literals masked) and UPPER_CASE ones (knobs.only_knobs_differ).
+        Such a change cannot alter how the code uses the seed, the budget or the data, which
+        the judge relies on to keep it after one run (judge.knob_min_runs)."""
+        from rsilab.proposers import knobs
+
+        if old.keys() != new.keys():
+            return False
+        for path, text in new.items():
+            if text == old[path]:
+                continue
+            before, after = self._masked(path, old[path]), self._masked(path, text)
+            if before == after:
+                continue
+            if not (
+                path.endswith(".py") and knobs.only_knobs_differ({path: before}, {path: after})
+            ):
+                return False
+        return True
+
+    def _masked(self, path: str, text: str) -> str:
+        """`text` with the literal of every declared knob of `path` replaced by `_`."""
+        spans = []
+        for name, spec in self.declared.items():
+            if spec.file == path and (span := _find(path, text, spec.key or name)) is not None:
+                spans.append(span)
+        for span in sorted(spans, key=lambda s: -s.start):
+            text = text[: span.start] + "_" + text[span.end :]
+        return text
+
     def flag_args(self, workdir: Path) -> list[str]:
         """`FLAG VALUE` for every flag knob, its value read from its file in `workdir` (a
         run's checkout), in declaration order; a knob whose value is not found is left out."""

@@ -19,10 +19,11 @@ from types import SimpleNamespace
 import pytest
 from redteam_lab import Attack, Lab, check, run_attacks
 
+from rsilab.config import JudgeSpec
 from rsilab.loop.supervisor import Supervisor
 from rsilab.paths import bundled_tasks_dir
 from rsilab.record.ledger import Ledger
-from rsilab.results import RunResult, Status, Verdict
+from rsilab.results import Metric, RunResult, Status, Verdict
 from rsilab.workspace import Workspace, init_workspace
 
 TOY = (bundled_tasks_dir() / "toy" / "train.py").read_text()
@@ -110,12 +111,15 @@ def _ledger_with_tries(path: Path) -> tuple[Ledger, dict[str, int]]:
 
 def test_a_candidates_own_runs_never_reach_its_noise_estimate(tmp_path: Path) -> None:
     led, ids = _ledger_with_tries(tmp_path / "ledger.db")
-    sup = SimpleNamespace(ledger=led)
+    sup = SimpleNamespace(
+        ledger=led, metric=Metric(), task=SimpleNamespace(judge=JudgeSpec(noise_window=0))
+    )
     sup._tries = lambda i: Supervisor._tries(sup, i)  # type: ignore[arg-type]
     # Judging the third try of the change: its own runs, the earlier tries' and the
     # incumbent's (trials and rechecks: the judge has those as the incumbent's) stay out.
-    groups = Supervisor._noise_groups(sup, ids["again"], ids["baseline"])  # type: ignore[arg-type]
-    assert groups == [[1.1, 1.13]]
+    ev = Supervisor._evidence(sup, ids["again"], ids["baseline"])  # type: ignore[arg-type]
+    assert ev.noise_groups == [[1.1, 1.13]]
+    assert ev.incumbent == [1.0, 1.04, 0.96, 1.01] and ev.seeds == [0, 1, 2, 9]
     # For an unrelated candidate the tries are ordinary session noise.
-    other = Supervisor._noise_groups(sup, ids["other"], ids["baseline"])  # type: ignore[arg-type]
-    assert sorted(g[1] for g in other) == [0.900001, 0.900002, 0.900003]
+    other = Supervisor._evidence(sup, ids["other"], ids["baseline"])  # type: ignore[arg-type]
+    assert sorted(g[1] for g in other.noise_groups) == [0.900001, 0.900002, 0.900003]

@@ -12,11 +12,14 @@ The rules are pure functions of figures, shared by the supervisor and
   (`carried_prior`), capped at `judge.noise_df` degrees of freedom so the session's own
   runs soon outweigh it. A session that has one starts at tens of df, not at the 2 of a
   3-run noise floor.
-- **Paired seeds** (`candidate_seed`): run k of a candidate uses the seed of the incumbent's
-  run k while there is one, then fresh seeds. Under one seed two configurations share
-  their data order and (when shapes agree) their initialisation, so the difference of a
-  pair is much less noisy than that of two independent runs, and an inert change gives
-  the identical value (the judge's "inert" rule).
+- **Paired seeds** (`candidate_seed`): each run of a candidate uses a seed of the
+  incumbent's that it has not used yet; when there is none left, the incumbent runs first
+  under a fresh seed (a partner run, recorded as a re-check of the incumbent and reused by
+  every later candidate). Under one seed two configurations share their data order and
+  (when shapes agree) their initialisation, so the difference of a pair is much less noisy
+  than that of two independent runs, and an inert change gives the identical value (the
+  judge's "inert" rule). The incumbent's partner runs are fresh measurements of it, which
+  also wear down the winner's curse of the runs that got it kept.
 - **Recent noise** (`recent`): the noise groups of the last `judge.noise_window` judged
   experiments only: the noise of a tuned script can differ several times from that of the
   defaults, so old groups would misstate the bar.
@@ -30,7 +33,7 @@ import contextlib
 import hashlib
 import json
 import statistics
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -67,10 +70,11 @@ def prior(spec: JudgeSpec, carried: Noise | None = None) -> Noise | None:
     return None
 
 
-def candidate_seed(incumbent_seeds: Sequence[int], k: int, fresh: Callable[[int], int]) -> int:
-    """The seed of a candidate's run `k`: the incumbent's run k's while it has one (paired),
-    else `fresh(k)`, which must not repeat one of `incumbent_seeds`."""
-    return incumbent_seeds[k] if k < len(incumbent_seeds) else fresh(k)
+def candidate_seed(incumbent_seeds: Sequence[int], used: Sequence[int]) -> int | None:
+    """The seed of a candidate's next run: the first of the incumbent's seeds that the
+    candidate has not used yet (`used`); None when it has used them all: then the incumbent
+    runs first under a fresh seed (its partner run) and the candidate follows under it."""
+    return next((s for s in incumbent_seeds if s not in set(used)), None)
 
 
 def recent(groups: Sequence[Sequence[float]], window: int) -> list[Sequence[float]]:
@@ -171,7 +175,6 @@ class Evidence:
             e.id
             for e in ledger.experiments()
             if e.status in (Verdict.KEEP.value, Verdict.DISCARD.value)
-            and e.kind != "baseline"
             and e.id != incumbent
             and e.id not in exclude
             and len(runs.get(e.id, [])) >= 2

@@ -55,6 +55,9 @@ class Flight:
     label: str = ""
     since: float = 0.0
     node: str = ""
+    # While the incumbent's partner run for this trial is in flight (rsilab.loop.evidence:
+    # a run of the incumbent under the seed the candidate's next run will use): its worktree.
+    partner: Path | None = None
 
 
 @dataclass

@@ -70,12 +70,13 @@ from rsilab.loop.scheduler import Flight, ProposalJob, ProposerPool
 from rsilab.loop.seedcheck import baseline_seed_note
 from rsilab.notify import Notify
 from rsilab.proposers.base import Context, HistoryItem, Proposer
-from rsilab.proposers.knobs import only_knobs_differ
+from rsilab.proposers.queue import rejections
 from rsilab.record.audit import AcceptanceGate
 from rsilab.record.ledger import Experiment, Ledger
 from rsilab.results import CPU_KEY, Proposal, RunResult, Status, Verdict
 from rsilab.run.bench import Bench
 from rsilab.run.executors.base import RunFuture, RunRequest
+from rsilab.space import SearchSpace
 from rsilab.workspace import Workspace
 
 __all__ = ["Progress", "Supervisor", "View", "Worker"]
@@ -568,6 +569,7 @@ class Supervisor:
     def _proposed(self, job: ProposalJob) -> None:
         """A proposer finished thinking: start its experiment (or note why not)."""
         self.pool.done(job)
+        self._tell_rejections()
         proposal = job.future.result()  # a proposer's own exception stops the loop, as before
         if proposal is None:
             self.pool.empty(job.proposer)
@@ -578,6 +580,13 @@ class Supervisor:
             self.ws.remove_worktree(job.worktree)
         else:
             self._begin(job.inc, proposal, job.worktree, job.proposer)
+
+    def _tell_rejections(self) -> None:
+        """Queued files the queue rejected (each with a reason file): one event each, so the
+        reason reaches the ledger, `rsilab status` and the dashboard, not only the folder."""
+        told = {str(ev.data.get("file")) for ev in self.ledger.events_after(0, "rejected")}
+        for name, reason in rejections(self.ws.queue_dir, told):
+            self._event("rejected", f"queued {name} rejected: {reason}", file=name, reason=reason)
 
     def _begin(
         self, inc: Experiment, proposal: Proposal, worktree: Path, proposer: Proposer
@@ -639,7 +648,10 @@ class Supervisor:
             self.ws.editable_files(self.task, commit),
             self.ws.editable_files(self.task, parent),
         )
-        return {"sizes": (_size(new), _size(old)), "knob_only": only_knobs_differ(old, new)}
+        return {
+            "sizes": (_size(new), _size(old)),
+            "knob_only": SearchSpace.of(self.task).only_knobs_differ(old, new),
+        }
 
     def _record_proposal_costs(self, exp_id: int | None, proposal: Proposal) -> None:
         """Tokens and money a proposal cost, and its transcript (a file next to its runs)."""
@@ -667,7 +679,10 @@ class Supervisor:
         self._submit(flight)
 
     def _submit(self, flight: Flight) -> None:
-        """Start the flight's next run on the executor."""
+        """Start the flight's next run on the executor. With judge.pair_seeds a trial's run
+        uses a seed of the incumbent's that the trial has not used yet; when there is none,
+        the incumbent runs first under a fresh seed (its partner run, a re-check recorded on
+        the incumbent), and the trial's run follows under that seed."""
         k = len(flight.runs) if flight.kind == "trial" else flight.run_index
         label = (
             f"experiment {flight.exp_id} run {k + 1}"
@@ -676,9 +691,11 @@ class Supervisor:
         )
         seed = None
         if flight.kind == "trial" and self.task.judge.pair_seeds:
-            seeds = [r.seed for r in self.ledger.runs(flight.parent.id) if r.ok]
-            fresh = seed_schedule(self.task.seed, flight.exp_id, k)
-            seed = evidence.candidate_seed(seeds, k, lambda _: fresh)
+            theirs = [r.seed for r in self.ledger.runs(flight.parent.id) if r.ok]
+            seed = evidence.candidate_seed(theirs, [r.seed for r in flight.runs])
+            if seed is None and flight.partner is None and k < self.task.judge.max_runs:
+                self._submit_partner(flight, seed_schedule(self.task.seed, flight.exp_id, k))
+                return
         req = self._request(flight.exp_id, k, flight.worktree, flight.commit, label, seed)
         flight.future, flight.run_index, flight.label, flight.since = (
             self.bench.submit(req),
@@ -689,11 +706,58 @@ class Supervisor:
         flight.node = self._submitted(flight.exp_id, req, flight.future)
         self._show()
 
+    def _submit_partner(self, flight: Flight, seed: int) -> None:
+        """Run the incumbent of `flight` under `seed` (see `_submit`)."""
+        inc = flight.parent
+        k = self._next_index(inc.id)
+        flight.partner = self.ws.create_worktree(
+            f"partner-{inc.id:04d}-{time.time_ns()}", inc.commit
+        )
+        label = f"incumbent #{inc.id} under experiment {flight.exp_id}'s next seed"
+        req = self._request(inc.id, k, flight.partner, inc.commit, label, seed)
+        flight.future, flight.run_index, flight.label, flight.since = (
+            self.bench.submit(req),
+            k,
+            label,
+            time.time(),
+        )
+        flight.node = self._submitted(inc.id, req, flight.future)
+        self._show()
+
+    def _next_index(self, exp_id: int) -> int:
+        """A run index of `exp_id` that no recorded run and no run in flight has."""
+        flying = [
+            f.run_index
+            for f in self._flights
+            if f.future is not None
+            and (
+                (f.kind == "recheck" and f.exp_id == exp_id)
+                or (f.partner and f.parent.id == exp_id)
+            )
+        ]
+        return max([len(self.ledger.runs(exp_id)) - 1, *flying]) + 1
+
     def _ran(self, flight: Flight) -> None:
         """A run of a flight ended: record it, judge, and run again or decide."""
         assert flight.future is not None
         result, flight.future = flight.future.result(), None
         cancelled = self._hard and result.status is Status.INTERRUPTED
+        if flight.partner is not None:  # the incumbent's partner run
+            if not cancelled:
+                self._record_run(flight.parent.id, result, kind="recheck")
+            self.ws.remove_worktree(flight.partner)
+            flight.partner = None
+            if not cancelled and not self._hard:
+                if result.ok:
+                    self._submit(flight)
+                else:  # the trial's run goes on under the fresh seed, unpaired
+                    k = len(flight.runs)
+                    req = self._request(flight.exp_id, k, flight.worktree, flight.commit,
+                                        f"experiment {flight.exp_id} run {k + 1}", result.seed)  # fmt: skip
+                    flight.future, flight.run_index, flight.label, flight.since = (
+                        self.bench.submit(req), k, req.label, time.time())  # fmt: skip
+                    flight.node = self._submitted(flight.exp_id, req, flight.future)
+                return
         if flight.kind == "recheck":
             if not cancelled:
                 self._record_run(flight.exp_id, result, kind="recheck")
@@ -943,6 +1007,8 @@ class Supervisor:
 
     def _drop(self, flight: Flight) -> None:
         self.ws.remove_worktree(flight.worktree)
+        if flight.partner is not None:
+            self.ws.remove_worktree(flight.partner)
         self._flights.remove(flight)
 
     def _settled(self, exp_id: int, proposal: Proposal, observe: bool = True) -> None:
@@ -1035,7 +1101,7 @@ class Supervisor:
                         inc.commit,
                         worktree,
                         kind="recheck",
-                        run_index=len(self.ledger.runs(inc.id)),
+                        run_index=self._next_index(inc.id),
                     )
                 )
                 continue
