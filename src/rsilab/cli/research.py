@@ -546,6 +546,15 @@ def _print_status(ledger: Any, metric: str, root: Path, recent: int = 10) -> Non
             f"baseline {metric} {base.metric:.4f} -> incumbent #{inc.id} {best:.4f} "
             f"({inc.commit[:7]}: {inert(inc.description)})"
         )
+    from rsilab.record.claims import claim_lines, claims
+    from rsilab.results import Metric
+
+    direction = (ledger.get_setting("comparable") or {}).get("metric.direction", "min")
+    kept = claim_lines(claims(ledger, Metric(metric, direction)), recent)
+    if kept:  # what each keep was said to gain, and what the runs made since say
+        click.echo("kept changes (gain claimed at the keep; confirmed by later runs only):")
+        for line in kept:
+            click.echo(f"  {inert(line)}")
     end = max(e.decided_at or e.started_at for e in exps)
     hours = (end - base.started_at) / 3600
     per_hour = (len(exps) - 1) / hours if hours > 0 else 0.0

@@ -22,6 +22,7 @@ from typing import Any
 
 from rsilab.fsio import atomic_write
 from rsilab.loop.controls import Action, actions
+from rsilab.record.claims import Claim, claim_lines, claims
 from rsilab.record.ledger import DecisionRow, Event, Experiment, Ledger, Run
 from rsilab.report.progress import Point, points_from_ledger
 from rsilab.report.svg import chart_svg
@@ -86,6 +87,7 @@ class Snapshot:
     # What thinking of each proposal cost (ledger.proposal_costs: seconds, tokens, rounds,
     # outcome), for the proposers that record it.
     proposals: list[dict[str, Any]] = field(default_factory=list)
+    claims: list[Claim] = field(default_factory=list)  # each keep: claimed and confirmed gain
 
     @property
     def counts(self) -> dict[str, int]:
@@ -123,7 +125,8 @@ def snapshot(ledger: Ledger, title: str = "") -> Snapshot:
     lineage = {x.experiment_id: (x.parent, x.merged_onto) for x in ledger.lineage()}
     return Snapshot(title or f"rsilab · {ledger.path.parent.parent.name}", metric, direction, rows,
                     points, ledger.events(limit=200), actions(ledger), ledger.costs(), lineage,
-                    proposals=ledger.proposal_costs())  # fmt: skip
+                    proposals=ledger.proposal_costs(),
+                    claims=claims(ledger, Metric(metric, "max" if direction == "max" else "min")))  # fmt: skip
 
 
 # -- small formatters ---------------------------------------------------------------------
@@ -195,7 +198,14 @@ def summary_html(s: Snapshot) -> str:
                      f'#{inc.exp.id} {num(best)} (gain {gain:+.4f})')  # fmt: skip
     t = s.totals
     text += f" · compute {t.get('compute', 0.0) / 3600:.2f} h"
-    return f'<p class="counts">{text}</p>'
+    kept = "".join(f"<li>{e(line)}</li>" for line in claim_lines(s.claims))
+    claimed = (  # what each keep was said to gain, and what the runs made since say
+        '<details class="claims"><summary>kept changes: gain claimed at the keep, confirmed '
+        f"by later runs only</summary><ul>{kept}</ul></details>"
+        if kept
+        else ""
+    )
+    return f'<p class="counts">{text}</p>{claimed}'
 
 
 def chart_html(s: Snapshot) -> str:
