@@ -41,7 +41,7 @@ or an earlier session would give it), `random` (the same with the random propose
 under one harness seed, autoresearch's own form), `oracle` (one run per experiment, kept
 exactly when truly better: the most any rule could get from these proposals), and
 `judge-v1` (the judge as shipped before issue 21: no prior, no pairing, every noise group,
-no undo).
+no undo), `gp` (the judge with a tuner that samples with Optuna's GPSampler, not TPE).
 
 Per arm: the mean true gain of the final incumbent over the start, its se over seeds and
 its 10th percentile; the mean |claimed - confirmed| gain of the final incumbent (claimed:
@@ -62,15 +62,17 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import optuna
 from _common import paired_row, table
 
 from rsilab import paths
-from rsilab.config import ConfigError, JudgeSpec, load_task, parse_override
+from rsilab.config import ConfigError, JudgeSpec, TaskSpec, load_task, parse_override
 from rsilab.loop import evidence
 from rsilab.loop.judge import judge, paired_differences
 from rsilab.proposers import create
-from rsilab.proposers.base import Context
+from rsilab.proposers.base import Context, register
 from rsilab.proposers.knobs import collect_knobs, set_knobs_in_files
+from rsilab.proposers.tuner import N_STARTUP, Tuner
 from rsilab.results import Metric, RunResult, Status, Verdict
 
 COMPUTE = 6e11  # training FLOPs per run
@@ -92,7 +94,7 @@ AUTORESEARCH = JudgeSpec(
 # The judge as shipped before issue 21 (its defaults then; no prior, pairing, window or undo).
 V1 = JudgeSpec(noise_df=0, pair_seeds=False, noise_window=0, undo=False)
 METRIC = Metric("val_bpb", "min")
-ARMS = ("judge", "random", "single", "single-one-seed", "oracle", "judge-v1")
+ARMS = ("judge", "random", "single", "single-one-seed", "oracle", "judge-v1", "gp")
 DEFAULT_ARMS = ("judge", "random", "single", "single-one-seed", "oracle")
 
 
@@ -126,6 +128,16 @@ def true_loss(k: Mapping[str, Any]) -> float:
         -0.02 if k["POS_ENCODING"] == "rope" else 0.0
     )
     return loss
+
+
+@register("tuner-gp")
+class GPTuner(Tuner):
+    """The tuner with Optuna's Gaussian-process sampler instead of TPE (arm `gp`)."""
+
+    name = "tuner-gp"
+
+    def sampler(self, seed: int) -> optuna.samplers.BaseSampler:
+        return optuna.samplers.GPSampler(seed=seed, n_startup_trials=N_STARTUP)
 
 
 @dataclass
@@ -181,10 +193,12 @@ def session(
     runs: int,
     seed: int,
     surface: Callable[[Mapping[str, Any]], float] = true_loss,
+    task: TaskSpec | None = None,
 ) -> Outcome:
-    """One session of `runs` runs, in the supervisor's order (see the module docstring)."""
+    """One session of `runs` runs, in the supervisor's order (see the module docstring). The
+    proposer reads its options and the search space (conditions) from `task`."""
     rng = random.Random(f"{seed}")
-    p = create(arm.proposer, seed=seed)
+    p = create(arm.proposer, task=task, seed=seed)
     knobs = {n: k.value for n, (_, k) in collect_knobs(files, "cpu").items()}
     spec = arm.spec
     draws: dict[tuple[Any, ...], float] = {}
@@ -363,6 +377,7 @@ def main() -> None:
         ),
         "oracle": ("tuner + oracle (bound)", Arm("tuner", None)),
         "judge-v1": ("tuner + judge v1", Arm("tuner", V1, policy=False)),
+        "gp": ("GP tuner + judge", Arm("tuner-gp", task.judge)),
     }
     picked = [a.strip() for a in args.arms.split(",")] if args.arms else list(DEFAULT_ARMS)
     unknown = [a for a in picked if a not in every]
@@ -382,7 +397,8 @@ def main() -> None:
             for key, (label, arm) in arms.items():
                 t0 = time.time()
                 out = cell[key] = [
-                    session(arm, starts[start], world, runs, s) for s in range(args.seeds)
+                    session(arm, starts[start], world, runs, s, task=task)
+                    for s in range(args.seeds)
                 ]
                 gains = [o.gain for o in out]
                 keeps = sum(o.kept for o in out)
