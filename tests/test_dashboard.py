@@ -28,6 +28,7 @@ from report_helpers import (
 )
 
 from rsilab.cli import main
+from rsilab.loop import lock
 from rsilab.loop.controls import Controls
 from rsilab.proposers.queue import QueueProposer
 from rsilab.record.ledger import Ledger
@@ -40,6 +41,8 @@ def test_dashboard_live_updates_and_controls_in_chromium(tmp_path: Path) -> None
     ws = open_workspace(real_workspace(tmp_path))
     led = Ledger(ws.ledger_path)  # the supervisor's side of the ledger
     sup = Controls(ws, led)
+    supervising = lock.hold(ws.state, ws.root)  # as a supervisor does (the page tells)
+    supervising.__enter__()
     first, second = led.experiments()[1:3]
     app = create_app(ws, interval=0.2)
     with running_server(app) as url, chromium() as browser:
@@ -125,6 +128,7 @@ def test_dashboard_live_updates_and_controls_in_chromium(tmp_path: Path) -> None
         page.evaluate("document.getElementById('flash').innerHTML = ''")
         ARTIFACTS.mkdir(exist_ok=True)
         page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
+    supervising.__exit__(None, None, None)
     events = [ev for ev in led.events() if ev.kind == "control"]
     assert len(events) == 7 and all(ev.source == "dashboard@127.0.0.1" for ev in events)
 

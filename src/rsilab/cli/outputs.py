@@ -163,7 +163,27 @@ def serve(directory: Path, host: str, port: int, token: str | None) -> None:
     from rsilab.workspace import open_workspace
 
     check_binding(host, token)  # before anything else: a one-line refusal
+    _wait_for_workspace(directory)
     run_server(open_workspace(directory), host=host, port=port, token=token, announce=click.echo)
+
+
+def _wait_for_workspace(directory: Path, interval: float = 0.5) -> None:
+    """`rsilab serve DIR` started beside a first `rsilab run DIR`: wait (saying so) until the
+    run has made the workspace, instead of refusing a folder that is about to be one."""
+    import time
+
+    from rsilab.workspace import STATE_DIR
+
+    marker = directory / STATE_DIR / "workspace.json"  # written last when a workspace is made
+    if marker.is_file():
+        return
+    click.echo(
+        f"waiting for {directory} to become an rsilab workspace (`rsilab run {directory}` "
+        "makes it); Ctrl-C to give up",
+        err=True,
+    )
+    while not marker.is_file():
+        time.sleep(interval)
 
 
 @main.command()

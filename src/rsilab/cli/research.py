@@ -82,6 +82,7 @@ def init(
             return
 
     ws = init_workspace(directory, resolve_task_dir(task_name), _tag(tag), resume=resume)
+    ws.queue_dir.mkdir(parents=True, exist_ok=True)  # the README says to drop files there
     click.echo(f"workspace {ws.root} on branch {ws.branch} (incumbent {ws.incumbent_commit()[:7]})")
     click.echo(f"next: rsilab run {ws.root}")
 
@@ -352,7 +353,10 @@ def _research_locked(
         echo(f"proposer: {shown}" + (" (+ tuner after its kept changes)" if follow else ""))
     bench = make_bench(task, executor_name, address, workers, preset=preset, isolation=isolation)
     echo(f"executor: {bench.describe()}")
+    ws.queue_dir.mkdir(parents=True, exist_ok=True)  # the README says to drop files there
     with Ledger(ws.ledger_path) as ledger:
+        # What the dashboard's idea form offers first (free text only for llm / agent).
+        ledger.set_setting("proposers", [c.label for c in choices])
         try:
             with (
                 bench,
@@ -540,11 +544,16 @@ def _print_status(ledger: Any, metric: str, root: Path, recent: int = 10) -> Non
             + ", ".join(f"{inert(p)} {n} ({k} kept)" for p, (n, k) in sorted(by.items()))
         )
     if inc is not None and base.metric is not None:
+        from rsilab.results import Metric
+
+        comparable = ledger.get_setting("comparable", {}) or {}
+        maximize = comparable.get("metric.direction") == "max"
         vals = ledger.incumbent_values()
         best = sum(vals) / len(vals) if vals else inc.metric
-        click.echo(
+        click.echo(  # as the dashboard says it: the mean of its ok runs, re-checks included
             f"baseline {metric} {base.metric:.4f} -> incumbent #{inc.id} {best:.4f} "
-            f"({inc.commit[:7]}: {inert(inc.description)})"
+            f"(gain {Metric(metric, 'max' if maximize else 'min').gain(best, base.metric):+.4f}), the mean of "
+            f"{len(vals)} runs ({inc.commit[:7]}: {inert(inc.description)})"
         )
     from rsilab.record.claims import claim_lines, claims
     from rsilab.results import Metric
@@ -580,10 +589,32 @@ def _print_status(ledger: Any, metric: str, root: Path, recent: int = 10) -> Non
             f"  {inert(r.node or '-'):<18} #{r.experiment_id:<4} {inert(r.label)} since {since} "
             f"({time.time() - r.since:.0f} s) [{inert(r.proposer)}] {inert(r.description)}"
         )
+    _print_controls(ledger)
     click.echo("recent:")
     for e in exps[-recent:]:
         value = f"{e.metric:.4f}" if e.metric is not None else "   -  "
         click.echo(f"  #{e.id:<4} {e.status:<11} {value}  {inert(e.description)}")
+
+
+def _print_controls(ledger: Any, shown: int = 3) -> None:
+    """What people did and what the queue refused: a pause in force, a stop not yet read,
+    the latest notes, vetoes and rejected queue files (as the dashboard shows them)."""
+    from rsilab.loop import controls
+
+    acts = controls.actions(ledger)
+    level = next((a for a in reversed(acts) if a.action in ("pause", "resume")), None)
+    if level is not None and level.action == "pause":
+        click.echo(f"paused: {inert(level)}; resume from the dashboard (`rsilab serve`)")
+    cursor = int(ledger.get_setting(controls.CURSOR_KEY, 0) or 0)
+    if any(controls.live_stop(ledger, a) for a in acts if a.id > cursor):
+        click.echo("stop requested: the supervisor stops after the experiments in flight")
+    notes = [a for a in acts if a.action == "note"][-shown:]
+    for a in notes:
+        click.echo(f"note: {inert(a.payload.get('text', ''))} ({inert(a.source)})")
+    for kind in ("veto", "rejected"):
+        for ev in ledger.events_after(0, kind)[-shown:]:
+            when = time.strftime("%m-%d %H:%M", time.localtime(ev.created_at))
+            click.echo(f"{kind}: {inert(ev.message)} ({when})")
 
 
 @main.command()

@@ -212,7 +212,7 @@ class Controls:
         if new:
             self._cursor = new[-1].id
             self.ledger.set_setting(CURSOR_KEY, self._cursor)
-            self._stop = self._stop or any(_live_stop(self.ledger, a) for a in new)
+            self._stop = self._stop or any(live_stop(self.ledger, a) for a in new)
         return new
 
     def paused(self) -> bool:
@@ -234,7 +234,7 @@ class Controls:
         `poll`, or still waiting for it): the supervisor stops after its current experiment."""
         if not self._stop:
             pending = actions(self.ledger, self._cursor)
-            self._stop = any(_live_stop(self.ledger, a) for a in pending)
+            self._stop = any(live_stop(self.ledger, a) for a in pending)
         return self._stop
 
     def handle(self, say: Notify | None = None, interval: float = 1.0,
@@ -344,13 +344,13 @@ def clear_stale_stops(ledger: Ledger) -> list[Action]:
     are still delivered."""
     cursor = int(ledger.get_setting(CURSOR_KEY, 0) or 0)
     pending = actions(ledger, cursor)
-    stale = [a for a in pending if _live_stop(ledger, a)]
+    stale = [a for a in pending if live_stop(ledger, a)]
     if pending:
         ledger.set_setting(STALE_KEY, pending[-1].id)
     return stale
 
 
-def _live_stop(ledger: Ledger, a: Action) -> bool:
+def live_stop(ledger: Ledger, a: Action) -> bool:
     """A stop action that was posted while a supervisor ran (or since the last one started)."""
     return a.action == "stop" and a.id > int(ledger.get_setting(STALE_KEY, 0) or 0)
 

@@ -14,7 +14,10 @@ A taken file waits in `queue/taken/` until its experiment is judged, then moves 
 back into the queue (at the first `propose`, after the supervisor replayed the judged
 results), so a person's idea is never lost nor run twice. One that cannot be used (bad TOML, unknown knob, a
 patch that does not apply or deletes a file) moves to `queue/rejected/` next to a
-`NAME.reason` file, and the next one is tried. `propose` returns None when nothing is left.
+`NAME.reason` file, and the next one is tried (the supervisor records each one as a
+"rejected" event, see `rejections`, so the reason reaches the run log, the ledger, `rsilab
+status` and the dashboard).
+`propose` returns None when nothing is left.
 
 Not covered: whether the change is allowed (the workspace checks that only editable files
 changed) or good (the judge decides).
@@ -147,6 +150,21 @@ class QueueProposer:
     def _reject(self, path: Path, reason: str) -> None:
         dest = _move(path, self.queue_dir / "rejected")
         dest.with_name(dest.name + ".reason").write_text(reason.rstrip() + "\n")
+
+
+def rejections(queue_dir: Path, told: set[str]) -> list[tuple[str, str]]:
+    """(file name, reason) of each file in `queue_dir/rejected/` whose name is not in
+    `told`, oldest first: what the supervisor has not recorded yet."""
+    folder = queue_dir / "rejected"
+    if not folder.is_dir():
+        return []
+    out = []
+    for reason_file in sorted(folder.glob("*.reason"), key=lambda p: p.stat().st_mtime_ns):
+        name = reason_file.name.removesuffix(".reason")
+        if name not in told:
+            raw = read_regular(reason_file)
+            out.append((name, (raw or b"").decode(errors="replace").strip() or "no reason given"))
+    return out
 
 
 def apply_patch(files: Mapping[str, str], patch: str) -> dict[str, str]:

@@ -42,7 +42,16 @@ from urllib.parse import parse_qs, urlencode
 
 from rsilab.errors import ConfigError, RsilabError
 from rsilab.fsio import tail_regular
-from rsilab.loop.controls import CURSOR_KEY, IDEA_SUFFIX, ControlError, actions, parse_knobs, post
+from rsilab.loop import lock
+from rsilab.loop.controls import (
+    CURSOR_KEY,
+    IDEA_SUFFIX,
+    ControlError,
+    actions,
+    live_stop,
+    parse_knobs,
+    post,
+)
 from rsilab.notify import Notify
 from rsilab.record.ledger import Ledger
 from rsilab.report import html as H
@@ -57,6 +66,7 @@ LOG_LINES = 30  # lines of the log tail shown per running experiment
 LOG_BYTES = 16_384  # read at most this much from the end of a log
 REFRESH_S = 5.0  # re-read the ledger at least this often, whatever its files say
 PING_S = 15.0  # an SSE comment this often keeps proxies from closing the stream
+TEXT_READERS = ("llm", "agent")  # proposers that read free-text ideas (*.idea.md)
 
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
@@ -113,14 +123,34 @@ class Dashboard:
         return {"summary": H.summary_html(s) + H.notes_html(s), "chart": H.chart_html(s),
                 "rows": H.rows_html(s, _row_attrs), "human": H.human_html(s)}  # fmt: skip
 
+    def supervising(self) -> bool:
+        """Whether an `rsilab run` (a supervisor) works on this workspace now (its lock)."""
+        return lock.held(self.ws.state)
+
     def state_html(self) -> str:
-        """Paused or running, a stop on its way, actions and ideas waiting."""
+        """Stopped (since when, why), paused or running, a stop on its way, actions and ideas
+        waiting."""
         acts = actions(self.ledger)
         cursor = int(self.ledger.get_setting(CURSOR_KEY, 0) or 0)
         pending = [a for a in acts if a.id > cursor]
         level = next((a for a in reversed(acts) if a.action in ("pause", "resume")), None)
         running = self.ledger.undecided()
-        if any(a.action == "stop" for a in pending):
+        if not self.supervising():
+            ended = self.ledger.events_after(0, "stop")
+            state, cls = "stopped: no `rsilab run` is running", "stopped"
+            if ended:
+                state = f"stopped at {H.when(ended[-1].created_at)} ({ended[-1].message})"
+            if level is not None and level.action == "pause":
+                state += f"; paused by {level.source} (the next run starts paused)"
+            parts = [
+                f'<p>supervisor: <span class="state {cls}" id="state-text">{H.e(state)}</span></p>',
+                '<p class="muted" id="state-next">Controls posted now are read by the next '
+                f"<code>rsilab run {H.e(self.ws.root)}</code> (a stop is cleared then).</p>",
+            ]
+            if pending:
+                parts.append(f'<p class="muted">{len(pending)} action(s) waiting for it</p>')
+            return "".join(parts) + self._queued_html()
+        if any(live_stop(self.ledger, a) for a in pending):
             state, cls = "stopping after the current experiment", "stopping"
         elif level is not None and level.action == "pause":
             state, cls = f"paused by {level.source} at {H.when(level.created_at)}", "paused"
@@ -129,7 +159,7 @@ class Dashboard:
         elif running:
             state, cls = "running " + ", ".join(f"#{x.id}" for x in running), "running"
         else:
-            state, cls = "idle (no experiment running)", "idle"
+            state, cls = "running, between experiments (or re-checking the incumbent)", "idle"
         parts = [
             f'<p>supervisor: <span class="state {cls}" id="state-text">{H.e(state)}</span></p>'
         ]
@@ -137,11 +167,14 @@ class Dashboard:
             parts.append(
                 f'<p class="muted">{len(pending)} action(s) not yet read by the supervisor</p>'
             )
+        return "".join(parts) + self._queued_html()
+
+    def _queued_html(self) -> str:
         queued = self.queued()
-        if queued:
-            names = ", ".join(H.e(p.name) for p in queued[:5]) + ("…" if len(queued) > 5 else "")
-            parts.append(f'<p class="muted" id="queued">{len(queued)} queued: {names}</p>')
-        return "".join(parts)
+        if not queued:
+            return ""
+        names = ", ".join(H.e(p.name) for p in queued[:5]) + ("…" if len(queued) > 5 else "")
+        return f'<p class="muted" id="queued">{len(queued)} queued: {names}</p>'
 
     def queued(self) -> list[Path]:
         q = self.ws.queue_dir
@@ -167,13 +200,17 @@ class Dashboard:
                     f'<span class="muted">started {H.duration(now - x.started_at)} ago'
                     f'{", " + H.e(log.parent.name) if log else ""}</span></p>')  # fmt: skip
             blocks.append(head + _tail_html(log, runs))
-        if not blocks:
+        if not blocks and self.supervising():  # never a finished run's log once it stopped
             found = _newest_log(runs, 2)
             if found is not None and now - found[1] < 60:  # e.g. a recheck of the incumbent
                 log = found[0]
                 blocks.append(f'<p class="muted">{H.e(log.parent.parent.name)}/{H.e(log.parent.name)}</p>'
                               + _tail_html(log, runs))  # fmt: skip
-        return "".join(blocks) or '<p class="muted">nothing running</p>'
+        if blocks:
+            return "".join(blocks)
+        if not self.supervising():
+            return '<p class="muted">nothing running: no <code>rsilab run</code> works here</p>'
+        return '<p class="muted">nothing running</p>'
 
     def experiment_html(self, experiment_id: int) -> str:
         """The diff viewer: one experiment in full, with a veto form when it is a kept change."""
@@ -195,8 +232,26 @@ class Dashboard:
             title=H.e(self.title), subtitle=H.e(subtitle), css=CSS, js=TABLE_JS,
             summary=H.summary_html(s) + H.notes_html(s), chart=H.chart_html(s), state=self.state_html(),
             running=self.running_html(), table=H.table_html(s, _row_attrs, ' sse-swap="rows"'),
-            human=H.human_html(s),
+            human=H.human_html(s), **self.idea_form(),
         )  # fmt: skip
+
+    def idea_form(self) -> dict[str, str]:
+        """The idea form's kinds, the default first: free text only when a proposer that
+        reads it (llm, agent) is in use (as the last `rsilab run` recorded), else knob
+        edits, with a line on what happens to free text meanwhile."""
+        used = [str(p) for p in self.ledger.get_setting("proposers", []) or []]
+        text_ok = not used or any(p.split("@")[0] in TEXT_READERS for p in used)
+        kinds = [("text", "free text (for LLM and agent proposers)"),
+                 ("knobs", "knob edit (NAME=VALUE ...)"), ("patch", "patch (unified diff)")]  # fmt: skip
+        if not text_ok:
+            kinds = kinds[1:] + kinds[:1]
+        options = "".join(f'<option value="{k}">{H.e(label)}</option>' for k, label in kinds)
+        note = ""
+        if not text_ok:
+            note = (f'<p class="muted" id="idea-note">The proposers in use ({H.e(", ".join(used))}) '
+                    "take knob edits and patches; free text waits in the queue until an "
+                    "<code>llm</code> or <code>agent</code> proposer runs.</p>")  # fmt: skip
+        return {"idea_kinds": options, "idea_note": note}
 
 
 def _row_attrs(r: H.Row) -> str:

@@ -194,8 +194,11 @@ def summary_html(s: Snapshot) -> str:
             gain = Metric(s.metric, "max" if s.direction == "max" else "min").gain(
                 best, base.exp.metric
             )
+            # As `rsilab status` says it: the mean of all its ok runs, re-checks included
+            # (its row shows the value it was decided on).
             text += (f' · {e(s.metric)}: baseline {num(base.exp.metric)} → incumbent '
-                     f'#{inc.exp.id} {num(best)} (gain {gain:+.4f})')  # fmt: skip
+                     f'#{inc.exp.id} {num(best)} (gain {gain:+.4f}), the mean of {len(values)} '
+                     'runs')  # fmt: skip
     t = s.totals
     text += f" · compute {t.get('compute', 0.0) / 3600:.2f} h"
     kept = "".join(f"<li>{e(line)}</li>" for line in claim_lines(s.claims))
@@ -482,9 +485,11 @@ def notes_html(s: Snapshot) -> str:
 
 
 def human_html(s: Snapshot) -> str:
-    """Every human control action and what the supervisor did about vetoes."""
+    """Every human control action, what the supervisor did about vetoes, and the queued
+    files it rejected (with why)."""
     items = [(a.created_at, a.source, a.message) for a in s.controls]
-    items += [(ev.created_at, ev.source, ev.message) for ev in s.events if ev.kind == "veto"]
+    items += [(ev.created_at, ev.source, ev.message) for ev in s.events
+              if ev.kind in ("veto", "rejected")]  # fmt: skip
     if not items:
         return '<p class="muted">no human action recorded</p>'
     return '<ul class="notes">' + "".join(

@@ -4,7 +4,8 @@ Points come from a ledger (`points_from_ledger`, with the incumbent's noise band
 any results.tsv, ours or autoresearch's (`read_results_tsv`). `plot_progress` draws them
 the way autoresearch's analysis notebook does (discarded grey, kept green and labelled, the
 running best as a step line) plus what a noise-aware judge adds: the incumbent's mean ± sd
-as a shaded band, and crashes as red marks along the bottom. matplotlib (Agg, no pyplot
+as a shaded band, crashes as red marks along the bottom (interrupted experiments, never
+judged, as grey rings), and discards beyond the axis as triangles at its edge. matplotlib (Agg, no pyplot
 state) is imported inside `plot_progress` only. The HTML report and dashboard live elsewhere.
 """
 
@@ -16,6 +17,7 @@ import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from rsilab.errors import RsilabError
 from rsilab.fsio import atomic_write
@@ -129,20 +131,43 @@ def plot_progress(
     title: str | None = None,
 ) -> Path:  # fmt: skip
     """Draw the progress chart to `out` (PNG, written atomically) and return `out`."""
+    fig = progress_figure(points, metric=metric, direction=direction, title=title)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=150, bbox_inches="tight")
+    atomic_write(Path(out), buf.getvalue())
+    return Path(out)
+
+
+def progress_figure(
+    points: Sequence[Point], *, metric: str = "val_bpb", direction: str = "min",
+    title: str | None = None,
+) -> Any:  # fmt: skip
+    """The chart as a matplotlib Figure (Agg canvas), for `plot_progress` to save."""
     if direction not in ("min", "max"):
         raise ValueError(f"direction must be 'min' or 'max', not {direction!r}")
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     m = Metric(metric, "min" if direction == "min" else "max")
     fig = Figure(figsize=(16, 8))
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
-    scored = [(p, p.metric) for p in points if p.metric is not None]
+    scored = [(p, p.metric) for p in points
+              if p.metric is not None and p.status != Verdict.INTERRUPTED]  # fmt: skip
     kept = [(p, v) for p, v in scored if p.status == Verdict.KEEP]
     other = [(p, v) for p, v in scored if p.status != Verdict.KEEP]
-    failed = [p for p in points if p.metric is None]
+    # An interrupted experiment was never judged (a stop cut it short): not a crash.
+    failed = [p for p in points if p.metric is None and p.status != Verdict.INTERRUPTED]
+    cut = [p for p in points if p.status == Verdict.INTERRUPTED]
     last = max((p.index for p in points), default=0)
+    first = min((p.index for p in points), default=0)
+    ylim = _ylim([v for _, v in kept or scored], points)
+    if ylim is not None:  # discards beyond the axis get a triangle at its edge, not nothing
+        off = [(p, v) for p, v in other if not ylim[0] <= v <= ylim[1]]
+        other = [(p, v) for p, v in other if ylim[0] <= v <= ylim[1]]
+    else:
+        off = []
 
     if any(p.band is not None for p in points):
         xs = [p.index for p in points] + [last + 0.5]
@@ -162,17 +187,35 @@ def plot_progress(
                 zorder=3, label="Running best")  # fmt: skip
         ax.scatter([p.index for p, _ in kept], [v for _, v in kept], c="#2ecc71", s=50,
                    edgecolors="black", linewidths=0.5, zorder=4, label="Kept")  # fmt: skip
-        for p, v in kept:
+        span = max(last - first, 1)
+        for p, v in kept:  # up-right; in the right third up-left, so labels stay in the frame
+            right = (p.index - first) / span > 0.66
             ax.annotate(_label(p.description), (p.index, v), textcoords="offset points",
-                        xytext=(6, 6), fontsize=8, color="#1a7a3a", rotation=30, ha="left",
-                        va="bottom")  # fmt: skip
+                        xytext=(-6 if right else 6, 6), fontsize=8, color="#1a7a3a",
+                        rotation=-30 if right else 30, ha="right" if right else "left",
+                        va="bottom", annotation_clip=True, clip_on=True)  # fmt: skip
+    if off and ylim is not None:  # x in data units, y in axes units: at the edge they are beyond
+        worse_up = [p.index for p, v in off if v > ylim[1]]
+        worse_down = [p.index for p, v in off if v < ylim[0]]
+        label: str | None = f"Discarded, off the chart ({len(off)})"
+        for at, y, marker in ((worse_up, 0.985, "^"), (worse_down, 0.015, "v")):
+            if at:
+                ax.plot(at, [y] * len(at), linestyle="none", marker=marker, color="#999999",
+                        markersize=6, transform=ax.get_xaxis_transform(), zorder=5,
+                        clip_on=False, label=label)  # fmt: skip
+                label = None  # one legend entry for both edges
     if failed:  # x in data units, y in axes units: a row of marks along the bottom
         ax.plot([p.index for p in failed], [0.02] * len(failed), linestyle="none", marker="x",
                 color="#e74c3c", markersize=5, transform=ax.get_xaxis_transform(),
                 zorder=5, label=f"Crashed / no {metric}")  # fmt: skip
+    if cut:
+        ax.plot([p.index for p in cut], [0.02] * len(cut), linestyle="none", marker="o",
+                markerfacecolor="none", color="#888888", markersize=5,
+                transform=ax.get_xaxis_transform(), zorder=5,
+                label="Interrupted (not judged)")  # fmt: skip
 
-    ax.set_xlim(min((p.index for p in points), default=0) - 1, last + 1)
-    ylim = _ylim([v for _, v in kept or scored], points)
+    ax.set_xlim(first - 1, last + 1)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # experiment numbers, never 2.5
     if ylim is not None:
         ax.set_ylim(*ylim)
     n_kept = len(kept)
@@ -185,10 +228,7 @@ def plot_progress(
         ax.text(0.5, 0.5, "no experiments yet", transform=ax.transAxes, ha="center", color="grey")
     if ax.get_legend_handles_labels()[0]:
         ax.legend(loc="upper right" if direction == "min" else "lower right", fontsize=9)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=150, bbox_inches="tight")
-    atomic_write(Path(out), buf.getvalue())
-    return Path(out)
+    return fig
 
 
 def _band(values: list[float]) -> tuple[float, float] | None:

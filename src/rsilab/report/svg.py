@@ -101,6 +101,7 @@ def chart_svg(points: Sequence[Point], *, metric: str = "val_bpb", direction: st
     )
     out.append('<g clip-path="url(#plot)">')
     out.append(_band(points, sx, sy, x1))
+    off = False  # any discard beyond the axis (drawn as a triangle at the edge)
     for p in scored:
         if p.status != Verdict.KEEP:
             assert p.metric is not None
@@ -110,6 +111,7 @@ def chart_svg(points: Sequence[Point], *, metric: str = "val_bpb", direction: st
                     f'data-id="{p.index}"><title>{_tip(p)}</title></circle>'
                 )
             else:  # off the chart (far worse, usually): a small arrow at the edge it is beyond
+                off = True
                 cx, up = sx(p.index), p.metric > y1
                 d = (f"M{cx:.1f},{_TOP + 1} l-4,7 h8 z" if up else
                      f"M{cx:.1f},{_TOP + ph - 1} l-4,-7 h8 z")  # fmt: skip
@@ -148,7 +150,7 @@ def chart_svg(points: Sequence[Point], *, metric: str = "val_bpb", direction: st
             f'<path d="M{cx - 4:.1f},{cy - 4:.1f} l8,8 m0,-8 l-8,8" class="pt-fail" data-id="{p.index}">'
             f"<title>{_tip(p)}</title></path>"
         )
-    out.append(_legend(width, bool(kept), any(p.band for p in points), bool(failed), metric))
+    out.append(_legend(width, bool(kept), any(p.band for p in points), bool(failed), metric, off))
     out.append("</svg>")
     return "".join(out)
 
@@ -195,8 +197,11 @@ def _tip(p: Point) -> str:
     return escape(f"#{p.index} {p.status} {value}: {p.description}")
 
 
-def _legend(width: int, kept: bool, band: bool, failed: bool, metric: str) -> str:
+def _legend(width: int, kept: bool, band: bool, failed: bool, metric: str,
+            off: bool = False) -> str:  # fmt: skip
     items = [("pt-discard", "Discarded")]
+    if off:
+        items.append(("pt-out", "Discarded, off the chart"))
     if kept:
         items += [("pt-keep", "Kept"), ("best", "Running best")]
     if band:
@@ -213,6 +218,8 @@ def _legend(width: int, kept: bool, band: bool, failed: bool, metric: str) -> st
             mark = f'<line x1="{x + 6}" x2="{x + 22}" y1="{cy}" y2="{cy}" class="best"/>'
         elif cls == "band":
             mark = f'<rect x="{x + 6}" y="{cy - 5}" width="16" height="10" class="band"/>'
+        elif cls == "pt-out":
+            mark = f'<path d="M{x + 14},{cy - 5} l-5,9 h10 z" class="pt-discard pt-out"/>'
         elif cls == "pt-fail":
             mark = f'<path d="M{x + 10},{cy - 4} l8,8 m0,-8 l-8,8" class="pt-fail"/>'
         else:

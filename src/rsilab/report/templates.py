@@ -158,6 +158,7 @@ REPORT_PAGE = """<!doctype html>
 DASHBOARD_PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
+<link rel="icon" href="data:,">
 <meta name="htmx-config" content='{{"responseHandling":[{{"code":".*","swap":true}}]}}'>
 <title>{title}</title>
 <style>{css}
@@ -171,6 +172,9 @@ button.primary {{ background:#2f6fde; color:#fff; border-color:#2f6fde; }}
 button.danger {{ background:#d64541; color:#fff; border-color:#d64541; }}
 #flash .ok {{ color:var(--keep); }} #flash .err {{ color:var(--fail); }}
 .state {{ font-weight:600; }} .state.paused {{ color:var(--warn); }} .state.stopping {{ color:var(--fail); }}
+.state.stopped {{ color:#5c6773; }}
+.top-row {{ align-items:start; }} .stack {{ display:flex; flex-direction:column; gap:14px; min-width:0; }}
+.stack section.card {{ margin:0; }}
 </style>
 <script src="/static/htmx.min.js"></script>
 <script src="/static/sse.min.js"></script>
@@ -180,8 +184,11 @@ button.danger {{ background:#d64541; color:#fff; border-color:#d64541; }}
 <span class="sub">{subtitle}</span></header>
 <main>
 <section class="card" id="summary" sse-swap="summary">{summary}</section>
-<div class="grid2">
+<div class="grid2 top-row">
+  <div class="stack">
   <section class="card"><h2>Progress</h2><div id="chart" sse-swap="chart">{chart}</div></section>
+  <section class="card"><h2>Running</h2><div id="running" sse-swap="running">{running}</div></section>
+  </div>
   <section class="card controls"><h2>Controls</h2>
     <div id="state" sse-swap="state">{state}</div>
     <div id="flash" aria-live="polite"></div>
@@ -192,11 +199,10 @@ button.danger {{ background:#d64541; color:#fff; border-color:#d64541; }}
       <button class="danger" id="btn-stop">Stop after current experiment</button></form>
     <details open><summary>Queue an idea</summary>
     <form hx-post="/control/queue_idea" hx-target="#flash" id="form-idea">
-      <select name="kind"><option value="text">free text (for LLM proposers)</option>
-        <option value="knobs">knob edit (NAME=VALUE ...)</option><option value="patch">patch (unified diff)</option></select>
+      <select name="kind">{idea_kinds}</select>
       <input type="text" name="description" placeholder="one-line description" size="28">
       <textarea name="idea" placeholder="e.g. try a cosine schedule with warmup; or LR=0.002 WARMUP=10; or a diff"></textarea>
-      <button class="primary" id="btn-idea">Queue</button></form></details>
+      <button class="primary" id="btn-idea">Queue</button></form>{idea_note}</details>
     <details><summary>Veto a kept change</summary>
     <form hx-post="/control/veto" hx-target="#flash" id="form-veto" hx-confirm="Revert this kept change?">
       <input type="number" name="experiment" placeholder="#" min="1" style="width:6em">
@@ -207,7 +213,6 @@ button.danger {{ background:#d64541; color:#fff; border-color:#d64541; }}
       <button id="btn-note">Pin</button></form></details>
   </section>
 </div>
-<section class="card"><h2>Running</h2><div id="running" sse-swap="running">{running}</div></section>
 <section class="card"><h2>Experiments</h2>{table}</section>
 <section class="card"><h2>Change</h2><div id="detail"><p class="muted">click an experiment to see its diff</p></div></section>
 <section class="card"><h2>Human actions</h2><div id="human" sse-swap="human">{human}</div></section>
