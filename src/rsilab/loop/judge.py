@@ -22,9 +22,18 @@ only identical values), and a keep whose spread is suspiciously small (SEED_SUSP
 SEED_SUSPECT_RATIO) waits for more seeds first (up to max_runs), where the test has the
 power to flag it.
 
-Statistical rule: a one-sided pooled two-sample t-test of H1 "gain > min_effect". The sd is
-pooled from the reference groups and the candidate's (when it has >= 2 runs); df = the sum
-of (n - 1) over those groups. The candidate's own runs may raise the noise estimate, never
+A noise `prior` (a variance worth some df, from the task or earlier sessions; see
+rsilab.loop.evidence) pools with the reference groups like one more group. Before the
+statistics, a paired candidate (every run under a seed the incumbent also ran, see
+`incumbent_seeds`) whose values equal the incumbent's under the same seeds is an inert
+change: DISCARD at once, flag "inert" (KEEP when it has fewer lines: simpler and identical).
+
+Statistical rule: a one-sided test of H1 "gain > min_effect". Paired, with `paired_groups`
+(earlier experiments' differences to their incumbents under shared seeds) worth at least
+PAIRED_MIN_DF df: a paired t-test on the candidate's differences, their sd pooled from those
+groups and the candidate's own differences (which may raise it, never lower it). Otherwise a
+pooled two-sample t-test: the sd is pooled from the reference groups and the candidate's
+(when it has >= 2 runs); df = the sum of (n - 1) over those groups. The candidate's own runs may raise the noise estimate, never
 lower it: its variance enters the pool as at least the reference's (only where there is no
 reference estimate at all is its own the only one). So a candidate can never make the bar
 it is judged against lower than a candidate whose runs spread like the reference's faces,
