@@ -29,7 +29,10 @@ def test_mlflow_one_run_per_experiment_with_metrics_params_and_diff(ws: Workspac
 
     out = CliRunner().invoke(main, ["export", str(ws.root), "--mlflow"])
     assert out.exit_code == 0, out.output
-    assert "mlflow: 5 runs in experiment 'rsilab-t'" in out.output
+    assert (
+        "mlflow: 5 runs written (5 new, 0 updated), 0 already there unchanged, in experiment 'rsilab-t'"
+        in out.output
+    )
     uri = f"sqlite:///{ws.state / 'mlflow' / 'mlflow.db'}"
     client = MlflowClient(tracking_uri=uri)
     exp = client.get_experiment_by_name("rsilab-t")

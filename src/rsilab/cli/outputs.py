@@ -195,7 +195,10 @@ def _wait_for_workspace(directory: Path, interval: float = 0.5) -> None:
     "--wandb", "to_wandb", is_flag=True, help="Export to Weights & Biases (extra: rsilab[wandb])."
 )
 @click.option(
-    "--uri", default=None, help="MLflow tracking URI (default: a file store in DIR/mlruns)."
+    "--uri",
+    default=None,
+    help="MLflow tracking URI (default: a SQLite store in DIR/.rsilab/mlflow/mlflow.db, "
+    "artifacts beside it).",
 )
 @click.option(
     "--project", default=None, help="W&B project / MLflow experiment name (default: rsilab-<tag>)."
@@ -223,7 +226,11 @@ def export(
     with Ledger(ws.ledger_path) as ledger:
         if to_mlflow:
             done = exporter.to_mlflow(ledger, ws, uri=uri, experiment=project)
-            click.echo(f"mlflow: {done.runs} runs in experiment {done.name!r} at {done.where}")
+            new = done.runs - done.updated
+            click.echo(
+                f"mlflow: {done.runs} runs written ({new} new, {done.updated} updated), "
+                f"{done.skipped} already there unchanged, in experiment {done.name!r} at {done.where}"
+            )
         if to_wandb:
             done = exporter.to_wandb(ledger, ws, project=project, offline=not online)
             click.echo(f"wandb: {done.runs} runs in project {done.name!r} ({done.where})")

@@ -10,8 +10,12 @@ refuses the plain file store unless MLFLOW_ALLOW_FILE_STORE=true; `--uri` takes 
 tracking URI), and W&B runs in `mode="offline"` into `<workspace>/.rsilab/wandb/`, to be
 pushed later with `wandb sync`.
 
+Params hold every knob value of the experiment's files (the baseline's too), read from its
+commit, with the proposal's own values over them where the files cannot be read.
+
 Exporting again is safe: MLflow runs are found by their `rsilab.experiment` tag and
-re-made only when the experiment got a new decision since (e.g. a veto); W&B runs have a
+re-made only when the experiment changed since: a new decision (e.g. a veto) or new runs
+(re-checks of a kept one), both in the `rsilab.signature` tag; W&B runs have a
 fixed id per experiment (`<tag>-exp-NNNN`), so a later sync updates the same run.
 `mlflow` and `wandb` are imported inside the functions: both are optional extras.
 Not covered: running experiments (only decided ones are exported), system metrics.
@@ -21,7 +25,8 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterator
+import subprocess
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,6 +45,7 @@ class Exported:
     name: str  # the MLflow experiment / W&B project
     where: str  # tracking URI or folder
     skipped: int = 0  # already exported and unchanged
+    updated: int = 0  # of `runs`, made anew in place of an older export of the same experiment
 
 
 @dataclass(frozen=True)
@@ -48,6 +54,12 @@ class _Item:
     runs: list[Run]
     costs: dict[str, float]
     decisions: int
+    knobs: dict[str, Any]  # every knob value of its files, the proposal's own over them
+
+    @property
+    def signature(self) -> str:
+        """What an export of it shows: its decisions and its runs (re-checks add runs)."""
+        return f"{self.decisions}d/{len(self.runs)}r"
 
     def metrics(self, metric: str) -> dict[str, float]:
         x, out = self.exp, {}
@@ -63,14 +75,15 @@ class _Item:
 
     def params(self) -> dict[str, str]:
         x = self.exp
-        out = {_key(f"knob.{k}"): _param(v) for k, v in sorted(x.knobs.items())}
+        out = {_key(f"knob.{k}"): _param(v) for k, v in sorted(self.knobs.items())}
         out.update(proposer=x.proposer, kind=x.kind, commit=x.commit, parent=x.parent or "")
         return out
 
     def tags(self) -> dict[str, str]:
         x = self.exp
         return {"rsilab.experiment": str(x.id), "rsilab.status": x.status,
-                "rsilab.decisions": str(self.decisions), "rsilab.description": x.description[:5000],
+                "rsilab.decisions": str(self.decisions), "rsilab.signature": self.signature,
+                "rsilab.description": x.description[:5000],
                 "rsilab.reason": x.reason[:5000]}  # fmt: skip
 
     @property
@@ -78,16 +91,43 @@ class _Item:
         return f"#{self.exp.id} {' '.join(self.exp.description.split())}"[:250]
 
 
-def _items(ledger: Ledger) -> Iterator[_Item]:
+def _items(ledger: Ledger, ws: Workspace | None = None) -> Iterator[_Item]:
     runs: dict[int, list[Run]] = {}
     for r in ledger.runs():
         runs.setdefault(r.experiment_id, []).append(r)
     counts: dict[int, int] = {}
     for d in ledger.decisions():
         counts[d.experiment_id] = counts.get(d.experiment_id, 0) + 1
+    read = _knob_reader(ledger, ws)
     for x in ledger.experiments():
         if x.decided:
-            yield _Item(x, runs.get(x.id, []), ledger.costs(x.id), counts.get(x.id, 0))
+            knobs = read(x.commit) | dict(x.knobs)
+            yield _Item(x, runs.get(x.id, []), ledger.costs(x.id), counts.get(x.id, 0), knobs)
+
+
+def _knob_reader(ledger: Ledger, ws: Workspace | None) -> Callable[[str], dict[str, Any]]:
+    """commit -> every knob value of its editable files ({} where they cannot be read: a
+    ledger without its git repo, a task without knobs)."""
+    if ws is None:
+        return lambda commit: {}
+    try:
+        from rsilab.config import parse_override
+        from rsilab.proposers.knobs import collect_knobs
+
+        overrides = [parse_override(o) for o in ledger.get_setting("overrides", []) or []]
+        task = ws.load_task(overrides)
+        preset = str((ledger.get_setting("comparable", {}) or {}).get("preset", "cpu"))
+    except (RsilabError, OSError, ValueError, subprocess.SubprocessError):
+        return lambda commit: {}
+
+    def read(commit: str) -> dict[str, Any]:
+        try:
+            found = collect_knobs(ws.editable_files(task, commit), preset)
+        except (RsilabError, OSError, ValueError, subprocess.SubprocessError):
+            return {}
+        return {name: knob.value for name, (_, knob) in found.items()}
+
+    return read
 
 
 def _metric_name(ledger: Ledger) -> str:
@@ -133,19 +173,20 @@ def to_mlflow(ledger: Ledger, ws: Workspace, *, uri: str | None = None,
             where = (folder / "artifacts").as_uri() if uri.startswith("sqlite:///") else None
             exp_id = client.create_experiment(name, artifact_location=where,
                                               tags={"rsilab.workspace": str(ws.root)})  # fmt: skip
-        done: dict[str, tuple[str, str]] = {}  # experiment id -> (run id, decisions)
+        done: dict[str, tuple[str, str]] = {}  # experiment id -> (run id, signature)
         for r in client.search_runs([exp_id], max_results=50_000):
             tags = r.data.tags
             if "rsilab.experiment" in tags:
-                done[tags["rsilab.experiment"]] = (r.info.run_id, tags.get("rsilab.decisions", ""))
-        written = skipped = 0
-        for item in _items(ledger):
+                done[tags["rsilab.experiment"]] = (r.info.run_id, tags.get("rsilab.signature", ""))
+        written = skipped = updated = 0
+        for item in _items(ledger, ws):
             old = done.get(str(item.exp.id))
-            if old is not None and old[1] == str(item.decisions):
+            if old is not None and old[1] == item.signature:
                 skipped += 1
                 continue
-            if old is not None:
-                client.delete_run(old[0])  # a later decision (a veto): the run is made anew
+            if old is not None:  # a later decision (a veto) or new runs (a re-check): made anew
+                client.delete_run(old[0])
+                updated += 1
             run = client.create_run(exp_id, start_time=_ms(item.exp.started_at), run_name=item.run_name,
                                     tags=item.tags())  # fmt: skip
             rid = run.info.run_id
@@ -175,7 +216,7 @@ def to_mlflow(ledger: Ledger, ws: Workspace, *, uri: str | None = None,
             written += 1
     except MlflowException as err:
         raise RsilabError(f"mlflow ({uri}): {err.message}") from None
-    return Exported(written, name, uri, skipped)
+    return Exported(written, name, uri, skipped, updated)
 
 
 def to_wandb(ledger: Ledger, ws: Workspace, *, project: str | None = None,
@@ -190,9 +231,9 @@ def to_wandb(ledger: Ledger, ws: Workspace, *, project: str | None = None,
     ws.state.mkdir(parents=True, exist_ok=True)
     settings = wandb.Settings(silent=True, disable_git=True, save_code=False, x_disable_stats=True)
     written = 0
-    for item in _items(ledger):
+    for item in _items(ledger, ws):
         x = item.exp
-        config = {f"knob.{k}": v for k, v in sorted(x.knobs.items())}
+        config = {f"knob.{k}": v for k, v in sorted(item.knobs.items())}
         config.update(proposer=x.proposer, kind=x.kind, commit=x.commit, parent=x.parent or "")
         run = wandb.init(project=name, name=item.run_name, id=f"{ws.tag}-exp-{x.id:04d}", dir=str(ws.state),
                          mode="offline" if offline else "online", config=config, tags=[x.status, x.proposer],
