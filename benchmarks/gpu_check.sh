@@ -5,6 +5,9 @@
 #
 # 1. one run of the unmodified train.py (gpu preset) through the real runner: steps,
 #    tokens/s, MFU, val_bpb, GPU and host memory, wall times (TRAIN_BUDGET=0 skips it);
+#    then the same run with the model under torch.compile (a patched copy of the task; the
+#    compile time is total_seconds - training_seconds beyond step 1's, and the runner calls
+#    the run invalid when compiling outlasts handover_slack): whether compiling pays;
 # 2. `rsilab run` in a fresh workspace (/tmp/rsilab-gpu-check) at LOOP_BUDGET seconds per
 #    run with two baseline seeds, interrupted with SIGINT (Ctrl-C) after LOOP_SECONDS;
 # 3. status, report (into $OUT) and audit of that workspace (git and ledger must agree after
@@ -24,6 +27,24 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
 rsilab doctor
 stamp "1. one run of the unmodified train.py, budget $TB s"
 [ "$TB" = 0 ] || timeout $((TB * 4 + 60)) rsilab train --task gpt --seed 0 --set budget="$TB"
+stamp "1b. the same with torch.compile, budget $TB s"
+CT=/tmp/rsilab-gpu-check-compile
+rm -rf "$CT"
+PYTHON=$(dirname "$(command -v rsilab)")/python; [ -x "$PYTHON" ] || PYTHON=python3
+"$PYTHON" - "$CT" <<'PY' || rm -rf "$CT"
+import shutil, sys
+from pathlib import Path
+from rsilab.paths import bundled_tasks_dir
+dst = Path(sys.argv[1])
+shutil.copytree(bundled_tasks_dir() / "gpt", dst, ignore=shutil.ignore_patterns("__pycache__"))
+src = (dst / "train.py").read_text()
+anchor, call = "    batches = harness.train_batches(", "            logits = model(x)"
+if src.count(anchor) != 1 or src.count(call) != 1:
+    sys.exit("train.py changed shape: skipping the torch.compile run")
+src = src.replace(anchor, "    compiled = torch.compile(model)\n" + anchor)
+(dst / "train.py").write_text(src.replace(call, call.replace("model(x)", "compiled(x)")))
+PY
+[ "$TB" = 0 ] || [ ! -f "$CT/train.py" ] || timeout $((TB * 4 + 240)) rsilab train --task "$CT" --seed 0 --set budget="$TB" --set overhead=600
 stamp "2. the research loop, budget $LB s, SIGINT after $LS s"
 rm -rf "$WS"
 timeout -s INT "$LS" rsilab run "$WS" --max-experiments 100 --set budget="$LB" --set judge.noise_runs=2

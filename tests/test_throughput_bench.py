@@ -70,6 +70,14 @@ def test_measured_mfu_recovers_the_model_flops_of_a_real_run(tmp_path: Path) -> 
     tps = summary["tokens_per_second"]
     peak = 1e11
     assert tt.measured_mfu(summary, peak) == pytest.approx(100 * per_token * tps / peak)
+    # On CPU time: the same tokens over the process's CPU seconds in the same steps.
+    cpu = summary["training_cpu_seconds"]
+    assert cpu > 0 and tt.tokens_per_second(summary, "cpu") == pytest.approx(
+        5 * tokens_per_step / cpu
+    )
+    assert tt.measured_mfu(summary, peak, "cpu") == pytest.approx(
+        100 * per_token * 5 * tokens_per_step / cpu / peak
+    )
     # train.py's own figure uses the same FLOPs per token, against its own peak reading.
     own_peak = 100 * per_token * tps / summary["mfu_percent"]
     assert 1e9 < own_peak < 1e13
@@ -82,6 +90,9 @@ def test_flops_per_token_is_unknown_without_the_figures_it_needs() -> None:
         assert math.isnan(tt.flops_per_token({k: v for k, v in full.items() if k != key}))
     assert math.isnan(tt.flops_per_token({**full, "num_steps": 1.0}))  # only the start-up step
     assert tt.measured_mfu({**full, "tokens_per_second": 2e4}, 4e10) == pytest.approx(50.0)
+    assert math.isnan(tt.measured_mfu(full, 4e10, "cpu"))  # no training_cpu_seconds
+    on_cpu = {**full, "training_cpu_seconds": 0.5}
+    assert tt.measured_mfu(on_cpu, 4e10, "cpu") == pytest.approx(50.0)
 
 
 def test_experiments_per_hour() -> None:
