@@ -211,3 +211,20 @@ def test_the_recheck_count_is_read_from_the_ledger_so_it_survives_a_resume(
     sup.run()
     rechecks = [r for r in ledger.runs() if r.kind == "recheck"]
     assert rechecks, json.dumps([e.description for e in ledger.experiments()])
+
+
+def test_rsilab_baseline_with_a_carried_prior_runs_once_and_states_the_bar(
+    tmp_path: Path,
+) -> None:
+    from click.testing import CliRunner
+
+    from rsilab.cli import main
+
+    cli = CliRunner()
+    first = cli.invoke(main, ["baseline", str(tmp_path / "one"), "--task", "toy"])
+    assert first.exit_code == 0, first.output
+    out = cli.invoke(main, ["baseline", str(tmp_path / "two"), "--task", "toy"])
+    assert out.exit_code == 0, out.output
+    assert "over 1 seed (" in out.output
+    assert "with the noise prior of earlier sessions (2 df)" in out.output
+    assert "on its first run (knob values only)" in out.output

@@ -423,10 +423,12 @@ def _check_search_space(
 def _print_noise_floor(ledger: Any, task: TaskSpec) -> None:
     """The incumbent's values (the baseline's, at first) and what the judge asks of a
     change against them."""
-    from rsilab.loop.judge import keep_threshold
+    from rsilab.loop.judge import Noise, keep_threshold, noise_sigma
 
     inc = ledger.incumbent()
     values = ledger.incumbent_values()
+    saved = ledger.get_setting("noise_prior") or {}  # the session's prior (loop/evidence.py)
+    prior = Noise(float(saved["var"]), int(saved["df"])) if saved else None
     if inc is None or not values:
         click.echo("no baseline: its runs did not finish (see `rsilab status`)")
         return
@@ -436,19 +438,28 @@ def _print_noise_floor(ledger: Any, task: TaskSpec) -> None:
         if inc.id == ledger.experiments()[0].id
         else f"incumbent #{inc.id} ({inert(inc.description)})"
     )
-    if len(values) < 2:
+    if len(values) < 2 and prior is None:
         click.echo(
             f"{who} {name} {values[0]:.4f} (1 run: no noise estimate; judge.noise_runs="
             f"{spec.noise_runs}); a candidate is compared value to value"
         )
         return
-    sd = statistics.stdev(values)
+    sd = noise_sigma(values, prior) or 0.0
     shown = " ".join(f"{v:.4f}" for v in values)
-    click.echo(
-        f"{who} {name} {statistics.fmean(values):.4f}, sd {sd:.4f} over {len(values)} seeds ({shown})"
+    known = (
+        f"; with the noise prior of earlier sessions ({prior.df} df), sd {sd:.4f}" if prior else ""
     )
-    first = keep_threshold(values, task.metric_obj, spec, 1, min_runs=spec.knob_min_runs)
-    last = keep_threshold(values, task.metric_obj, spec, spec.max_runs, min_runs=spec.knob_min_runs)
+    spread = f"sd {statistics.stdev(values):.4f} " if len(values) >= 2 else ""
+    click.echo(
+        f"{who} {name} {statistics.fmean(values):.4f}, {spread}over {len(values)} seed"
+        f"{'s' if len(values) != 1 else ''} ({shown}){known}"
+    )
+    first = keep_threshold(
+        values, task.metric_obj, spec, 1, min_runs=spec.knob_min_runs, prior=prior
+    )
+    last = keep_threshold(
+        values, task.metric_obj, spec, spec.max_runs, min_runs=spec.knob_min_runs, prior=prior
+    )
     if last is None:
         click.echo(
             f"{who} did not move across seeds: any gain > judge.min_effect ({spec.min_effect:g}) is kept"

@@ -177,9 +177,13 @@ def mean_or_none(values: Sequence[float]) -> float | None:
     return sum(values) / len(values) if values else None
 
 
-def noise_sigma(values: Sequence[float]) -> float | None:
-    """Sample standard deviation of `values`; None when there are fewer than 2."""
-    return statistics.stdev(values) if len(values) >= 2 else None
+def noise_sigma(values: Sequence[float], prior: Noise | None = None) -> float | None:
+    """Sample standard deviation of `values`, pooled with `prior` when there is one; None
+    when that leaves no degree of freedom."""
+    if prior is None:
+        return statistics.stdev(values) if len(values) >= 2 else None
+    var, df = _pool([values], prior)
+    return math.sqrt(var) if df else None
 
 
 def seed_schedule(base: int, experiment_id: int, run_index: int) -> int:
