@@ -335,3 +335,13 @@ def test_a_change_of_declared_knob_values_only_counts_as_knob_only(tmp_path: Pat
     other = dict(FILES, **{"train.toml": FILES["train.toml"].replace("width = 64", "width = 65")})
     assert not space.only_knobs_differ(FILES, other)  # `model.width` is not declared
     assert not SearchSpace().only_knobs_differ(FILES, moved)  # nothing declared: code
+
+
+def test_a_flag_file_that_is_a_link_is_not_followed(tmp_path: Path) -> None:
+    knobs = '[knobs.lr]\nfile = "train.toml"\nkey = "optim.lr"\nflag = "--lr"\n'
+    task = _task(tmp_path, knobs)
+    secret = tmp_path / "elsewhere.toml"
+    secret.write_text("[optim]\nlr = 0.123\n")
+    (tmp_path / "train.toml").unlink()
+    (tmp_path / "train.toml").symlink_to(secret)
+    assert SearchSpace.of(task).flag_args(tmp_path) == []

@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rsilab.errors import ConfigError
+from rsilab.fsio import read_regular
 
 if TYPE_CHECKING:
     from rsilab.config import KnobSpec, TaskSpec
@@ -381,14 +382,19 @@ class SearchSpace:
 
     def flag_args(self, workdir: Path) -> list[str]:
         """`FLAG VALUE` for every flag knob, its value read from its file in `workdir` (a
-        run's checkout), in declaration order; a knob whose value is not found is left out."""
+        run's checkout), in declaration order; a knob whose value is not found (or whose file
+        is a link, or not a regular file) is left out."""
         args: list[str] = []
         for name, spec in self.declared.items():
             if not spec.flag:
                 continue
+            # Never through a link: the checkout is the run's, and this runs outside the sandbox.
+            raw = read_regular(workdir / spec.file, base=workdir)
             try:
-                text = (workdir / spec.file).read_text()
-            except (OSError, UnicodeDecodeError):
+                text = raw.decode() if raw is not None else None
+            except UnicodeDecodeError:
+                text = None
+            if text is None:
                 continue
             span = _find(spec.file, text, spec.key or name)
             if span is None:
