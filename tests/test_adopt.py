@@ -200,3 +200,27 @@ def test_detects_accuracy_as_maximised_and_yaml_settings(tmp_path: Path) -> None
         "lr": {"file": "configs/base.yaml", "key": "optim.lr"},
         "momentum": {"file": "configs/base.yaml", "key": "optim.momentum"},
     }
+
+
+def test_a_setting_in_a_config_file_and_the_script_is_declared_from_the_config(
+    tmp_path: Path,
+) -> None:
+    files = {  # nanoGPT's layout: defaults in train.py, overridden by exec'ing a config file
+        "train.py": """\
+            learning_rate = 6e-4
+            max_iters = 5000
+            seed_offset = 0
+            exec(open("configurator.py").read())
+            print(f"step 1: train loss 2.0, val loss {2.1:.4f}")
+            """,
+        "configurator.py": "import sys\n",
+        "config/train_char.py": "learning_rate = 1e-3\nmax_iters = 2000\nout_dir = 'out'\n",
+    }
+    root = make_repo(tmp_path / "repo", files)
+    assert rsilab("init", str(root), "--adopt", cwd=tmp_path).returncode == 0
+    data = tomllib.loads((root / "rsilab.toml").read_text())
+    assert data["knobs"] == {
+        "learning_rate": {"file": "config/train_char.py"},
+        "max_iters": {"file": "config/train_char.py"},
+    }
+    assert data["metric"]["pattern"] == "val loss ([-+0-9.eE]+)"

@@ -226,8 +226,11 @@ def _config_knobs(rel: str, text: str) -> dict[str, Any]:
 
 
 def find_knobs(root: Path, config_files: list[str]) -> dict[str, dict[str, Any]]:
-    """Declarations (`[knobs.NAME]` keys) for the numbers and booleans of the config files."""
+    """Declarations (`[knobs.NAME]` keys) for the numbers and booleans of the config files,
+    in their order: a setting found again in a later file (a default the config overrides,
+    as nanoGPT's train.py and its config/*.py have) keeps its first declaration."""
     out: dict[str, dict[str, Any]] = {}
+    seen: set[tuple[str, str]] = set()  # (kind of file, key): the same setting again
     for rel in config_files:
         for key, value in _config_knobs(rel, _read(root, rel)).items():
             leaf = key.rsplit(".", 1)[-1]
@@ -236,6 +239,9 @@ def find_knobs(root: Path, config_files: list[str]) -> dict[str, dict[str, Any]]
                 continue
             if isinstance(value, int | float) and not isinstance(value, bool) and value <= 0:
                 continue  # 0 or negative: a switch or a sentinel more often than a setting
+            if (Path(rel).suffix, key) in seen:
+                continue
+            seen.add((Path(rel).suffix, key))
             name = (
                 leaf
                 if leaf not in out and re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", leaf)
@@ -320,7 +326,8 @@ def detect(
         direction=dirn,
         editable=chosen,
         frozen=[CONFIG_NAME, PROGRAM_NAME, *frozen_code],
-        knobs=find_knobs(root, [f for f in chosen if f in configs or f == script]),
+        # Config files first: where both set a value, the config's is the one in force.
+        knobs=find_knobs(root, [f for f in chosen if f in configs] + [script] * bool(script)),
     )
     code = "\n".join(sources.get(f, "") for f in chosen if f.endswith(".py"))
     pinned = _SEED_CALL.search(code)
