@@ -197,9 +197,10 @@ def make_bench(
         raise ConfigError("--address is for --executor ray")
     count = parse_workers(workers, executor_name)
     train_data, val_data = task_data(task)
-    executor = create_executor(
-        executor_name, task=task, workers=count, **({"address": address} if address else {})
-    )
+    options: dict[str, Any] = {"address": address} if address else {}
+    if executor_name == "ray":  # its start-up takes seconds: say what it waits for
+        options["notify"] = lambda line: echo(f"{time.strftime('%H:%M:%S')} {line}")
+    executor = create_executor(executor_name, task=task, workers=count, **options)
     return Bench(
         task,
         train_data=train_data,

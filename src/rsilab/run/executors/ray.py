@@ -46,6 +46,7 @@ from typing import Any
 from rsilab.config import TaskSpec
 from rsilab.errors import ConfigError
 from rsilab.fsio import open_regular, read_regular
+from rsilab.notify import Notify, silent
 from rsilab.results import RunResult, Status
 from rsilab.run.executors.base import RunFuture, RunRequest, register
 
@@ -80,7 +81,12 @@ class RayExecutor:
         num_gpus: int | None = None,
         gpus_per_run: float | None = None,
         max_retries: int = 3,
+        notify: Notify | None = None,
     ) -> None:
+        """`notify` is told each start-up step as it begins and how long it took: starting
+        Ray takes seconds (see benchmarks/ray_overhead.py), and a person should not wonder."""
+        tell = notify or silent
+        began = time.monotonic()
         try:
             import ray
             from ray.util.queue import Queue
@@ -90,8 +96,10 @@ class RayExecutor:
         self._owns_ray = False
         if not ray.is_initialized():
             if address:
+                tell(f"ray: connecting to the cluster at {address} ...")
                 ray.init(address=address, log_to_driver=False)
             else:  # a local Ray on this machine
+                tell("ray: starting a local Ray (its GCS and raylet processes; seconds) ...")
                 cpus = (
                     num_cpus
                     if num_cpus is not None
@@ -101,6 +109,7 @@ class RayExecutor:
                     num_cpus=cpus, num_gpus=num_gpus, include_dashboard=False, log_to_driver=False
                 )
             self._owns_ray = True
+            tell(f"ray: up after {time.monotonic() - began:.1f} s")
         resources = ray.cluster_resources()
         self.gpus_per_run = float(
             gpus_per_run if gpus_per_run is not None else (1 if resources.get("GPU", 0) >= 1 else 0)
@@ -116,7 +125,13 @@ class RayExecutor:
         self._by_key: dict[str, _RayRun] = {}
         self._lock = threading.Lock()
         # Nodes report where a run started and stream its log through this queue (an actor).
+        tell("ray: starting the log channel (a Ray actor: one worker process) ...")
         self._channel = Queue(actor_options={"num_cpus": 0})
+        self._channel.size()  # waits for the actor: its start is paid here, not by a run
+        tell(
+            f"ray: ready after {time.monotonic() - began:.1f} s; each run's first start on a "
+            "worker also imports rsilab (and the task's libraries) there"
+        )
         self._closed = threading.Event()
         threading.Thread(target=self._drain, daemon=True, name="rsilab-ray-channel").start()
 
