@@ -224,3 +224,24 @@ def test_a_setting_in_a_config_file_and_the_script_is_declared_from_the_config(
         "max_iters": {"file": "config/train_char.py"},
     }
     assert data["metric"]["pattern"] == "val loss ([-+0-9.eE]+)"
+
+
+def test_what_cannot_be_detected_is_asked(tmp_path: Path) -> None:
+    from rsilab.adopt import detect
+
+    files = dict(REPO)
+    files["fit.py"] = files.pop("train.py").replace("val loss {val:.4f}", "score={1 - val:.4f}")
+    repo = make_repo(tmp_path / "repo", files)
+    answers = iter(["python fit.py", "score", "score=([0-9.]+)"])
+    asked: list[str] = []
+
+    def ask(question: str) -> str:
+        asked.append(question)
+        return next(answers)
+
+    p = detect(repo, ask=ask)
+    assert len(asked) == 3 and "training command" in asked[0] and "regex" in asked[2]
+    assert p.train == ["python", "fit.py"] and p.metric == "score" and p.direction == "max"
+    assert p.pattern == "score=([0-9.]+)"
+    with pytest.raises(Exception, match="not a regular expression"):
+        detect(repo, train="python fit.py", metric="score", pattern="score=([0-9.]+")

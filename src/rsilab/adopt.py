@@ -269,12 +269,16 @@ def detect(
     pattern: str | None = None,
     direction: str | None = None,
     editable: list[str] | None = None,
+    ask: Callable[[str], str] | None = None,
 ) -> Proposal:
-    """What to write for the repo at `root`; the options override detection. ConfigError
-    (one line, naming the option to give) when something cannot be told."""
+    """What to write for the repo at `root`; the options override detection. What cannot be
+    told is asked with `ask` (a question -> the answer; the command line's prompt on a
+    terminal), else a ConfigError (one line, naming the option to give)."""
     import shlex
 
     files = _files(root)
+    if not train and ask is not None and find_script(root, files) is None:
+        train = ask("training command (e.g. python src/train.py)").strip() or None
     if train:
         argv = shlex.split(train)
         script = next((a for a in argv if a.endswith(".py")), "")
@@ -303,6 +307,14 @@ def detect(
     # The metric: the train script's lines first, then the rest of the editable code.
     sources = {script: _read(root, script)} if script else {}
     sources.update({f: _read(root, f) for f in py if f not in sources and f not in frozen_code})
+    if not (metric or pattern) and ask is not None and find_metric(sources) is None:
+        metric = ask("name of the metric your code prints (e.g. val_loss)").strip() or None
+        pattern = ask("regex whose group is its value (e.g. val loss ([0-9.]+))").strip() or None
+    if pattern:
+        try:
+            re.compile(pattern)
+        except re.error as e:
+            raise ConfigError(f"--pattern {pattern!r}: not a regular expression ({e})") from None
     if metric or pattern:
         if not (metric and pattern):
             raise ConfigError("give both --metric NAME and --pattern REGEX (one number group)")
@@ -354,6 +366,11 @@ def _toml(value: Any) -> str:
     return json.dumps(value)
 
 
+def _pattern_toml(pattern: str) -> str:
+    """A regex as TOML: a literal string (backslashes as they are) unless it holds a quote."""
+    return f"'{pattern}'" if "'" not in pattern and "\n" not in pattern else json.dumps(pattern)
+
+
 def render_config(p: Proposal, name: str) -> str:
     """The commented rsilab.toml for `p`."""
     lines = [
@@ -388,7 +405,7 @@ def render_config(p: Proposal, name: str) -> str:
         f"name = {_toml(p.metric)}",
         f"direction = {_toml(p.direction)}",
         "# The last match in the training log counts (its group: the number).",
-        f"pattern = '{p.pattern}'",
+        f"pattern = {_pattern_toml(p.pattern)}",
         "",
         "[judge]",
         "noise_runs = 3             # baseline runs under different seeds (RSILAB_SEED)",
@@ -492,6 +509,7 @@ def adopt_repo(
     metric: str | None = None,
     pattern: str | None = None,
     direction: str | None = None,
+    ask: Callable[[str], str] | None = None,
 ) -> bool:
     """`rsilab init` on a repo without rsilab.toml: detect, write, say what was found. With
     `adopt` (--adopt), stop there for the user to review and commit (False); else commit the
@@ -509,7 +527,7 @@ def adopt_repo(
         and not git(root, "rev-parse", "--verify", "-q", "HEAD", check=False).strip()
     ):
         raise ConfigError(f"{root}: the repo has no commit yet; commit your code first")
-    p = detect(root, train=train, metric=metric, pattern=pattern, direction=direction)
+    p = detect(root, train=train, metric=metric, pattern=pattern, direction=direction, ask=ask)
     written = write(root, p, root.name)
     echo(f"proposed {', '.join(written)} in {root}:")
     echo(f"  train:    {' '.join(p.train)}")

@@ -72,13 +72,16 @@ def init(
     On a git repo without an rsilab.toml (or with --adopt), propose one first: detect the
     train command, the editable and frozen files, the metric line and the settings to tune,
     write a commented rsilab.toml and a program.md, and commit them (--adopt: only write them).
+    On a terminal, what cannot be detected is asked for.
     """
     from rsilab.adopt import adopt_repo, wants_adopting
     from rsilab.workspace import init_workspace
 
     if wants_adopting(directory, adopt):
         found = dict(train=train_cmd, metric=metric, pattern=pattern, direction=direction)
-        if not adopt_repo(directory, click.echo, adopt=adopt, **found):
+        # On a terminal, what cannot be detected is asked; elsewhere it is a one-line refusal.
+        ask = (lambda q: str(click.prompt(q))) if sys.stdin.isatty() else None
+        if not adopt_repo(directory, click.echo, adopt=adopt, ask=ask, **found):
             return
 
     ws = init_workspace(directory, resolve_task_dir(task_name), _tag(tag), resume=resume)
