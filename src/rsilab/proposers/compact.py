@@ -37,10 +37,10 @@ _ROLE = """\
 You tune the constants (knobs) of a training script. Each answer is one experiment: one
 knob set to a new value, trained for a fixed budget and kept only if it beats the
 incumbent by more than the noise. Answer with one JSON object and nothing else:
-{"description": "<what the change does>", "knob": "<NAME>", "value": "<new value>"}"""
+{"description": "<what the change does>", "knob": "<NAME>", "value": <new value>}"""
 REMINDER = (
     'Answer with one JSON object: {"description": "<what the change does>", '
-    '"knob": "<one of the knob names above>", "value": "<its new value>"}.'
+    '"knob": "<one of the knob names above>", "value": <its new value>}.'
 )
 
 
@@ -52,14 +52,21 @@ class CompactAnswer:
 
 
 def compact_schema(names: Sequence[str]) -> dict[str, Any]:
-    """The JSON schema of a compact answer over these knob names (value as a string: one
-    type that every grammar engine takes; it is read back as the knob's own type)."""
+    """The JSON schema of a compact answer over these knob names. The value is a number, a
+    boolean or a short string (read back as the knob's own type); short strings and a
+    bounded description leave a grammar-constrained small model no room to ramble."""
     return {
         "type": "object",
         "properties": {
-            "description": {"type": "string"},
+            "description": {"type": "string", "maxLength": 160},
             "knob": {"type": "string", "enum": list(names)},
-            "value": {"type": "string"},
+            "value": {
+                "anyOf": [
+                    {"type": "number"},
+                    {"type": "boolean"},
+                    {"type": "string", "maxLength": 40},
+                ]
+            },
         },
         "required": ["description", "knob", "value"],
         "additionalProperties": False,
@@ -156,12 +163,12 @@ def parse_compact(text: str, ctx: Context) -> tuple[CompactAnswer, dict[str, str
     """The answer in `text` and the files it changes; EditError (for the model) otherwise."""
     body = text.strip()
     m = re.search(r"\{.*\}", body, re.DOTALL)
-    try:
-        data = json.loads(m.group(0) if m else body)
+    try:  # strict=False: a grammar's strings may hold raw newlines
+        data = json.loads(m.group(0) if m else body, strict=False)
     except ValueError:
-        raise EditError(f"the answer is not one JSON object. {REMINDER}") from None
+        raise EditError("the answer is not one JSON object") from None
     if not isinstance(data, dict):
-        raise EditError(f"the answer must be a JSON object. {REMINDER}")
+        raise EditError("the answer must be a JSON object")
     table = knob_table(ctx)
     name = str(data.get("knob") or "").strip()
     if name not in table:

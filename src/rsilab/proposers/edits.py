@@ -77,7 +77,7 @@ Answer with one JSON object and nothing else:
 EDIT_SCHEMA: dict[str, object] = {
     "type": "object",
     "properties": {
-        "description": {"type": "string"},
+        "description": {"type": "string", "maxLength": 200},
         "edits": {
             "type": "array",
             "minItems": 1,
@@ -97,6 +97,48 @@ EDIT_SCHEMA: dict[str, object] = {
     "required": ["description", "edits"],
     "additionalProperties": False,
 }
+
+MAX_ENUM_LINES = 600  # the most file lines a schema lists as the choices of `search`
+
+
+def edit_schema(files: Mapping[str, str], *, exact_lines: bool = False) -> dict[str, object]:
+    """EDIT_SCHEMA for these editable files: `path` one of their paths; with `exact_lines`,
+    `search` one of their lines that occurs once (a grammar-bound model then cannot
+    misquote a line, the usual failure of small models; several edits change several
+    lines). Without files, EDIT_SCHEMA itself."""
+    if not files:
+        return EDIT_SCHEMA
+    item: dict[str, object] = {
+        "type": "object",
+        "properties": {
+            "path": {"type": "string", "enum": sorted(files)},
+            "search": {"type": "string"},
+            "replace": {"type": "string"},
+        },
+        "required": ["path", "search", "replace"],
+        "additionalProperties": False,
+    }
+    if exact_lines:
+        counts: dict[str, int] = {}
+        for text in files.values():
+            for line in text.splitlines():
+                counts[line] = counts.get(line, 0) + 1
+        # Lines with a quote or a backslash are left out: llama-cpp-python's grammar
+        # converter escapes them wrongly, and a grammar that fails to parse is dropped.
+        unique = [
+            line
+            for line, n in counts.items()
+            if n == 1 and line.strip() and '"' not in line and "\\" not in line
+        ]
+        if 0 < len(unique) <= MAX_ENUM_LINES:
+            item["properties"]["search"] = {"type": "string", "enum": unique}  # type: ignore[index]
+    schema = dict(EDIT_SCHEMA)
+    schema["properties"] = {
+        **EDIT_SCHEMA["properties"],  # type: ignore[dict-item]
+        "edits": {"type": "array", "minItems": 1, "maxItems": 8, "items": item},
+    }
+    return schema
+
 
 _SEARCH = re.compile(r"^\s*<{5,9}\s*SEARCH\s*$")
 _DIVIDER = re.compile(r"^\s*={5,9}\s*$")
@@ -210,7 +252,7 @@ def parse_json_answer(text: str) -> Answer:
     """An `Answer` from a JSON edit answer ({"description", "edits": [{path, search,
     replace}]}, see EDIT_SCHEMA); the messages say, for the model, what is wrong."""
     try:
-        data = json.loads(_strip_fence(text))
+        data = json.loads(_strip_fence(text), strict=False)  # raw newlines in strings
     except ValueError as err:
         raise EditError(
             f"the answer is not valid JSON ({err}); answer with one JSON object "

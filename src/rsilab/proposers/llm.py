@@ -41,7 +41,7 @@ from typing import Any, Literal, cast
 from rsilab.config import LLMSpec, TaskSpec
 from rsilab.proposers.base import Context, HistoryItem, register
 from rsilab.proposers.compact import build_compact, compact_schema, knob_table, parse_compact
-from rsilab.proposers.edits import EDIT_SCHEMA, EditError, apply_answer, parse_answer
+from rsilab.proposers.edits import EditError, apply_answer, edit_schema, parse_answer
 from rsilab.proposers.llmclient import (
     AnswerFormat,
     ChatClient,
@@ -68,6 +68,7 @@ from rsilab.results import Proposal
 FAILED = ("crash", "timeout")
 Style = Literal["json_schema", "json_object", "tool"]
 COMPACT_BELOW = 6144  # tokens: a smaller window gets the compact mode (llm.mode = "auto")
+EXACT_LINES_BELOW = 16384  # tokens: a smaller window's JSON edits quote the files' own lines
 MAX_OVERFLOWS = 2  # context-length errors learnt from within one proposal before giving up
 # The order in which answer formats are tried on an OpenAI-compatible server, each one
 # dropped for the next when the server refuses it ("" = free text).
@@ -240,7 +241,7 @@ class LLMProposer:
                     f"## note\nthe edit prompt ({size} tokens) is over the budget of {budget.prompt} ({window}-token window, {source}): compact mode"
                 )
                 continue
-            fmt = self._format(mode, style, ctx)
+            fmt = self._format(mode, style, ctx, view.files, window)
             max_tokens = budget.answer_for(size)
             if not transcript or not transcript[0].startswith("## system"):
                 transcript.insert(0, f"## system\n{system}")
@@ -352,14 +353,18 @@ class LLMProposer:
             },
         )
 
-    def _format(self, mode: str, style: str, ctx: Context) -> AnswerFormat | None:
+    def _format(
+        self, mode: str, style: str, ctx: Context, files: Mapping[str, str], window: int
+    ) -> AnswerFormat | None:
         if not style:
             return None
         if mode == "compact":
             schema = compact_schema(list(knob_table(ctx)))
             return AnswerFormat("knob_change", schema, cast(Style, style), "One knob, new value")
+        # A model with a small window is a small model: bind `search` to the files' lines.
+        schema = edit_schema(files, exact_lines=window < EXACT_LINES_BELOW)
         return AnswerFormat(
-            "experiment", EDIT_SCHEMA, cast(Style, style), "The experiment: description, edits"
+            "experiment", schema, cast(Style, style), "The experiment: description, edits"
         )
 
     def _calibrate_once(

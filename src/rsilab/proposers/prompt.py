@@ -288,8 +288,9 @@ the file's path on its own line, `<<<<<<< SEARCH`, the current lines copied exac
 `=======`, the new lines, `>>>>>>> REPLACE`."""
 
 JSON_REMINDER = """\
-Answer with one JSON object: {"description": "<what the change does>", "edits": \
-[{"path": "<file>", "search": "<current lines, copied exactly>", "replace": "<new lines>"}]}."""
+Answer with one JSON object: {"description": "what the change does, in one line", "edits": \
+[{"path": "the file's path", "search": "a line of the file, copied exactly", "replace": \
+"what that line becomes"}]}."""
 
 _REPAIR = """\
 Your answer could not be applied: {error}
