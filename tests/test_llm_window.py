@@ -316,3 +316,36 @@ def test_a_refused_format_is_not_retried_as_an_outage() -> None:
             )
         client.close()
     assert len(fake.requests) == 1
+
+
+# -- doctor ----------------------------------------------------------------------------
+
+
+def test_doctor_reports_the_window_and_the_structured_format() -> None:
+    import dataclasses
+
+    from rsilab.config import load_task
+    from rsilab.doctor import _llm_check
+
+    task = load_task(TOY)
+    with FakeLLM(refuse_formats=("json_schema",), props={"n_ctx": 4096}) as fake:
+        fake.queue("pong", '{"ok": true}')
+        spec = dataclasses.replace(task.llm, base_url=fake.url_openai, model="gemma-3")
+        check = _llm_check(dataclasses.replace(task, llm=spec), {}, ping=True)
+        types = [r.json.get("response_format", {}).get("type") for r in fake.requests]
+    assert check.ok, check
+    assert "window 4096 tokens (from llama.cpp /props)" in check.detail
+    assert "structured answers: json_object" in check.detail
+    assert "first user turn" in check.detail  # a Gemma
+    assert types == [None, "json_schema", "json_object"]
+
+
+def test_edit_schema_binds_search_to_the_files_lines() -> None:
+    from rsilab.proposers.edits import edit_schema
+
+    files = {"train.py": 'A = 1\nB = "x"\nA = 1\nC = 2\n'}
+    item = edit_schema(files, exact_lines=True)["properties"]["edits"]["items"]  # type: ignore[index]
+    assert item["properties"]["search"]["enum"] == ["C = 2"]  # once only, no quotes
+    assert item["properties"]["path"]["enum"] == ["train.py"]
+    free = edit_schema(files)["properties"]["edits"]["items"]  # type: ignore[index]
+    assert free["properties"]["search"] == {"type": "string"}

@@ -1,7 +1,8 @@
 """`rsilab doctor`. Owns: telling, in plain words, what this machine and configuration can do.
 
 Checks the interpreter, torch and its device, git, the sandbox tool, the prepared data,
-the LLM configuration (one tiny call, max 1 output token, when one is configured) and
+the LLM configuration (one tiny call, max 1 output token, when one is configured; then
+the model's window and which structured answer format its server takes) and
 the coding-agent CLIs on PATH. Never prints a key: only whether its variable is set.
 """
 
@@ -96,8 +97,29 @@ def _llm_check(task: TaskSpec, env: Mapping[str, str], *, ping: bool) -> Check:
         return Check("llm", False, f"{where}: {e}")
     finally:
         client.close()
-    return Check(
-        "llm",
-        True,
-        f"{where}: answered in {reply.seconds:.1f} s ({reply.tokens_in}+{reply.tokens_out} tokens)",
+    detail = (
+        f"{where}: answered in {reply.seconds:.1f} s ({reply.tokens_in}+{reply.tokens_out} tokens)"
     )
+    return Check("llm", True, detail + "; " + _llm_abilities(task, env))
+
+
+def _llm_abilities(task: TaskSpec, env: Mapping[str, str]) -> str:
+    """The model's window and the structured answer format its server takes (a few tiny
+    requests), as the llm proposer finds them."""
+    from rsilab.errors import RsilabError
+    from rsilab.proposers.llm import LLMProposer
+    from rsilab.proposers.llmclient import from_spec
+
+    proposer = LLMProposer(task.llm, env=env)
+    with from_spec(proposer.spec, env, max_attempts=1) as client:
+        window, source = proposer.window(client)
+        shown = "assumed: set llm.window_tokens" if source == "assumed" else f"from {source}"
+        parts = [f"window {window} tokens ({shown})"]
+        try:
+            style = proposer.probe_structured(client)
+            parts.append(f"structured answers: {style or 'refused (free text)'}")
+        except RsilabError as e:
+            parts.append(f"structured answers not checked: {e}")
+        if proposer.system_in_user(client):
+            parts.append("the system prompt goes in the first user turn")
+    return "; ".join(parts)

@@ -165,6 +165,31 @@ class LLMProposer:
             return ""
         return _STYLES[0]
 
+    def probe_structured(self, client: ChatClient) -> str:
+        """The first structured style the server takes for a tiny schema ("" when it takes
+        none), remembered for proposals; for `rsilab doctor`."""
+        schema = {
+            "type": "object",
+            "properties": {"ok": {"type": "boolean"}},
+            "required": ["ok"],
+            "additionalProperties": False,
+        }
+        styles: tuple[str, ...] = ("tool",) if client.api == "anthropic" else _STYLES[:-1]
+        for style in styles:
+            fmt = AnswerFormat("ping", schema, cast(Style, style), "Say ok")
+            try:
+                reply = client.complete(
+                    "Answer in JSON.", [{"role": "user", "content": "Say ok."}],
+                    max_tokens=16, answer_format=fmt,
+                )  # fmt: skip
+            except FormatRefused:
+                continue
+            if reply.text.strip().startswith("{"):
+                self._style = style
+                return style
+        self._style = ""
+        return ""
+
     def _refused(self, style: str) -> None:
         """The server refused `style`: fall back to the next one for good."""
         if self.spec.structured == "auto" and style in _STYLES:
