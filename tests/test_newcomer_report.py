@@ -14,6 +14,7 @@ from rsilab.loop.controls import Controls, post
 from rsilab.record.ledger import Ledger
 from rsilab.report import html as H
 from rsilab.report.progress import Point, progress_figure
+from rsilab.results import RunResult, Status
 from rsilab.workspace import open_workspace
 
 LONG = "a change with a description long enough to run far past the frame"
@@ -93,3 +94,24 @@ def test_a_fresh_workspace_has_a_queue_folder(tmp_path: Path) -> None:
         assert (tmp_path / cmd[1] / ".rsilab" / "queue").is_dir(), cmd
     with Ledger(tmp_path / "b" / ".rsilab" / "ledger.db") as ledger:
         assert ledger.get_setting("proposers") == ["tuner"]
+
+
+def test_a_baseline_still_the_incumbent_is_not_given_a_gain_over_itself(tmp_path: Path) -> None:
+    from rsilab.report.progress import tsv_ledger
+
+    out = subprocess.run([sys.executable, "-m", "rsilab.cli", "init", "ws", "--task", "toy",
+                          "--tag", "t"], cwd=tmp_path, capture_output=True, text=True)  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    ws = open_workspace(tmp_path / "ws")
+    led = tsv_ledger([Point(1, 1.0, "keep", "baseline")], ws.ledger_path, metric="val_loss",
+                     direction="min")  # fmt: skip
+    led.add_run(1, RunResult(Status.OK, 7, 0.9), kind="recheck")  # a partner or re-check run
+    status = subprocess.run([sys.executable, "-m", "rsilab.cli", "status", str(ws.root)],
+                            capture_output=True, text=True, check=True).stdout  # fmt: skip
+    assert "incumbent: the baseline, val_loss 0.9500, the mean of 2 runs" in status, status
+    assert "gain" not in status
+    summary = H.summary_html(H.snapshot(led))
+    assert (
+        "incumbent: the baseline, 0.9500, the mean of 2 runs" in summary and "gain" not in summary
+    )
+    led.close()

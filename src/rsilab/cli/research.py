@@ -564,11 +564,16 @@ def _print_status(ledger: Any, metric: str, root: Path, recent: int = 10) -> Non
         maximize = comparable.get("metric.direction") == "max"
         vals = ledger.incumbent_values()
         best = sum(vals) / len(vals) if vals else inc.metric
-        click.echo(  # as the dashboard says it: the mean of its ok runs, re-checks included
-            f"baseline {metric} {base.metric:.4f} -> incumbent #{inc.id} {best:.4f} "
-            f"(gain {Metric(metric, 'max' if maximize else 'min').gain(best, base.metric):+.4f}), the mean of "
-            f"{len(vals)} runs ({inc.commit[:7]}: {inert(inc.description)})"
-        )
+        if inc.id == base.id:  # no gain to tell: the baseline against itself
+            click.echo(
+                f"incumbent: the baseline, {metric} {best:.4f}, the mean of {len(vals)} runs"
+            )
+        else:
+            click.echo(  # as the dashboard says it: the mean of its ok runs, re-checks included
+                f"baseline {metric} {base.metric:.4f} -> incumbent #{inc.id} {best:.4f} "
+                f"(gain {Metric(metric, 'max' if maximize else 'min').gain(best, base.metric):+.4f}), the mean of "
+                f"{len(vals)} runs ({inc.commit[:7]}: {inert(inc.description)})"
+            )
     from rsilab.record.claims import claim_lines, claims
     from rsilab.results import Metric
 

@@ -190,7 +190,10 @@ def summary_html(s: Snapshot) -> str:
     if base is not None and inc is not None and base.exp.metric is not None:
         values = [r.metric for r in inc.runs if r.ok and r.metric is not None]
         best = statistics.fmean(values) if values else inc.exp.metric
-        if best is not None:
+        if best is not None and inc.exp.id == base.exp.id:  # no gain: the baseline itself
+            text += (f' · {e(s.metric)}: incumbent: the baseline, {num(best)}, the mean of '
+                     f'{len(values)} runs')  # fmt: skip
+        elif best is not None:
             gain = Metric(s.metric, "max" if s.direction == "max" else "min").gain(
                 best, base.exp.metric
             )
