@@ -240,16 +240,18 @@ def session(
     used, experiments, kept, false_keeps, undone, since_recheck = noise_runs, 0, 0, 0, 0, 0
     groups: list[list[float]] = []  # judged experiments with >= 2 runs, not the incumbent
     paired: list[list[float]] = []  # their differences to their incumbent under shared seeds
-    parents: list[tuple[dict[str, Any], Mapping[str, str], list[tuple[int, float]]]] = []
+    parents: list[tuple[dict[str, Any], Mapping[str, str], list[tuple[int, float]], bool]] = []
+    unsure, against = False, 0  # the incumbent's keep was borderline; experiments judged on it
     while used < runs:
-        if spec and spec.recheck_every and since_recheck >= spec.recheck_every:
+        due = evidence.recheck_due(since_recheck, spec.recheck_every, unsure) if spec else False
+        if spec and (due if policy else spec.recheck_every and since_recheck >= spec.recheck_every):
             s = fresh()
             inc, used, since_recheck = [*inc, (s, measure(knobs, s))], used + 1, 0
             if policy and spec.undo and parents:
                 why = evidence.undo([v for _, v in inc], [v for _, v in parents[-1][2]], METRIC)
                 if why:
-                    knobs, files, inc = parents.pop()
-                    true, undone = surface(knobs), undone + 1
+                    knobs, files, inc, unsure = parents.pop()
+                    true, undone, against = surface(knobs), undone + 1, 0
             continue
         ctx = Context(
             files=files,
@@ -268,7 +270,9 @@ def session(
         while True:  # knob-only proposals: judge.knob_min_runs applies
             if policy and spec is not None and spec.pair_seeds:
                 got = evidence.candidate_seed(inc_seeds, [r.seed for r in cand])
-                if got is None:  # the incumbent's partner run first
+                if got is None and not evidence.wants_partner(against):
+                    got = fresh()  # unpaired
+                elif got is None:  # the incumbent's partner run first
                     got = fresh()
                     inc, used = [*inc, (got, measure(knobs, got))], used + 1
                     inc_seeds = [x for x, _ in inc]
@@ -297,13 +301,15 @@ def session(
             if verdict is not Verdict.MORE or used >= runs:
                 break
         values = [r.metric for r in cand if r.metric is not None]
-        experiments, since_recheck = experiments + 1, since_recheck + 1
+        experiments, since_recheck, against = experiments + 1, since_recheck + 1, against + 1
         diffs = judge_pairs(cand, inc)
         if verdict is Verdict.KEEP:
             groups += [[v for _, v in inc]] if len(inc) >= 2 else []
             false_keeps += surface(moved) >= true
-            parents.append((knobs, files, inc))
+            parents.append((knobs, files, inc, unsure))
             files, knobs, true, kept = {**files, **proposal.files}, moved, surface(moved), kept + 1
+            unsure = spec is not None and evidence.borderline(j.effect, j.ci_low)
+            against = 0
             inc = [(r.seed, r.metric) for r in cand if r.metric is not None]
         elif len(values) >= 2:
             groups.append(values)

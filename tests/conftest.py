@@ -1,4 +1,6 @@
-"""Shared fixtures: every test gets its own RSILAB_HOME, so no test touches ~/.cache."""
+"""Shared fixtures: every test, and every test module's own fixtures, get their own
+RSILAB_HOME, so no test touches ~/.cache and none inherits another's state there (a noise
+prior carried from an earlier baseline would shorten the next baseline)."""
 
 from __future__ import annotations
 
@@ -7,6 +9,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+
+@pytest.fixture(scope="module", autouse=True)
+def module_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """RSILAB_HOME for a module's module-scoped fixtures (set up before them: autouse)."""
+    home = tmp_path_factory.mktemp("rsilab-module-home")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("RSILAB_HOME", str(home))
+        yield home
 
 
 @pytest.fixture(autouse=True)

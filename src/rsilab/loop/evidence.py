@@ -54,6 +54,9 @@ __all__ = [
     "recent",
     "since_recheck",
     "undo",
+    "borderline",
+    "recheck_due",
+    "wants_partner",
 ]
 
 
@@ -75,6 +78,32 @@ def candidate_seed(incumbent_seeds: Sequence[int], used: Sequence[int]) -> int |
     candidate has not used yet (`used`); None when it has used them all: then the incumbent
     runs first under a fresh seed (its partner run) and the candidate follows under it."""
     return next((s for s in incumbent_seeds if s not in set(used)), None)
+
+
+# Partner runs are worth their cost for an incumbent that lasts: one that has already
+# outlived this many experiments (from an untuned script a new incumbent is often replaced
+# within a few, and runs spent re-measuring it are experiments not run).
+PARTNER_AFTER = 3
+
+
+def wants_partner(judged_against: int) -> bool:
+    """Whether the incumbent should run under a candidate's next seed when it has no unused
+    one left (else that run takes a fresh seed, unpaired): after it has been the incumbent
+    of `judged_against` >= PARTNER_AFTER decided experiments."""
+    return judged_against >= PARTNER_AFTER
+
+
+def borderline(effect: float | None, ci_low: float | None) -> bool:
+    """A keep whose 95% interval reaches below half its claimed gain (about z < 4): its runs'
+    luck is a large part of what it claims, so it is worth re-checking (the baseline, and a
+    keep by many standard errors, are not)."""
+    return effect is not None and ci_low is not None and ci_low < effect / 2
+
+
+def recheck_due(since: int, every: int, unsure: bool) -> bool:
+    """Whether the incumbent is re-measured now: `every` (judge.recheck_every) experiments
+    after the last re-check, when it was kept on `unsure` (borderline) evidence."""
+    return every > 0 and since >= every and unsure
 
 
 def recent(groups: Sequence[Sequence[float]], window: int) -> list[Sequence[float]]:

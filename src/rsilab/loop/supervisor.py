@@ -693,7 +693,12 @@ class Supervisor:
         if flight.kind == "trial" and self.task.judge.pair_seeds:
             theirs = [r.seed for r in self.ledger.runs(flight.parent.id) if r.ok]
             seed = evidence.candidate_seed(theirs, [r.seed for r in flight.runs])
-            if seed is None and flight.partner is None and k < self.task.judge.max_runs:
+            if (
+                seed is None
+                and flight.partner is None
+                and k < self.task.judge.max_runs
+                and evidence.wants_partner(self._judged_against(flight.parent))
+            ):
                 self._submit_partner(flight, seed_schedule(self.task.seed, flight.exp_id, k))
                 return
         req = self._request(flight.exp_id, k, flight.worktree, flight.commit, label, seed)
@@ -723,6 +728,14 @@ class Supervisor:
         )
         flight.node = self._submitted(inc.id, req, flight.future)
         self._show()
+
+    def _judged_against(self, inc: Experiment) -> int:
+        """Decided experiments made on `inc` (its commit as their parent), itself aside."""
+        return sum(
+            1
+            for e in self.ledger.experiments()
+            if e.parent == inc.commit and e.decided and e.id != inc.id
+        )
 
     def _next_index(self, exp_id: int) -> int:
         """A run index of `exp_id` that no recorded run and no run in flight has."""
@@ -1084,11 +1097,9 @@ class Supervisor:
             inc = self.ledger.incumbent()
             assert inc is not None
             every = self.task.judge.recheck_every
-            if (
-                every
-                and self._since_recheck >= every
-                and not any(f.kind == "recheck" for f in self._flights)
-            ):
+            if evidence.recheck_due(
+                self._since_recheck, every, evidence.borderline(inc.effect, inc.ci_low)
+            ) and not any(f.kind == "recheck" for f in self._flights):
                 self._since_recheck = 0
                 worktree = self.ws.create_worktree(
                     f"recheck-{inc.id:04d}-{time.time_ns()}", inc.commit
