@@ -54,7 +54,7 @@ class JudgeSpec:
     # the noise carried from earlier sessions of comparable settings, if any), worth
     # `noise_df` degrees of freedom in the pooled estimate (0: no prior at all).
     noise_sd: float = 0.0
-    noise_df: int = 10
+    noise_df: int = 10  # degrees of freedom the prior is worth in the pooled estimate (0: no prior)
     prior_runs: int = 1  # runs of the baseline when there is a noise prior (else noise_runs)
     pair_seeds: bool = True  # a candidate's runs use the incumbent's seeds (a paired test)
     noise_window: int = 12  # noise groups from the last N judged experiments (0: all)
