@@ -349,3 +349,16 @@ def test_edit_schema_binds_search_to_the_files_lines() -> None:
     assert item["properties"]["path"]["enum"] == ["train.py"]
     free = edit_schema(files)["properties"]["edits"]["items"]  # type: ignore[index]
     assert free["properties"]["search"] == {"type": "string"}
+
+
+def test_a_fraction_for_a_whole_number_knob_is_refused_before_a_run() -> None:
+    """SmolLM2 set BATCH_SIZE 8 -> 1.25 in a real run, which crashed: now a repair turn."""
+    with FakeLLM(props={"n_ctx": 2048}) as fake:
+        fake.queue(
+            json.dumps({"description": "smaller batches", "knob": "BATCH_SIZE", "value": 1.25}),
+            json.dumps({"description": "smaller batches", "knob": "BATCH_SIZE", "value": 4}),
+        )
+        proposal = proposer(fake).propose(ctx())
+        repair = fake.requests[1].json["messages"][-1]["content"]
+    assert "BATCH_SIZE takes a whole number, not 1.25" in repair
+    assert proposal is not None and "BATCH_SIZE = 4 " in proposal.files["train.py"]

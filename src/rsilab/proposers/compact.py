@@ -176,6 +176,13 @@ def parse_compact(text: str, ctx: Context) -> tuple[CompactAnswer, dict[str, str
         raise EditError(f"{name!r} is not a knob; choose one of: {known}")
     path, knob = table[name]
     value = _as_kind(data.get("value"), knob)
+    if (
+        isinstance(knob.value, int)
+        and not isinstance(knob.value, bool)
+        and isinstance(value, float)
+    ):
+        # A real model set BATCH_SIZE 8 -> 1.25: the run crashed on it.
+        raise EditError(f"{name} takes a whole number, not {format_value(value)}")
     try:
         check_value(knob, value)
     except ValueError as e:
