@@ -362,3 +362,31 @@ def test_a_fraction_for_a_whole_number_knob_is_refused_before_a_run() -> None:
         repair = fake.requests[1].json["messages"][-1]["content"]
     assert "BATCH_SIZE takes a whole number, not 1.25" in repair
     assert proposal is not None and "BATCH_SIZE = 4 " in proposal.files["train.py"]
+
+
+# -- a prompt worth reading ------------------------------------------------------------
+
+
+def test_the_prompt_has_the_judges_figures_the_real_limits_and_the_tasks_own_api() -> None:
+    from rsilab.proposers.base import HistoryItem
+    from rsilab.proposers.prompt import build_messages
+
+    diff = "--- a/train.py\n+++ b/train.py\n-LR = 0.01            # learning rate\n+LR = 0.03            # learning rate\n"
+    history = [
+        HistoryItem(1, "baseline", {}, "keep", 0.5, "baseline"),
+        HistoryItem(2, "raise lr", {}, "discard", 0.52, "llm", reason="no gain", diff=diff),
+        *[
+            HistoryItem(i, "malformed answer (3 tries)", {}, "invalid", None, "llm")
+            for i in range(3, 9)
+        ],
+    ]
+    c = ctx(noise_sd=0.0049, keep_gain=0.0112, incumbent_summary={"num_steps": 300.0})
+    c = Context(**{**c.__dict__, "history": history})
+    system, messages = build_messages(c, budget_tokens=20_000)
+    user = messages[0]["content"]
+    assert "varies by about 0.0049 (sd)" in user and "gain at least 0.0112" in user
+    assert "reach about 0.4888" in user and "num_steps 300" in user
+    assert "these hold" in user and "10 s of wall clock" in user
+    assert "#2 discard 0.5200 (+0.0200) raise lr [LR 0.01 -> 0.03]: no gain" in user
+    assert "6 unusable answers (#3-#8)" in user and user.count("malformed answer") == 0
+    assert "harness.artifact_dir()" in system and "train_batches(batch_size" not in system
