@@ -4,6 +4,7 @@ ships, searched through declared knobs; and the research loop on it."""
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -45,11 +46,12 @@ def test_the_tuner_edits_config_toml_within_the_declared_space() -> None:
 
 
 def test_a_run_reads_its_own_metric_line_and_moves_with_the_seed(tmp_path: Path) -> None:
-    task = load_task(TASK)
+    shutil.copytree(TASK, tmp_path / "digits", ignore=shutil.ignore_patterns("__pycache__"))
+    task = load_task(tmp_path / "digits")  # a copy: runs never write into the package
     values = []
     for seed in (1, 2):
         r = runner.run(
-            task, TASK, tmp_path / f"run{seed}", seed=seed, train_data=None, val_data=None
+            task, task.root, tmp_path / f"run{seed}", seed=seed, train_data=None, val_data=None
         )
         assert r.status is Status.OK, r.reason + r.log_tail
         assert r.evaluation["sealed"] is False
@@ -73,7 +75,7 @@ def test_the_research_loop_on_digits(tmp_path: Path) -> None:
     assert "does not use the run's seed" not in out.stdout
     with Ledger(open_workspace(tmp_path / "lab").ledger_path) as ledger:
         exps = ledger.experiments()
-        assert exps[0].status == "keep" and len(exps) == 4
+        assert exps[0].status == "keep" and len(exps) == 4, [(e.status, e.reason) for e in exps]
         assert all(e.status in ("keep", "discard") for e in exps[1:]), [
             (e.status, e.description) for e in exps
         ]

@@ -7,22 +7,8 @@ import signal
 import time
 import tomllib
 
-import numpy as np
-import torch
-import torch.nn as nn
-
-from data import load
-
-with open("config.toml", "rb") as f:
-    cfg = tomllib.load(f)
-
-# Seeding: rsilab gives each run its own seed; run by hand, the script uses seed 0.
-seed = int(os.environ.get("RSILAB_SEED", "0"))
-torch.manual_seed(seed)
-np.random.seed(seed % 2**32)
-torch.set_num_threads(int(os.environ.get("RSILAB_THREADS", "1")))
-
-# Wrap up when told: rsilab sends SIGUSR1 when the budget is up (wrap_up_signal).
+# Wrap up when told: rsilab sends SIGUSR1 when the budget is up (wrap_up_signal). Installed
+# first, before the slow imports: a signal that came before its handler would end the run.
 stop = False
 
 
@@ -32,6 +18,21 @@ def wrap_up(signum, frame):
 
 
 signal.signal(signal.SIGUSR1, wrap_up)
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.nn as nn  # noqa: E402
+
+from data import load  # noqa: E402
+
+with open("config.toml", "rb") as f:
+    cfg = tomllib.load(f)
+
+# Seeding: rsilab gives each run its own seed; run by hand, the script uses seed 0.
+seed = int(os.environ.get("RSILAB_SEED", "0"))
+torch.manual_seed(seed)
+np.random.seed(seed % 2**32)
+torch.set_num_threads(int(os.environ.get("RSILAB_THREADS", "1")))
 
 (xt, yt), (xv, yv) = load()
 xt, yt, xv, yv = map(torch.from_numpy, (xt, yt, xv, yv))
