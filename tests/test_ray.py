@@ -73,9 +73,14 @@ def shape(ledger: Ledger) -> list[Any]:
     ]
 
 
-def test_ray_runs_complete_and_the_ledger_matches_the_local_executor(tmp_path: Path) -> None:
+def test_ray_runs_complete_and_the_ledger_matches_the_local_executor(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     ledgers = {}
     for name in ("local", "ray"):
+        # Each session its own RSILAB_HOME: the second would otherwise start from the noise
+        # prior the first one's baseline carried (a 1-run baseline), not from the same state.
+        monkeypatch.setenv("RSILAB_HOME", str(tmp_path / f"home-{name}"))
         ws_dir = make_shifted_ws(tmp_path / name, work=0.0)
         queue_patch(ws_dir, "a-fix-weight-0", "train.py", "SHIFT_A = 0.5 ", "SHIFT_A = 0.0 ")
         queue_patch(
