@@ -356,7 +356,24 @@ def main() -> None:
         metavar="KEY=VALUE",
         help="override a key of the gpt task for the judge arms, e.g. --set judge.alpha=0.2",
     )
+    ap.add_argument(
+        "--partner-after",
+        type=int,
+        default=None,
+        help="policy variant: evidence.PARTNER_AFTER (partner runs only for an incumbent that "
+        "has outlived this many experiments)",
+    )
+    ap.add_argument(
+        "--recheck-all",
+        action="store_true",
+        help="policy variant: re-check every incumbent on schedule, not only a borderline keep",
+    )
     args = ap.parse_args()
+    if args.partner_after is not None:
+        evidence.PARTNER_AFTER = args.partner_after
+    if args.recheck_all:
+        due = evidence.recheck_due
+        evidence.recheck_due = lambda since, every, unsure: due(since, every, True)
     try:
         task = load_task(
             paths.bundled_tasks_dir() / "gpt", [parse_override(o) for o in args.overrides]
