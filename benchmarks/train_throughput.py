@@ -14,7 +14,10 @@ What it measures, in one process, one thing at a time (the load average beside e
    - any other replacement of train.py given as a path (an older train.py from git, say).
    Measured MFU = FLOPs per token x tokens/s / the 1-thread peak of step 1, where FLOPs per
    token = `train_flops` / (`num_steps` x tokens per step) from the run's own summary
-   (`total_tokens_M` counts every step but the first, whose time is start-up).
+   (`total_tokens_M` counts every step but the first, whose time is start-up); tokens/s
+   per second of wall clock (what the budget counts) and per second of the process's CPU
+   time in the same steps (`training_cpu_seconds`: on a shared machine, the code's own
+   speed without the waits for a core; contention for caches still lowers it).
 3. Experiments per hour at the task's default budget: each run's fixed costs (the wall time
    around the runner call, i.e. start-up, the first step, export, evaluation and the
    runner's bookkeeping, minus `training_seconds`) and the research loop's own overhead per
