@@ -548,7 +548,13 @@ class Supervisor:
             for key, value in r.result.summary.items():
                 if isinstance(value, int | float) and not isinstance(value, bool):
                     sums.setdefault(str(key), []).append(float(value))
-        summary = {k: sum(v) / len(v) for k, v in sums.items() if "cpu_seconds" not in k}
+        # train.py's own figures; the runner's bookkeeping (CPU count, handover time, the
+        # RSS twin of peak_memory_gb) and zeros only crowd a small model's prompt.
+        summary = {
+            k: sum(v) / len(v)
+            for k, v in sums.items()
+            if any(v) and not any(w in k for w in ("cpu_seconds", "handover", "peak_rss"))
+        }
         return {
             "noise_sd": noise_sigma(values) if len(values) > 1 else None,
             "keep_gain": keep_threshold(values, self.metric, spec, spec.max_runs),
