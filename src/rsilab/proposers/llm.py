@@ -105,6 +105,7 @@ class LLMProposer:
         self._server: ServerInfo | None = None
         self._learned_window: int | None = None  # from a context-length error
         self._style: str | None = None  # the structured style that works ("" = free text)
+        self._tokenizer_used = False  # the server's tokenizer counted a first prompt
         self.counter = TokenCounter()
 
     @classmethod
@@ -397,7 +398,7 @@ class LLMProposer:
     ) -> None:
         """Count the first prompt with the server's tokenizer, when it has one at hand."""
         info = self.server(client)
-        if not info.tokenizer or getattr(self, "_tokenizer_used", False):
+        if not info.tokenizer or self._tokenizer_used:
             return
         self._tokenizer_used = True
         text = system + "".join(m["content"] for m in messages)
