@@ -390,3 +390,44 @@ def test_the_prompt_has_the_judges_figures_the_real_limits_and_the_tasks_own_api
     assert "#2 discard 0.5200 (+0.0200) raise lr [LR 0.01 -> 0.03]: no gain" in user
     assert "6 unusable answers (#3-#8)" in user and user.count("malformed answer") == 0
     assert "harness.artifact_dir()" in system and "train_batches(batch_size" not in system
+
+
+class _Server:
+    """A server's introspection answers, by (method, path)."""
+
+    def __init__(self, model: str, answers: dict[tuple[str, str], Any]) -> None:
+        self.model, self.answers = model, answers
+
+    def probe(self, method: str, path: str, body: Any = None, timeout: float = 10.0) -> Any:
+        return self.answers.get((method, path))
+
+
+@pytest.mark.parametrize(
+    "answers, window, source",
+    [
+        (
+            {("GET", "/props"): {"default_generation_settings": {"n_ctx": 4096}}},
+            4096,
+            "llama.cpp /props",
+        ),
+        (
+            {("GET", "/v1/models"): {"data": [{"id": "m", "max_model_len": 32768}]}},
+            32768,
+            "/v1/models max_model_len",
+        ),
+        (
+            {("POST", "/api/show"): {"modelfile": "...", "parameters": "num_ctx 8192\nstop x"}},
+            8192,
+            "ollama /api/show",
+        ),
+        ({("POST", "/api/show"): {"modelfile": "...", "parameters": ""}}, 4096, "ollama /api/show"),
+        ({("POST", "/extras/tokenize/count"): {"count": 1}}, None, ""),
+    ],
+)
+def test_each_servers_window_is_read(
+    answers: dict[tuple[str, str], Any], window: int | None, source: str
+) -> None:
+    from rsilab.proposers.window import probe_server
+
+    info = probe_server(_Server("m", answers))
+    assert (info.window, info.source) == (window, source)
