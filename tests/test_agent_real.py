@@ -32,7 +32,7 @@ TRAIN = "LR = 0.01            # learning rate\nSTEPS = 300          # SGD steps\
 
 def _events(blocks: list[dict[str, Any]], stop: str) -> bytes:
     """One streamed Messages reply: message_start, each block, message_delta, message_stop."""
-    out = [("message_start", {"type": "message_start", "message": {
+    out: list[tuple[str, dict[str, Any]]] = [("message_start", {"type": "message_start", "message": {
         "id": "msg_fake", "type": "message", "role": "assistant", "model": "claude-fake",
         "content": [], "stop_reason": None, "stop_sequence": None,
         "usage": {"input_tokens": 12, "output_tokens": 1}}})]  # fmt: skip
@@ -62,7 +62,8 @@ class ScriptedClaude:
     holds: Read the file, then Edit it, then say it is done; anything else gets "ok"."""
 
     def __init__(self, path: Path) -> None:
-        self.path, self.bodies = path, []
+        self.path = path
+        self.bodies: list[tuple[str, dict[str, Any]]] = []
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
