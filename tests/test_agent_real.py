@@ -1,8 +1,11 @@
-"""The `agent` proposer against the real Claude Code binary (npm `@anthropic-ai/claude-code`),
-pointed at a local server that speaks Anthropic's streaming Messages wire and scripts the
-tool calls (Read, then Edit, then a final text), so the flags and the transcript parsing
-are checked against the real tool. Skips only when no `claude` binary is found (on PATH,
-or in `$RSILAB_AGENT_BIN`, e.g. an npm prefix's node_modules/.bin)."""
+"""The `agent` proposer against the real coding-agent CLIs from npm: Claude Code
+(`@anthropic-ai/claude-code`) pointed at a local server that speaks Anthropic's streaming
+Messages wire and scripts the tool calls (Read, then Edit, then a final text), and Codex
+(`@openai/codex`) pointed, through its CODEX_HOME config, at a local server that speaks the
+streaming Responses wire (an apply_patch call, then a final message). The flags and the
+transcript parsing are checked against the real tools. Each test skips only when its
+binary is not found (on PATH, or in `$RSILAB_AGENT_BIN`, e.g. an npm prefix's
+node_modules/.bin)."""
 
 from __future__ import annotations
 
@@ -25,7 +28,6 @@ BIN = os.environ.get("RSILAB_AGENT_BIN", "")
 CLAUDE = shutil.which(
     "claude", path=os.pathsep.join(p for p in (BIN, os.environ.get("PATH", "")) if p)
 )
-pytestmark = pytest.mark.skipif(CLAUDE is None, reason="the claude binary is not installed")
 
 TRAIN = "LR = 0.01            # learning rate\nSTEPS = 300          # SGD steps\n"
 
@@ -138,6 +140,7 @@ def scripted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Script
     fake.close()
 
 
+@pytest.mark.skipif(CLAUDE is None, reason="the claude binary is not installed")
 def test_the_real_claude_code_edits_the_worktree(scripted: ScriptedClaude) -> None:
     work = scripted.path.parent
     ctx = Context({"train.py": TRAIN}, Metric("val_loss", "min"), 0.5, [], [],
@@ -148,3 +151,75 @@ def test_the_real_claude_code_edits_the_worktree(scripted: ScriptedClaude) -> No
     main = [b for p, b in scripted.bodies if "/v1/messages" in p and b.get("tools")]
     assert len(main) == 3  # Read, Edit, the final text: the real tool loop ran
     assert "invalid" not in proposal.meta, proposal.meta
+
+
+CODEX = shutil.which(
+    "codex", path=os.pathsep.join(p for p in (BIN, os.environ.get("PATH", "")) if p)
+)
+PATCH = (
+    "*** Begin Patch\n*** Update File: train.py\n@@\n-STEPS = 300          # SGD steps\n"
+    "+STEPS = 600          # SGD steps\n*** End Patch\n"
+)
+
+
+def _responses(items: list[dict[str, Any]]) -> bytes:
+    """One streamed Responses reply: each output item done, then the response completed."""
+    out: list[tuple[str, dict[str, Any]]] = [
+        ("response.created", {"type": "response.created", "response": {"id": "resp_fake"}})
+    ]
+    for i, item in enumerate(items):
+        out.append(("response.output_item.done",
+                    {"type": "response.output_item.done", "output_index": i, "item": item}))  # fmt: skip
+    out.append(("response.completed", {"type": "response.completed", "response": {
+        "id": "resp_fake", "usage": {"input_tokens": 12, "input_tokens_details": None,
+                                     "output_tokens": 7, "output_tokens_details": None,
+                                     "total_tokens": 19}}}))  # fmt: skip
+    return "".join(f"event: {k}\ndata: {json.dumps(v)}\n\n" for k, v in out).encode()
+
+
+class ScriptedCodex(ScriptedClaude):
+    """Codex's Responses wire: an apply_patch custom tool call, then a final message."""
+
+    def reply(self, body: dict[str, Any]) -> bytes:
+        done = any(
+            isinstance(i, dict) and i.get("type", "").endswith("call_output")
+            for i in body.get("input") or []
+        )
+        if not done:
+            call = {"type": "custom_tool_call", "id": "ctc_1", "call_id": "call_1",
+                    "name": "apply_patch", "input": PATCH, "status": "completed"}  # fmt: skip
+            return _responses([call])
+        text = {"type": "message", "role": "assistant", "id": "msg_1",
+                "content": [{"type": "output_text", "text": "Done: more SGD steps."}]}  # fmt: skip
+        return _responses([text])
+
+
+@pytest.mark.skipif(CODEX is None, reason="the codex binary is not installed")
+def test_the_real_codex_edits_the_worktree(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Codex's workspace-write sandbox fails with its home or TMPDIR under the system temp
+    # folder: both go under the user's cache instead (removed after).
+    base = Path.home() / ".cache" / f"rsilab-codex-test-{os.getpid()}"
+    work, codex_home, tmp = base / "work", base / "codex", base / "tmp"
+    for d in (work, codex_home, tmp):
+        d.mkdir(parents=True, exist_ok=True)
+    (work / "train.py").write_text(TRAIN)
+    fake = ScriptedCodex(work / "train.py")
+    try:
+        (codex_home / "config.toml").write_text(
+            'model = "gpt-5.5"\nmodel_provider = "fake"\n\n[model_providers.fake]\nname = "fake"\n'
+            f'base_url = "{fake.url}/v1"\nwire_api = "responses"\nenv_key = "OPENAI_API_KEY"\n'
+        )
+        monkeypatch.setenv("PATH", os.pathsep.join(p for p in (BIN, os.environ["PATH"]) if p))
+        monkeypatch.setenv("CODEX_HOME", str(codex_home))
+        monkeypatch.setenv("OPENAI_API_KEY", "sk-fake")
+        monkeypatch.setenv("TMPDIR", str(tmp))
+        ctx = Context({"train.py": TRAIN}, Metric("val_loss", "min"), 0.5, [], [],
+                      editable=("train.py",), workdir=work)  # fmt: skip
+        proposal = AgentProposer(cli="codex", timeout=120).propose(ctx)
+        assert proposal is not None, fake.bodies
+        assert "STEPS = 600" in (work / "train.py").read_text(), (proposal.meta, fake.bodies)
+        assert sum("/responses" in p for p, _ in fake.bodies) >= 2  # the patch, then the text
+        assert "invalid" not in proposal.meta, proposal.meta
+    finally:
+        fake.close()
+        shutil.rmtree(base, ignore_errors=True)
