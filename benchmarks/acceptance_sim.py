@@ -240,17 +240,16 @@ def session(
     used, experiments, kept, false_keeps, undone, since_recheck = noise_runs, 0, 0, 0, 0, 0
     groups: list[list[float]] = []  # judged experiments with >= 2 runs, not the incumbent
     paired: list[list[float]] = []  # their differences to their incumbent under shared seeds
-    parents: list[tuple[dict[str, Any], Mapping[str, str], list[tuple[int, float]], bool]] = []
-    unsure, against = False, 0  # the incumbent's keep was borderline; experiments judged on it
+    parents: list[tuple[dict[str, Any], Mapping[str, str], list[tuple[int, float]]]] = []
+    against = 0  # experiments judged against the incumbent
     while used < runs:
-        due = evidence.recheck_due(since_recheck, spec.recheck_every, unsure) if spec else False
-        if spec and (due if policy else spec.recheck_every and since_recheck >= spec.recheck_every):
+        if spec and spec.recheck_every and since_recheck >= spec.recheck_every:
             s = fresh()
             inc, used, since_recheck = [*inc, (s, measure(knobs, s))], used + 1, 0
             if policy and spec.undo and parents:
                 why = evidence.undo([v for _, v in inc], [v for _, v in parents[-1][2]], METRIC)
                 if why:
-                    knobs, files, inc, unsure = parents.pop()
+                    knobs, files, inc = parents.pop()
                     true, undone, against = surface(knobs), undone + 1, 0
             continue
         ctx = Context(
@@ -306,9 +305,8 @@ def session(
         if verdict is Verdict.KEEP:
             groups += [[v for _, v in inc]] if len(inc) >= 2 else []
             false_keeps += surface(moved) >= true
-            parents.append((knobs, files, inc, unsure))
+            parents.append((knobs, files, inc))
             files, knobs, true, kept = {**files, **proposal.files}, moved, surface(moved), kept + 1
-            unsure = spec is not None and evidence.borderline(j.effect, j.ci_low)
             against = 0
             inc = [(r.seed, r.metric) for r in cand if r.metric is not None]
         elif len(values) >= 2:
@@ -363,17 +361,9 @@ def main() -> None:
         help="policy variant: evidence.PARTNER_AFTER (partner runs only for an incumbent that "
         "has outlived this many experiments)",
     )
-    ap.add_argument(
-        "--recheck-all",
-        action="store_true",
-        help="policy variant: re-check every incumbent on schedule, not only a borderline keep",
-    )
     args = ap.parse_args()
     if args.partner_after is not None:
         evidence.PARTNER_AFTER = args.partner_after
-    if args.recheck_all:
-        due = evidence.recheck_due
-        evidence.recheck_due = lambda since, every, unsure: due(since, every, True)
     try:
         task = load_task(
             paths.bundled_tasks_dir() / "gpt", [parse_override(o) for o in args.overrides]

@@ -215,17 +215,10 @@ def test_the_recheck_count_is_read_from_the_ledger_so_it_survives_a_resume(
     )
     assert sup._since_recheck == 2
     sup.run()
-    assert sup._since_recheck == 4 or any(r.kind == "recheck" for r in ledger.runs())
+    assert any(r.kind == "recheck" for r in ledger.runs())  # due after one more experiment
 
 
-def test_only_a_borderline_keep_is_rechecked_and_only_when_due() -> None:
-    assert evidence.borderline(0.10, 0.02)  # the interval reaches below half the gain
-    assert not evidence.borderline(0.10, 0.08)
-    assert not evidence.borderline(None, None)  # the baseline
-    assert evidence.recheck_due(10, 10, unsure=True)
-    assert not evidence.recheck_due(9, 10, unsure=True)
-    assert not evidence.recheck_due(10, 10, unsure=False)
-    assert not evidence.recheck_due(10, 0, unsure=True)
+def test_partner_runs_wait_until_the_incumbent_has_lasted() -> None:
     assert not evidence.wants_partner(evidence.PARTNER_AFTER - 1)
     assert evidence.wants_partner(evidence.PARTNER_AFTER)
 

@@ -54,8 +54,6 @@ __all__ = [
     "recent",
     "since_recheck",
     "undo",
-    "borderline",
-    "recheck_due",
     "wants_partner",
 ]
 
@@ -91,19 +89,6 @@ def wants_partner(judged_against: int) -> bool:
     one left (else that run takes a fresh seed, unpaired): after it has been the incumbent
     of `judged_against` >= PARTNER_AFTER decided experiments."""
     return judged_against >= PARTNER_AFTER
-
-
-def borderline(effect: float | None, ci_low: float | None) -> bool:
-    """A keep whose 95% interval reaches below half its claimed gain (about z < 4): its runs'
-    luck is a large part of what it claims, so it is worth re-checking (the baseline, and a
-    keep by many standard errors, are not)."""
-    return effect is not None and ci_low is not None and ci_low < effect / 2
-
-
-def recheck_due(since: int, every: int, unsure: bool) -> bool:
-    """Whether the incumbent is re-measured now: `every` (judge.recheck_every) experiments
-    after the last re-check, when it was kept on `unsure` (borderline) evidence."""
-    return every > 0 and since >= every and unsure
 
 
 def recent(groups: Sequence[Sequence[float]], window: int) -> list[Sequence[float]]:

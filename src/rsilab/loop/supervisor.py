@@ -1103,9 +1103,11 @@ class Supervisor:
             inc = self.ledger.incumbent()
             assert inc is not None
             every = self.task.judge.recheck_every
-            if evidence.recheck_due(
-                self._since_recheck, every, evidence.borderline(inc.effect, inc.ci_low)
-            ) and not any(f.kind == "recheck" for f in self._flights):
+            if (
+                every
+                and self._since_recheck >= every
+                and not any(f.kind == "recheck" for f in self._flights)
+            ):
                 self._since_recheck = 0
                 worktree = self.ws.create_worktree(
                     f"recheck-{inc.id:04d}-{time.time_ns()}", inc.commit
