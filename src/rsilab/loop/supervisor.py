@@ -707,32 +707,32 @@ class Supervisor:
             ):
                 self._submit_partner(flight, seed_schedule(self.task.seed, flight.exp_id, k))
                 return
-        req = self._request(flight.exp_id, k, flight.worktree, flight.commit, label, seed)
-        flight.future, flight.run_index, flight.label, flight.since = (
-            self.bench.submit(req),
-            k,
-            label,
-            time.time(),
-        )
-        flight.node = self._submitted(flight.exp_id, req, flight.future)
-        self._show()
+        self._launch(flight, flight.exp_id, k, flight.worktree, flight.commit, label, seed)
 
     def _submit_partner(self, flight: Flight, seed: int) -> None:
         """Run the incumbent of `flight` under `seed` (see `_submit`)."""
         inc = flight.parent
-        k = self._next_index(inc.id)
         flight.partner = self.ws.create_worktree(
             f"partner-{inc.id:04d}-{time.time_ns()}", inc.commit
         )
         label = f"incumbent #{inc.id} under experiment {flight.exp_id}'s next seed"
-        req = self._request(inc.id, k, flight.partner, inc.commit, label, seed)
+        self._launch(
+            flight, inc.id, self._next_index(inc.id), flight.partner, inc.commit, label, seed
+        )
+
+    def _launch(
+        self, flight: Flight, exp_id: int, k: int, worktree: Path, commit: str, label: str,
+        seed: int | None,
+    ) -> None:  # fmt: skip
+        """Submit run `k` of experiment `exp_id` as the flight's run in flight."""
+        req = self._request(exp_id, k, worktree, commit, label, seed)
         flight.future, flight.run_index, flight.label, flight.since = (
             self.bench.submit(req),
             k,
             label,
             time.time(),
         )
-        flight.node = self._submitted(inc.id, req, flight.future)
+        flight.node = self._submitted(exp_id, req, flight.future)
         self._show()
 
     def _judged_against(self, inc: Experiment) -> int:
@@ -766,17 +766,17 @@ class Supervisor:
                 self._record_run(flight.parent.id, result, kind="recheck")
             self.ws.remove_worktree(flight.partner)
             flight.partner = None
-            if not cancelled and not self._hard:
-                if result.ok:
-                    self._submit(flight)
-                else:  # the trial's run goes on under the fresh seed, unpaired
-                    k = len(flight.runs)
-                    req = self._request(flight.exp_id, k, flight.worktree, flight.commit,
-                                        f"experiment {flight.exp_id} run {k + 1}", result.seed)  # fmt: skip
-                    flight.future, flight.run_index, flight.label, flight.since = (
-                        self.bench.submit(req), k, req.label, time.time())  # fmt: skip
-                    flight.node = self._submitted(flight.exp_id, req, flight.future)
-                return
+            if cancelled or self._hard:
+                self._interrupted(flight)
+            elif result.ok:
+                self._submit(flight)
+            else:  # the trial's run goes on under the fresh seed, unpaired
+                k = len(flight.runs)
+                label = f"experiment {flight.exp_id} run {k + 1}"
+                self._launch(
+                    flight, flight.exp_id, k, flight.worktree, flight.commit, label, result.seed
+                )
+            return
         if flight.kind == "recheck":
             if not cancelled:
                 self._record_run(flight.exp_id, result, kind="recheck")
@@ -812,8 +812,11 @@ class Supervisor:
             if not self._hard:
                 self._submit(flight)
                 return
-        # A hard stop: the run was cut short on purpose (or no more runs may start), so the
-        # idea is not judged; an interrupted one is proposed again by a later `rsilab run`.
+        self._interrupted(flight)
+
+    def _interrupted(self, flight: Flight) -> None:
+        """A hard stop: the run was cut short on purpose (or no more runs may start), so the
+        idea is not judged; an interrupted one is proposed again by a later `rsilab run`."""
         self.ledger.add_decision(
             flight.exp_id,
             verdict=Verdict.INTERRUPTED,
