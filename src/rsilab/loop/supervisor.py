@@ -61,6 +61,7 @@ from rsilab.loop.judge import (
     judge,
     keep_threshold,
     mean_or_none,
+    noise_sigma,
     seed_schedule,
 )
 from rsilab.loop.limits import Limits, reached
@@ -537,8 +538,6 @@ class Supervisor:
     def _judge_figures(self, inc: Experiment) -> dict[str, Any]:
         """For the researcher's prompt: the incumbent's noise, the gain the judge needs to
         keep a change confirmed by all its runs, and the means of its run summaries."""
-        from rsilab.loop.judge import keep_threshold, noise_sigma
-
         values = self._values(inc.id)
         spec = self.task.judge
         sums: dict[str, list[float]] = {}
@@ -556,8 +555,10 @@ class Supervisor:
             if any(v) and not any(w in k for w in ("cpu_seconds", "handover", "peak_rss"))
         }
         return {
-            "noise_sd": noise_sigma(values) if len(values) > 1 else None,
-            "keep_gain": keep_threshold(values, self.metric, spec, spec.max_runs),
+            "noise_sd": noise_sigma(values, self._prior),  # the session's prior pooled in
+            "keep_gain": keep_threshold(
+                values, self.metric, spec, spec.max_runs, prior=self._prior
+            ),
             "incumbent_summary": dict(list(summary.items())[:10]),
         }
 
