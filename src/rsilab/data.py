@@ -92,7 +92,9 @@ def prepare(
         if root.exists():
             log.warning("rebuilding %s: %s", dataset_id, cached)
     if notify is not None:
-        notify(f"preparing the data {dataset_id} (first use: fetched, checked and cached in {home})")
+        notify(
+            f"preparing the data {dataset_id} (first use: fetched, checked and cached in {home})"
+        )
     built = build(home)
     try:
         _install(home, dataset_id, built)
