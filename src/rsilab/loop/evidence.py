@@ -4,7 +4,7 @@ the noise estimate, and the rule by which a re-check undoes a keep.
 
 The rules are pure functions of figures, shared by the supervisor and
 `benchmarks/acceptance_sim.py`, so the simulation measures the policy the program runs.
-`Sessions` reads what they need from a ledger (never writes it); `carried_prior` and
+`Evidence.gather` and `since_recheck` read what they need from a ledger (never write it); `carried_prior` and
 `carry_prior` read and write one small JSON file beside the data cache.
 
 - **Prior** (`prior`): the noise a task declares (`judge.noise_sd`, `judge.noise_df`), else
@@ -13,9 +13,10 @@ The rules are pure functions of figures, shared by the supervisor and
   runs soon outweigh it. A session that has one starts at tens of df, not at the 2 of a
   3-run noise floor.
 - **Paired seeds** (`candidate_seed`): each run of a candidate uses a seed of the
-  incumbent's that it has not used yet; when there is none left, the incumbent runs first
-  under a fresh seed (a partner run, recorded as a re-check of the incumbent and reused by
-  every later candidate). Under one seed two configurations share their data order and
+  incumbent's that it has not used yet; when there is none left and the incumbent has
+  outlived PARTNER_AFTER experiments (`wants_partner`), the incumbent runs first under a
+  fresh seed (a partner run, recorded as a re-check of the incumbent and reused by every
+  later candidate); otherwise the run takes a fresh seed, unpaired. Under one seed two configurations share their data order and
   (when shapes agree) their initialisation, so the difference of a pair is much less noisy
   than that of two independent runs, and an inert change gives the identical value (the
   judge's "inert" rule). The incumbent's partner runs are fresh measurements of it, which
@@ -75,7 +76,8 @@ def candidate_seed(incumbent_seeds: Sequence[int], used: Sequence[int]) -> int |
     """The seed of a candidate's next run: the first of the incumbent's seeds that the
     candidate has not used yet (`used`); None when it has used them all: then the incumbent
     runs first under a fresh seed (its partner run) and the candidate follows under it."""
-    return next((s for s in incumbent_seeds if s not in set(used)), None)
+    taken = set(used)
+    return next((s for s in incumbent_seeds if s not in taken), None)
 
 
 # Partner runs are worth their cost for an incumbent that lasts: one that has already
