@@ -532,6 +532,11 @@ def _make_proposer(choice: Any, task: TaskSpec) -> Any:
     return proposer
 
 
+def _runs_mean(n: int) -> str:
+    """How many runs a shown value is the mean of."""
+    return "its one run" if n == 1 else f"the mean of {n} runs"
+
+
 def _print_status(ledger: Any, metric: str, root: Path, recent: int = 10) -> None:
     exps = ledger.experiments()
     if not exps:
@@ -571,8 +576,8 @@ def _print_status(ledger: Any, metric: str, root: Path, recent: int = 10) -> Non
         else:
             click.echo(  # as the dashboard says it: the mean of its ok runs, re-checks included
                 f"baseline {metric} {base.metric:.4f} -> incumbent #{inc.id} {best:.4f} "
-                f"(gain {Metric(metric, 'max' if maximize else 'min').gain(best, base.metric):+.4f}), the mean of "
-                f"{len(vals)} runs ({inc.commit[:7]}: {inert(inc.description)})"
+                f"(gain {Metric(metric, 'max' if maximize else 'min').gain(best, base.metric):+.4f}), "
+                f"{_runs_mean(len(vals))} ({inc.commit[:7]}: {inert(inc.description)})"
             )
     from rsilab.record.claims import claim_lines, claims
     from rsilab.results import Metric

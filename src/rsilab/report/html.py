@@ -200,8 +200,8 @@ def summary_html(s: Snapshot) -> str:
             # As `rsilab status` says it: the mean of all its ok runs, re-checks included
             # (its row shows the value it was decided on).
             text += (f' · {e(s.metric)}: baseline {num(base.exp.metric)} → incumbent '
-                     f'#{inc.exp.id} {num(best)} (gain {gain:+.4f}), the mean of {len(values)} '
-                     'runs')  # fmt: skip
+                     f'#{inc.exp.id} {num(best)} (gain {gain:+.4f}), '
+                     + ("its one run" if len(values) == 1 else f"the mean of {len(values)} runs"))  # fmt: skip
     t = s.totals
     text += f" · compute {t.get('compute', 0.0) / 3600:.2f} h"
     kept = "".join(f"<li>{e(line)}</li>" for line in claim_lines(s.claims))
