@@ -58,7 +58,9 @@ def _kind(v: Any) -> str:
 
 
 # ---- Python ----------------------------------------------------------------------------------
-def _py_literal(node: ast.expr | None) -> tuple[bool, Any]:
+def py_literal(node: ast.expr | None) -> tuple[bool, Any]:
+    """(True, value) for a literal int, float, str or bool (a sign allowed on numbers), else
+    (False, None): what a knob's assignment may hold."""
     if isinstance(node, ast.Constant) and type(node.value) in (int, float, str, bool):
         return True, node.value
     if (
@@ -92,7 +94,7 @@ def _py_find(text: str, key: str) -> _Span | None:
             target, value = stmt.target, stmt.value
         if isinstance(target, ast.Name) and target.id == name:
             found = value
-    ok, value = _py_literal(found)
+    ok, value = py_literal(found)
     if not ok or found is None or found.end_lineno != found.lineno:
         return None
     lines = io.StringIO(text, newline="").readlines()

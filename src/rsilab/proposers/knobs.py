@@ -21,6 +21,8 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from rsilab.space import py_literal
+
 _NAME = re.compile(r"[A-Z][A-Z0-9_]*\Z")
 _ONE_OF = re.compile(r"one of:\s*([^;)]*)", re.IGNORECASE)
 _COMMENT = re.compile(r"( *)(#.*)", re.DOTALL)
@@ -53,21 +55,6 @@ class _Site:
 def _lines(source: str) -> list[str]:
     """Lines with their endings, split exactly where Python's tokenizer splits them."""
     return io.StringIO(source, newline="").readlines()
-
-
-def _literal(node: ast.expr) -> tuple[bool, Any]:
-    if isinstance(node, ast.Constant) and type(node.value) in (int, float, str, bool):
-        return True, node.value
-    if (
-        isinstance(node, ast.UnaryOp)
-        and isinstance(node.op, ast.USub | ast.UAdd)
-        and isinstance(node.operand, ast.Constant)
-        and type(node.operand.value) in (int, float)
-    ):
-        v = node.operand.value
-        assert isinstance(v, int | float)
-        return True, -v if isinstance(node.op, ast.USub) else v
-    return False, None
 
 
 def _parse_choice(text: str, as_str: bool) -> Any:
@@ -108,7 +95,7 @@ def _assignments(body: list[ast.stmt], lines: list[str], preset: str | None) -> 
             continue
         if node is None or node.end_lineno != node.lineno or node.end_col_offset is None:
             continue
-        ok, value = _literal(node)
+        ok, value = py_literal(node)
         if not ok:
             continue
         rest = lines[node.lineno - 1].encode()[node.end_col_offset :].decode()
