@@ -76,7 +76,9 @@ def test_a_foreign_loop_catches_the_signal_and_reports(tmp_path: Path, level: st
 
 
 def test_sigint_reaches_a_keyboard_interrupt_handler(tmp_path: Path) -> None:
-    task = _task(tmp_path / "t", INTERRUPT, "SIGINT")
+    # 3 s: the loop's `try` must be running when the signal comes (on a loaded machine a
+    # Python start can take over a second; a signal before the handler ends the run).
+    task = _task(tmp_path / "t", INTERRUPT, "SIGINT", budget=3.0)
     r = runner.run(
         task, task.root, tmp_path / "run", seed=0, train_data=None, val_data=None, isolation="none"
     )

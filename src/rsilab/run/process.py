@@ -186,9 +186,19 @@ def _wait_until(pid: int, deadline: float) -> int | None:
     return None
 
 
+# Signals a run may be sent to wrap up (TaskSpec.wrap_up_signal): a child starts with them at
+# their defaults. A supervisor started in the background by a shell (`rsilab run ... &` in
+# a script, nohup) has SIGINT ignored, and an ignored signal stays ignored across exec: a
+# foreign loop's KeyboardInterrupt handler would never see the wrap-up SIGINT.
+DEFAULT_IN_CHILD = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
+
+
 def die_with_parent() -> None:
     """In the child, before exec: get SIGKILL when the supervisor dies (even by kill -9),
-    so no training process outlives the supervisor that owns its budget (Linux only)."""
+    so no training process outlives the supervisor that owns its budget (Linux only); and
+    the wrap-up signals at their defaults (DEFAULT_IN_CHILD)."""
+    for sig in DEFAULT_IN_CHILD:
+        signal.signal(sig, signal.SIG_DFL)
     try:
         import ctypes
 
