@@ -81,7 +81,10 @@ def test_the_idea_form_defaults_to_free_text_with_an_llm(tmp_path: Path) -> None
         assert page.query_selector("#idea-note") is None
 
 
-def test_serve_waits_for_the_workspace_a_first_run_makes(tmp_path: Path) -> None:
+def test_serve_waits_for_the_workspace_a_first_run_makes(
+    tmp_path: Path,
+    sigint_handler: None,  # the SIGINT that stops `serve` must not be ignored (a background job's)
+) -> None:
     root = tmp_path / "lab"
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k != "RSILAB_TOKEN"}
