@@ -154,7 +154,7 @@ def wait_for(
     raise AssertionError(f"{what} not reached in {timeout} s")
 
 
-def _port_open(port: int) -> bool:
+def port_open(port: int) -> bool:
     with socket.socket() as s:
         s.settimeout(0.2)
         return s.connect_ex(("127.0.0.1", port)) == 0
@@ -172,7 +172,7 @@ def running_server(app: Any) -> Iterator[str]:
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     try:
-        wait_for(lambda: server.started and _port_open(port), what="the server listening")
+        wait_for(lambda: server.started and port_open(port), what="the server listening")
         yield f"http://127.0.0.1:{port}"
     finally:
         server.should_exit = True

@@ -12,7 +12,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from report_helpers import chromium, free_port, real_workspace, running_server, wait_for
+from report_helpers import (
+    chromium,
+    free_port,
+    port_open,
+    real_workspace,
+    running_server,
+    wait_for,
+)
 
 from rsilab.config import resolve_task_dir
 from rsilab.loop import lock
@@ -101,6 +108,9 @@ def test_serve_waits_for_the_workspace_a_first_run_makes(
         init_workspace(root, resolve_task_dir("toy"), "t")
         announced = proc.stdout.readline()
         assert f"http://127.0.0.1:{port}/?token=" in announced, announced
+        # Stopped once it listens: a SIGINT in the middle of the server's start-up was
+        # slow to end it on a loaded machine.
+        wait_for(lambda: port_open(port), what=f"serve listening on {port}")
     finally:
         proc.send_signal(signal.SIGINT)
         proc.communicate(timeout=20)
